@@ -1,0 +1,416 @@
+//! The command line: parses arguments (clap stays in this module), loads
+//! and validates files, runs the engine, renders results, and maps every
+//! outcome to a sysexits code.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+mod demo;
+
+use crate::config::{self, Config};
+use crate::job::{Domain, Job, JobError, LocalPart};
+use crate::migrate::{self, RunError};
+use crate::plan::{self, Plan};
+use crate::progress::Progress;
+use crate::report::{JobStatus, MailboxStatus, Report};
+
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Some mailbox failed; the others were migrated.
+    pub const PARTIAL: u8 = 1;
+    pub const USAGE: u8 = 64;
+    pub const DATAERR: u8 = 65;
+    pub const IOERR: u8 = 74;
+    pub const CONFIG: u8 = 78;
+}
+
+/// Moves whole mail domains from an old Maildir storage to a new Dovecot,
+/// keeping passwords, folders, flags, keywords, dates and UIDs.
+#[derive(Debug, Parser)]
+#[command(name = "maildir-migrate", version, about, max_term_width = 100)]
+struct Cli {
+    /// Configuration file [default: $MAILDIR_MIGRATE_CONFIG, else /etc/maildir-migrate/config.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a job file in the foreground.
+    ///
+    /// Exit status: 0 every mailbox migrated (or already migrated), 1 some
+    /// mailbox failed, 64 usage, 65 bad job file, 74 I/O error, 78 bad
+    /// configuration.
+    Run {
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Never draw a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        /// The job file (JSON); its stem is the job id.
+        job: PathBuf,
+    },
+    /// Show what a job would do, writing nothing.
+    Plan {
+        /// The domain to look at.
+        #[arg(long)]
+        domain: String,
+        /// Only these mailboxes (local parts); default: every mailbox of the domain.
+        #[arg(long = "mailbox", value_name = "LOCAL")]
+        mailboxes: Vec<String>,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Migrate the bundled demo host (fixtures/demo) in a scratch copy.
+    Demo {
+        /// Where to build the scratch copy (replaced if it is an earlier demo).
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/demo"))]
+        dir: PathBuf,
+        /// The demo host to copy.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/demo"))]
+        fixtures: PathBuf,
+    },
+}
+
+/// Entry point used by `main`.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    ExitCode::from(match dispatch(cli) {
+        Ok(code) => code,
+        Err(Failure(code, msg)) => {
+            eprintln!("maildir-migrate: {msg}");
+            code
+        }
+    })
+}
+
+/// A fatal error with its exit code.
+struct Failure(u8, String);
+
+impl From<RunError> for Failure {
+    fn from(e: RunError) -> Failure {
+        Failure(e.exit_code(), e.to_string())
+    }
+}
+
+fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os(config::ENV_VAR).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
+}
+
+fn load_config(flag: Option<PathBuf>) -> Result<Config, Failure> {
+    Config::load(&config_path(flag)).map_err(|e| Failure(exit::CONFIG, e.to_string()))
+}
+
+fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Run {
+            json,
+            no_progress,
+            job,
+        } => {
+            let cfg = load_config(cli.config)?;
+            let job = Job::load(&job).map_err(|e| match e {
+                JobError::Read { .. } => Failure(exit::IOERR, e.to_string()),
+                _ => Failure(exit::DATAERR, e.to_string()),
+            })?;
+            let show_bar = !no_progress && std::io::stderr().is_terminal();
+            let report = run_with_progress(&cfg, &job, show_bar)?;
+            print_report(&report, json);
+            Ok(if report.status == JobStatus::Done {
+                exit::OK
+            } else {
+                exit::PARTIAL
+            })
+        }
+        Command::Plan {
+            domain,
+            mailboxes,
+            json,
+        } => {
+            init_logging(None);
+            let cfg = load_config(cli.config)?;
+            let domain = Domain::parse(&domain).map_err(|e| Failure(exit::USAGE, e))?;
+            let mailboxes = if mailboxes.is_empty() {
+                None
+            } else {
+                let parsed: Result<Vec<_>, _> =
+                    mailboxes.iter().map(|m| LocalPart::parse(m)).collect();
+                Some(parsed.map_err(|e| Failure(exit::USAGE, e))?)
+            };
+            let plan = plan::plan(&cfg, domain, mailboxes)?;
+            print_plan(&plan, json);
+            Ok(exit::OK)
+        }
+        Command::Demo { dir, fixtures } => demo::run(&dir, &fixtures),
+    }
+}
+
+/// Renders engine progress as an indicatif bar over mailboxes, with the
+/// messages and bytes copied so far.
+struct Bar {
+    bar: ProgressBar,
+    messages: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Bar {
+    fn new() -> Bar {
+        let messages = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (m, b) = (messages.clone(), bytes.clone());
+        let style = ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} mailboxes, {copied} ({rate}) {msg}",
+        )
+        .expect("valid template")
+        .with_key("copied", move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(
+                w,
+                "{} messages, {}",
+                m.load(Ordering::Relaxed),
+                indicatif::HumanBytes(b.load(Ordering::Relaxed))
+            );
+        })
+        .with_key("rate", {
+            let b = bytes.clone();
+            move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let secs = s.elapsed().as_secs_f64().max(0.001);
+                let _ = write!(
+                    w,
+                    "{}/s",
+                    indicatif::HumanBytes((b.load(Ordering::Relaxed) as f64 / secs) as u64)
+                );
+            }
+        });
+        let bar =
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr()).with_style(style);
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        Bar {
+            bar,
+            messages,
+            bytes,
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn job_started(&self, mailboxes: usize) {
+        self.bar.set_length(mailboxes as u64);
+    }
+    fn mailbox_started(&self, user: &str) {
+        self.bar.set_message(user.to_string());
+    }
+    fn message_copied(&self, bytes: u64) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    fn mailbox_finished(&self, _user: &str, _ok: bool) {
+        self.bar.inc(1);
+    }
+}
+
+fn run_with_progress(cfg: &Config, job: &Job, show_bar: bool) -> Result<Report, Failure> {
+    if !show_bar {
+        init_logging(None);
+        return Ok(migrate::run_job(cfg, job, &crate::progress::Silent)?);
+    }
+    let bar = Bar::new();
+    init_logging(Some(bar.bar.clone()));
+    let report = migrate::run_job(cfg, job, &bar);
+    bar.bar.finish_and_clear();
+    Ok(report?)
+}
+
+/// Log lines go to stderr; while a bar is drawn they are printed above it.
+fn init_logging(bar: Option<ProgressBar>) {
+    struct Line {
+        bar: Option<ProgressBar>,
+        buf: Vec<u8>,
+    }
+    impl Write for Line {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.buf.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Drop for Line {
+        fn drop(&mut self) {
+            let out = |buf: &[u8]| {
+                let _ = std::io::stderr().write_all(buf);
+            };
+            match &self.bar {
+                Some(b) => b.suspend(|| out(&self.buf)),
+                None => out(&self.buf),
+            }
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILDIR_MIGRATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(move || Line {
+            bar: bar.clone(),
+            buf: Vec::new(),
+        })
+        .try_init();
+}
+
+fn print_report(report: &Report, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("serialisable")
+        );
+        return;
+    }
+    println!(
+        "job {} ({} {}): {}",
+        report.id,
+        report.mode,
+        report.domain,
+        match report.status {
+            JobStatus::Done => "done",
+            JobStatus::Failed => "FAILED",
+        }
+    );
+    for m in &report.mailboxes {
+        let status = match m.status {
+            MailboxStatus::Done => "migrated",
+            MailboxStatus::AlreadyMigrated => "already migrated",
+            MailboxStatus::Failed => "FAILED",
+        };
+        println!(
+            "  {:<32} {:<16} {:>7} messages {:>10} in {} folders{}",
+            m.user,
+            status,
+            m.messages,
+            indicatif::HumanBytes(m.bytes).to_string(),
+            m.folders,
+            if m.uids_preserved || m.status != MailboxStatus::Done {
+                ""
+            } else {
+                ", UIDs NOT preserved"
+            }
+        );
+        if let Some(e) = &m.error {
+            println!("      error: {e}");
+        }
+        for s in &m.skipped_folders {
+            println!("      skipped {:?}: {}", s.name, s.reason);
+        }
+        for w in &m.warnings {
+            println!("      warning: {w}");
+        }
+    }
+    let t = &report.totals;
+    println!(
+        "{} mailboxes ({} failed), {} messages, {}, {} folders skipped",
+        t.mailboxes,
+        t.failed_mailboxes,
+        t.messages,
+        indicatif::HumanBytes(t.bytes),
+        t.skipped_folders
+    );
+}
+
+fn print_plan(plan: &Plan, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(plan).expect("serialisable")
+        );
+        return;
+    }
+    println!(
+        "domain {}: {} → {}{}",
+        plan.domain,
+        plan.source_userdb,
+        plan.target_userdb,
+        if plan.in_place {
+            " (rewritten in place)"
+        } else {
+            ""
+        }
+    );
+    for m in &plan.mailboxes {
+        println!(
+            "  {} [{:?}] hash {} — {} messages, {}",
+            m.user,
+            m.status,
+            m.hash_scheme.as_deref().unwrap_or("(empty)"),
+            m.messages,
+            indicatif::HumanBytes(m.bytes)
+        );
+        if let (Some(s), Some(t)) = (&m.source_maildir, &m.target_maildir) {
+            println!("      {s} → {t}");
+        }
+        for f in &m.folders {
+            println!(
+                "      copy {:?}: {} messages, {}",
+                f.name,
+                f.messages,
+                indicatif::HumanBytes(f.bytes)
+            );
+        }
+        for s in &m.skipped_folders {
+            println!("      skip {:?}: {}", s.name, s.reason);
+        }
+        for p in &m.problems {
+            println!("      problem: {p}");
+        }
+        for w in &m.warnings {
+            println!("      warning: {w}");
+        }
+    }
+    println!(
+        "{} mailboxes, {} messages, {}",
+        plan.mailboxes.len(),
+        plan.messages,
+        indicatif::HumanBytes(plan.bytes)
+    );
+}
+
+/// Helpers shared with the demo: load a config and a job from paths.
+fn run_files(config: &Path, job: &Path) -> Result<Report, Failure> {
+    let cfg = load_config(Some(config.to_path_buf()))?;
+    let job = Job::load(job).map_err(|e| Failure(exit::DATAERR, e.to_string()))?;
+    let report = run_with_progress(&cfg, &job, false)?;
+    print_report(&report, false);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,423 @@
+//! Configuration: raw TOML → validated [`Config`]. Relative paths are
+//! resolved against the configuration file's directory; unknown keys are
+//! errors so that a typo never silently falls back to a default.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::classify::Classifier;
+use crate::job::{Domain, LocalPart};
+use crate::safe_fs::Owner;
+use crate::userdb::scheme::is_scheme_name;
+
+pub const DEFAULT_PATH: &str = "/etc/maildir-migrate/config.toml";
+pub const ENV_VAR: &str = "MAILDIR_MIGRATE_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {key}: {problem}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        problem: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserdbFormat {
+    PasswdFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    spool_dir: Option<PathBuf>,
+    source: RawSource,
+    target: RawTarget,
+    #[serde(default)]
+    migration: RawMigration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    userdb: String,
+    userdb_format: UserdbFormat,
+    mail_root: PathBuf,
+    default_scheme: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    userdb: String,
+    userdb_format: UserdbFormat,
+    mail_root: PathBuf,
+    home: Option<String>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMigration {
+    threads: Option<usize>,
+    fsync: Option<bool>,
+    #[serde(default)]
+    skip_folders: Vec<String>,
+    #[serde(default)]
+    keep_folders: Vec<String>,
+}
+
+/// A userdb path, possibly with `%d` (one file per domain, keyed by the
+/// local part, as Dovecot does when the path names the domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserdbPath {
+    template: String,
+}
+
+impl UserdbPath {
+    fn parse(s: &str) -> Result<UserdbPath, String> {
+        let mut it = s.chars();
+        while let Some(c) = it.next() {
+            if c == '%' && it.next() != Some('d') {
+                return Err("only %d may be used in a userdb path".into());
+            }
+        }
+        if !s.starts_with('/') {
+            return Err("must be an absolute path".into());
+        }
+        Ok(UserdbPath {
+            template: s.to_string(),
+        })
+    }
+
+    pub fn per_domain(&self) -> bool {
+        self.template.contains("%d")
+    }
+
+    pub fn for_domain(&self, domain: &Domain) -> PathBuf {
+        PathBuf::from(self.template.replace("%d", domain.as_str()))
+    }
+
+    /// The user field of a domain's mailbox in this file.
+    pub fn key(&self, local: &LocalPart, domain: &Domain) -> String {
+        if self.per_domain() {
+            local.to_string()
+        } else {
+            format!("{local}@{domain}")
+        }
+    }
+}
+
+/// `home` relative to the target mail root, with `%d`, `%n`, `%u`, `%%`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeTemplate(String);
+
+impl HomeTemplate {
+    fn parse(s: &str) -> Result<HomeTemplate, String> {
+        let t = HomeTemplate(s.to_string());
+        let probe = t.expand(
+            &LocalPart::parse("n").expect("valid"),
+            &Domain::parse("d.example").expect("valid"),
+        )?;
+        if probe.is_absolute() {
+            return Err("must be relative to target.mail_root".into());
+        }
+        if probe
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+            || probe.as_os_str().is_empty()
+        {
+            return Err("must be a plain relative path without '.' or '..'".into());
+        }
+        if !s.contains("%n") && !s.contains("%u") {
+            return Err("must contain %n or %u, or every mailbox would share one home".into());
+        }
+        Ok(t)
+    }
+
+    pub fn expand(&self, local: &LocalPart, domain: &Domain) -> Result<PathBuf, String> {
+        let mut out = String::new();
+        let mut it = self.0.chars();
+        while let Some(c) = it.next() {
+            if c != '%' {
+                out.push(c);
+                continue;
+            }
+            match it.next() {
+                Some('d') => out.push_str(domain.as_str()),
+                Some('n') => out.push_str(local.as_str()),
+                Some('u') => out.push_str(&format!("{local}@{domain}")),
+                Some('%') => out.push('%'),
+                other => {
+                    return Err(format!(
+                        "unknown variable %{} (use %d, %n, %u or %%)",
+                        other.map(String::from).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        Ok(PathBuf::from(out))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub userdb: UserdbPath,
+    pub userdb_format: UserdbFormat,
+    pub mail_root: PathBuf,
+    /// Scheme of bare hashes that are not crypt strings (`scheme=` of the
+    /// source passdb; Dovecot's passwd-file default is CRYPT).
+    pub default_scheme: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub userdb: UserdbPath,
+    pub userdb_format: UserdbFormat,
+    pub mail_root: PathBuf,
+    pub home: HomeTemplate,
+    pub owner: Option<Owner>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Migration {
+    pub threads: usize,
+    pub fsync: bool,
+    pub classifier: Classifier,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub spool_dir: PathBuf,
+    pub source: Source,
+    pub target: Target,
+    pub migration: Migration,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |key: &'static str| {
+            move |problem: String| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                problem,
+            }
+        };
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        let base = std::path::absolute(&base).map_err(|e| invalid("path")(e.to_string()))?;
+        let resolve = |p: &Path| lexical_normalize(&base.join(p));
+        let resolve_str = |s: &str| resolve(Path::new(s)).to_string_lossy().into_owned();
+
+        let default_scheme = raw.source.default_scheme.unwrap_or_else(|| "CRYPT".into());
+        if !is_scheme_name(&default_scheme) {
+            return Err(invalid("source.default_scheme")(format!(
+                "{default_scheme:?} is not a password scheme name"
+            )));
+        }
+        let owner = match (raw.target.uid, raw.target.gid) {
+            (None, None) => None,
+            (Some(0), _) | (_, Some(0)) => {
+                return Err(invalid("target.uid")(
+                    "uid/gid 0 is refused by Dovecot's passwd-file; use the mail user's ids".into(),
+                ));
+            }
+            (Some(uid), Some(gid)) => Some(Owner { uid, gid }),
+            _ => {
+                return Err(invalid("target.uid")(
+                    "set both uid and gid, or neither".into(),
+                ));
+            }
+        };
+        let threads = raw.migration.threads.unwrap_or(8);
+        if !(1..=256).contains(&threads) {
+            return Err(invalid("migration.threads")(format!(
+                "{threads} is not between 1 and 256"
+            )));
+        }
+        for (key, list) in [
+            ("migration.skip_folders", &raw.migration.skip_folders),
+            ("migration.keep_folders", &raw.migration.keep_folders),
+        ] {
+            if let Some(bad) = list
+                .iter()
+                .find(|n| n.split('/').any(|l| l.trim().is_empty()))
+            {
+                return Err(invalid(key)(format!(
+                    "{bad:?} is not a folder name (use / between levels)"
+                )));
+            }
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            spool_dir: resolve(
+                raw.spool_dir
+                    .as_deref()
+                    .unwrap_or(Path::new("/var/spool/maildir-migrate")),
+            ),
+            source: Source {
+                userdb: UserdbPath::parse(&resolve_str(&raw.source.userdb))
+                    .map_err(invalid("source.userdb"))?,
+                userdb_format: raw.source.userdb_format,
+                mail_root: resolve(&raw.source.mail_root),
+                default_scheme,
+            },
+            target: Target {
+                userdb: UserdbPath::parse(&resolve_str(&raw.target.userdb))
+                    .map_err(invalid("target.userdb"))?,
+                userdb_format: raw.target.userdb_format,
+                mail_root: resolve(&raw.target.mail_root),
+                home: HomeTemplate::parse(raw.target.home.as_deref().unwrap_or("%d/%n"))
+                    .map_err(invalid("target.home"))?,
+                owner,
+            },
+            migration: Migration {
+                threads,
+                fsync: raw.migration.fsync.unwrap_or(true),
+                classifier: Classifier::new(
+                    &raw.migration.skip_folders,
+                    &raw.migration.keep_folders,
+                ),
+            },
+        })
+    }
+
+    /// True when source and target share one userdb file for `domain`
+    /// (the entry is rewritten in place).
+    pub fn in_place(&self, domain: &Domain) -> bool {
+        self.source.userdb.for_domain(domain) == self.target.userdb.for_domain(domain)
+    }
+}
+
+/// Removes `.` and resolves `..` textually (config paths need not exist).
+pub fn lexical_normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[source]
+userdb = "users.old"
+userdb_format = "passwd-file"
+mail_root = "old"
+[target]
+userdb = "/etc/dovecot/passwd/%d"
+userdb_format = "passwd-file"
+mail_root = "../new"
+uid = 5000
+gid = 5000
+"#;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_dir() {
+        let c = Config::parse(Path::new("/etc/mm/config.toml"), MINIMAL).unwrap();
+        assert_eq!(c.source.mail_root, Path::new("/etc/mm/old"));
+        assert_eq!(c.target.mail_root, Path::new("/etc/new"));
+        let d = Domain::parse("example.cz").unwrap();
+        assert_eq!(
+            c.source.userdb.for_domain(&d),
+            Path::new("/etc/mm/users.old")
+        );
+        assert_eq!(
+            c.target.userdb.for_domain(&d),
+            Path::new("/etc/dovecot/passwd/example.cz")
+        );
+        let jan = LocalPart::parse("jan").unwrap();
+        assert_eq!(c.source.userdb.key(&jan, &d), "jan@example.cz");
+        assert_eq!(c.target.userdb.key(&jan, &d), "jan");
+        assert_eq!(
+            c.target.home.expand(&jan, &d).unwrap(),
+            Path::new("example.cz/jan")
+        );
+        assert_eq!(c.migration.threads, 8);
+        assert!(c.migration.fsync);
+        assert_eq!(c.source.default_scheme, "CRYPT");
+        assert!(!c.in_place(&d));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_problem() {
+        let p = Path::new("/c.toml");
+        let cases = [
+            (format!("{MINIMAL}\nbogus = 1\n"), "unknown field"),
+            (
+                MINIMAL.replace(
+                    "passwd-file\"\nmail_root = \"old",
+                    "courier\"\nmail_root = \"old",
+                ),
+                "unknown variant",
+            ),
+            (MINIMAL.replace("uid = 5000", "uid = 0"), "target.uid"),
+            (MINIMAL.replace("gid = 5000", ""), "both"),
+            (
+                MINIMAL.replace("/etc/dovecot/passwd/%d", "/etc/%u"),
+                "only %d",
+            ),
+            (format!("{MINIMAL}home = \"../%n\"\n"), "target.home"),
+            (format!("{MINIMAL}home = \"%d\"\n"), "%n or %u"),
+            (format!("{MINIMAL}home = \"%x/%n\"\n"), "unknown variable"),
+            (
+                format!("{MINIMAL}[migration]\nthreads = 0\n"),
+                "migration.threads",
+            ),
+            (
+                format!("{MINIMAL}[migration]\nskip_folders = [\"a//b\"]\n"),
+                "skip_folders",
+            ),
+            ("[source\n".to_string(), "line 1"),
+        ];
+        for (text, needle) in cases {
+            let e = Config::parse(p, &text).unwrap_err().to_string();
+            assert!(e.starts_with("/c.toml: "), "{e}");
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn same_file_is_in_place() {
+        let t = MINIMAL.replace("/etc/dovecot/passwd/%d", "users.old");
+        let c = Config::parse(Path::new("/x/c.toml"), &t).unwrap();
+        assert!(c.in_place(&Domain::parse("a.cz").unwrap()));
+    }
+}

@@ -1,0 +1,484 @@
+//! Copying one folder's message files: byte for byte, base name, info part
+//! and mtime (= IMAP INTERNALDATE) kept, written under a temporary name in
+//! the target's `tmp/`, synced, then renamed into `cur/` or `new/` without
+//! replacing anything. Files run in parallel on the job's rayon pool.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::sys::stat::futimens;
+use nix::sys::time::TimeSpec;
+use rayon::prelude::*;
+
+use crate::maildir::filename;
+use crate::progress::Progress;
+use crate::safe_fs::{Dir, FileAttrs, Kind, Owner, apply_attrs};
+
+pub const SUBDIRS: [&str; 2] = ["cur", "new"];
+/// Prefix of our temporary files in a target folder's `tmp/`.
+const TMP_PREFIX: &str = "maildir-migrate.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: file changed size while being copied ({expected} → {got} bytes)", path.display())]
+    SizeChanged {
+        path: PathBuf,
+        expected: u64,
+        got: u64,
+    },
+}
+
+fn at(path: PathBuf) -> impl FnOnce(io::Error) -> CopyError {
+    move |source| CopyError::Io { path, source }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CopyOptions {
+    pub owner: Option<Owner>,
+    pub fsync: bool,
+}
+
+/// Message names of one folder, per subdirectory, sorted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub cur: Vec<OsString>,
+    pub new: Vec<OsString>,
+    /// Entries that are not regular files (symlinks, FIFOs, directories).
+    pub not_files: Vec<PathBuf>,
+}
+
+impl Listing {
+    pub fn len(&self) -> usize {
+        self.cur.len() + self.new.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &OsString)> {
+        self.cur
+            .iter()
+            .map(|n| (0, n))
+            .chain(self.new.iter().map(|n| (1, n)))
+    }
+}
+
+/// Lists `cur/` and `new/` of a folder; a missing subdirectory is empty.
+pub fn list_messages(folder: &Dir) -> Result<Listing, CopyError> {
+    let mut l = Listing::default();
+    for (i, sub) in SUBDIRS.iter().enumerate() {
+        let d = match folder.open_dir(sub) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(at(folder.child_path(sub))(e)),
+        };
+        let names = if i == 0 { &mut l.cur } else { &mut l.new };
+        d.for_each_entry(|e| {
+            if !filename::is_message_name(e.name.as_bytes()) {
+                return Ok(());
+            }
+            match e.kind {
+                Kind::File => names.push(e.name),
+                _ => l.not_files.push(d.child_path(&e.name)),
+            }
+            Ok(())
+        })
+        .map_err(at(d.path().to_path_buf()))?;
+        names.sort_unstable();
+    }
+    Ok(l)
+}
+
+/// Total size of a listing's messages in `folder`: `,S=` from the name,
+/// else a stat (Dovecot and Courier names carry `S=`, so this rarely stats).
+pub fn listing_bytes(folder: &Dir, listing: &Listing) -> Result<u64, CopyError> {
+    let mut subs: [Option<Dir>; 2] = [None, None];
+    let mut total = 0;
+    for (sub, name) in listing.iter() {
+        total += match filename::size_from_name(name.as_bytes()) {
+            Some(s) => s,
+            None => {
+                if subs[sub].is_none() {
+                    subs[sub] = open_sub(folder, SUBDIRS[sub])?;
+                }
+                let path = || folder.child_path(SUBDIRS[sub]).join(name);
+                let d = subs[sub]
+                    .as_ref()
+                    .ok_or_else(|| at(path())(io::Error::from(io::ErrorKind::NotFound)))?;
+                d.stat_at(name).map_err(at(path()))?.st_size as u64
+            }
+        };
+    }
+    Ok(total)
+}
+
+/// What one pass over a folder did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncStats {
+    pub copied: u64,
+    pub copied_bytes: u64,
+    /// Present in the target under another name (flags changed).
+    pub renamed: u64,
+    /// In the target but no longer in the source (expunged since copied).
+    pub removed: u64,
+    /// Listed in the source but gone before they could be read.
+    pub vanished: u64,
+}
+
+/// The target folder's cur/, new/ and tmp/, created if missing.
+pub struct TargetFolder {
+    pub dir: Dir,
+    subs: [Dir; 2],
+    tmp: Dir,
+}
+
+impl TargetFolder {
+    pub fn open(dir: Dir, owner: Option<Owner>) -> Result<TargetFolder, CopyError> {
+        let mk = |name: &str| {
+            dir.ensure_dir(name, 0o700, owner)
+                .map(|(d, _)| d)
+                .map_err(at(dir.child_path(name)))
+        };
+        let subs = [mk("cur")?, mk("new")?];
+        let tmp = mk("tmp")?;
+        // Leftovers of an interrupted run: never under a final name.
+        for e in tmp.entries().map_err(at(tmp.path().to_path_buf()))? {
+            if e.name.as_bytes().starts_with(TMP_PREFIX.as_bytes()) {
+                tmp.unlink_if_exists(&e.name)
+                    .map_err(at(tmp.child_path(&e.name)))?;
+            }
+        }
+        Ok(TargetFolder { dir, subs, tmp })
+    }
+
+    pub fn list(&self) -> Result<Listing, CopyError> {
+        list_messages(&self.dir)
+    }
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Makes the target folder hold exactly the source listing: copies what
+/// is missing, renames what changed flags, removes what the source lost.
+pub fn sync_folder(
+    src: &Dir,
+    source: &Listing,
+    dst: &TargetFolder,
+    opts: &CopyOptions,
+    pool: &rayon::ThreadPool,
+    progress: &dyn Progress,
+) -> Result<SyncStats, CopyError> {
+    let mut stats = SyncStats::default();
+    let existing = dst.list()?;
+    let mut by_base: HashMap<&[u8], (usize, &OsString)> = HashMap::with_capacity(existing.len());
+    for (sub, name) in existing.iter() {
+        let base = filename::base(name.as_bytes());
+        if by_base.insert(base, (sub, name)).is_some() {
+            // Two target files for one message: keep the first, drop this.
+            dst.subs[sub]
+                .unlink_if_exists(name)
+                .map_err(at(dst.subs[sub].child_path(name)))?;
+            stats.removed += 1;
+        }
+    }
+    let mut to_copy: Vec<(usize, &OsString)> = Vec::new();
+    for (sub, name) in source.iter() {
+        match by_base.remove(filename::base(name.as_bytes())) {
+            Some((tsub, tname)) if tsub == sub && tname == name => {}
+            Some((tsub, tname)) => {
+                dst.subs[tsub]
+                    .rename_noreplace(tname, &dst.subs[sub], name)
+                    .map_err(at(dst.subs[tsub].child_path(tname)))?;
+                stats.renamed += 1;
+            }
+            None => to_copy.push((sub, name)),
+        }
+    }
+    for (sub, name) in by_base.into_values() {
+        dst.subs[sub]
+            .unlink_if_exists(name)
+            .map_err(at(dst.subs[sub].child_path(name)))?;
+        stats.removed += 1;
+    }
+
+    let src_subs = [open_sub(src, "cur")?, open_sub(src, "new")?];
+    let results: Vec<Result<Option<u64>, CopyError>> = pool.install(|| {
+        to_copy
+            .par_iter()
+            .map(|&(sub, name)| {
+                let Some(src_sub) = &src_subs[sub] else {
+                    return Ok(None);
+                };
+                let r = copy_message(src_sub, name, &dst.tmp, &dst.subs[sub], opts);
+                if let Ok(Some(bytes)) = r {
+                    progress.message_copied(bytes);
+                }
+                r
+            })
+            .collect()
+    });
+    for r in results {
+        match r? {
+            Some(bytes) => {
+                stats.copied += 1;
+                stats.copied_bytes += bytes;
+            }
+            None => stats.vanished += 1,
+        }
+    }
+    if opts.fsync && stats != SyncStats::default() {
+        for d in &dst.subs {
+            d.sync().map_err(at(d.path().to_path_buf()))?;
+        }
+    }
+    Ok(stats)
+}
+
+fn open_sub(folder: &Dir, name: &str) -> Result<Option<Dir>, CopyError> {
+    match folder.open_dir(name) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(at(folder.child_path(name))(e)),
+    }
+}
+
+/// Copies one message; `Ok(None)` when the source file is gone (renamed
+/// or expunged since the listing).
+fn copy_message(
+    src_dir: &Dir,
+    name: &OsStr,
+    tmp_dir: &Dir,
+    dst_dir: &Dir,
+    opts: &CopyOptions,
+) -> Result<Option<u64>, CopyError> {
+    let (mut src, st) = match src_dir.open_file(name) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(at(src_dir.child_path(name))(e)),
+    };
+    let tmp_name = format!(
+        "{TMP_PREFIX}{}.{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut dst = tmp_dir
+        .create_file(&tmp_name, 0o600)
+        .map_err(at(tmp_dir.child_path(&tmp_name)))?;
+    let result = (|| {
+        let dst_path = || dst_dir.child_path(name);
+        let n = io::copy(&mut src, &mut dst).map_err(at(dst_path()))?;
+        if n != st.st_size as u64 {
+            return Err(CopyError::SizeChanged {
+                path: src_dir.child_path(name),
+                expected: st.st_size as u64,
+                got: n,
+            });
+        }
+        apply_attrs(
+            &dst,
+            &FileAttrs {
+                mode: 0o600,
+                owner: opts.owner,
+                mtime: None,
+                fsync: false,
+            },
+        )
+        .map_err(at(dst_path()))?;
+        let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
+        let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+        futimens(dst.as_fd(), &atime, &mtime).map_err(|e| at(dst_path())(e.into()))?;
+        if opts.fsync {
+            dst.sync_all().map_err(at(dst_path()))?;
+        }
+        drop(dst);
+        match tmp_dir.rename_noreplace(OsStr::new(&tmp_name), dst_dir, name) {
+            Ok(()) => Ok(Some(n)),
+            // Someone else put it there meanwhile: same base, same message.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                tmp_dir
+                    .unlink_if_exists(&tmp_name)
+                    .map_err(at(tmp_dir.child_path(&tmp_name)))?;
+                Ok(Some(n))
+            }
+            Err(e) => Err(at(dst_path())(e)),
+        }
+    })();
+    if result.is_err() {
+        let _ = tmp_dir.unlink_if_exists(&tmp_name);
+    }
+    result
+}
+
+/// Differences between what the source listed and what the target holds.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub missing: Vec<String>,
+    pub extra: Vec<String>,
+    pub flags_differ: Vec<String>,
+}
+
+impl Mismatch {
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty() && self.flags_differ.is_empty()
+    }
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let first = |v: &[String]| v.first().cloned().unwrap_or_default();
+        write!(
+            f,
+            "{} missing (e.g. {:?}), {} extra (e.g. {:?}), {} with other flags or place (e.g. {:?})",
+            self.missing.len(),
+            first(&self.missing),
+            self.extra.len(),
+            first(&self.extra),
+            self.flags_differ.len(),
+            first(&self.flags_differ)
+        )
+    }
+}
+
+/// Checks that `target` holds exactly the source's messages (by base name)
+/// in the same subdirectory with the same flags.
+pub fn compare(source: &Listing, target: &Listing) -> Mismatch {
+    let key = |sub: usize, n: &OsString| {
+        let b = n.as_bytes();
+        (
+            filename::base(b).to_vec(),
+            (sub, filename::flags(b).map(<[u8]>::to_vec)),
+        )
+    };
+    let mut want: HashMap<Vec<u8>, (usize, Option<Vec<u8>>)> =
+        source.iter().map(|(s, n)| key(s, n)).collect();
+    let mut m = Mismatch::default();
+    for (sub, name) in target.iter() {
+        let (base, place) = key(sub, name);
+        let shown = String::from_utf8_lossy(name.as_bytes()).into_owned();
+        match want.remove(&base) {
+            None => m.extra.push(shown),
+            Some(p) if p != place => m.flags_differ.push(shown),
+            Some(_) => {}
+        }
+    }
+    m.missing = want
+        .into_keys()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect();
+    m.missing.sort();
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Silent;
+    use std::os::unix::fs::MetadataExt;
+
+    fn pool() -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap()
+    }
+
+    fn put(dir: &std::path::Path, rel: &str, body: &[u8], mtime: i64) {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, body).unwrap();
+        let t = TimeSpec::new(mtime, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &p,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn sync_copies_renames_removes_and_keeps_mtime() {
+        let t = tempfile::tempdir().unwrap();
+        let (s, d) = (t.path().join("s"), t.path().join("d"));
+        put(&s, "cur/1.a:2,S", b"one", 1_500_000_000);
+        put(&s, "cur/2.b:2,FS", b"two", 1_500_000_001);
+        put(&s, "new/3.c", b"three", 1_500_000_002);
+        std::fs::create_dir_all(s.join("tmp")).unwrap();
+        std::fs::write(s.join("tmp/junk"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", s.join("cur/4.evil:2,")).unwrap();
+        put(&d, "cur/2.b:2,S", b"two", 1_500_000_001);
+        put(&d, "cur/9.gone:2,", b"old", 1);
+        put(&d, "tmp/maildir-migrate.1.1", b"partial", 1);
+
+        let src = Dir::open_root(&s).unwrap();
+        std::fs::create_dir_all(&d).unwrap();
+        let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
+        let listing = list_messages(&src).unwrap();
+        assert_eq!(listing.len(), 3);
+        assert_eq!(listing.not_files.len(), 1);
+        let opts = CopyOptions {
+            owner: None,
+            fsync: true,
+        };
+        let st = sync_folder(&src, &listing, &dst, &opts, &pool(), &Silent).unwrap();
+        assert_eq!(
+            (st.copied, st.renamed, st.removed, st.vanished),
+            (2, 1, 1, 0)
+        );
+        assert_eq!(std::fs::read(d.join("new/3.c")).unwrap(), b"three");
+        let m = std::fs::metadata(d.join("cur/1.a:2,S")).unwrap();
+        assert_eq!((m.mtime(), m.mode() & 0o777), (1_500_000_000, 0o600));
+        assert!(!d.join("cur/4.evil:2,").exists());
+        assert!(!d.join("tmp/maildir-migrate.1.1").exists());
+        assert!(compare(&listing, &dst.list().unwrap()).is_empty());
+
+        // A second pass changes nothing.
+        let st = sync_folder(&src, &listing, &dst, &opts, &pool(), &Silent).unwrap();
+        assert_eq!(st, SyncStats::default());
+    }
+
+    #[test]
+    fn vanished_source_files_are_counted_not_fatal() {
+        let t = tempfile::tempdir().unwrap();
+        let (s, d) = (t.path().join("s"), t.path().join("d"));
+        put(&s, "cur/1.a:2,S", b"one", 1);
+        std::fs::create_dir_all(&d).unwrap();
+        let src = Dir::open_root(&s).unwrap();
+        let listing = list_messages(&src).unwrap();
+        std::fs::rename(s.join("cur/1.a:2,S"), s.join("cur/1.a:2,RS")).unwrap();
+        let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
+        let opts = CopyOptions {
+            owner: None,
+            fsync: false,
+        };
+        let st = sync_folder(&src, &listing, &dst, &opts, &pool(), &Silent).unwrap();
+        assert_eq!((st.copied, st.vanished), (0, 1));
+    }
+
+    #[test]
+    fn compare_reports_each_kind() {
+        let l = |cur: &[&str], new: &[&str]| Listing {
+            cur: cur.iter().map(OsString::from).collect(),
+            new: new.iter().map(OsString::from).collect(),
+            not_files: vec![],
+        };
+        let m = compare(
+            &l(&["a:2,S", "b:2,F"], &["c"]),
+            &l(&["a:2,S", "b:2,", "x:2,"], &[]),
+        );
+        assert_eq!(m.missing, ["c"]);
+        assert_eq!(m.extra, ["x:2,"]);
+        assert_eq!(m.flags_differ, ["b:2,"]);
+        assert!(compare(&l(&["a:2,S"], &[]), &l(&["a:2,S"], &[])).is_empty());
+        assert!(!compare(&l(&[], &["a"]), &l(&["a:2,"], &[])).is_empty());
+    }
+}

@@ -1,0 +1,320 @@
+//! Job files: raw JSON from a spool or the command line → validated [`Job`].
+//! Every name in a job ends up in paths and userdb lines, so each one is
+//! checked here and nowhere trusted later.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {problem}", path.display())]
+    Invalid { path: PathBuf, problem: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Content and password.
+    Move,
+    /// A new empty mailbox with the same name and password.
+    Recreate,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Move => "move",
+            Mode::Recreate => "recreate",
+        })
+    }
+}
+
+/// `[A-Za-z0-9._-]{1,64}`, taken from the job file's stem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn parse(s: &str) -> Result<JobId, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(JobId(s.to_string()))
+        } else {
+            Err(format!(
+                "job id {s:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A lower-case ASCII domain name (IDNs in their xn-- form).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Domain(String);
+
+impl Domain {
+    pub fn parse(s: &str) -> Result<Domain, String> {
+        let d = s.to_ascii_lowercase();
+        let bad = |why: &str| Err(format!("domain {s:?} {why}"));
+        if d.is_empty() || d.len() > 253 {
+            return bad("must be 1-253 characters");
+        }
+        if !d.is_ascii() {
+            return bad("must be ASCII (write an IDN in its xn-- form)");
+        }
+        for label in d.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return bad("has an empty or over-long label");
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad("may contain only letters, digits, '-', '_' and '.'");
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return bad("has a label starting or ending with '-'");
+            }
+        }
+        Ok(Domain(d))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The part of an address before `@`: safe as a path component and as a
+/// passwd-file user field.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct LocalPart(String);
+
+impl LocalPart {
+    pub fn parse(s: &str) -> Result<LocalPart, String> {
+        let bad = |why: &str| Err(format!("mailbox name {s:?} {why}"));
+        if s.is_empty() || s.len() > 64 {
+            return bad("must be 1-64 bytes");
+        }
+        if s.starts_with('.') {
+            return bad("must not start with '.'");
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|&c| c.is_control() || c.is_whitespace() || "/\\:@%\"".contains(c))
+        {
+            return bad(&format!("must not contain {c:?}"));
+        }
+        Ok(LocalPart(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LocalPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    domain: String,
+    mode: Mode,
+    mailboxes: Option<Vec<String>>,
+    notify: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: JobId,
+    pub domain: Domain,
+    pub mode: Mode,
+    /// `None`: every mailbox of the domain in the source userdb.
+    pub mailboxes: Option<Vec<LocalPart>>,
+    pub notify: Option<String>,
+}
+
+impl Job {
+    pub fn load(path: &Path) -> Result<Job, JobError> {
+        let text = std::fs::read_to_string(path).map_err(|source| JobError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        Job::parse(path, stem, &text)
+    }
+
+    pub fn parse(path: &Path, id: &str, text: &str) -> Result<Job, JobError> {
+        let invalid = |problem: String| JobError::Invalid {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let raw: RawJob = serde_json::from_str(text).map_err(|e| JobError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let id = JobId::parse(id).map_err(invalid)?;
+        let domain = Domain::parse(&raw.domain).map_err(invalid)?;
+        let mailboxes = match raw.mailboxes {
+            None => None,
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(invalid(
+                        "\"mailboxes\" is empty; omit it to mean every mailbox of the domain"
+                            .into(),
+                    ));
+                }
+                let mut out: Vec<LocalPart> = Vec::with_capacity(list.len());
+                for m in &list {
+                    let lp = LocalPart::parse(m).map_err(invalid)?;
+                    if out.contains(&lp) {
+                        return Err(invalid(format!("mailbox {m:?} is listed twice")));
+                    }
+                    out.push(lp);
+                }
+                Some(out)
+            }
+        };
+        if let Some(n) = &raw.notify {
+            let plausible = n.len() <= 254
+                && n.split_once('@')
+                    .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+                && !n.chars().any(|c| c.is_control() || c.is_whitespace());
+            if !plausible {
+                return Err(invalid(format!(
+                    "\"notify\" {n:?} is not an e-mail address"
+                )));
+            }
+        }
+        Ok(Job {
+            id,
+            domain,
+            mode: raw.mode,
+            mailboxes,
+            notify: raw.notify,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(text: &str) -> Result<Job, JobError> {
+        Job::parse(Path::new("j.json"), "j", text)
+    }
+
+    #[test]
+    fn full_job() {
+        let j = parse(r#"{"domain":"Example.CZ","mode":"move","mailboxes":["jan","info"],"notify":"owner@example.org"}"#).unwrap();
+        assert_eq!(j.domain.as_str(), "example.cz");
+        assert_eq!(j.mode, Mode::Move);
+        assert_eq!(j.mailboxes.unwrap().len(), 2);
+        let j = parse(r#"{"domain":"example.cz","mode":"recreate"}"#).unwrap();
+        assert!(j.mailboxes.is_none());
+    }
+
+    #[test]
+    fn rejects_bad_jobs() {
+        for (text, needle) in [
+            (
+                r#"{"domain":"example.cz","mode":"move","extra":1}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"domain":"example.cz","mode":"copy"}"#,
+                "unknown variant",
+            ),
+            (r#"{"domain":"example.cz"}"#, "missing field"),
+            (r#"{"domain":"../etc","mode":"move"}"#, "domain"),
+            (r#"{"domain":"a/b","mode":"move"}"#, "domain"),
+            (
+                r#"{"domain":"example.cz","mode":"move","mailboxes":[".."]}"#,
+                "'.'",
+            ),
+            (
+                r#"{"domain":"example.cz","mode":"move","mailboxes":["a/b"]}"#,
+                "'/'",
+            ),
+            (
+                r#"{"domain":"example.cz","mode":"move","mailboxes":["a\u0000"]}"#,
+                "must not contain",
+            ),
+            (
+                r#"{"domain":"example.cz","mode":"move","mailboxes":["a:b"]}"#,
+                "':'",
+            ),
+            (
+                r#"{"domain":"example.cz","mode":"move","mailboxes":["a","a"]}"#,
+                "twice",
+            ),
+            (
+                r#"{"domain":"example.cz","mode":"move","mailboxes":[]}"#,
+                "empty",
+            ),
+            (
+                r#"{"domain":"example.cz","mode":"move","notify":"nobody"}"#,
+                "notify",
+            ),
+            ("{", "EOF"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+            assert!(e.starts_with("j.json: "), "{e}");
+        }
+        assert!(
+            Job::parse(
+                Path::new("x"),
+                "bad id!",
+                r#"{"domain":"a.cz","mode":"move"}"#
+            )
+            .is_err()
+        );
+        assert!(JobId::parse(&"a".repeat(65)).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_names_are_safe_path_components(s in "\\PC{0,20}") {
+            if let Ok(l) = LocalPart::parse(&s) {
+                let p = Path::new(l.as_str());
+                prop_assert_eq!(p.components().count(), 1);
+                prop_assert!(matches!(p.components().next(), Some(std::path::Component::Normal(_))));
+                prop_assert!(!l.as_str().contains(':'));
+            }
+            if let Ok(d) = Domain::parse(&s) {
+                prop_assert!(!d.as_str().contains('/') && !d.as_str().contains(".."));
+            }
+        }
+    }
+}

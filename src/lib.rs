@@ -1,0 +1,16 @@
+//! maildir-migrate: moves whole mail domains from an old Maildir storage
+//! to a new Dovecot one, with passwords, folders, flags, keywords, dates
+//! and UIDs kept, and Trash, Spam and Contacts deliberately left behind.
+
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod copy;
+pub mod job;
+pub mod maildir;
+pub mod migrate;
+pub mod plan;
+pub mod progress;
+pub mod report;
+pub mod safe_fs;
+pub mod userdb;

@@ -1,0 +1,81 @@
+//! Message file names: `<base>[:2,<flags>]`.
+//!
+//! The base (everything before the first `:`) is a message's identity in
+//! every UID map, so it is never changed; the info part carries the flags.
+
+/// True for names Dovecot would treat as messages in `cur/` or `new/`.
+pub fn is_message_name(name: &[u8]) -> bool {
+    !name.is_empty() && name[0] != b'.' && !name.contains(&b'/') && !name.contains(&0)
+}
+
+/// The base name: everything before the first `:`.
+pub fn base(name: &[u8]) -> &[u8] {
+    match name.iter().position(|&b| b == b':') {
+        Some(p) => &name[..p],
+        None => name,
+    }
+}
+
+/// The flag letters of a `:2,` info part (up to a further `,`), if any.
+pub fn flags(name: &[u8]) -> Option<&[u8]> {
+    let info = &name[base(name).len()..];
+    let letters = info.strip_prefix(b":2,")?;
+    Some(match letters.iter().position(|&b| b == b',') {
+        Some(p) => &letters[..p],
+        None => letters,
+    })
+}
+
+/// The physical size from a `,S=<n>` field in the base, when present.
+pub fn size_from_name(name: &[u8]) -> Option<u64> {
+    let b = base(name);
+    let pos = b.windows(3).position(|w| w == b",S=")?;
+    let digits = &b[pos + 3..];
+    let end = digits
+        .iter()
+        .position(|d| !d.is_ascii_digit())
+        .unwrap_or(digits.len());
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_dovecot_and_courier_names() {
+        let d = b"1795946589.M961066P13496.vm,S=118,W=125:2,STd";
+        assert_eq!(base(d), b"1795946589.M961066P13496.vm,S=118,W=125");
+        assert_eq!(flags(d), Some(&b"STd"[..]));
+        assert_eq!(size_from_name(d), Some(118));
+
+        let n = b"1795946853.M83722P16285V0I642.vm,S=125";
+        assert_eq!(base(n), n);
+        assert_eq!(flags(n), None);
+        assert_eq!(flags(b"x:2,FS,extra"), Some(&b"FS"[..]));
+        assert_eq!(flags(b"x:1,foo"), None);
+        assert_eq!(size_from_name(b"x,W=5"), None);
+        assert_eq!(size_from_name(b"x,S=12:2,S=99"), Some(12));
+    }
+
+    #[test]
+    fn message_names() {
+        assert!(is_message_name(b"123.abc:2,S"));
+        assert!(!is_message_name(b".nfs000"));
+        assert!(!is_message_name(b""));
+    }
+
+    proptest! {
+        #[test]
+        fn base_is_prefix_without_colon(name in proptest::collection::vec(any::<u8>(), 0..60)) {
+            let b = base(&name);
+            prop_assert!(name.starts_with(b));
+            prop_assert!(!b.contains(&b':'));
+            if let Some(f) = flags(&name) {
+                prop_assert!(!f.contains(&b','));
+            }
+            let _ = size_from_name(&name);
+        }
+    }
+}

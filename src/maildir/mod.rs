@@ -1,0 +1,141 @@
+//! Maildir++ on-disk formats and where a user's Maildir lives.
+
+pub mod filename;
+pub mod keywords;
+pub mod names;
+pub mod subscriptions;
+pub mod uidlist;
+
+use std::path::PathBuf;
+
+pub const UIDLIST: &str = "dovecot-uidlist";
+pub const KEYWORDS: &str = "dovecot-keywords";
+pub const SUBSCRIPTIONS: &str = "subscriptions";
+pub const MAILDIRFOLDER: &str = "maildirfolder";
+/// Dovecot index files: rebuilt from the Maildir, never carried (they hold
+/// the old tree's sync state and would hide a replaced uidlist).
+pub const INDEX_FILES: &[&str] = &[
+    "dovecot.index",
+    "dovecot.index.log",
+    "dovecot.index.log.2",
+    "dovecot.index.cache",
+    "dovecot.list.index",
+    "dovecot.list.index.log",
+    "dovecot.list.index.log.2",
+];
+
+/// Names a user's Maildir: `userdb_mail=maildir:PATH[:OPTIONS]` when set,
+/// else `<home>/Maildir`. Returns an absolute path or why it cannot be used.
+pub fn maildir_path(
+    mail: Option<&str>,
+    home: &str,
+    user: &str,
+    local: &str,
+    domain: &str,
+) -> Result<PathBuf, String> {
+    let home_abs = || -> Result<&str, String> {
+        if home.starts_with('/') {
+            Ok(home)
+        } else {
+            Err(format!(
+                "home {home:?} is not an absolute path and no userdb_mail is set"
+            ))
+        }
+    };
+    let Some(mail) = mail else {
+        return Ok(PathBuf::from(home_abs()?).join("Maildir"));
+    };
+    let mut parts = mail.split(':');
+    let driver = parts.next().unwrap_or_default();
+    if driver != "maildir" {
+        return Err(format!(
+            "mail location {mail:?} uses the {driver:?} format; only maildir is supported"
+        ));
+    }
+    let raw_path = parts.next().unwrap_or_default();
+    for opt in parts {
+        let key = opt.split('=').next().unwrap_or_default();
+        let fine = matches!(key, "INDEX" | "INDEXPVT" | "VOLATILEDIR" | "UTF-8" | "")
+            || opt.eq_ignore_ascii_case("LAYOUT=maildir++");
+        if !fine {
+            return Err(format!(
+                "mail location option {opt:?} is not supported (control files or messages would be elsewhere)"
+            ));
+        }
+    }
+    let mut path = String::new();
+    let mut it = raw_path.chars().peekable();
+    if it.peek() == Some(&'~') {
+        it.next();
+        path.push_str(home_abs()?);
+    }
+    while let Some(c) = it.next() {
+        if c != '%' {
+            path.push(c);
+            continue;
+        }
+        let mut v = it.next();
+        let lower = v == Some('L');
+        if lower {
+            v = it.next();
+        }
+        let value = match v {
+            Some('u') => user.to_string(),
+            Some('n') => local.to_string(),
+            Some('d') => domain.to_string(),
+            Some('h') => home_abs()?.to_string(),
+            Some('%') => "%".to_string(),
+            _ => {
+                return Err(format!(
+                    "mail location {mail:?} uses an unsupported variable"
+                ));
+            }
+        };
+        path.push_str(&if lower { value.to_lowercase() } else { value });
+    }
+    if !path.starts_with('/') {
+        return Err(format!("mail location {mail:?} is not an absolute path"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(mail: Option<&str>, home: &str) -> Result<PathBuf, String> {
+        maildir_path(mail, home, "Jan@example.cz", "Jan", "example.cz")
+    }
+
+    #[test]
+    fn locations() {
+        assert_eq!(p(None, "/h/jan").unwrap(), PathBuf::from("/h/jan/Maildir"));
+        assert_eq!(
+            p(Some("maildir:~/Mail"), "/h/jan").unwrap(),
+            PathBuf::from("/h/jan/Mail")
+        );
+        assert_eq!(
+            p(Some("maildir:/srv/%d/%Ln:INDEX=/idx/%u:UTF-8"), "").unwrap(),
+            PathBuf::from("/srv/example.cz/jan")
+        );
+        assert_eq!(
+            p(Some("maildir:%h/M"), "/h").unwrap(),
+            PathBuf::from("/h/M")
+        );
+    }
+
+    #[test]
+    fn refused_locations() {
+        for (mail, home, needle) in [
+            (None, "rel", "absolute"),
+            (Some("mdbox:~/mdbox"), "/h", "mdbox"),
+            (Some("maildir:~/M:LAYOUT=fs"), "/h", "LAYOUT=fs"),
+            (Some("maildir:~/M:CONTROL=/c"), "/h", "CONTROL"),
+            (Some("maildir:%x"), "/h", "variable"),
+            (Some("maildir:M"), "/h", "absolute"),
+        ] {
+            let e = p(mail, home).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    maildir_migrate::cli::main()
+}

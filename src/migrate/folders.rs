@@ -1,0 +1,475 @@
+//! A mailbox's content: which folders exist and which are skipped, and one
+//! pass that makes the target Maildir match the source (messages plus the
+//! control files that keep UIDs, keywords and subscriptions).
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+use crate::classify::Classifier;
+use crate::copy::{self, CopyOptions, TargetFolder};
+use crate::maildir::keywords::Keywords;
+use crate::maildir::names::{FolderName, NameEncoding, decode_level};
+use crate::maildir::uidlist::Uidlist;
+use crate::maildir::{self, subscriptions};
+use crate::progress::Progress;
+use crate::report::SkippedFolder;
+use crate::safe_fs::{Dir, FileAttrs, Kind, Owner};
+
+use super::MailboxError;
+
+/// The target stores folder names in Dovecot's default encoding.
+pub const TARGET_NAMES: NameEncoding = NameEncoding::Mutf7;
+/// A source that keeps renaming files faster than we can copy them.
+const MAX_PASSES_PER_FOLDER: usize = 5;
+/// Control files larger than this are not control files.
+const CONTROL_FILE_LIMIT: u64 = 1 << 30;
+
+#[derive(Debug, Clone)]
+pub struct SourceFolder {
+    /// `None` for INBOX (the Maildir root itself).
+    pub name: Option<FolderName>,
+    /// Directory name in the source (`None` for the root).
+    pub dir: Option<OsString>,
+}
+
+impl SourceFolder {
+    pub fn display(&self) -> String {
+        self.name
+            .as_ref()
+            .map_or_else(|| "INBOX".to_string(), ToString::to_string)
+    }
+
+    fn target_dir(&self) -> Option<String> {
+        self.name.as_ref().map(|n| n.dir_name(TARGET_NAMES))
+    }
+
+    pub fn open(&self, root: &Dir) -> std::io::Result<Dir> {
+        match &self.dir {
+            Some(d) => root.open_dir(d),
+            None => root.reopen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FolderScan {
+    pub copy: Vec<SourceFolder>,
+    pub skipped: Vec<SkippedFolder>,
+    pub warnings: Vec<String>,
+}
+
+/// Lists and classifies the folders of a source Maildir.
+pub fn scan(src: &Dir, classifier: &Classifier) -> Result<FolderScan, MailboxError> {
+    let io = |e| MailboxError::io(src.path(), e);
+    let mut scan = FolderScan {
+        copy: vec![SourceFolder {
+            name: None,
+            dir: None,
+        }],
+        ..FolderScan::default()
+    };
+    let mut seen: HashMap<FolderName, OsString> = HashMap::new();
+    let mut entries = src.entries().map_err(io)?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in entries {
+        let raw = e.name.as_bytes();
+        if raw.first() != Some(&b'.') || raw == b"." || raw == b".." {
+            continue;
+        }
+        let shown = String::from_utf8_lossy(raw).into_owned();
+        match e.kind {
+            Kind::Dir => {}
+            Kind::Other => {
+                scan.warnings.push(format!(
+                    "{shown:?} is not a directory (symlink?); not followed"
+                ));
+                continue;
+            }
+            // Maildir++ readers ignore dot-files in the root.
+            Kind::File => continue,
+        }
+        let (name, _) = FolderName::from_dir_name(raw).map_err(|err| MailboxError::FolderName {
+            dir: src.child_path(&e.name),
+            err,
+        })?;
+        if let Some(other) = seen.insert(name.clone(), e.name.clone()) {
+            return Err(MailboxError::NameConflict {
+                name: name.to_string(),
+                first: String::from_utf8_lossy(other.as_bytes()).into_owned(),
+                second: shown,
+            });
+        }
+        if let Some(reason) = classifier.classify(&name) {
+            scan.skipped.push(SkippedFolder {
+                name: name.to_string(),
+                reason: reason.to_string(),
+                kind: reason,
+            });
+            continue;
+        }
+        let is_folder = copy::SUBDIRS
+            .iter()
+            .any(|s| matches!(src.open_dir(&e.name).and_then(|d| d.stat_at(s)), Ok(st) if crate::safe_fs::kind_of(&st) == Kind::Dir));
+        if !is_folder {
+            scan.warnings.push(format!(
+                "{shown:?} has no cur/ or new/; not a Maildir folder, not copied"
+            ));
+            continue;
+        }
+        scan.copy.push(SourceFolder {
+            name: Some(name),
+            dir: Some(e.name),
+        });
+    }
+    Ok(scan)
+}
+
+/// What a pass over a whole mailbox found and did.
+#[derive(Debug, Default, Clone)]
+pub struct MailboxSync {
+    pub folders: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub uids_preserved: bool,
+    pub warnings: Vec<String>,
+}
+
+pub struct SyncContext<'a> {
+    pub classifier: &'a Classifier,
+    pub copy: CopyOptions,
+    pub pool: &'a rayon::ThreadPool,
+    pub progress: &'a dyn Progress,
+}
+
+impl SyncContext<'_> {
+    fn attrs(&self) -> FileAttrs {
+        FileAttrs {
+            mode: 0o600,
+            owner: self.copy.owner,
+            mtime: None,
+            fsync: self.copy.fsync,
+        }
+    }
+}
+
+/// One pass: every kept folder is brought in line with the source. With
+/// `verify`, each folder is compared with the source listing right after
+/// its pass (so no listing outlives its folder).
+pub fn sync_mailbox(
+    ctx: &SyncContext<'_>,
+    src: &Dir,
+    dst: &Dir,
+    scan: &FolderScan,
+    verify: bool,
+) -> Result<MailboxSync, MailboxError> {
+    let mut out = MailboxSync {
+        uids_preserved: true,
+        warnings: scan.warnings.clone(),
+        ..MailboxSync::default()
+    };
+    let mut kept_dirs: BTreeSet<OsString> = BTreeSet::new();
+    for folder in &scan.copy {
+        let shown = folder.display();
+        let src_dir = folder.open(src).map_err(|e| {
+            MailboxError::io(
+                &src.child_path(folder.dir.as_deref().unwrap_or(OsStr::new(""))),
+                e,
+            )
+        })?;
+        let dst_dir = match folder.target_dir() {
+            None => dst.reopen().map_err(|e| MailboxError::io(dst.path(), e))?,
+            Some(name) => {
+                kept_dirs.insert(OsString::from(&name));
+                dst.ensure_dir(&name, 0o700, ctx.copy.owner)
+                    .map_err(|e| MailboxError::io(&dst.child_path(&name), e))?
+                    .0
+            }
+        };
+        let target = TargetFolder::open(dst_dir, ctx.copy.owner)?;
+        let listing = sync_folder_until_stable(ctx, &src_dir, &target, &shown)?;
+        for p in &listing.not_files {
+            out.warnings
+                .push(format!("{}: not a regular file; not copied", p.display()));
+        }
+        if verify {
+            let m = copy::compare(&listing, &target.list()?);
+            if !m.is_empty() {
+                return Err(MailboxError::Verify {
+                    folder: shown,
+                    mismatch: m,
+                });
+            }
+        }
+        out.folders += 1;
+        out.messages += listing.len() as u64;
+        out.bytes += copy::listing_bytes(&target.dir, &listing)?;
+        let has_cur = !listing.cur.is_empty();
+        drop(listing);
+        carry_folder_files(ctx, &src_dir, &target.dir, folder, has_cur, &mut out)?;
+    }
+    remove_stale_folders(dst, &kept_dirs)?;
+    carry_subscriptions(ctx, src, dst, &mut out)?;
+    Ok(out)
+}
+
+fn sync_folder_until_stable(
+    ctx: &SyncContext<'_>,
+    src: &Dir,
+    target: &TargetFolder,
+    shown: &str,
+) -> Result<copy::Listing, MailboxError> {
+    for _ in 0..MAX_PASSES_PER_FOLDER {
+        let listing = copy::list_messages(src)?;
+        let stats = copy::sync_folder(src, &listing, target, &ctx.copy, ctx.pool, ctx.progress)?;
+        if stats.vanished == 0 {
+            return Ok(listing);
+        }
+    }
+    Err(MailboxError::Unstable {
+        folder: shown.to_string(),
+    })
+}
+
+/// `dovecot-uidlist`, `dovecot-keywords` and `maildirfolder`; stale index
+/// files in the target are removed so Dovecot reads the carried uidlist.
+fn carry_folder_files(
+    ctx: &SyncContext<'_>,
+    src: &Dir,
+    dst: &Dir,
+    folder: &SourceFolder,
+    has_cur: bool,
+    out: &mut MailboxSync,
+) -> Result<(), MailboxError> {
+    let shown = folder.display();
+    let attrs = ctx.attrs();
+    for idx in maildir::INDEX_FILES {
+        dst.unlink_if_exists(idx)
+            .map_err(|e| MailboxError::io(&dst.child_path(idx), e))?;
+    }
+    let uidlist = read_control(src, maildir::UIDLIST)?.map(|d| Uidlist::parse(&d));
+    let uid_bytes = match uidlist {
+        Some(Ok(l)) => Some(l.to_bytes()),
+        Some(Err(e)) => {
+            out.uids_preserved = false;
+            out.warnings.push(format!(
+                "{shown}: {} {e}; not carried, Dovecot will assign new UIDs",
+                maildir::UIDLIST
+            ));
+            None
+        }
+        None if has_cur => {
+            out.uids_preserved = false;
+            out.warnings.push(format!(
+                "{shown}: no {}; its messages will get new UIDs",
+                maildir::UIDLIST
+            ));
+            None
+        }
+        None => None,
+    };
+    put_control(dst, maildir::UIDLIST, uid_bytes, &attrs)?;
+
+    let keywords = read_control(src, maildir::KEYWORDS)?.map(|d| Keywords::parse(&d));
+    let kw_bytes = match keywords {
+        Some(Ok(k)) => Some(k.to_bytes()),
+        Some(Err(e)) => {
+            out.warnings.push(format!(
+                "{shown}: {} {e}; keywords of this folder are not carried",
+                maildir::KEYWORDS
+            ));
+            None
+        }
+        None => None,
+    };
+    put_control(dst, maildir::KEYWORDS, kw_bytes, &attrs)?;
+
+    if folder.name.is_some() {
+        match dst.create_file(maildir::MAILDIRFOLDER, 0o600) {
+            Ok(f) => crate::safe_fs::apply_attrs(&f, &attrs),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| MailboxError::io(&dst.child_path(maildir::MAILDIRFOLDER), e))?;
+    }
+    Ok(())
+}
+
+fn read_control(dir: &Dir, name: &str) -> Result<Option<Vec<u8>>, MailboxError> {
+    dir.read_file(name, CONTROL_FILE_LIMIT)
+        .map_err(|e| MailboxError::io(&dir.child_path(name), e))
+}
+
+/// Writes a control file atomically, or removes a stale one.
+fn put_control(
+    dir: &Dir,
+    name: &str,
+    data: Option<Vec<u8>>,
+    attrs: &FileAttrs,
+) -> Result<(), MailboxError> {
+    let r = match data {
+        Some(d) => dir.write_atomic(OsStr::new(name), &d, attrs),
+        None => dir.unlink_if_exists(name).map(drop),
+    };
+    r.map_err(|e| MailboxError::io(&dir.child_path(name), e))
+}
+
+/// Target folders whose source folder is gone (deleted, or now skipped).
+fn remove_stale_folders(dst: &Dir, kept: &BTreeSet<OsString>) -> Result<(), MailboxError> {
+    let entries = dst.entries().map_err(|e| MailboxError::io(dst.path(), e))?;
+    for e in entries {
+        let b = e.name.as_bytes();
+        if e.kind == Kind::Dir && b.len() > 1 && b[0] == b'.' && !kept.contains(&e.name) {
+            dst.remove_tree(&e.name, 2)
+                .map_err(|err| MailboxError::io(&dst.child_path(&e.name), err))?;
+        }
+    }
+    Ok(())
+}
+
+/// `subscriptions` without skipped folders, re-encoded for the target.
+fn carry_subscriptions(
+    ctx: &SyncContext<'_>,
+    src: &Dir,
+    dst: &Dir,
+    out: &mut MailboxSync,
+) -> Result<(), MailboxError> {
+    let Some(data) = read_control(src, maildir::SUBSCRIPTIONS)? else {
+        return put_control(dst, maildir::SUBSCRIPTIONS, None, &ctx.attrs());
+    };
+    let mut kept: Vec<Vec<String>> = Vec::new();
+    for entry in subscriptions::parse(&data) {
+        let shown = || {
+            entry
+                .iter()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        let levels = match &entry[..] {
+            [one] if one.eq_ignore_ascii_case(b"INBOX") => vec!["INBOX".to_string()],
+            _ => {
+                let decoded: Result<Vec<String>, _> = entry
+                    .iter()
+                    .map(|l| decode_level(l).map(|(s, _)| s))
+                    .collect();
+                match decoded.and_then(FolderName::from_levels) {
+                    Ok(name) if ctx.classifier.classify(&name).is_some() => continue,
+                    Ok(name) => name.storage_levels(TARGET_NAMES),
+                    Err(e) => {
+                        out.warnings
+                            .push(format!("subscription {:?} dropped: {e}", shown()));
+                        continue;
+                    }
+                }
+            }
+        };
+        if !kept.contains(&levels) {
+            kept.push(levels);
+        }
+    }
+    put_control(
+        dst,
+        maildir::SUBSCRIPTIONS,
+        Some(subscriptions::to_v2_bytes(&kept)),
+        &ctx.attrs(),
+    )
+}
+
+/// The target Maildir must be ours before anything is written into it:
+/// created by this tool (marker file present) or empty.
+pub const OWNER_MARKER: &str = ".maildir-migrate-partial";
+
+pub fn claim_target(
+    home: &Dir,
+    owner: Option<Owner>,
+    marker_text: &str,
+    fsync: bool,
+) -> Result<Dir, MailboxError> {
+    let (md, created) = home
+        .ensure_dir("Maildir", 0o700, owner)
+        .map_err(|e| MailboxError::io(&home.child_path("Maildir"), e))?;
+    if !created && !claimable(&md)? {
+        return Err(MailboxError::TargetNotOurs {
+            path: md.path().to_path_buf(),
+        });
+    }
+    md.write_atomic(
+        OsStr::new(OWNER_MARKER),
+        marker_text.as_bytes(),
+        &FileAttrs {
+            mode: 0o600,
+            owner,
+            mtime: None,
+            fsync,
+        },
+    )
+    .map_err(|e| MailboxError::io(&md.child_path(OWNER_MARKER), e))?;
+    Ok(md)
+}
+
+/// An existing target Maildir may be written into when an earlier run of
+/// ours left its marker, or when it holds nothing but empty cur/new/tmp.
+pub fn claimable(md: &Dir) -> Result<bool, MailboxError> {
+    let entries = md.entries().map_err(|e| MailboxError::io(md.path(), e))?;
+    let mut empty = true;
+    for e in entries {
+        if e.name == OWNER_MARKER && e.kind == Kind::File {
+            return Ok(true);
+        }
+        let sub = matches!(e.name.to_str(), Some("cur" | "new" | "tmp")) && e.kind == Kind::Dir;
+        empty = empty
+            && sub
+            && md
+                .open_dir(&e.name)
+                .and_then(|d| d.entries())
+                .map_err(|err| MailboxError::io(&md.child_path(&e.name), err))?
+                .is_empty();
+    }
+    Ok(empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_classifies_and_refuses_conflicts() {
+        let t = tempfile::tempdir().unwrap();
+        let md = t.path();
+        for d in [
+            ".Sent/cur",
+            ".Trash/cur",
+            ".Trash.2020/new",
+            ".Ko&AWE-/cur",
+            ".Trash 2020/cur",
+            ".Empty",
+        ] {
+            std::fs::create_dir_all(md.join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink("/etc", md.join(".Evil")).unwrap();
+        std::fs::write(md.join(".hidden-file"), b"").unwrap();
+        let c = Classifier::new(&[], &[]);
+        let s = scan(&Dir::open_root(md).unwrap(), &c).unwrap();
+        let copied: Vec<String> = s.copy.iter().map(SourceFolder::display).collect();
+        assert_eq!(copied, ["INBOX", "Sent", "Trash 2020"]);
+        let skipped: Vec<(&str, &str)> = s
+            .skipped
+            .iter()
+            .map(|f| (f.name.as_str(), f.reason.as_str()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                ("Koš", "trash folder (not migrated)"),
+                ("Trash", "trash folder (not migrated)"),
+                ("Trash/2020", "inside skipped folder \"Trash\"")
+            ]
+        );
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+
+        std::fs::create_dir_all(md.join(".Koš/cur")).unwrap();
+        let e = scan(&Dir::open_root(md).unwrap(), &c).unwrap_err();
+        assert!(matches!(e, MailboxError::NameConflict { .. }), "{e}");
+    }
+}

@@ -1,0 +1,467 @@
+//! The per-mailbox protocol:
+//!
+//! 1. assess: read both userdb entries; done already, conflicting, or pending;
+//! 2. bulk pass: copy the content while the mailbox is live;
+//! 3. freeze: the source entry refuses logins (`nologin`), stays resolvable;
+//! 4. delta pass with verification;
+//! 5. switch: target entry written (or the shared entry rewritten);
+//! 6. drop the "partial copy" marker from the target Maildir.
+//!
+//! A failure after the freeze thaws the source entry again, so a failed
+//! mailbox keeps its old login and gets no target entry. Every step is
+//! idempotent, so re-running a job completes whatever was left.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::copy::TargetFolder;
+use crate::job::{Job, LocalPart, Mode};
+use crate::maildir;
+use crate::report::{MailboxReport, MailboxStatus};
+use crate::safe_fs::Dir;
+use crate::userdb::passwd_file::{self, Change, Entry, PasswdFile};
+use crate::userdb::scheme;
+
+use super::folders::{self, FolderScan, MailboxSync, OWNER_MARKER, SyncContext};
+use super::{MailboxError, RunError, open_root};
+
+/// The mail location written for every migrated user.
+const TARGET_MAIL: &str = "userdb_mail=maildir:~/Maildir";
+
+/// Everything a job needs that does not change per mailbox.
+pub struct Env<'a> {
+    pub cfg: &'a Config,
+    pub job: &'a Job,
+    pub source_db: PathBuf,
+    pub target_db: PathBuf,
+    pub in_place: bool,
+    source_root: Dir,
+    source_root_path: PathBuf,
+    target_root: Dir,
+    target_root_path: PathBuf,
+}
+
+impl<'a> Env<'a> {
+    pub fn open(cfg: &'a Config, job: &'a Job) -> Result<Env<'a>, RunError> {
+        let (source_root, source_root_path) = open_root("source.mail_root", &cfg.source.mail_root)?;
+        let (target_root, target_root_path) = open_root("target.mail_root", &cfg.target.mail_root)?;
+        let source_db = cfg.source.userdb.for_domain(&job.domain);
+        if !PasswdFile::load(&source_db)
+            .map_err(RunError::Userdb)?
+            .exists()
+        {
+            return Err(RunError::Userdb(passwd_file::UserdbError::Missing {
+                path: source_db,
+            }));
+        }
+        Ok(Env {
+            cfg,
+            job,
+            target_db: cfg.target.userdb.for_domain(&job.domain),
+            in_place: cfg.in_place(&job.domain),
+            source_db,
+            source_root,
+            source_root_path,
+            target_root,
+            target_root_path,
+        })
+    }
+
+    fn source_key(&self, local: &LocalPart) -> String {
+        self.cfg.source.userdb.key(local, &self.job.domain)
+    }
+
+    fn target_key(&self, local: &LocalPart) -> String {
+        self.cfg.target.userdb.key(local, &self.job.domain)
+    }
+
+    fn home_rel(&self, local: &LocalPart) -> Result<PathBuf, MailboxError> {
+        self.cfg
+            .target
+            .home
+            .expand(local, &self.job.domain)
+            .map_err(MailboxError::Conflict)
+    }
+
+    /// The home as Dovecot will see it (the configured root, not the
+    /// symlink-resolved one).
+    fn home_for_userdb(&self, local: &LocalPart) -> Result<String, MailboxError> {
+        Ok(self
+            .cfg
+            .target
+            .mail_root
+            .join(self.home_rel(local)?)
+            .to_string_lossy()
+            .into_owned())
+    }
+
+    fn source_entry(&self, local: &LocalPart) -> Result<Entry, MailboxError> {
+        let key = self.source_key(local);
+        let file = PasswdFile::load(&self.source_db)?;
+        match file.find(&key)? {
+            Some((_, e)) => Ok(e),
+            None => Err(MailboxError::NotInSource {
+                user: key,
+                path: self.source_db.clone(),
+            }),
+        }
+    }
+
+    /// The entry written to a separate target userdb: the hash unchanged
+    /// but explicitly prefixed, the new home, and the source's other
+    /// fields (quota rules, passdb fields such as a disabled login).
+    fn target_entry(&self, source: &Entry, local: &LocalPart) -> Result<Entry, MailboxError> {
+        let src = source.thawed();
+        let owner = self.cfg.target.owner;
+        let mut extra = vec![TARGET_MAIL.to_string()];
+        extra.extend(src.extra_without_location().cloned());
+        Ok(Entry {
+            user: self.target_key(local),
+            password: scheme::carry(&src.password, &self.cfg.source.default_scheme).value,
+            uid: owner.map_or(src.uid.clone(), |o| o.uid.to_string()),
+            gid: owner.map_or(src.gid.clone(), |o| o.gid.to_string()),
+            gecos: String::new(),
+            home: self.home_for_userdb(local)?,
+            shell: String::new(),
+            extra,
+        })
+    }
+
+    /// The shared entry rewritten to the new location, hash untouched.
+    fn switched_in_place(&self, current: &Entry, local: &LocalPart) -> Result<Entry, MailboxError> {
+        let mut e = current.thawed();
+        if let Some(o) = self.cfg.target.owner {
+            e.uid = o.uid.to_string();
+            e.gid = o.gid.to_string();
+        }
+        e.home = self.home_for_userdb(local)?;
+        let mut extra = vec![TARGET_MAIL.to_string()];
+        extra.extend(e.extra_without_location().cloned());
+        e.extra = extra;
+        Ok(e)
+    }
+
+    /// The source Maildir, opened without following any symlink below the
+    /// source mail root. `Ok(None)`: it does not exist (never used).
+    fn open_source_maildir(
+        &self,
+        entry: &Entry,
+        local: &LocalPart,
+    ) -> Result<(PathBuf, Option<Dir>), MailboxError> {
+        let path = maildir::maildir_path(
+            entry.mail(),
+            &entry.home,
+            &self.source_key(local),
+            local.as_str(),
+            self.job.domain.as_str(),
+        )
+        .map_err(MailboxError::Location)?;
+        let rel = [&self.cfg.source.mail_root, &self.source_root_path]
+            .iter()
+            .find_map(|root| path.strip_prefix(root).ok())
+            .ok_or_else(|| {
+                MailboxError::Location(format!(
+                    "{} is outside source.mail_root {}",
+                    path.display(),
+                    self.cfg.source.mail_root.display()
+                ))
+            })?;
+        let resolved = self.source_root_path.join(rel);
+        match self.source_root.open_beneath(rel) {
+            Ok(d) => Ok((resolved, Some(d))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((resolved, None)),
+            Err(e)
+                if e.raw_os_error() == Some(nix::libc::ELOOP)
+                    || e.raw_os_error() == Some(nix::libc::ENOTDIR) =>
+            {
+                Err(MailboxError::Location(format!(
+                    "{} is or passes through a symlink or a non-directory; refusing to follow it",
+                    path.display()
+                )))
+            }
+            Err(e) => Err(MailboxError::io(&path, e)),
+        }
+    }
+}
+
+/// Where a mailbox stands before this run touches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    AlreadyMigrated,
+    Conflict(String),
+}
+
+/// A read-only look at one mailbox (shared by `run` and `plan`).
+pub struct Assessment {
+    pub source: Entry,
+    pub state: State,
+    /// The scheme recognised for the carried hash (`None`: empty field).
+    pub scheme: Option<String>,
+}
+
+pub fn assess(env: &Env<'_>, local: &LocalPart) -> Result<Assessment, MailboxError> {
+    let source = env.source_entry(local)?;
+    let scheme = scheme::carry(&source.password, &env.cfg.source.default_scheme).scheme;
+    let state = if env.in_place {
+        let switched = env.switched_in_place(&source, local)?;
+        passwd_file::check_writable(&switched).map_err(MailboxError::Conflict)?;
+        if switched == source {
+            State::AlreadyMigrated
+        } else {
+            State::Pending
+        }
+    } else {
+        let expected = env.target_entry(&source, local)?;
+        passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
+        match PasswdFile::load(&env.target_db)?.find(&expected.user)? {
+            Some((_, e)) if e == expected && source.refuses_login() => State::AlreadyMigrated,
+            Some((_, e)) if e == expected => State::Pending,
+            Some((line, _)) => State::Conflict(format!(
+                "{} line {line} already has a different entry for {}; not overwriting it",
+                env.target_db.display(),
+                expected.user
+            )),
+            None => State::Pending,
+        }
+    };
+    Ok(Assessment {
+        source,
+        state,
+        scheme,
+    })
+}
+
+/// Read-only scan of the source folders (for `plan`).
+pub fn scan_source(
+    env: &Env<'_>,
+    a: &Assessment,
+    local: &LocalPart,
+) -> Result<(PathBuf, Option<(Dir, FolderScan)>), MailboxError> {
+    let (path, dir) = env.open_source_maildir(&a.source, local)?;
+    let scanned = match dir {
+        Some(d) => {
+            let s = folders::scan(&d, &env.cfg.migration.classifier)?;
+            Some((d, s))
+        }
+        None => None,
+    };
+    Ok((path, scanned))
+}
+
+/// Whether the target Maildir could be claimed, without creating it.
+pub fn target_status(
+    env: &Env<'_>,
+    local: &LocalPart,
+) -> Result<(PathBuf, Option<bool>), MailboxError> {
+    let rel = env.home_rel(local)?.join("Maildir");
+    let shown = env.cfg.target.mail_root.join(&rel);
+    match env.target_root.open_beneath(&rel) {
+        Ok(md) => Ok((shown, Some(folders::claimable(&md)?))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((shown, None)),
+        Err(e) => Err(MailboxError::io(&shown, e)),
+    }
+}
+
+/// Migrates one mailbox and reports the outcome; never panics on bad data.
+pub fn migrate(env: &Env<'_>, ctx: &SyncContext<'_>, local: &LocalPart) -> MailboxReport {
+    let mut report = MailboxReport::new(format!("{local}@{}", env.job.domain));
+    match run(env, ctx, local) {
+        Ok((status, content)) => {
+            report.status = status;
+            if let Some(c) = content {
+                report.messages = c.sync.messages;
+                report.bytes = c.sync.bytes;
+                report.folders = c.sync.folders;
+                report.uids_preserved = c.sync.uids_preserved;
+                report.warnings = c.sync.warnings;
+                report.skipped_folders = c.skipped;
+            } else {
+                report.uids_preserved = true;
+            }
+        }
+        Err(e) => report.error = Some(e.to_string()),
+    }
+    report
+}
+
+struct Content {
+    sync: MailboxSync,
+    skipped: Vec<crate::report::SkippedFolder>,
+}
+
+fn run(
+    env: &Env<'_>,
+    ctx: &SyncContext<'_>,
+    local: &LocalPart,
+) -> Result<(MailboxStatus, Option<Content>), MailboxError> {
+    let a = assess(env, local)?;
+    let rel_home = env.home_rel(local)?;
+    match &a.state {
+        State::AlreadyMigrated => {
+            // A crash after the switch may have left the marker behind.
+            if let Ok(md) = env.target_root.open_beneath(&rel_home.join("Maildir")) {
+                md.unlink_if_exists(OWNER_MARKER)
+                    .map_err(|e| MailboxError::io(&md.child_path(OWNER_MARKER), e))?;
+            }
+            return Ok((MailboxStatus::AlreadyMigrated, None));
+        }
+        State::Conflict(why) => {
+            thaw(env, local)?;
+            return Err(MailboxError::Conflict(why.clone()));
+        }
+        State::Pending => {}
+    }
+
+    let source = match env.job.mode {
+        Mode::Move => {
+            let (path, dir) = env.open_source_maildir(&a.source, local)?;
+            Some((path, dir))
+        }
+        Mode::Recreate => None,
+    };
+    let target_md_path = env.target_root_path.join(&rel_home).join("Maildir");
+    if let Some((src_path, _)) = &source
+        && (src_path.starts_with(&target_md_path) || target_md_path.starts_with(src_path))
+    {
+        return Err(MailboxError::Conflict(format!(
+            "source Maildir {} and target Maildir {} overlap",
+            src_path.display(),
+            target_md_path.display()
+        )));
+    }
+    let owner = env.cfg.target.owner;
+    let home = env
+        .target_root
+        .ensure_beneath(&rel_home, 0o700, owner)
+        .map_err(|e| MailboxError::io(&env.target_root_path.join(&rel_home), e))?;
+    let marker = format!(
+        "job {}\nuser {local}@{}\n",
+        env.job.id.as_str(),
+        env.job.domain
+    );
+    let md = folders::claim_target(&home, owner, &marker, ctx.copy.fsync)?;
+
+    let src_dir = source.as_ref().and_then(|(_, d)| d.as_ref());
+    match src_dir {
+        Some(src) => {
+            let scan = folders::scan(src, ctx.classifier)?;
+            folders::sync_mailbox(ctx, src, &md, &scan, false)?;
+        }
+        None => {
+            TargetFolder::open(
+                md.reopen().map_err(|e| MailboxError::io(md.path(), e))?,
+                owner,
+            )?;
+        }
+    }
+
+    freeze(env, local)?;
+    let finished = (|| {
+        let content = match src_dir {
+            Some(src) => {
+                let scan = folders::scan(src, ctx.classifier)?;
+                let sync = folders::sync_mailbox(ctx, src, &md, &scan, true)?;
+                Some(Content {
+                    sync,
+                    skipped: scan.skipped,
+                })
+            }
+            None if env.job.mode == Mode::Move => Some(Content {
+                sync: MailboxSync {
+                    uids_preserved: true,
+                    warnings: vec![
+                        "the source Maildir does not exist; migrated as an empty mailbox".into(),
+                    ],
+                    ..MailboxSync::default()
+                },
+                skipped: Vec::new(),
+            }),
+            None => None,
+        };
+        switch(env, local)?;
+        Ok(content)
+    })();
+    let content = match finished {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(match thaw(env, local) {
+                Ok(()) => e,
+                Err(t) => MailboxError::Conflict(format!(
+                    "{e}; then restoring the old login failed too: {t}"
+                )),
+            });
+        }
+    };
+    md.unlink_if_exists(OWNER_MARKER)
+        .map_err(|e| MailboxError::io(&md.child_path(OWNER_MARKER), e))?;
+    if ctx.copy.fsync {
+        md.sync().map_err(|e| MailboxError::io(md.path(), e))?;
+    }
+    Ok((MailboxStatus::Done, content))
+}
+
+/// Rewrites the source entry with `f` (under the userdb lock); no-op when
+/// `f` returns the entry unchanged.
+fn rewrite_source(
+    env: &Env<'_>,
+    local: &LocalPart,
+    f: impl FnOnce(&Entry) -> Result<Entry, MailboxError>,
+) -> Result<(), MailboxError> {
+    let key = env.source_key(local);
+    passwd_file::edit(
+        &env.source_db,
+        None,
+        env.cfg.migration.fsync,
+        |file: &PasswdFile| {
+            let Some((_, current)) = file.find(&key)? else {
+                return Err(MailboxError::NotInSource {
+                    user: key.clone(),
+                    path: env.source_db.clone(),
+                });
+            };
+            let new = f(&current)?;
+            if new == current {
+                return Ok(None);
+            }
+            let line = passwd_file::check_writable(&new).map_err(MailboxError::Conflict)?;
+            Ok(Some(Change::Replace {
+                user: key.clone(),
+                line,
+            }))
+        },
+    )
+    .map(drop)
+}
+
+fn freeze(env: &Env<'_>, local: &LocalPart) -> Result<(), MailboxError> {
+    rewrite_source(env, local, |e| Ok(e.frozen()))
+}
+
+fn thaw(env: &Env<'_>, local: &LocalPart) -> Result<(), MailboxError> {
+    rewrite_source(env, local, |e| Ok(e.thawed()))
+}
+
+fn switch(env: &Env<'_>, local: &LocalPart) -> Result<(), MailboxError> {
+    if env.in_place {
+        return rewrite_source(env, local, |e| env.switched_in_place(e, local));
+    }
+    let expected = env.target_entry(&env.source_entry(local)?, local)?;
+    let line = passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
+    let like: &Path = &env.source_db;
+    passwd_file::edit(
+        &env.target_db,
+        Some(like),
+        env.cfg.migration.fsync,
+        |file: &PasswdFile| match file.find(&expected.user)? {
+            Some((_, e)) if e == expected => Ok(None),
+            Some((no, _)) => Err(MailboxError::Conflict(format!(
+                "{} line {no} already has a different entry for {}; not overwriting it",
+                env.target_db.display(),
+                expected.user
+            ))),
+            None => Ok(Some(Change::Append(line))),
+        },
+    )
+    .map(drop)
+}

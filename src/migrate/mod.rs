@@ -1,0 +1,229 @@
+//! Running a job: the per-mailbox protocol (`mailbox`) over every mailbox
+//! the job names, with folder content handled by `folders`.
+
+pub mod folders;
+pub mod mailbox;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::copy::{CopyError, CopyOptions, Mismatch};
+use crate::job::{Domain, Job, LocalPart};
+use crate::maildir::names::NameError;
+use crate::progress::Progress;
+use crate::report::{MailboxReport, MailboxStatus, Report, now_rfc3339};
+use crate::safe_fs::Dir;
+use crate::userdb::passwd_file::{PasswdFile, UserdbError};
+
+use folders::SyncContext;
+pub use mailbox::Env;
+
+/// Why one mailbox could not be migrated. The job goes on with the others.
+#[derive(Debug, thiserror::Error)]
+pub enum MailboxError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Userdb(#[from] UserdbError),
+    #[error("no entry for {user} in {}", path.display())]
+    NotInSource { user: String, path: PathBuf },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("source Maildir: {0}")]
+    Location(String),
+    #[error("{}: {err}", dir.display())]
+    FolderName { dir: PathBuf, err: NameError },
+    #[error("folders {first:?} and {second:?} both decode to {name:?}")]
+    NameConflict {
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error("{} exists and was not created by maildir-migrate; not writing into it", path.display())]
+    TargetNotOurs { path: PathBuf },
+    #[error("verification of folder {folder:?} failed: {mismatch}")]
+    Verify { folder: String, mismatch: Mismatch },
+    #[error("folder {folder:?} keeps changing while being copied; try again later")]
+    Unstable { folder: String },
+}
+
+impl MailboxError {
+    pub fn io(path: &Path, source: io::Error) -> MailboxError {
+        MailboxError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl From<CopyError> for MailboxError {
+    fn from(e: CopyError) -> MailboxError {
+        match e {
+            CopyError::Io { path, source } => MailboxError::Io { path, source },
+            other => MailboxError::Io {
+                path: PathBuf::new(),
+                source: io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
+/// What stops a whole job before any mailbox is touched.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{what} {}: {source}", path.display())]
+    Root {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Userdb(UserdbError),
+    #[error("cannot start the copy threads: {0}")]
+    Pool(String),
+}
+
+impl RunError {
+    /// sysexits: 78 for what the configuration points at, 74 for I/O.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Root { source, .. } if source.kind() == io::ErrorKind::NotFound => 78,
+            RunError::Userdb(UserdbError::Missing { .. } | UserdbError::Symlink { .. }) => 78,
+            _ => 74,
+        }
+    }
+}
+
+/// One mailbox the job covers, or a userdb name that is not usable.
+pub type Selected = Result<LocalPart, (String, String)>;
+
+/// The mailboxes a job covers: the job's list, else every entry of the
+/// domain in the source userdb (in file order).
+pub fn select_mailboxes(env: &Env<'_>) -> Result<Vec<Selected>, RunError> {
+    if let Some(list) = &env.job.mailboxes {
+        return Ok(list.iter().cloned().map(Ok).collect());
+    }
+    let file = PasswdFile::load(&env.source_db).map_err(RunError::Userdb)?;
+    Ok(domain_users(
+        &file,
+        &env.job.domain,
+        env.cfg.source.userdb.per_domain(),
+    ))
+}
+
+fn domain_users(file: &PasswdFile, domain: &Domain, per_domain: bool) -> Vec<Selected> {
+    let suffix = format!("@{domain}");
+    let mut out: Vec<Selected> = Vec::new();
+    for user in file.users() {
+        let local = match user.strip_suffix(&suffix) {
+            Some(l) => l,
+            None if per_domain && !user.contains('@') => &user,
+            None => continue,
+        };
+        let sel = LocalPart::parse(local).map_err(|e| (format!("{local}@{domain}"), e));
+        if !out.contains(&sel) {
+            out.push(sel);
+        }
+    }
+    out
+}
+
+/// Runs a job in the foreground and returns its report.
+pub fn run_job(cfg: &Config, job: &Job, progress: &dyn Progress) -> Result<Report, RunError> {
+    let started = now_rfc3339();
+    let env = Env::open(cfg, job)?;
+    let selected = select_mailboxes(&env)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.migration.threads)
+        .thread_name(|i| format!("copy-{i}"))
+        .build()
+        .map_err(|e| RunError::Pool(e.to_string()))?;
+    let ctx = SyncContext {
+        classifier: &cfg.migration.classifier,
+        copy: CopyOptions {
+            owner: cfg.target.owner,
+            fsync: cfg.migration.fsync,
+        },
+        pool: &pool,
+        progress,
+    };
+    info!(job = job.id.as_str(), domain = %job.domain, mode = %job.mode, mailboxes = selected.len(), "job started");
+    progress.job_started(selected.len());
+    let mut reports = Vec::with_capacity(selected.len());
+    for sel in selected {
+        let report = match sel {
+            Ok(local) => {
+                let user = format!("{local}@{}", job.domain);
+                progress.mailbox_started(&user);
+                let r = mailbox::migrate(&env, &ctx, &local);
+                progress.mailbox_finished(&user, r.status != MailboxStatus::Failed);
+                r
+            }
+            Err((user, why)) => MailboxReport::failed(user, why),
+        };
+        match &report.error {
+            Some(e) => warn!(user = %report.user, "mailbox failed: {e}"),
+            None => {
+                info!(user = %report.user, status = ?report.status, messages = report.messages, bytes = report.bytes, "mailbox finished")
+            }
+        }
+        for w in &report.warnings {
+            warn!(user = %report.user, "{w}");
+        }
+        reports.push(report);
+    }
+    let report = Report::finish(
+        job.id.as_str().to_string(),
+        job.domain.to_string(),
+        job.mode,
+        reports,
+        started,
+    );
+    info!(job = job.id.as_str(), status = ?report.status, "job finished");
+    Ok(report)
+}
+
+/// Opens a configured mail root (the administrator's path may contain
+/// symlinks; nothing below it may).
+pub(crate) fn open_root(what: &'static str, path: &Path) -> Result<(Dir, PathBuf), RunError> {
+    let err = |source| RunError::Root {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let canonical = std::fs::canonicalize(path).map_err(err)?;
+    let dir = Dir::open_root(&canonical).map_err(err)?;
+    Ok((dir, canonical))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_users_from_shared_and_per_domain_files() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("u");
+        std::fs::write(&p, "a@x.cz:p\nb@y.cz:p\n../e@x.cz:p\nc@x.cz:p\na@x.cz:q\n").unwrap();
+        let f = PasswdFile::load(&p).unwrap();
+        let d = Domain::parse("x.cz").unwrap();
+        let got: Vec<String> = domain_users(&f, &d, false)
+            .into_iter()
+            .map(|s| match s {
+                Ok(l) => l.to_string(),
+                Err((u, _)) => format!("bad {u}"),
+            })
+            .collect();
+        assert_eq!(got, ["a", "bad ../e@x.cz", "c"]);
+        std::fs::write(&p, "a:p\nb@x.cz:p\nz@y.cz:p\n").unwrap();
+        let f = PasswdFile::load(&p).unwrap();
+        let got: Vec<_> = domain_users(&f, &d, true)
+            .into_iter()
+            .map(|s| s.unwrap().to_string())
+            .collect();
+        assert_eq!(got, ["a", "b"]);
+    }
+}

@@ -1,0 +1,16 @@
+//! Progress events from the engine. The engine never draws anything; the
+//! command line renders a bar, the daemon a status line.
+
+pub trait Progress: Sync {
+    /// A job is about to work through `mailboxes` mailboxes.
+    fn job_started(&self, _mailboxes: usize) {}
+    fn mailbox_started(&self, _user: &str) {}
+    /// One message file was written to the target.
+    fn message_copied(&self, _bytes: u64) {}
+    fn mailbox_finished(&self, _user: &str, _ok: bool) {}
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Progress for Silent {}

@@ -1,0 +1,495 @@
+//! Directory-fd-relative file operations that never follow symlinks.
+//!
+//! The daemon runs with privilege inside trees that mail users control, so
+//! every path below a configured root is resolved one component at a time
+//! with `O_NOFOLLOW`, files are created with `O_EXCL`, and ownership is set
+//! on descriptors, never on path strings.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat, renameat2};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, futimens, mkdirat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, linkat, unlinkat};
+
+/// Numeric owner applied to everything written into a target tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What kind of directory entry a name is, read without following links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: OsString,
+    pub kind: Kind,
+}
+
+/// An open directory plus the path it was reached by (for messages only;
+/// the path is never used to access the directory again).
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn io(e: Errno) -> io::Error {
+    io::Error::from(e)
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// Rejects names that could leave the directory or are not plain names.
+fn plain_name(name: &OsStr) -> io::Result<&OsStr> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing unsafe file name {:?}", name),
+        ));
+    }
+    Ok(name)
+}
+
+impl Dir {
+    /// Opens a trusted root from the configuration. Symlinks in the root's
+    /// own path are allowed (the administrator chose it); nothing below it
+    /// may be a symlink.
+    pub fn open_root(path: &Path) -> io::Result<Dir> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        Ok(Dir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn child_path(&self, name: impl AsRef<OsStr>) -> PathBuf {
+        self.path.join(name.as_ref())
+    }
+
+    /// A second, independent handle (its own read position for listing).
+    pub fn reopen(&self) -> io::Result<Dir> {
+        let fd = openat(self.fd.as_fd(), ".", DIR_FLAGS, Mode::empty()).map_err(io)?;
+        Ok(Dir {
+            fd,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Opens a subdirectory; fails with ELOOP/ENOTDIR if it is a symlink.
+    pub fn open_dir(&self, name: impl AsRef<OsStr>) -> io::Result<Dir> {
+        let name = plain_name(name.as_ref())?;
+        let fd = openat(self.fd.as_fd(), name, DIR_FLAGS, Mode::empty()).map_err(io)?;
+        Ok(Dir {
+            fd,
+            path: self.path.join(name),
+        })
+    }
+
+    /// Walks a relative path one component at a time without following
+    /// any symlink. `..` and `.` components are refused.
+    pub fn open_beneath(&self, rel: &Path) -> io::Result<Dir> {
+        let mut cur = self.reopen()?;
+        for c in rel.components() {
+            match c {
+                Component::Normal(name) => cur = cur.open_dir(name)?,
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("path {} is not a plain relative path", rel.display()),
+                    ));
+                }
+            }
+        }
+        Ok(cur)
+    }
+
+    /// Opens `name` as a directory, creating it (mode, owner) if missing.
+    /// Returns the directory and whether it was created.
+    pub fn ensure_dir(
+        &self,
+        name: impl AsRef<OsStr>,
+        mode: u32,
+        owner: Option<Owner>,
+    ) -> io::Result<(Dir, bool)> {
+        let name = plain_name(name.as_ref())?;
+        let created = match mkdirat(self.fd.as_fd(), name, Mode::from_bits_truncate(mode)) {
+            Ok(()) => true,
+            Err(Errno::EEXIST) => false,
+            Err(e) => return Err(io(e)),
+        };
+        let dir = self.open_dir(name)?;
+        if created {
+            // mkdir honours the umask; set the exact mode on the fd.
+            fchmod(dir.fd.as_fd(), Mode::from_bits_truncate(mode)).map_err(io)?;
+            if let Some(o) = owner {
+                dir.chown(o)?;
+            }
+        }
+        Ok((dir, created))
+    }
+
+    /// Creates every missing component of `rel` below this directory.
+    pub fn ensure_beneath(&self, rel: &Path, mode: u32, owner: Option<Owner>) -> io::Result<Dir> {
+        let mut cur = self.reopen()?;
+        for c in rel.components() {
+            match c {
+                Component::Normal(name) => cur = cur.ensure_dir(name, mode, owner)?.0,
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("path {} is not a plain relative path", rel.display()),
+                    ));
+                }
+            }
+        }
+        Ok(cur)
+    }
+
+    pub fn chown(&self, owner: Owner) -> io::Result<()> {
+        fchown(
+            self.fd.as_fd(),
+            Some(Uid::from_raw(owner.uid)),
+            Some(Gid::from_raw(owner.gid)),
+        )
+        .map_err(io)
+    }
+
+    pub fn stat(&self) -> io::Result<FileStat> {
+        fstat(self.fd.as_fd()).map_err(io)
+    }
+
+    /// lstat-like: information about `name` itself, links not followed.
+    pub fn stat_at(&self, name: impl AsRef<OsStr>) -> io::Result<FileStat> {
+        let name = plain_name(name.as_ref())?;
+        fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(io)
+    }
+
+    /// Lists the directory (without `.` and `..`), resolving unknown entry
+    /// types with a no-follow stat.
+    pub fn entries(&self) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        self.for_each_entry(|e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Streams the directory entries to `f` without collecting them first.
+    pub fn for_each_entry(&self, mut f: impl FnMut(Entry) -> io::Result<()>) -> io::Result<()> {
+        use nix::dir::Type;
+        let fd = openat(self.fd.as_fd(), ".", DIR_FLAGS, Mode::empty()).map_err(io)?;
+        let mut d = nix::dir::Dir::from_fd(fd).map_err(io)?;
+        for ent in d.iter() {
+            let ent = ent.map_err(io)?;
+            let name = OsStr::from_bytes(ent.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
+            let kind = match ent.file_type() {
+                Some(Type::File) => Kind::File,
+                Some(Type::Directory) => Kind::Dir,
+                Some(_) => Kind::Other,
+                None => match self.stat_at(name) {
+                    Ok(st) => kind_of(&st),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            f(Entry {
+                name: name.to_os_string(),
+                kind,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Opens a regular file for reading. Symlinks, FIFOs and devices are
+    /// refused (O_NONBLOCK keeps a swapped-in FIFO from blocking the open).
+    pub fn open_file(&self, name: impl AsRef<OsStr>) -> io::Result<(File, FileStat)> {
+        let name = plain_name(name.as_ref())?;
+        let fd = openat(
+            self.fd.as_fd(),
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        let st = fstat(fd.as_fd()).map_err(io)?;
+        if kind_of(&st) != Kind::File {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a regular file", self.child_path(name).display()),
+            ));
+        }
+        Ok((File::from(fd), st))
+    }
+
+    /// Reads a whole small regular file; `Ok(None)` when it does not exist.
+    pub fn read_file(&self, name: impl AsRef<OsStr>, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        let name = name.as_ref();
+        let (file, st) = match self.open_file(name) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if st.st_size as u64 > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is larger than {} bytes",
+                    self.child_path(name).display(),
+                    limit
+                ),
+            ));
+        }
+        let mut buf = Vec::with_capacity(st.st_size as usize);
+        file.take(limit).read_to_end(&mut buf)?;
+        Ok(Some(buf))
+    }
+
+    /// Creates a new file that must not exist yet.
+    pub fn create_file(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<File> {
+        let name = plain_name(name.as_ref())?;
+        let fd = openat(
+            self.fd.as_fd(),
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(mode),
+        )
+        .map_err(io)?;
+        Ok(File::from(fd))
+    }
+
+    /// Renames `from` (here) to `to` (in `dest`) unless `to` exists; an
+    /// existing target is reported as `AlreadyExists`.
+    pub fn rename_noreplace(&self, from: &OsStr, dest: &Dir, to: &OsStr) -> io::Result<()> {
+        let from = plain_name(from)?;
+        let to = plain_name(to)?;
+        match renameat2(
+            self.fd.as_fd(),
+            from,
+            dest.fd.as_fd(),
+            to,
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => Ok(()),
+            // Filesystems without RENAME_NOREPLACE: link() is no-clobber too.
+            Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {
+                linkat(self.fd.as_fd(), from, dest.fd.as_fd(), to, AtFlags::empty()).map_err(io)?;
+                self.unlink(from)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Renames within or across directories, replacing any existing target.
+    pub fn rename_replace(&self, from: &OsStr, dest: &Dir, to: &OsStr) -> io::Result<()> {
+        let from = plain_name(from)?;
+        let to = plain_name(to)?;
+        renameat(self.fd.as_fd(), from, dest.fd.as_fd(), to).map_err(io)
+    }
+
+    pub fn unlink(&self, name: impl AsRef<OsStr>) -> io::Result<()> {
+        let name = plain_name(name.as_ref())?;
+        unlinkat(self.fd.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(io)
+    }
+
+    /// Unlinks a file, treating "already gone" as success.
+    pub fn unlink_if_exists(&self, name: impl AsRef<OsStr>) -> io::Result<bool> {
+        match self.unlink(name) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a directory tree below this one without following links.
+    /// `depth` bounds the recursion (Maildir folders are two levels deep).
+    pub fn remove_tree(&self, name: impl AsRef<OsStr>, depth: usize) -> io::Result<()> {
+        let name = plain_name(name.as_ref())?;
+        let sub = self.open_dir(name)?;
+        for e in sub.entries()? {
+            match e.kind {
+                Kind::Dir if depth > 0 => sub.remove_tree(&e.name, depth - 1)?,
+                Kind::Dir => {
+                    return Err(io::Error::other(format!(
+                        "{} is nested deeper than expected; not removing it",
+                        sub.child_path(&e.name).display()
+                    )));
+                }
+                _ => sub.unlink(&e.name)?,
+            }
+        }
+        unlinkat(self.fd.as_fd(), name, UnlinkatFlags::RemoveDir).map_err(io)
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        fsync(self.fd.as_fd()).map_err(io)
+    }
+
+    /// Replaces `name` atomically: temp file in this directory, mode and
+    /// owner set, data written and synced, renamed over, directory synced.
+    pub fn write_atomic(&self, name: &OsStr, data: &[u8], attrs: &FileAttrs) -> io::Result<()> {
+        let name = plain_name(name)?;
+        let mut tmp = OsString::from(".");
+        tmp.push(name);
+        tmp.push(".maildir-migrate.tmp");
+        self.unlink_if_exists(&tmp)?;
+        let result = (|| {
+            let mut f = self.create_file(&tmp, attrs.mode)?;
+            apply_attrs(&f, attrs)?;
+            f.write_all(data)?;
+            if let Some(mtime) = attrs.mtime {
+                futimens(f.as_fd(), &TimeSpec::UTIME_NOW, &mtime).map_err(io)?;
+            }
+            if attrs.fsync {
+                f.sync_all()?;
+            }
+            drop(f);
+            self.rename_replace(&tmp, self, name)?;
+            if attrs.fsync {
+                self.sync()?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = self.unlink_if_exists(&tmp);
+        }
+        result
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Mode, owner, mtime and durability for a file written by `write_atomic`.
+#[derive(Debug, Clone)]
+pub struct FileAttrs {
+    pub mode: u32,
+    pub owner: Option<Owner>,
+    pub mtime: Option<TimeSpec>,
+    pub fsync: bool,
+}
+
+/// Sets the exact mode (creation honours the umask) and the owner.
+pub fn apply_attrs(f: &File, attrs: &FileAttrs) -> io::Result<()> {
+    fchmod(f.as_fd(), Mode::from_bits_truncate(attrs.mode)).map_err(io)?;
+    if let Some(o) = attrs.owner {
+        fchown(
+            f.as_fd(),
+            Some(Uid::from_raw(o.uid)),
+            Some(Gid::from_raw(o.gid)),
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+pub fn kind_of(st: &FileStat) -> Kind {
+    match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFREG => Kind::File,
+        SFlag::S_IFDIR => Kind::Dir,
+        _ => Kind::Other,
+    }
+}
+
+/// Splits a trusted absolute path into its parent directory and file name.
+pub fn split_file_path(path: &Path) -> io::Result<(&Path, &OsStr)> {
+    match (path.parent(), path.file_name()) {
+        (Some(p), Some(n)) if !p.as_os_str().is_empty() => Ok((p, n)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} does not name a file", path.display()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_beneath_refuses_symlinks_and_dotdot() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("a"), t.path().join("link")).unwrap();
+        let root = Dir::open_root(t.path()).unwrap();
+        assert!(root.open_beneath(Path::new("a/b")).is_ok());
+        assert!(root.open_beneath(Path::new("link/b")).is_err());
+        assert!(root.open_beneath(Path::new("a/../a")).is_err());
+    }
+
+    #[test]
+    fn open_file_refuses_links_and_fifos() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink(t.path().join("f"), t.path().join("l")).unwrap();
+        nix::unistd::mkfifo(&t.path().join("p"), Mode::from_bits_truncate(0o600)).unwrap();
+        let d = Dir::open_root(t.path()).unwrap();
+        assert!(d.open_file("f").is_ok());
+        assert!(d.open_file("l").is_err());
+        assert!(d.open_file("p").is_err());
+        assert!(d.open_file("../f").is_err());
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_sets_mode() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open_root(t.path()).unwrap();
+        let attrs = FileAttrs {
+            mode: 0o640,
+            owner: None,
+            mtime: None,
+            fsync: true,
+        };
+        d.write_atomic(OsStr::new("x"), b"one", &attrs).unwrap();
+        d.write_atomic(OsStr::new("x"), b"two", &attrs).unwrap();
+        assert_eq!(std::fs::read(t.path().join("x")).unwrap(), b"two");
+        let st = d.stat_at("x").unwrap();
+        assert_eq!(st.st_mode & 0o7777, 0o640);
+        let names: Vec<_> = d.entries().unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, vec![OsString::from("x")]);
+    }
+
+    #[test]
+    fn rename_noreplace_keeps_existing() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a"), b"a").unwrap();
+        std::fs::write(t.path().join("b"), b"b").unwrap();
+        let d = Dir::open_root(t.path()).unwrap();
+        let e = d
+            .rename_noreplace(OsStr::new("a"), &d, OsStr::new("b"))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"b");
+    }
+}

@@ -1,0 +1,4 @@
+//! User databases. One file per format; passwd-file is the first.
+
+pub mod passwd_file;
+pub mod scheme;

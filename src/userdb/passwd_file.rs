@@ -1,0 +1,604 @@
+//! Dovecot passwd-file: `user:password:uid:gid:gecos:home:shell:extra`.
+//!
+//! Files are edited the way a live Dovecot needs: under a sidecar lock, by
+//! replacing only the affected line's bytes, writing a temp file with the
+//! original owner/group/mode, fsync, rename, fsync of the directory, and an
+//! mtime that really changes (Dovecot reloads on mtime-second or size
+//! change). Hashes never appear in errors or logs.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::sys::time::TimeSpec;
+
+use crate::safe_fs::{Dir, FileAttrs, Owner, split_file_path};
+
+/// Passdb extra field that refuses logins while keeping the user resolvable.
+pub const NOLOGIN: &str = "nologin";
+/// Marks a `nologin` as ours, so a rollback removes exactly what we added.
+pub const FREEZE_REASON: &str = "reason=mailbox-migrated";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserdbError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: does not exist", path.display())]
+    Missing { path: PathBuf },
+    #[error("{}: is a symlink; point the configuration at the file itself", path.display())]
+    Symlink { path: PathBuf },
+    #[error("{}: user {user} exists more than once (lines {first} and {second})", path.display())]
+    Duplicate {
+        path: PathBuf,
+        user: String,
+        first: usize,
+        second: usize,
+    },
+    #[error("{}: line {line} is not valid UTF-8", path.display())]
+    NotUtf8 { path: PathBuf, line: usize },
+    #[error("{}: line {line}: {problem}", path.display())]
+    BadEntry {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
+}
+
+/// One parsed line. Fields are kept as text; nothing is normalised, so an
+/// unchanged entry writes back identically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub user: String,
+    pub password: String,
+    pub uid: String,
+    pub gid: String,
+    pub gecos: String,
+    pub home: String,
+    pub shell: String,
+    /// Space-separated extra fields (`userdb_*` and passdb fields).
+    pub extra: Vec<String>,
+}
+
+impl Entry {
+    pub fn parse(line: &str) -> Entry {
+        let f: Vec<&str> = line.split(':').collect();
+        let get = |i: usize| f.get(i).copied().unwrap_or("").to_string();
+        let extra = if f.len() > 8 && f[7].is_empty() && !f[8].is_empty() {
+            // Dovecot's old format: an empty field, then the mail location.
+            vec![format!("userdb_mail={}", f[8..].join(":"))]
+        } else if f.len() > 7 {
+            f[7..]
+                .join(":")
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Entry {
+            user: get(0),
+            password: get(1),
+            uid: get(2),
+            gid: get(3),
+            gecos: get(4),
+            home: get(5),
+            shell: get(6),
+            extra,
+        }
+    }
+
+    pub fn to_line(&self) -> String {
+        let mut s = [
+            self.user.as_str(),
+            &self.password,
+            &self.uid,
+            &self.gid,
+            &self.gecos,
+            &self.home,
+            &self.shell,
+        ]
+        .join(":");
+        if !self.extra.is_empty() {
+            s.push(':');
+            s.push_str(&self.extra.join(" "));
+        }
+        s
+    }
+
+    /// Value of a `key=value` extra field.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.extra
+            .iter()
+            .find_map(|f| f.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+    }
+
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.extra.iter().any(|f| f == flag)
+    }
+
+    /// The mail location (`userdb_mail`), if the entry sets one.
+    pub fn mail(&self) -> Option<&str> {
+        self.field("userdb_mail")
+    }
+
+    pub fn refuses_login(&self) -> bool {
+        self.has_flag(NOLOGIN)
+    }
+
+    pub fn frozen_by_us(&self) -> bool {
+        self.has_flag(FREEZE_REASON) && self.refuses_login()
+    }
+
+    /// The entry with logins refused. An entry that already refuses
+    /// logins (a disabled account) is left alone.
+    pub fn frozen(&self) -> Entry {
+        let mut e = self.clone();
+        if !e.refuses_login() {
+            e.extra.push(NOLOGIN.into());
+            e.extra.push(FREEZE_REASON.into());
+        }
+        e
+    }
+
+    /// The entry without the refusal that `frozen` added.
+    pub fn thawed(&self) -> Entry {
+        let mut e = self.clone();
+        if e.frozen_by_us() {
+            e.extra.retain(|f| f != FREEZE_REASON);
+            if let Some(p) = e.extra.iter().position(|f| f == NOLOGIN) {
+                e.extra.remove(p);
+            }
+        }
+        e
+    }
+
+    /// Extra fields without the ones describing location and ownership,
+    /// which the caller replaces.
+    pub fn extra_without_location(&self) -> impl Iterator<Item = &String> {
+        self.extra.iter().filter(|f| {
+            let key = f.split('=').next().unwrap_or("");
+            !matches!(
+                key,
+                "userdb_mail" | "userdb_home" | "userdb_uid" | "userdb_gid"
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+/// A snapshot of a passwd-file's bytes with its line boundaries.
+#[derive(Debug)]
+pub struct PasswdFile {
+    path: PathBuf,
+    data: Vec<u8>,
+    lines: Vec<Span>,
+    meta: Option<std::fs::Metadata>,
+}
+
+/// A change to apply under the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Replace the text of the entry found for `user`.
+    Replace {
+        user: String,
+        line: String,
+    },
+    Append(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> UserdbError + '_ {
+    move |source| UserdbError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl PasswdFile {
+    /// Reads the file; a missing file reads as empty (`exists()` is false).
+    pub fn load(path: &Path) -> Result<PasswdFile, UserdbError> {
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(UserdbError::Symlink {
+                    path: path.to_path_buf(),
+                });
+            }
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        let data = match meta {
+            Some(_) => std::fs::read(path).map_err(io_err(path))?,
+            None => Vec::new(),
+        };
+        let mut lines = Vec::new();
+        let mut start = 0;
+        while start < data.len() {
+            let nl = data[start..].iter().position(|&b| b == b'\n');
+            let next = nl.map_or(data.len(), |p| start + p + 1);
+            let mut end = nl.map_or(data.len(), |p| start + p);
+            if end > start && data[end - 1] == b'\r' {
+                end -= 1;
+            }
+            lines.push(Span { start, end });
+            start = next;
+        }
+        Ok(PasswdFile {
+            path: path.to_path_buf(),
+            data,
+            lines,
+            meta,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn exists(&self) -> bool {
+        self.meta.is_some()
+    }
+
+    /// The user names of all entries, in file order.
+    pub fn users(&self) -> Vec<String> {
+        self.raw_entries()
+            .map(|(_, user, _)| String::from_utf8_lossy(user).into_owned())
+            .collect()
+    }
+
+    /// (line number, user bytes, line bytes) for every non-comment line.
+    fn raw_entries(&self) -> impl Iterator<Item = (usize, &[u8], &[u8])> {
+        self.lines.iter().enumerate().filter_map(|(i, s)| {
+            let line = &self.data[s.start..s.end];
+            if line.is_empty() || line[0] == b'#' || line[0] == b':' {
+                return None;
+            }
+            let user = line.split(|&b| b == b':').next().unwrap_or_default();
+            Some((i + 1, user, line))
+        })
+    }
+
+    /// Finds the entry for `user` (exact, case-sensitive, like Dovecot).
+    /// A user listed twice is an error: which line wins is not ours to guess.
+    pub fn find(&self, user: &str) -> Result<Option<(usize, Entry)>, UserdbError> {
+        let mut found: Option<(usize, &[u8])> = None;
+        for (no, u, line) in self.raw_entries() {
+            if u != user.as_bytes() {
+                continue;
+            }
+            if let Some((first, _)) = found {
+                return Err(UserdbError::Duplicate {
+                    path: self.path.clone(),
+                    user: user.to_string(),
+                    first,
+                    second: no,
+                });
+            }
+            found = Some((no, line));
+        }
+        match found {
+            None => Ok(None),
+            Some((no, line)) => {
+                let text = std::str::from_utf8(line).map_err(|_| UserdbError::NotUtf8 {
+                    path: self.path.clone(),
+                    line: no,
+                })?;
+                Ok(Some((no, Entry::parse(text))))
+            }
+        }
+    }
+
+    fn apply(&self, change: &Change) -> Result<Vec<u8>, UserdbError> {
+        match change {
+            Change::Replace { user, line } => {
+                let (no, _) = self.find(user)?.ok_or_else(|| UserdbError::BadEntry {
+                    path: self.path.clone(),
+                    line: 0,
+                    problem: format!("user {user} disappeared from the file"),
+                })?;
+                let span = self.lines[no - 1];
+                let mut out = Vec::with_capacity(self.data.len() + line.len());
+                out.extend_from_slice(&self.data[..span.start]);
+                out.extend_from_slice(line.as_bytes());
+                out.extend_from_slice(&self.data[span.end..]);
+                Ok(out)
+            }
+            Change::Append(line) => {
+                let mut out = self.data.clone();
+                if !out.is_empty() && !out.ends_with(b"\n") {
+                    out.push(b'\n');
+                }
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Validates a line we are about to write: it must parse back to `entry`
+/// and contain no byte that would break the file's syntax.
+pub fn check_writable(entry: &Entry) -> Result<String, String> {
+    let fixed = [
+        ("user", &entry.user),
+        ("password", &entry.password),
+        ("uid", &entry.uid),
+        ("gid", &entry.gid),
+        ("gecos", &entry.gecos),
+        ("home", &entry.home),
+        ("shell", &entry.shell),
+    ];
+    for (name, v) in fixed {
+        if v.contains(':') || v.chars().any(char::is_control) {
+            return Err(format!(
+                "the {name} field cannot be written to a passwd-file"
+            ));
+        }
+    }
+    for f in &entry.extra {
+        if f.is_empty() || f.contains(' ') || f.chars().any(char::is_control) {
+            return Err("an extra field cannot be written to a passwd-file".into());
+        }
+    }
+    let line = entry.to_line();
+    if Entry::parse(&line) != *entry {
+        return Err("the entry would not read back unchanged".into());
+    }
+    Ok(line)
+}
+
+/// Read-modify-write of a passwd-file under its sidecar lock. `decide`
+/// sees the current contents and returns the change to make (or none).
+/// A file that does not exist yet is created with the owner, group and
+/// mode of `create_like` (the file Dovecot already reads), else 0600.
+pub fn edit<E>(
+    path: &Path,
+    create_like: Option<&Path>,
+    fsync: bool,
+    decide: impl FnOnce(&PasswdFile) -> Result<Option<Change>, E>,
+) -> Result<Option<Change>, E>
+where
+    E: From<UserdbError>,
+{
+    let (dir_path, name) = split_file_path(path).map_err(io_err(path))?;
+    let mut lock_name = OsString::from(".");
+    lock_name.push(name);
+    lock_name.push(".lock");
+    let lock_path = dir_path.join(&lock_name);
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    lock.lock().map_err(io_err(&lock_path))?;
+
+    let current = PasswdFile::load(path)?;
+    let Some(change) = decide(&current)? else {
+        return Ok(None);
+    };
+    let data = current.apply(&change)?;
+
+    let like = match &current.meta {
+        Some(m) => Some(m.clone()),
+        None => match create_like {
+            Some(p) => Some(std::fs::metadata(p).map_err(io_err(p))?),
+            None => None,
+        },
+    };
+    let (mode, owner) = match &like {
+        Some(m) => (
+            m.mode() & 0o7777,
+            Some(Owner {
+                uid: m.uid(),
+                gid: m.gid(),
+            }),
+        ),
+        None => (0o600, None),
+    };
+    let mtime = current.meta.as_ref().and_then(|m| bumped_mtime(m.mtime()));
+    let dir = Dir::open_root(dir_path).map_err(io_err(dir_path))?;
+    dir.write_atomic(
+        name,
+        &data,
+        &FileAttrs {
+            mode,
+            owner,
+            mtime,
+            fsync,
+        },
+    )
+    .map_err(io_err(path))?;
+    drop(lock);
+    Ok(Some(change))
+}
+
+/// Dovecot notices a change only if mtime (whole seconds) or size moved.
+/// Writing "now" is enough unless now is not after the old mtime.
+fn bumped_mtime(old: i64) -> Option<TimeSpec> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    (now <= old).then(|| TimeSpec::new(old + 1, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_fields_and_extras() {
+        let e = Entry::parse(
+            "jan@example.cz:{SHA512-CRYPT}$6$x:5000:5000::/h::userdb_mail=maildir:~/M:x userdb_quota_rule=*:bytes=100",
+        );
+        assert_eq!(e.user, "jan@example.cz");
+        assert_eq!(e.home, "/h");
+        assert_eq!(e.mail(), Some("maildir:~/M:x"));
+        assert_eq!(e.field("userdb_quota_rule"), Some("*:bytes=100"));
+        assert_eq!(
+            e.to_line(),
+            "jan@example.cz:{SHA512-CRYPT}$6$x:5000:5000::/h::userdb_mail=maildir:~/M:x userdb_quota_rule=*:bytes=100"
+        );
+    }
+
+    #[test]
+    fn old_format_mail_field() {
+        let e = Entry::parse("u:p:1000:1000::/home/h:::maildir:~/OldFormat");
+        assert_eq!(e.mail(), Some("maildir:~/OldFormat"));
+        let short = Entry::parse("u:{PLAIN}x");
+        assert_eq!(short.password, "{PLAIN}x");
+        assert_eq!(short.to_line(), "u:{PLAIN}x:::::");
+    }
+
+    #[test]
+    fn freeze_and_thaw() {
+        let e = Entry::parse("u:p:1:1::/h::userdb_quota_rule=*:bytes=1");
+        let f = e.frozen();
+        assert!(f.refuses_login() && f.frozen_by_us());
+        assert_eq!(f.frozen(), f);
+        assert_eq!(f.thawed(), e);
+        let disabled = Entry::parse("u:p:1:1::/h::nologin");
+        assert_eq!(disabled.frozen(), disabled);
+        assert_eq!(disabled.thawed(), disabled);
+        assert!(!disabled.frozen_by_us());
+    }
+
+    #[test]
+    fn writable_check() {
+        let mut e = Entry::parse("u:p:1:1::/h::a=b");
+        assert!(check_writable(&e).is_ok());
+        e.extra.push("x y".into());
+        assert!(check_writable(&e).is_err());
+        let mut e = Entry::parse("u:p:1:1::/h::a=b");
+        e.home = "/a:b".into();
+        assert!(check_writable(&e).is_err());
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn find_skips_comments_and_rejects_duplicates() {
+        let t = tempfile::tempdir().unwrap();
+        let p = write(t.path(), "u", "# c\n\n:x\na:1\nb:2\na:3\n");
+        let f = PasswdFile::load(&p).unwrap();
+        assert_eq!(f.users(), ["a", "b", "a"]);
+        assert_eq!(f.find("b").unwrap().unwrap().0, 5);
+        assert!(matches!(
+            f.find("a"),
+            Err(UserdbError::Duplicate {
+                first: 4,
+                second: 6,
+                ..
+            })
+        ));
+        assert!(f.find("c").unwrap().is_none());
+    }
+
+    #[test]
+    fn edit_replaces_only_the_line_and_keeps_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let original = "# users\r\nalice:{PLAIN}a:1:1::/a::\nbob:{PLAIN}b:1:1::/b::\r\ncarol:x";
+        let p = write(t.path(), "users", original);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let old_mtime = std::fs::metadata(&p).unwrap().mtime();
+        let r: Result<_, UserdbError> = edit(&p, None, true, |f| {
+            let (_, e) = f.find("bob")?.unwrap();
+            Ok(Some(Change::Replace {
+                user: "bob".into(),
+                line: e.frozen().to_line(),
+            }))
+        });
+        assert!(r.unwrap().is_some());
+        let now = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(
+            now,
+            "# users\r\nalice:{PLAIN}a:1:1::/a::\nbob:{PLAIN}b:1:1::/b::nologin reason=mailbox-migrated\r\ncarol:x"
+        );
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o640);
+        assert_ne!(m.mtime(), old_mtime);
+        let r: Result<_, UserdbError> = edit(&p, None, true, |_| {
+            Ok(Some(Change::Append("dave:y".into())))
+        });
+        r.unwrap();
+        assert!(
+            std::fs::read_to_string(&p)
+                .unwrap()
+                .ends_with("carol:x\ndave:y\n")
+        );
+        // Only the data file and the lock remain; no temp file is left.
+        let mut names: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".users.lock", "users"]);
+    }
+
+    #[test]
+    fn new_file_copies_mode_from_reference() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let like = write(t.path(), "old", "");
+        std::fs::set_permissions(&like, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let p = t.path().join("new");
+        let r: Result<_, UserdbError> = edit(&p, Some(&like), false, |f| {
+            assert!(!f.exists());
+            Ok(Some(Change::Append("u:p".into())))
+        });
+        r.unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "u:p\n");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
+    }
+
+    #[test]
+    fn symlinked_file_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let real = write(t.path(), "real", "u:p\n");
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(
+            PasswdFile::load(&link),
+            Err(UserdbError::Symlink { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_to_line_round_trip(
+            fields in proptest::collection::vec("[^:\\n\\r ]{0,10}", 7),
+            extra in proptest::collection::vec("[a-z_]{1,8}(=[^ \\n\\r]{0,10})?", 0..4),
+        ) {
+            // An empty 8th field followed by text is the old format, so
+            // extras are only generated non-empty.
+            let e = Entry {
+                user: fields[0].clone(), password: fields[1].clone(), uid: fields[2].clone(),
+                gid: fields[3].clone(), gecos: fields[4].clone(), home: fields[5].clone(),
+                shell: fields[6].clone(), extra,
+            };
+            prop_assert_eq!(Entry::parse(&e.to_line()), e);
+        }
+
+        #[test]
+        fn parse_never_panics(line in "\\PC{0,80}") {
+            let e = Entry::parse(&line);
+            let _ = check_writable(&e);
+        }
+    }
+}
