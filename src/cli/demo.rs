@@ -56,7 +56,8 @@ pub(super) fn run(dir: &Path, fixtures: &Path) -> Result<u8, Failure> {
          new store     {d}/newmail\n  \
          old userdb    {d}/users.old  (migrated users now carry `nologin`)\n  \
          new userdb    {d}/users.new  (same hashes, explicit {{SCHEME}} prefixes)\n\
-         Run it again: every mailbox reports \"already migrated\".",
+         Re-running a job is safe; every mailbox then reports \"already migrated\":\n  \
+         cargo run --release -- run --config {d}/config.toml {d}/jobs/novak-stavby.json",
         d = dir.display()
     );
     Ok(if all_done { exit::OK } else { exit::PARTIAL })

@@ -301,7 +301,10 @@ fn print_report(report: &Report, json: bool) {
     for m in &report.mailboxes {
         let status = match m.status {
             MailboxStatus::Done => "migrated",
-            MailboxStatus::AlreadyMigrated => "already migrated",
+            MailboxStatus::AlreadyMigrated => {
+                println!("  {:<32} already migrated by an earlier run", m.user);
+                continue;
+            }
             MailboxStatus::Failed => "FAILED",
         };
         println!(

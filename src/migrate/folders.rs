@@ -70,9 +70,8 @@ pub fn scan(src: &Dir, classifier: &Classifier) -> Result<FolderScan, MailboxErr
         ..FolderScan::default()
     };
     let mut seen: HashMap<FolderName, OsString> = HashMap::new();
-    let mut entries = src.entries().map_err(io)?;
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
-    for e in entries {
+    let mut found = Vec::new();
+    for e in src.entries().map_err(io)? {
         let raw = e.name.as_bytes();
         if raw.first() != Some(&b'.') || raw == b"." || raw == b".." {
             continue;
@@ -100,6 +99,11 @@ pub fn scan(src: &Dir, classifier: &Classifier) -> Result<FolderScan, MailboxErr
                 second: shown,
             });
         }
+        found.push((name, e.name));
+    }
+    // Report order: by decoded name, parents before children.
+    found.sort();
+    for (name, dir) in found {
         if let Some(reason) = classifier.classify(&name) {
             scan.skipped.push(SkippedFolder {
                 name: name.to_string(),
@@ -108,18 +112,20 @@ pub fn scan(src: &Dir, classifier: &Classifier) -> Result<FolderScan, MailboxErr
             });
             continue;
         }
-        let is_folder = copy::SUBDIRS
-            .iter()
-            .any(|s| matches!(src.open_dir(&e.name).and_then(|d| d.stat_at(s)), Ok(st) if crate::safe_fs::kind_of(&st) == Kind::Dir));
+        let is_folder = copy::SUBDIRS.iter().any(|s| {
+            matches!(src.open_dir(&dir).and_then(|d| d.stat_at(s)),
+                     Ok(st) if crate::safe_fs::kind_of(&st) == Kind::Dir)
+        });
         if !is_folder {
             scan.warnings.push(format!(
-                "{shown:?} has no cur/ or new/; not a Maildir folder, not copied"
+                "{:?} has no cur/ or new/; not a Maildir folder, not copied",
+                String::from_utf8_lossy(dir.as_bytes())
             ));
             continue;
         }
         scan.copy.push(SourceFolder {
             name: Some(name),
-            dir: Some(e.name),
+            dir: Some(dir),
         });
     }
     Ok(scan)

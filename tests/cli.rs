@@ -1,0 +1,615 @@
+//! Integration tests: the real binary on generated old hosts.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+
+use common::fixture::{Host, body, is_root, tree};
+use serde_json::Value;
+
+const JAN: &str = "jan@example.cz";
+const HASH_6: &str = "$6$saltsalt$0123456789abcdefghijABCDEFGHIJ";
+
+/// jan@example.cz with a realistic mix: localised and hierarchical
+/// folders (one stored in raw UTF-8), Trash/Spam/Contacts, a look-alike,
+/// control files, index files, and traps (symlinks, FIFO, tmp leftovers).
+fn populate_jan(h: &Host) {
+    let md = h.add_user(JAN, HASH_6, "userdb_quota_rule=*:bytes=1000000");
+    let inbox = md.folder("");
+    inbox
+        .msg("cur", "1500000000.M1P1.old,S=40,W=42:2,S", &body("one", 40), 1_500_000_000)
+        .msg("cur", "1500000100.M2P1.old,S=41:2,FRSa", &body("two", 41), 1_500_000_100)
+        .msg("new", "1500000200.M3P1.old", &body("three", 50), 1_500_000_200)
+        .file("dovecot-uidlist", b"3 V1400000000 N7 G0123456789abcdef0123456789abcdef\n3 :1500000000.M1P1.old,S=40,W=42\n5 W44 :1500000100.M2P1.old,S=41\n")
+        .file("dovecot-keywords", b"0 $Label1\n1 Work\n")
+        .file("dovecot.index", b"stale")
+        .file("dovecot.index.cache", b"stale")
+        .file("maildirsize", b"1000000S\n0 0\n")
+        .file("subscriptions", "V\t2\n\nINBOX\nOdeslan&AOk-\nKo&AWE-\nArchive\t2019\nKontakty\nEntwürfe\n".as_bytes());
+    std::fs::write(inbox.0.join("tmp/1500000300.M9P9.old"), b"half delivered").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", inbox.0.join("cur/1500000400.M4P1.old:2,S")).unwrap();
+    nix::unistd::mkfifo(
+        &inbox.0.join("new/1500000500.fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+
+    md.folder(".Odeslan&AOk-")
+        .msg(
+            "cur",
+            "1500001000.M5P1.old,S=30:2,S",
+            &body("sent", 30),
+            1_500_001_000,
+        )
+        .file(
+            "dovecot-uidlist",
+            b"3 V1400000001 N2\n1 :1500001000.M5P1.old,S=30\n",
+        );
+    md.folder(".Archive")
+        .file("dovecot-uidlist", b"3 V1400000002 N1\n");
+    md.folder(".Archive.2019")
+        .msg(
+            "cur",
+            "1500002000.M6P1.old:2,",
+            &body("old", 20),
+            1_500_002_000,
+        )
+        .file(
+            "dovecot-uidlist",
+            b"1 1400000003 9\n8 1500002000.M6P1.old\n",
+        );
+    // Raw UTF-8 on disk (Dovecot with :UTF-8, or Courier 5).
+    md.folder(".Entwürfe").msg(
+        "cur",
+        "1500003000.M7P1.old:2,D",
+        &body("draft", 25),
+        1_500_003_000,
+    );
+    md.folder(".Trash 2020").msg(
+        "cur",
+        "1500004000.M8P1.old:2,S",
+        &body("kept", 25),
+        1_500_004_000,
+    );
+    md.folder(".Ko&AWE-").msg(
+        "cur",
+        "1500005000.M9P1.old:2,ST",
+        &body("trash", 25),
+        1_500_005_000,
+    );
+    md.folder(".Ko&AWE-.2019")
+        .msg("cur", "1500005100.M10P1.old:2,S", &body("trash2", 25), 1);
+    md.folder(".Spam")
+        .msg("new", "1500006000.M11P1.old", &body("spam", 25), 1);
+    md.folder(".Kontakty")
+        .msg("cur", "1500007000.M12P1.old:2,S", &body("vcard", 25), 1);
+    std::os::unix::fs::symlink("/etc", md.0.join(".Evil")).unwrap();
+}
+
+fn mailbox<'a>(report: &'a Value, user: &str) -> &'a Value {
+    report["mailboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"] == user)
+        .unwrap_or_else(|| panic!("{user} not in report {report:#}"))
+}
+
+#[test]
+fn move_copies_content_and_carries_the_password() {
+    let h = Host::new("uid = 5000\ngid = 5001\n");
+    populate_jan(&h);
+    h.add_user("other@example.org", "{PLAIN}x", "");
+    let users_before = std::fs::read_to_string(&h.users_old).unwrap();
+    let job = h.job("j1", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["status"], "done");
+    let m = mailbox(&report, JAN);
+    assert_eq!(m["status"], "done", "{m:#}");
+    assert_eq!(m["messages"], 7, "{m:#}");
+    assert_eq!(m["folders"], 6, "{m:#}");
+    assert_eq!(
+        m["uids_preserved"], false,
+        "Entwürfe has messages in cur/ but no uidlist: {m:#}"
+    );
+    let skipped: Vec<(&str, &str)> = m["skipped_folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["kind"].as_str().unwrap_or("inside"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            ("Kontakty", "contacts"),
+            ("Koš", "trash"),
+            ("Koš/2019", "inside"),
+            ("Spam", "spam")
+        ]
+    );
+
+    let src = h.old.join("example.cz/jan/Maildir");
+    let dst = h.target_maildir(JAN);
+    // Messages: same names, bytes and mtimes.
+    for rel in [
+        "cur/1500000000.M1P1.old,S=40,W=42:2,S",
+        "cur/1500000100.M2P1.old,S=41:2,FRSa",
+        "new/1500000200.M3P1.old",
+        ".Odeslan&AOk-/cur/1500001000.M5P1.old,S=30:2,S",
+        ".Archive.2019/cur/1500002000.M6P1.old:2,",
+        ".Entw&APw-rfe/cur/1500003000.M7P1.old:2,D",
+        ".Trash 2020/cur/1500004000.M8P1.old:2,S",
+    ] {
+        let (a, b) = (
+            src.join(rel.replace(".Entw&APw-rfe", ".Entwürfe")),
+            dst.join(rel),
+        );
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{rel}"
+        );
+        let (ma, mb) = (
+            std::fs::metadata(&a).unwrap(),
+            std::fs::metadata(&b).unwrap(),
+        );
+        assert_eq!(ma.mtime(), mb.mtime(), "{rel}");
+        assert_eq!(mb.mode() & 0o777, 0o600, "{rel}");
+    }
+    // Nothing else: no skipped folders, traps, tmp, indexes or quota file.
+    let t = tree(&dst);
+    for gone in [
+        ".Ko&AWE-",
+        ".Ko&AWE-.2019",
+        ".Spam",
+        ".Kontakty",
+        ".Evil",
+        ".Entwürfe",
+        "tmp/1500000300.M9P9.old",
+        "cur/1500000400.M4P1.old:2,S",
+        "new/1500000500.fifo",
+        "dovecot.index",
+        "dovecot.index.cache",
+        "maildirsize",
+        ".maildir-migrate-partial",
+        "maildirfolder",
+    ] {
+        assert!(!t.contains_key(gone), "{gone} should not be in the target");
+    }
+    for (path, (kind, mode, _, _, _)) in &t {
+        let want = if *kind == 'd' { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{path}");
+        assert!(*kind == 'd' || *kind == 'f', "{path}");
+    }
+    // Control files.
+    let read = |rel: &str| String::from_utf8(std::fs::read(dst.join(rel)).unwrap()).unwrap();
+    assert_eq!(
+        read("dovecot-uidlist"),
+        "3 V1400000000 N7 G0123456789abcdef0123456789abcdef\n3 :1500000000.M1P1.old,S=40,W=42\n5 W44 :1500000100.M2P1.old,S=41\n"
+    );
+    assert_eq!(
+        read(".Archive.2019/dovecot-uidlist"),
+        "3 V1400000003 N9\n8 :1500002000.M6P1.old\n"
+    );
+    assert_eq!(read(".Archive/dovecot-uidlist"), "3 V1400000002 N1\n");
+    assert_eq!(read("dovecot-keywords"), "0 $Label1\n1 Work\n");
+    assert_eq!(read(".Archive.2019/maildirfolder"), "");
+    assert_eq!(
+        read("subscriptions"),
+        "V\t2\n\nINBOX\nOdeslan&AOk-\nArchive\t2019\nEntw&APw-rfe\n"
+    );
+    if is_root() {
+        for (path, (_, _, uid, _, _)) in tree(&h.new.join("example.cz")) {
+            assert_eq!(uid, 5000, "{path}");
+        }
+        let m = std::fs::metadata(dst.join("cur/1500000000.M1P1.old,S=40,W=42:2,S")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (5000, 5001));
+    }
+
+    // Userdbs: the old entry refuses logins but stays; other lines are
+    // byte-identical; the new entry carries the hash with a prefix.
+    let users_after = std::fs::read_to_string(&h.users_old).unwrap();
+    let expected_old = users_before.replace(
+        "userdb_quota_rule=*:bytes=1000000\n",
+        "userdb_quota_rule=*:bytes=1000000 nologin reason=mailbox-migrated\n",
+    );
+    assert_eq!(users_after, expected_old);
+    assert_eq!(
+        std::fs::read_to_string(&h.users_new).unwrap(),
+        format!(
+            "{JAN}:{{SHA512-CRYPT}}{HASH_6}:5000:5001::{}::userdb_mail=maildir:~/Maildir userdb_quota_rule=*:bytes=1000000\n",
+            h.new.join("example.cz/jan").display()
+        )
+    );
+    // The source is left as it was (apart from the userdb).
+    assert!(src.join(".Ko&AWE-/cur/1500005000.M9P1.old:2,ST").exists());
+    assert!(src.join("maildirsize").exists());
+}
+
+#[test]
+fn rerun_is_a_noop_and_completes_a_partial_copy() {
+    let h = Host::new("");
+    populate_jan(&h);
+    let job = h.job(
+        "j",
+        r#"{"domain": "example.cz", "mode": "move", "mailboxes": ["jan"]}"#,
+    );
+
+    // A crashed earlier run: marker, one message copied, one under an old
+    // flag name, one the source no longer has, a temp file in tmp/.
+    let dst = h.target_maildir(JAN);
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(dst.join(sub)).unwrap();
+    }
+    std::fs::write(dst.join(".maildir-migrate-partial"), "job j\n").unwrap();
+    std::fs::copy(
+        h.old
+            .join("example.cz/jan/Maildir/cur/1500000000.M1P1.old,S=40,W=42:2,S"),
+        dst.join("cur/1500000000.M1P1.old,S=40,W=42:2,S"),
+    )
+    .unwrap();
+    std::fs::write(
+        dst.join("cur/1500000100.M2P1.old,S=41:2,S"),
+        body("two", 41),
+    )
+    .unwrap();
+    std::fs::write(dst.join("cur/1400000000.GONE.old:2,S"), b"expunged since").unwrap();
+    std::fs::write(dst.join("tmp/maildir-migrate.77.1"), b"half").unwrap();
+
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(mailbox(&report, JAN)["messages"], 7);
+    let names: Vec<String> = tree(&dst.join("cur")).into_keys().collect();
+    assert_eq!(
+        names,
+        [
+            "1500000000.M1P1.old,S=40,W=42:2,S",
+            "1500000100.M2P1.old,S=41:2,FRSa"
+        ]
+    );
+    assert!(!dst.join("tmp/maildir-migrate.77.1").exists());
+    assert!(!dst.join(".maildir-migrate-partial").exists());
+
+    let before = (
+        tree(&h.root),
+        std::fs::read(&h.users_old).unwrap(),
+        std::fs::read(&h.users_new).unwrap(),
+    );
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(mailbox(&report, JAN)["status"], "already_migrated");
+    let after = (
+        tree(&h.root),
+        std::fs::read(&h.users_old).unwrap(),
+        std::fs::read(&h.users_new).unwrap(),
+    );
+    assert!(
+        before == after,
+        "a completed job re-run must change nothing"
+    );
+}
+
+#[test]
+fn in_place_rewrite_keeps_the_hash_and_other_lines() {
+    let h = Host::new("");
+    h.write_config(
+        "[source]\nuserdb = \"users.old\"\nuserdb_format = \"passwd-file\"\nmail_root = \"oldmail\"\n\
+         [target]\nuserdb = \"users.old\"\nuserdb_format = \"passwd-file\"\nmail_root = \"newmail\"\nhome = \"%d/%n/home\"\n",
+    );
+    let md = h.add_user(
+        JAN,
+        "$1$abcdefgh$zqlK0cLw7wMRRO49PNOrq0",
+        "userdb_mail=maildir:~/Maildir userdb_quota_rule=*:storage=1G",
+    );
+    md.folder("")
+        .msg("cur", "1.a:2,S", &body("x", 30), 1_600_000_000);
+    h.add_user("eva@example.cz", "{PLAIN}y", "");
+    let before = std::fs::read_to_string(&h.users_old).unwrap();
+    let job = h.job(
+        "ip",
+        r#"{"domain": "example.cz", "mode": "move", "mailboxes": ["jan"]}"#,
+    );
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    let after = std::fs::read_to_string(&h.users_old).unwrap();
+    let old_jan = before.lines().find(|l| l.starts_with("jan@")).unwrap();
+    let new_jan = format!(
+        "{JAN}:$1$abcdefgh$zqlK0cLw7wMRRO49PNOrq0:1000:1000::{}::userdb_mail=maildir:~/Maildir userdb_quota_rule=*:storage=1G",
+        h.new.join("example.cz/jan/home").display()
+    );
+    assert_eq!(after, before.replace(old_jan, &new_jan));
+    assert!(
+        h.new
+            .join("example.cz/jan/home/Maildir/cur/1.a:2,S")
+            .exists()
+    );
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0);
+    assert_eq!(mailbox(&report, JAN)["status"], "already_migrated");
+}
+
+#[test]
+fn recreate_makes_an_empty_mailbox_with_the_same_password() {
+    let h = Host::new("");
+    let md = h.add_user(JAN, "{SSHA}6YO+9J9IzxY/+l8b0VDxKblp2nv6v104", "");
+    md.folder("").msg("cur", "1.a:2,S", &body("x", 30), 1);
+    md.folder(".Sent").msg("cur", "2.b:2,S", &body("y", 30), 1);
+    let job = h.job("rc", r#"{"domain": "example.cz", "mode": "recreate"}"#);
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    let dst = h.target_maildir(JAN);
+    let names: Vec<String> = tree(&dst).into_keys().collect();
+    assert_eq!(names, ["cur", "new", "tmp"]);
+    assert!(
+        std::fs::read_to_string(&h.users_new)
+            .unwrap()
+            .starts_with(&format!(
+                "{JAN}:{{SSHA}}6YO+9J9IzxY/+l8b0VDxKblp2nv6v104:1000:1000::"
+            ))
+    );
+    assert!(
+        std::fs::read_to_string(&h.users_old)
+            .unwrap()
+            .contains("nologin reason=mailbox-migrated")
+    );
+}
+
+#[test]
+fn per_mailbox_failures_do_not_stop_the_job() {
+    let h = Host::new("");
+    populate_jan(&h);
+    // Maildir is a symlink to another user's mail.
+    let evil = h.add_user("evil@example.cz", "{PLAIN}e", "");
+    std::fs::create_dir_all(evil.0.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(h.old.join("example.cz/jan/Maildir"), &evil.0).unwrap();
+    // Maildir outside the mail root.
+    h.add_user("out@example.cz", "{PLAIN}o", "userdb_mail=maildir:/etc");
+    // A folder name that is neither mUTF-7 nor UTF-8.
+    let bad = h.add_user("bad@example.cz", "{PLAIN}b", "");
+    bad.folder("").msg("cur", "1.a:2,S", b"x", 1);
+    let latin1 = h
+        .old
+        .join("example.cz/bad/Maildir")
+        .join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b".Ko\xb9"));
+    std::fs::create_dir_all(latin1.join("cur")).unwrap();
+    // A different target entry already exists.
+    h.add_user("taken@example.cz", "{PLAIN}t", "");
+    std::fs::write(
+        &h.users_new,
+        "taken@example.cz:{PLAIN}other:5:5::/elsewhere::\n",
+    )
+    .unwrap();
+    // A target Maildir with somebody else's mail in it.
+    let busy = h.add_user("busy@example.cz", "{PLAIN}b", "");
+    busy.folder("");
+    std::fs::create_dir_all(h.target_maildir("busy@example.cz").join("cur")).unwrap();
+    std::fs::write(
+        h.target_maildir("busy@example.cz").join("cur/1.x:2,S"),
+        b"not ours",
+    )
+    .unwrap();
+    let users_new_before = std::fs::read_to_string(&h.users_new).unwrap();
+
+    let job = h.job("mixed", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["status"], "failed");
+    assert_eq!(mailbox(&report, JAN)["status"], "done");
+    for (user, needle) in [
+        ("evil@example.cz", "symlink"),
+        ("out@example.cz", "outside source.mail_root"),
+        ("bad@example.cz", "neither modified UTF-7 nor UTF-8"),
+        ("taken@example.cz", "different entry"),
+        ("busy@example.cz", "not created by maildir-migrate"),
+    ] {
+        let m = mailbox(&report, user);
+        assert_eq!(m["status"], "failed", "{user}");
+        let err = m["error"].as_str().unwrap();
+        assert!(err.contains(needle), "{user}: {err}");
+    }
+    // Failed mailboxes keep their old login and get no new entry.
+    let old = std::fs::read_to_string(&h.users_old).unwrap();
+    for l in old
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("jan@"))
+    {
+        assert!(!l.contains("nologin"), "{l}");
+    }
+    let new = std::fs::read_to_string(&h.users_new).unwrap();
+    assert_eq!(new.lines().count(), 2, "{new}");
+    assert!(new.starts_with(&users_new_before));
+    assert_eq!(
+        std::fs::read(h.target_maildir("busy@example.cz").join("cur/1.x:2,S")).unwrap(),
+        b"not ours"
+    );
+    assert!(
+        !h.new.join("example.cz/evil/Maildir/cur").exists()
+            || tree(&h.new.join("example.cz/evil/Maildir/cur")).is_empty()
+    );
+}
+
+#[test]
+fn bad_input_is_named_and_nothing_is_written() {
+    let h = Host::new("");
+    populate_jan(&h);
+    let snapshot = || tree(&h.root);
+    let before = snapshot();
+    let good_job = h.job("good", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let check = |out: std::process::Output, code: i32, needles: &[&str]| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "expected {n:?} in: {err}");
+        }
+    };
+    let jobs = [
+        (
+            "unknown",
+            r#"{"domain": "example.cz", "mode": "move", "priority": 1}"#,
+            "unknown field `priority`",
+        ),
+        (
+            "malformed",
+            r#"{"domain": "example.cz", "mode": "move""#,
+            "line 1",
+        ),
+        (
+            "baddomain",
+            r#"{"domain": "../etc", "mode": "move"}"#,
+            "domain",
+        ),
+        (
+            "badlocal",
+            r#"{"domain": "example.cz", "mode": "move", "mailboxes": ["../root"]}"#,
+            "mailbox name",
+        ),
+        (
+            "badmode",
+            r#"{"domain": "example.cz", "mode": "copy"}"#,
+            "unknown variant `copy`",
+        ),
+        (
+            "bad id!",
+            r#"{"domain": "example.cz", "mode": "move"}"#,
+            "job id",
+        ),
+    ];
+    for (name, text, needle) in jobs {
+        let p = h.job(name, text);
+        check(
+            h.run(&["run", p.to_str().unwrap()]),
+            65,
+            &[p.to_str().unwrap(), needle],
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+    check(
+        h.run(&["run", h.root.join("missing.json").to_str().unwrap()]),
+        74,
+        &["missing.json"],
+    );
+
+    let good_config = std::fs::read_to_string(&h.config).unwrap();
+    for (text, needle) in [
+        (
+            format!("{good_config}colour = \"blue\"\n"),
+            "unknown field `colour`",
+        ),
+        (
+            good_config.replace(
+                "userdb_format = \"passwd-file\"\nmail_root = \"newmail\"",
+                "userdb_format = \"courier-userdb\"\nmail_root = \"newmail\"",
+            ),
+            "unknown variant",
+        ),
+        (good_config.replace("[target]", "[target\n"), "line"),
+        (format!("{good_config}uid = 0\ngid = 0\n"), "uid"),
+    ] {
+        h.write_config(&text);
+        check(
+            h.run(&["run", good_job.to_str().unwrap()]),
+            78,
+            &[h.config.to_str().unwrap(), needle],
+        );
+    }
+    h.write_config(&good_config.replace("oldmail", "nonexistent"));
+    check(
+        h.run(&["run", good_job.to_str().unwrap()]),
+        78,
+        &["source.mail_root", "nonexistent"],
+    );
+    h.write_config(&good_config);
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args(["run", good_job.to_str().unwrap()])
+        .env("MAILDIR_MIGRATE_CONFIG", h.root.join("nope.toml"))
+        .output()
+        .unwrap();
+    check(out, 78, &["nope.toml"]);
+    check(h.run(&["frobnicate"]), 64, &["frobnicate"]);
+    check(h.run(&["run"]), 64, &["JOB"]);
+
+    std::fs::remove_file(&good_job).unwrap();
+    assert!(before == snapshot(), "bad input must not write anything");
+}
+
+#[test]
+fn plan_reports_and_writes_nothing() {
+    let h = Host::new("[migration]\nskip_folders = [\"Trash 2020\"]\nkeep_folders = [\"Spam\"]\n");
+    populate_jan(&h);
+    h.add_user("info@example.cz", "86a3e678acdcd65f8af49ecde306b979", "");
+    let before = tree(&h.root);
+    let out = h.run(&["plan", "--domain", "example.cz", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let jan = mailbox(&plan, JAN);
+    assert_eq!(jan["status"], "pending");
+    assert_eq!(jan["hash_scheme"], "SHA512-CRYPT");
+    assert_eq!(jan["messages"], 7, "{jan:#}");
+    let folders: Vec<&str> = jan["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        folders,
+        [
+            "INBOX",
+            "Archive",
+            "Archive/2019",
+            "Entwürfe",
+            "Odeslané",
+            "Spam"
+        ]
+    );
+    let skipped: Vec<&str> = jan["skipped_folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["reason"].as_str().unwrap())
+        .collect();
+    assert!(skipped.contains(&"listed in skip_folders"), "{skipped:?}");
+    assert_eq!(mailbox(&plan, "info@example.cz")["hash_scheme"], "CRYPT");
+    let text = h.run(&["plan", "--domain", "example.cz", "--mailbox", "jan"]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("skip \"Koš\": trash folder"), "{text}");
+    assert!(!text.contains(HASH_6), "plan must never print a hash");
+    assert!(before == tree(&h.root), "plan must not write");
+}
+
+#[test]
+fn human_output_and_logs_never_show_hashes() {
+    let h = Host::new("");
+    populate_jan(&h);
+    let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args([
+            "--config",
+            h.config.to_str().unwrap(),
+            "run",
+            job.to_str().unwrap(),
+        ])
+        .env("MAILDIR_MIGRATE_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("jan@example.cz"), "{all}");
+    assert!(all.contains("skipped \"Spam\": spam folder"), "{all}");
+    assert!(!all.contains("saltsalt"), "{all}");
+}
