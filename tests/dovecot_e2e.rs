@@ -1,0 +1,786 @@
+//! End-to-end tests against a real, private Dovecot (see `common::dovecot`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Instant;
+
+use common::dovecot::{self, Dovecot};
+use common::imap::{self, ImapClient, mutf7};
+
+const USER1: &str = "alice@example.cz";
+/// ASCII, but with `"` and `\` so LOGIN has to escape it in a quoted string.
+const PASS1: &str = r#"Tr0ub4dor&3 "quoted" \back"#;
+const USER2: &str = "bob@example.cz";
+const PASS2: &str = "Příliš žluťoučký kůň 🐎";
+
+const MAIL_UID: u32 = 5000;
+
+fn flags(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn message(subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: Alice <alice@example.cz>\r\nTo: Bob <bob@example.cz>\r\nSubject: {subject}\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}
+
+fn make_home(path: &Path) {
+    fs::create_dir_all(path).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    if dovecot::running_as_root() {
+        std::os::unix::fs::chown(path, Some(MAIL_UID), Some(MAIL_UID)).unwrap();
+    }
+}
+
+fn connect(dc: &Dovecot) -> ImapClient {
+    ImapClient::connect(dc.port()).expect("connect to Dovecot")
+}
+
+/// The codecs need no server: known vectors from RFC 3501 and RFC 4648.
+fn check_codecs() {
+    assert_eq!(imap::base64_encode(b""), "");
+    assert_eq!(imap::base64_encode(b"f"), "Zg==");
+    assert_eq!(imap::base64_encode(b"fo"), "Zm8=");
+    assert_eq!(imap::base64_encode(b"foo"), "Zm9v");
+    assert_eq!(imap::base64_encode(b"foobar"), "Zm9vYmFy");
+    assert_eq!(imap::base64_encode(b"\0u\0p"), "AHUAcA==");
+
+    let cases = [
+        ("INBOX", "INBOX"),
+        ("Koš", "Ko&AWE-"),
+        ("Tom & Jerry", "Tom &- Jerry"),
+        ("~peter/mail/台北/日本語", "~peter/mail/&U,BTFw-/&ZeVnLIqe-"),
+        (
+            "Příliš žluťoučký kůň 🐎",
+            "P&AVkA7Q-li&AWE- &AX4-lu&AWU-ou&AQ0-k&AP0- k&AW8BSA- &2D3cDg-",
+        ),
+    ];
+    for (utf8, wire) in cases {
+        assert_eq!(mutf7::encode(utf8), wire, "encode {utf8:?}");
+        assert_eq!(mutf7::decode(wire).as_deref(), Ok(utf8), "decode {wire:?}");
+    }
+    for bad in ["&AWE", "&AGE-", "&A-", "Ko\u{161}", "&2D0-", "&AWF-"] {
+        assert!(mutf7::decode(bad).is_err(), "{bad:?} must not decode");
+    }
+}
+
+#[test]
+fn harness_smoke() {
+    let t0 = Instant::now();
+    check_codecs();
+    if !dovecot::require_dovecot("harness_smoke") {
+        return;
+    }
+    let root = dovecot::running_as_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("dovecot-e2e-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let dir = tmp.path();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let home1 = dir.join("home/alice");
+    let home2 = dir.join("home/bob");
+    make_home(&home1);
+    make_home(&home2);
+    fs::set_permissions(dir.join("home"), fs::Permissions::from_mode(0o755)).unwrap();
+
+    let hash1 = dovecot::hash_password("SHA512-CRYPT", PASS1);
+    let hash2 = dovecot::hash_password("BLF-CRYPT", PASS2);
+    assert!(hash1.starts_with("{SHA512-CRYPT}$6$"), "{hash1}");
+    assert!(hash2.starts_with("{BLF-CRYPT}$2"), "{hash2}");
+    let passwd = dir.join("passwd");
+    dovecot::write_passwd_file(
+        &passwd,
+        &format!(
+            "{}\n{}\n",
+            dovecot::passwd_line(USER1, &hash1, MAIL_UID, MAIL_UID, &home1),
+            dovecot::passwd_line(USER2, &hash2, MAIL_UID, MAIL_UID, &home2),
+        ),
+    );
+
+    let t_start = Instant::now();
+    let dc = Dovecot::start(&dir.join("server"), &passwd);
+    eprintln!(
+        "dovecot started on port {} in {:?}",
+        dc.port(),
+        t_start.elapsed()
+    );
+
+    // doveadm resolves the users through the same passwd-file.
+    assert!(
+        dc.user_exists(USER1),
+        "doveadm user {USER1} failed:\n{}",
+        dc.log()
+    );
+    assert!(dc.user_exists(USER2));
+    assert!(!dc.user_exists("nobody@example.cz"));
+    let out = dc.doveadm(&["user", USER1]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("home\t{}", home1.display())),
+        "{text}"
+    );
+    assert!(text.contains("mail\tmaildir:~/Maildir"), "{text}");
+    if root {
+        assert!(
+            text.contains("uid\t5000") && text.contains("gid\t5000"),
+            "{text}"
+        );
+    }
+
+    // Wrong passwords are refused, both ways, and the session can go on.
+    let mut c = connect(&dc);
+    let err = c.login(USER1, "wrong password").unwrap_err();
+    assert!(err.contains("AUTHENTICATIONFAILED"), "{err}");
+    let err = c
+        .authenticate_plain(USER2, "Prilis zlutoucky kun")
+        .unwrap_err();
+    assert!(err.contains("AUTHENTICATIONFAILED"), "{err}");
+    assert!(c.login("nobody@example.cz", PASS1).is_err());
+
+    // User 1: LOGIN (quoted string with escapes).
+    c.login(USER1, PASS1)
+        .unwrap_or_else(|e| panic!("login {USER1}: {e}\n{}", dc.log()));
+    for name in ["Koš", "Archive/2019", "Tom & Jerry"] {
+        c.create(name)
+            .unwrap_or_else(|e| panic!("CREATE {name}: {e}"));
+    }
+    assert!(
+        c.create("Koš").is_err(),
+        "creating an existing mailbox must fail"
+    );
+
+    let inbox_msgs = [
+        (
+            vec!["\\Seen"],
+            "01-Jan-2019 10:00:00 +0100",
+            message("first", "Ahoj"),
+        ),
+        (
+            vec!["\\Flagged", "$Label1"],
+            "14-Feb-2019 08:30:00 -0500",
+            message("gone", "expunged"),
+        ),
+        (
+            vec!["\\Answered", "\\Draft", "Work"],
+            "29-Feb-2020 23:59:59 +0000",
+            message("third", "Dobrý den, žluťoučký kůň"),
+        ),
+        (
+            vec!["\\Seen", "\\Flagged", "\\Answered", "$Label1", "Work"],
+            "31-Dec-1999 23:00:00 -0100",
+            message("fourth", &"long line ".repeat(2000)),
+        ),
+    ];
+    for (fl, date, body) in &inbox_msgs {
+        c.append("INBOX", fl, Some(date), body).unwrap();
+    }
+    c.append(
+        "Archive/2019",
+        &["\\Seen", "$Label1"],
+        Some("02-Mar-2019 12:00:00 +0000"),
+        &message("old", "a"),
+    )
+    .unwrap();
+    c.append(
+        "Archive/2019",
+        &[],
+        Some("03-Mar-2019 12:00:00 +0000"),
+        &message("older", "b"),
+    )
+    .unwrap();
+    c.append(
+        "Tom & Jerry",
+        &["Work"],
+        None,
+        &message("cat & mouse", "🐈🐁"),
+    )
+    .unwrap();
+    for name in ["INBOX", "Koš", "Archive/2019"] {
+        c.subscribe(name).unwrap();
+    }
+
+    // Expunge UID 2 -> a gap in INBOX. The first SELECT sees all four.
+    let info = c.select("INBOX");
+    assert_eq!((info.exists, info.uidnext), (4, 5), "{info:?}");
+    assert_ne!(info.uidvalidity, 0);
+    c.uid_store(2, "+FLAGS", &["\\Deleted"]).unwrap();
+    c.uid_store(3, "-FLAGS", &["\\Draft"]).unwrap();
+    c.uid_store(3, "+FLAGS", &["\\Draft"]).unwrap();
+    c.expunge().unwrap();
+    assert_eq!(c.select("Koš").exists, 0);
+    assert!(
+        c.uid_fetch_all().is_empty(),
+        "empty mailbox gives no messages"
+    );
+    assert!(c.try_select("Does not exist").is_err());
+
+    let list = c.list();
+    eprintln!("LIST: {list:#?}");
+    let by_name = |n: &str| {
+        list.iter()
+            .find(|e| e.name == n)
+            .unwrap_or_else(|| panic!("{n} not in {list:?}"))
+    };
+    assert_eq!(by_name("Koš").delimiter, Some('/'));
+    assert!(by_name("Tom & Jerry").selectable());
+    assert!(
+        !by_name("Archive").selectable(),
+        "the parent of Archive/2019 was never created"
+    );
+
+    let snap1 = c.snapshot();
+    c.logout().unwrap();
+
+    // Log in again (new session: no \Recent, same state).
+    let mut c = connect(&dc);
+    c.login(USER1, PASS1).unwrap();
+    let snap2 = c.snapshot();
+    c.logout().unwrap();
+    imap::assert_snapshots_equal(&snap1, &snap2);
+    eprintln!("snapshot of {USER1}: {snap2:#?}");
+
+    assert_eq!(
+        snap2.mailbox_names(),
+        ["Archive/2019", "INBOX", "Koš", "Tom & Jerry"]
+    );
+    assert_eq!(snap2.subscriptions, ["Archive/2019", "INBOX", "Koš"]);
+    let inbox = snap2.mailbox("INBOX").unwrap();
+    assert_eq!(inbox.uids(), [1, 3, 4]);
+    assert_eq!(inbox.uidnext, 5);
+    assert_eq!(inbox.uidvalidity, info.uidvalidity);
+    // Maildir keeps INTERNALDATE as the file's mtime: the instant survives,
+    // the zone does not (Dovecot answers in its own zone, UTC here).
+    let expected_dates = [
+        (1, "01-Jan-2019 09:00:00 +0000"),
+        (3, "29-Feb-2020 23:59:59 +0000"),
+        (4, "01-Jan-2000 00:00:00 +0000"),
+    ];
+    for (uid, date) in expected_dates {
+        let m = inbox.message(uid).unwrap();
+        let (fl, _, body) = &inbox_msgs[uid as usize - 1];
+        assert_eq!(m.flags, flags(fl), "uid {uid}");
+        assert_eq!(m.internal_date, date, "uid {uid}");
+        assert_eq!(&m.body, body, "uid {uid}");
+        assert_eq!(m.size, body.len() as u64, "uid {uid}");
+    }
+    let archive = snap2.mailbox("Archive/2019").unwrap();
+    assert_eq!(archive.uids(), [1, 2]);
+    assert_eq!(archive.messages[0].flags, flags(&["\\Seen", "$Label1"]));
+    assert!(archive.messages[1].flags.is_empty());
+    assert_eq!(
+        archive.messages[1].internal_date,
+        "03-Mar-2019 12:00:00 +0000"
+    );
+    let tom = snap2.mailbox("Tom & Jerry").unwrap();
+    assert_eq!(tom.messages.len(), 1);
+    assert_eq!(tom.messages[0].flags, flags(&["Work"]));
+    assert!(tom.messages[0].body.ends_with("🐈🐁\r\n".as_bytes()));
+    assert!(snap2.mailbox("Koš").unwrap().messages.is_empty());
+    let validities: BTreeSet<u32> = snap2.mailboxes.iter().map(|m| m.uidvalidity).collect();
+    assert_eq!(validities.len(), 4, "each mailbox has its own UIDVALIDITY");
+
+    // diff() describes changes per mailbox/uid/field.
+    let mut changed = snap2.clone();
+    changed.subscriptions.retain(|s| s != "Koš");
+    changed.mailboxes.retain(|m| m.name != "Tom & Jerry");
+    let inbox_c = changed
+        .mailboxes
+        .iter_mut()
+        .find(|m| m.name == "INBOX")
+        .unwrap();
+    inbox_c.uidnext = 6;
+    inbox_c.messages[0].flags.insert("\\Deleted".into());
+    inbox_c.messages[1].body.push(b'x');
+    inbox_c.messages.pop();
+    let d = imap::diff(&snap2, &changed);
+    eprintln!("diff example:\n  {}", d.join("\n  "));
+    let expected = [
+        r#"subscription "Koš": only in a"#,
+        r#"mailbox "INBOX": UIDNEXT a=5 b=6"#,
+        r#"mailbox "INBOX" uid 1: flags"#,
+        r#"mailbox "INBOX" uid 3: body differs"#,
+        r#"mailbox "INBOX" uid 4: only in a"#,
+        r#"mailbox "Tom & Jerry": only in a"#,
+    ];
+    assert_eq!(d.len(), expected.len(), "{d:#?}");
+    for (line, want) in d.iter().zip(expected) {
+        assert!(
+            line.starts_with(want),
+            "{line:?} should start with {want:?}"
+        );
+    }
+    assert!(imap::diff(&snap1, &snap2).is_empty());
+
+    // Dovecot's own on-disk names (Maildir++, mUTF-7).
+    let maildir = home1.join("Maildir");
+    for folder in [".Ko&AWE-", ".Archive.2019", ".Tom &- Jerry"] {
+        assert!(
+            maildir.join(folder).join("cur").is_dir(),
+            "{folder} missing in {maildir:?}"
+        );
+    }
+    assert!(!maildir.join(".Archive").exists());
+    assert_eq!(
+        fs::read_dir(maildir.join("cur")).unwrap().count(),
+        3,
+        "INBOX files"
+    );
+
+    // User 2: AUTHENTICATE PLAIN (SASL-IR) with a UTF-8 password, then
+    // LOGIN with the password as a literal.
+    let mut c = connect(&dc);
+    assert!(c.has_capability("SASL-IR").unwrap());
+    c.authenticate_plain(USER2, PASS2)
+        .unwrap_or_else(|e| panic!("AUTHENTICATE {USER2}: {e}\n{}", dc.log()));
+    c.create("Příliš žluťoučký kůň 🐎").unwrap();
+    c.append(
+        "INBOX",
+        &["\\Seen"],
+        Some("05-May-2021 05:05:05 +0200"),
+        &message("pro Boba", "čau"),
+    )
+    .unwrap();
+    let snap_b1 = c.snapshot();
+    c.logout().unwrap();
+    let mut c = connect(&dc);
+    c.login(USER2, PASS2).unwrap();
+    let snap_b2 = c.snapshot();
+    c.logout().unwrap();
+    imap::assert_snapshots_equal(&snap_b1, &snap_b2);
+    assert_eq!(
+        snap_b2.mailbox_names(),
+        ["INBOX", "Příliš žluťoučký kůň 🐎"]
+    );
+    assert_eq!(
+        snap_b2.mailbox("INBOX").unwrap().messages[0].internal_date,
+        "05-May-2021 03:05:05 +0000"
+    );
+    assert!(
+        home2
+            .join("Maildir/.P&AVkA7Q-li&AWE- &AX4-lu&AWU-ou&AQ0-k&AP0- k&AW8BSA- &2D3cDg-")
+            .is_dir()
+    );
+
+    // A second instance alongside the first ("old" and "new" server).
+    let home3 = dir.join("home/bob-new");
+    make_home(&home3);
+    let passwd2 = dir.join("passwd-new");
+    dovecot::write_passwd_file(
+        &passwd2,
+        &format!(
+            "{}\n",
+            dovecot::passwd_line(USER2, &hash2, MAIL_UID, MAIL_UID, &home3)
+        ),
+    );
+    let dc2 = Dovecot::start(&dir.join("server-new"), &passwd2);
+    assert_ne!(dc.port(), dc2.port());
+    let mut c2 = connect(&dc2);
+    c2.authenticate_plain(USER2, PASS2).unwrap();
+    let empty = c2.snapshot();
+    c2.logout().unwrap();
+    assert_eq!(empty.mailbox_names(), ["INBOX"]);
+    assert!(!imap::diff(&snap_b2, &empty).is_empty());
+
+    // Stopping leaves no process behind.
+    let names = [
+        dc.instance_name().to_owned(),
+        dc2.instance_name().to_owned(),
+    ];
+    assert!(
+        !dovecot::instance_pids(&names[0]).is_empty(),
+        "instance processes are visible"
+    );
+    let log = dc.log();
+    assert!(
+        log.contains("Login: user=<alice@example.cz>, method=PLAIN"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("Error:") && !log.contains("Fatal:"),
+        "errors in the log:\n{log}"
+    );
+    dc2.stop();
+    drop(dc);
+    for name in &names {
+        assert!(
+            dovecot::instance_pids(name).is_empty(),
+            "{name} left processes behind"
+        );
+    }
+    eprintln!("harness_smoke took {:?}", t0.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// The migration, end to end: an old Dovecot fills the old store over IMAP,
+// maildir-migrate moves the domain, a new Dovecot serves the result.
+// ---------------------------------------------------------------------------
+
+const OLD_UID: u32 = 5001;
+
+/// (user, password, scheme as generated, written bare without its prefix?)
+const ACCOUNTS: &[(&str, &str, &str, bool)] = &[
+    ("jan@example.cz", "Zedník2024!", "SHA512-CRYPT", false),
+    ("info@example.cz", "info-heslo-7", "MD5-CRYPT", true),
+    ("petra@example.cz", "Petra.Kytka.88", "BLF-CRYPT", false),
+    (
+        "ota@example.cz",
+        "Příliš žluťoučký kůň 🐎",
+        "SSHA512",
+        false,
+    ),
+    ("eva@example.cz", "eva pass 6", "SHA512-CRYPT", true),
+    ("des@example.cz", "abcdefgh", "DES-CRYPT", true),
+];
+/// On another domain: must stay on the old server, untouched.
+const OTHER: (&str, &str) = ("other@example.org", "jiná doména");
+
+fn owned_dir(path: &Path, uid: u32) {
+    fs::create_dir_all(path).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    if dovecot::running_as_root() {
+        std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+    }
+}
+
+/// Fills jan's old mailbox over IMAP: localised and nested folders, the
+/// three kinds that are not migrated, look-alikes that are, flags,
+/// keywords, dates, expunge gaps and subscriptions.
+fn fill_jan(c: &mut ImapClient) {
+    for name in [
+        "Odeslané",
+        "Koš",
+        "Koš/2019",
+        "Spam",
+        "Contacts",
+        "Trash 2020",
+        "Spam reports",
+        "Archive/2019",
+        "Tom & Jerry",
+        "Entwürfe",
+    ] {
+        c.create(name)
+            .unwrap_or_else(|e| panic!("CREATE {name}: {e}"));
+    }
+    let msgs: &[(&str, &[&str], &str)] = &[
+        ("INBOX", &["\\Seen"], "01-Jan-2019 10:00:00 +0100"),
+        (
+            "INBOX",
+            &["\\Flagged", "$Label1"],
+            "14-Feb-2019 08:30:00 -0500",
+        ),
+        (
+            "INBOX",
+            &["\\Answered", "\\Draft", "Work"],
+            "29-Feb-2020 23:59:59 +0000",
+        ),
+        (
+            "INBOX",
+            &[
+                "\\Seen",
+                "\\Flagged",
+                "\\Answered",
+                "$Label1",
+                "Work",
+                "$Forwarded",
+            ],
+            "31-Dec-1999 23:00:00 -0100",
+        ),
+        ("INBOX", &[], "02-Jan-2021 07:00:00 +0000"),
+        ("Odeslané", &["\\Seen"], "03-Jan-2021 08:00:00 +0000"),
+        (
+            "Odeslané",
+            &["\\Seen", "$Label2"],
+            "04-Jan-2021 08:00:00 +0000",
+        ),
+        (
+            "Koš",
+            &["\\Seen", "\\Deleted"],
+            "05-Jan-2021 08:00:00 +0000",
+        ),
+        ("Koš/2019", &["\\Seen"], "06-Jan-2019 08:00:00 +0000"),
+        ("Spam", &[], "07-Jan-2021 08:00:00 +0000"),
+        ("Contacts", &["\\Seen"], "08-Jan-2021 08:00:00 +0000"),
+        ("Trash 2020", &["\\Seen"], "09-Jan-2020 08:00:00 +0000"),
+        ("Spam reports", &["\\Flagged"], "10-Jan-2021 08:00:00 +0000"),
+        (
+            "Archive/2019",
+            &["\\Seen", "$Label1"],
+            "02-Mar-2019 12:00:00 +0000",
+        ),
+        ("Archive/2019", &[], "03-Mar-2019 12:00:00 +0000"),
+        ("Archive/2019", &["\\Seen"], "04-Mar-2019 12:00:00 +0000"),
+        ("Tom & Jerry", &["Work"], "11-Jan-2021 08:00:00 +0000"),
+        ("Entwürfe", &["\\Draft"], "12-Jan-2021 08:00:00 +0000"),
+    ];
+    for (i, (mbox, fl, date)) in msgs.iter().enumerate() {
+        let body = message(
+            &format!("zpráva {i} v {mbox}"),
+            &"Dobrý den, žluťoučký kůň.\r\n".repeat(i * 7 + 1),
+        );
+        c.append(mbox, fl, Some(date), &body).unwrap();
+    }
+    // UID gaps: expunge INBOX uid 2 and Archive/2019 uid 2.
+    for (mbox, uid) in [("INBOX", 2), ("Archive/2019", 2)] {
+        c.select(mbox);
+        c.uid_store(uid, "+FLAGS", &["\\Deleted"]).unwrap();
+        c.expunge().unwrap();
+    }
+    c.select("INBOX");
+    c.uid_store(5, "+FLAGS", &["\\Seen"]).unwrap();
+    for name in [
+        "INBOX",
+        "Odeslané",
+        "Koš",
+        "Spam",
+        "Archive/2019",
+        "Entwürfe",
+        "Trash 2020",
+    ] {
+        c.subscribe(name).unwrap();
+    }
+}
+
+/// Drops what is deliberately not migrated from a snapshot of the old server.
+fn without_skipped(mut s: imap::AccountSnapshot) -> imap::AccountSnapshot {
+    let skipped = |n: &str| {
+        ["Koš", "Spam", "Contacts"]
+            .iter()
+            .any(|p| n == *p || n.starts_with(&format!("{p}/")))
+    };
+    s.mailboxes.retain(|m| !skipped(&m.name));
+    s.subscriptions.retain(|n| !skipped(n));
+    s
+}
+
+#[test]
+fn migration_end_to_end() {
+    if !dovecot::require_dovecot("migration_end_to_end") {
+        return;
+    }
+    let root = dovecot::running_as_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("mm-e2e-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let dir = tmp.path();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let (old_root, new_root) = (dir.join("oldmail"), dir.join("newmail"));
+    owned_dir(&old_root, 0);
+    owned_dir(&new_root, 0);
+
+    // The old host: one passwd-file, hashes in several forms (some bare).
+    let mut lines = String::from("# old mail host\n");
+    let mut homes = Vec::new();
+    for &(user, pass, scheme, bare) in ACCOUNTS.iter().chain([&(OTHER.0, OTHER.1, "PLAIN", false)])
+    {
+        let mut hash = dovecot::hash_password(scheme, pass);
+        if bare {
+            hash = hash.split_once('}').unwrap().1.to_string();
+        }
+        let (local, domain) = user.split_once('@').unwrap();
+        let home = old_root.join(domain).join(local);
+        owned_dir(&home, OLD_UID);
+        fs::set_permissions(home.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+        let mut line = dovecot::passwd_line(user, &hash, OLD_UID, OLD_UID, &home);
+        if user.starts_with("petra@") {
+            line.push_str(" userdb_quota_rule=*:bytes=2147483648");
+        }
+        lines.push_str(&line);
+        lines.push('\n');
+        homes.push(home);
+    }
+    let users_old = dir.join("users.old");
+    dovecot::write_passwd_file(&users_old, &lines);
+    let old = Dovecot::start(&dir.join("old-server"), &users_old);
+
+    // Fill the old store through the old server.
+    let mut before = Vec::new();
+    for (i, &(user, pass, _, _)) in ACCOUNTS.iter().enumerate() {
+        let mut c = connect(&old);
+        c.authenticate_plain(user, pass)
+            .unwrap_or_else(|e| panic!("old login {user}: {e}\n{}", old.log()));
+        if i == 0 {
+            fill_jan(&mut c);
+        } else {
+            c.create("Sent").unwrap();
+            c.append(
+                "INBOX",
+                &["\\Seen"],
+                Some("01-Feb-2022 10:00:00 +0000"),
+                &message(user, "ahoj"),
+            )
+            .unwrap();
+            c.append(
+                "Sent",
+                &[],
+                Some("02-Feb-2022 10:00:00 +0000"),
+                &message("odesláno", "x"),
+            )
+            .unwrap();
+            c.subscribe("Sent").unwrap();
+        }
+        c.logout().unwrap();
+    }
+    // A message a delivery agent dropped into new/ that no IMAP client has
+    // seen yet, then the state every client knows.
+    let jan_md = homes[0].join("Maildir");
+    let fresh_body = message("čerstvá pošta", "nová");
+    let fresh = jan_md.join(format!("new/1700000000.M1P1.mx,S={}", fresh_body.len()));
+    fs::write(&fresh, &fresh_body).unwrap();
+    if root {
+        std::os::unix::fs::chown(&fresh, Some(OLD_UID), Some(OLD_UID)).unwrap();
+    }
+    for &(user, pass, _, _) in ACCOUNTS {
+        let mut c = connect(&old);
+        c.authenticate_plain(user, pass).unwrap();
+        before.push(c.snapshot());
+        c.logout().unwrap();
+    }
+    assert!(before[0].mailbox("Koš/2019").is_some() && before[0].mailbox("Spam reports").is_some());
+    assert_eq!(before[0].mailbox("INBOX").unwrap().messages.len(), 5);
+    // A folder stored in raw UTF-8 (as Courier 5 or `:UTF-8` write it):
+    // the old Dovecot cannot open it, the new one must.
+    let raw = jan_md.join(".Přílohy");
+    for sub in ["cur", "new", "tmp"] {
+        owned_dir(&raw.join(sub), OLD_UID);
+    }
+    let attachment_body = message("příloha", "pdf");
+    let attachment = raw.join(format!(
+        "cur/1600000000.M2P2.mx,S={}:2,S",
+        attachment_body.len()
+    ));
+    fs::write(&attachment, &attachment_body).unwrap();
+    common::fixture::set_mtime(&attachment, 1_600_000_000);
+    fs::write(
+        raw.join("dovecot-uidlist"),
+        format!(
+            "3 V1234567 N8\n7 :1600000000.M2P2.mx,S={}\n",
+            attachment_body.len()
+        ),
+    )
+    .unwrap();
+
+    // Migrate the domain.
+    let users_new = dir.join("users.new");
+    let owner = if root { "uid = 5000\ngid = 5000\n" } else { "" };
+    let config = dir.join("config.toml");
+    fs::write(
+        &config,
+        format!(
+            "[source]\nuserdb = \"users.old\"\nuserdb_format = \"passwd-file\"\nmail_root = \"oldmail\"\n\
+             [target]\nuserdb = \"users.new\"\nuserdb_format = \"passwd-file\"\nmail_root = \"newmail\"\n{owner}"
+        ),
+    )
+    .unwrap();
+    let job = dir.join("example-cz.json");
+    fs::write(&job, r#"{"domain": "example.cz", "mode": "move"}"#).unwrap();
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--json",
+            job.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["totals"]["mailboxes"], ACCOUNTS.len());
+    for m in report["mailboxes"].as_array().unwrap() {
+        assert_eq!(m["status"], "done", "{m:#}");
+        assert_eq!(m["uids_preserved"], true, "{m:#}");
+    }
+    let jan_report = &report["mailboxes"][0];
+    let skipped: Vec<&str> = jan_report["skipped_folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(skipped, ["Contacts", "Koš", "Koš/2019", "Spam"]);
+    let new_users = fs::read_to_string(&users_new).unwrap();
+    for prefix in [
+        "{SHA512-CRYPT}$6$",
+        "{MD5-CRYPT}$1$",
+        "{BLF-CRYPT}$2y$",
+        "{SSHA512}",
+        "{CRYPT}",
+    ] {
+        assert!(
+            new_users.contains(prefix),
+            "{prefix} missing in:\n{new_users}"
+        );
+    }
+    assert!(!new_users.contains(OTHER.0));
+
+    // The new server: every user logs in with the original password and
+    // sees the same folders, UIDs, flags, keywords, dates and sizes.
+    let new = Dovecot::start(&dir.join("new-server"), &users_new);
+    for (i, &(user, pass, _, _)) in ACCOUNTS.iter().enumerate() {
+        let mut c = connect(&new);
+        c.authenticate_plain(user, pass)
+            .unwrap_or_else(|e| panic!("new login {user}: {e}\n{}", new.log()));
+        let mut after = c.snapshot();
+        c.logout().unwrap();
+        if i == 0 {
+            let pos = after
+                .mailboxes
+                .iter()
+                .position(|m| m.name == "Přílohy")
+                .expect("raw UTF-8 folder migrated");
+            let p = after.mailboxes.remove(pos);
+            assert_eq!((p.uidvalidity, p.uidnext, p.uids()), (1234567, 8, vec![7]));
+            assert_eq!(p.messages[0].internal_date, "13-Sep-2020 12:26:40 +0000");
+            assert!(p.messages[0].flags.contains("\\Seen"));
+            for gone in ["Koš", "Koš/2019", "Spam", "Contacts"] {
+                assert!(after.mailbox(gone).is_none(), "{gone} must not be migrated");
+            }
+            assert!(
+                after.mailbox("Trash 2020").is_some() && after.mailbox("Spam reports").is_some()
+            );
+        }
+        imap::assert_snapshots_equal(&without_skipped(before[i].clone()), &after);
+        let mut c = connect(&new);
+        assert!(c.authenticate_plain(user, "wrong password").is_err());
+    }
+    let mut c = connect(&new);
+    assert!(
+        c.login(OTHER.0, OTHER.1).is_err(),
+        "the other domain was not migrated"
+    );
+    assert!(new.user_exists("jan@example.cz"));
+
+    // The old server refuses the migrated users but still resolves them
+    // (a late delivery must not bounce); the other domain is untouched.
+    for &(user, pass, _, _) in ACCOUNTS {
+        let mut c = connect(&old);
+        assert!(
+            c.authenticate_plain(user, pass).is_err(),
+            "old server still lets {user} in"
+        );
+        assert!(
+            old.user_exists(user),
+            "old server no longer resolves {user}"
+        );
+    }
+    let mut c = connect(&old);
+    c.authenticate_plain(OTHER.0, OTHER.1)
+        .unwrap_or_else(|e| panic!("{} must still log in on the old server: {e}", OTHER.0));
+    c.logout().unwrap();
+    let log = new.log();
+    assert!(
+        !log.contains("Error:") && !log.contains("Fatal:"),
+        "errors in the new server's log:\n{log}"
+    );
+}
