@@ -26,13 +26,14 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_LITERAL: usize = 1 << 30;
 
 // ---------------------------------------------------------------------------
-// base64 (RFC 4648) and modified UTF-7
+// base64 (RFC 4648) and modified UTF-7 (the library's codec)
 // ---------------------------------------------------------------------------
 
 const B64_STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const B64_IMAP: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
 
-fn b64_encode_with(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
+/// Standard base64 with padding (used for SASL).
+pub fn base64_encode(data: &[u8]) -> String {
+    let (alphabet, pad) = (B64_STD, true);
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let b = [
@@ -53,116 +54,22 @@ fn b64_encode_with(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     out
 }
 
-/// Standard base64 with padding (used for SASL).
-pub fn base64_encode(data: &[u8]) -> String {
-    b64_encode_with(data, B64_STD, true)
-}
-
 /// IMAP modified UTF-7 for mailbox names (RFC 3501 §5.1.3).
 ///
 /// Printable US-ASCII (0x20..=0x7e) stands for itself except `&`, which is
 /// written `&-`; every other run of characters is UTF-16BE, base64 with `,`
 /// instead of `/` and no padding, between `&` and `-`.
 pub mod mutf7 {
-    use super::{B64_IMAP, b64_encode_with};
+    use maildir_migrate::maildir::names::{mutf7_decode, mutf7_encode};
 
     /// UTF-8 -> modified UTF-7.
     pub fn encode(name: &str) -> String {
-        let mut out = String::with_capacity(name.len());
-        let mut run: Vec<u16> = Vec::new();
-        let flush = |run: &mut Vec<u16>, out: &mut String| {
-            if !run.is_empty() {
-                let bytes: Vec<u8> = run.iter().flat_map(|u| u.to_be_bytes()).collect();
-                out.push('&');
-                out.push_str(&b64_encode_with(&bytes, B64_IMAP, false));
-                out.push('-');
-                run.clear();
-            }
-        };
-        for c in name.chars() {
-            if (' '..='~').contains(&c) {
-                flush(&mut run, &mut out);
-                if c == '&' {
-                    out.push_str("&-");
-                } else {
-                    out.push(c);
-                }
-            } else {
-                let mut buf = [0u16; 2];
-                run.extend_from_slice(c.encode_utf16(&mut buf));
-            }
-        }
-        flush(&mut run, &mut out);
-        out
+        mutf7_encode(name)
     }
 
-    fn b64_value(c: u8) -> Option<u32> {
-        B64_IMAP.iter().position(|&a| a == c).map(|p| p as u32)
-    }
-
-    /// Modified UTF-7 -> UTF-8. Strict: rejects raw non-printable or 8-bit
-    /// characters, unterminated or empty shifts, non-zero padding bits, an
-    /// encoded printable ASCII character and broken UTF-16.
+    /// Modified UTF-7 -> UTF-8 (strict).
     pub fn decode(name: &str) -> Result<String, String> {
-        let bytes = name.as_bytes();
-        let mut out = String::with_capacity(name.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            let c = bytes[i];
-            if c != b'&' {
-                if !(0x20..=0x7e).contains(&c) {
-                    return Err(format!("{name:?}: byte 0x{c:02x} must be encoded"));
-                }
-                out.push(c as char);
-                i += 1;
-                continue;
-            }
-            let end = bytes[i + 1..]
-                .iter()
-                .position(|&b| b == b'-')
-                .map(|p| i + 1 + p)
-                .ok_or_else(|| format!("{name:?}: unterminated & shift"))?;
-            let chunk = &bytes[i + 1..end];
-            i = end + 1;
-            if chunk.is_empty() {
-                out.push('&');
-                continue;
-            }
-            let (mut acc, mut bits) = (0u32, 0u32);
-            let mut units: Vec<u16> = Vec::new();
-            let mut pending: Option<u8> = None;
-            for &b in chunk {
-                let v =
-                    b64_value(b).ok_or_else(|| format!("{name:?}: bad base64 {:?}", b as char))?;
-                acc = (acc << 6) | v;
-                bits += 6;
-                if bits >= 8 {
-                    bits -= 8;
-                    let byte = ((acc >> bits) & 0xff) as u8;
-                    acc &= (1 << bits) - 1;
-                    match pending.take() {
-                        None => pending = Some(byte),
-                        Some(hi) => units.push(u16::from_be_bytes([hi, byte])),
-                    }
-                }
-            }
-            if pending.is_some() || bits >= 6 || acc != 0 {
-                return Err(format!(
-                    "{name:?}: bad padding in &{}-",
-                    String::from_utf8_lossy(chunk)
-                ));
-            }
-            for r in char::decode_utf16(units.iter().copied()) {
-                let ch = r.map_err(|_| format!("{name:?}: invalid UTF-16"))?;
-                if (' '..='~').contains(&ch) {
-                    return Err(format!(
-                        "{name:?}: printable ASCII {ch:?} must not be encoded"
-                    ));
-                }
-                out.push(ch);
-            }
-        }
-        Ok(out)
+        mutf7_decode(name.as_bytes()).ok_or_else(|| format!("{name:?} is not modified UTF-7"))
     }
 }
 
@@ -808,18 +715,9 @@ impl ImapClient {
                     pending.extend_from_slice(format!("{{{}}}\r\n", data.len()).as_bytes());
                     self.write_all(&pending, secret)?;
                     pending.clear();
-                    // Wait for the continuation request.
-                    loop {
-                        let line = self.read_logical_line()?;
-                        if line.starts_with(b"+") {
-                            break;
-                        }
-                        if let Some(rest) = line.strip_prefix(b"* ") {
-                            untagged.push(rest.to_vec());
-                            continue;
-                        }
-                        // The server refused the literal (tagged NO/BAD).
-                        return self.finish_tagged(&tag, &line, untagged);
+                    // The server may refuse the literal (tagged NO/BAD).
+                    if let Some(refused) = self.await_continuation(&tag, &mut untagged)? {
+                        return Ok(refused);
                     }
                     self.write_all(data, secret)?;
                 }
@@ -923,21 +821,36 @@ impl ImapClient {
         self.login_result(resp)
     }
 
-    fn authenticate_plain_without_ir(&mut self, encoded: &str) -> io::Result<Response> {
-        let tag = format!("A{:04}", self.next_tag);
-        self.next_tag += 1;
-        self.write_all(format!("{tag} AUTHENTICATE PLAIN\r\n").as_bytes(), false)?;
-        let mut untagged = Vec::new();
+    /// Reads until the server's `+` continuation request (collecting
+    /// untagged lines); `Some(response)` when it answers with the tagged
+    /// status instead.
+    fn await_continuation(
+        &mut self,
+        tag: &str,
+        untagged: &mut Vec<Vec<u8>>,
+    ) -> io::Result<Option<Response>> {
         loop {
             let line = self.read_logical_line()?;
             if line.starts_with(b"+") {
-                break;
+                return Ok(None);
             }
             if let Some(rest) = line.strip_prefix(b"* ") {
                 untagged.push(rest.to_vec());
                 continue;
             }
-            return self.finish_tagged(&tag, &line, untagged);
+            return self
+                .finish_tagged(tag, &line, std::mem::take(untagged))
+                .map(Some);
+        }
+    }
+
+    fn authenticate_plain_without_ir(&mut self, encoded: &str) -> io::Result<Response> {
+        let tag = format!("A{:04}", self.next_tag);
+        self.next_tag += 1;
+        self.write_all(format!("{tag} AUTHENTICATE PLAIN\r\n").as_bytes(), false)?;
+        let mut untagged = Vec::new();
+        if let Some(refused) = self.await_continuation(&tag, &mut untagged)? {
+            return Ok(refused);
         }
         self.write_all(format!("{encoded}\r\n").as_bytes(), true)?;
         self.read_until_tagged(&tag, untagged)
