@@ -784,3 +784,117 @@ fn migration_end_to_end() {
         "errors in the new server's log:\n{log}"
     );
 }
+
+/// Shared userdb rewritten in place while the server that reads it keeps
+/// running: the same Dovecot must pick up the new home at once (passwd-file
+/// reload by mtime/size) and serve the migrated mail with the same UIDs.
+#[test]
+fn in_place_switch_under_a_running_dovecot() {
+    if !dovecot::require_dovecot("in_place_switch_under_a_running_dovecot") {
+        return;
+    }
+    let root = dovecot::running_as_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("mm-inplace-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let dir = tmp.path();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    owned_dir(&dir.join("old"), 0);
+    owned_dir(&dir.join("new"), 0);
+    let (user, pass) = ("jana@example.cz", "Heslo s mezerou a háčky");
+    let home = dir.join("old/example.cz/jana");
+    owned_dir(&home, MAIL_UID);
+    fs::set_permissions(
+        dir.join("old/example.cz"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let hash = dovecot::hash_password("SHA256-CRYPT", pass);
+    let users = dir.join("users");
+    dovecot::write_passwd_file(
+        &users,
+        &format!(
+            "{}\nother@example.cz:{{PLAIN}}x:{MAIL_UID}:{MAIL_UID}::/nonexistent::\n",
+            dovecot::passwd_line(user, &hash, MAIL_UID, MAIL_UID, &home)
+        ),
+    );
+    let dc = Dovecot::start(&dir.join("server"), &users);
+    let mut c = connect(&dc);
+    c.authenticate_plain(user, pass).unwrap();
+    c.create("Faktury/2024").unwrap();
+    c.append(
+        "INBOX",
+        &["\\Seen", "Work"],
+        Some("01-Jun-2024 10:00:00 +0000"),
+        &message("a", "b"),
+    )
+    .unwrap();
+    c.append(
+        "Faktury/2024",
+        &["\\Flagged"],
+        Some("02-Jun-2024 10:00:00 +0000"),
+        &message("c", "d"),
+    )
+    .unwrap();
+    let before = c.snapshot();
+    c.logout().unwrap();
+
+    let owner = if root {
+        format!("uid = {MAIL_UID}\ngid = {MAIL_UID}\n")
+    } else {
+        String::new()
+    };
+    fs::write(
+        dir.join("config.toml"),
+        format!(
+            "[source]\nuserdb = \"users\"\nuserdb_format = \"passwd-file\"\nmail_root = \"old\"\n\
+             [target]\nuserdb = \"users\"\nuserdb_format = \"passwd-file\"\nmail_root = \"new\"\n{owner}"
+        ),
+    )
+    .unwrap();
+    let job = dir.join("j.json");
+    fs::write(
+        &job,
+        r#"{"domain": "example.cz", "mode": "move", "mailboxes": ["jana"]}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args([
+            "--config",
+            dir.join("config.toml").to_str().unwrap(),
+            "run",
+            job.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Dovecot stats a passwd-file at most once per wall-clock second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let lookup = String::from_utf8(dc.doveadm(&["user", user]).stdout).unwrap();
+    let new_home = dir.join("new/example.cz/jana");
+    assert!(
+        lookup.contains(&format!("home\t{}", new_home.display())),
+        "{lookup}"
+    );
+    let mut c = connect(&dc);
+    c.authenticate_plain(user, pass)
+        .unwrap_or_else(|e| panic!("login after the switch: {e}\n{}", dc.log()));
+    let after = c.snapshot();
+    c.logout().unwrap();
+    imap::assert_snapshots_equal(&before, &after);
+    // The old Maildir is left where it was, and not served any more.
+    assert!(home.join("Maildir/cur").is_dir());
+    let text = fs::read_to_string(&users).unwrap();
+    assert!(
+        text.ends_with("other@example.cz:{PLAIN}x:5000:5000::/nonexistent::\n"),
+        "{text}"
+    );
+}

@@ -423,8 +423,10 @@ where
     Ok(Some(change))
 }
 
-/// Dovecot notices a change only if mtime (whole seconds) or size moved.
-/// Writing "now" is enough unless now is not after the old mtime.
+/// Dovecot notices a change only if mtime (whole seconds) or size moved,
+/// compared with the version it loaded, which may be any earlier one: so
+/// the mtime only ever moves forward. Several rewrites within one second
+/// run it a few seconds ahead of the clock; Dovecot only tests equality.
 fn bumped_mtime(old: i64) -> Option<TimeSpec> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -549,6 +551,29 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, [".users.lock", "users"]);
+    }
+
+    #[test]
+    fn same_size_rewrite_in_the_same_second_still_moves_the_mtime() {
+        let t = tempfile::tempdir().unwrap();
+        let p = write(t.path(), "users", "u:{PLAIN}a\n");
+        for pw in ["b", "c", "d"] {
+            let before = std::fs::metadata(&p).unwrap();
+            let r: Result<_, UserdbError> = edit(&p, None, false, |_| {
+                Ok(Some(Change::Replace {
+                    user: "u".into(),
+                    line: format!("u:{{PLAIN}}{pw}"),
+                }))
+            });
+            r.unwrap();
+            let after = std::fs::metadata(&p).unwrap();
+            assert_eq!(after.len(), before.len());
+            assert_ne!(
+                after.mtime(),
+                before.mtime(),
+                "Dovecot would keep the old entry"
+            );
+        }
     }
 
     #[test]
