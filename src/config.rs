@@ -199,7 +199,7 @@ pub struct Migration {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub path: PathBuf,
+    /// Where the daemon keeps its queue.
     pub spool_dir: PathBuf,
     pub source: Source,
     pub target: Target,
@@ -277,7 +277,6 @@ impl Config {
             }
         }
         Ok(Config {
-            path: path.to_path_buf(),
             spool_dir: resolve(
                 raw.spool_dir
                     .as_deref()

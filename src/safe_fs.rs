@@ -8,7 +8,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -179,10 +179,6 @@ impl Dir {
             Some(Gid::from_raw(owner.gid)),
         )
         .map_err(io)
-    }
-
-    pub fn stat(&self) -> io::Result<FileStat> {
-        fstat(self.fd.as_fd()).map_err(io)
     }
 
     /// lstat-like: information about `name` itself, links not followed.
@@ -384,10 +380,6 @@ impl Dir {
             let _ = self.unlink_if_exists(&tmp);
         }
         result
-    }
-
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 }
 

@@ -49,18 +49,6 @@ impl Keywords {
         Ok(Keywords { by_index })
     }
 
-    pub fn get(&self, index: u32) -> Option<&str> {
-        self.by_index.get(&index).map(String::as_str)
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_index.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_index.is_empty()
-    }
-
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = String::new();
         for (i, n) in &self.by_index {
@@ -79,8 +67,8 @@ mod tests {
     fn round_trip() {
         let data = b"0 $Label1\n1 Work\n2 $Junk\n3 $Forwarded\n";
         let k = Keywords::parse(data).unwrap();
-        assert_eq!(k.get(3), Some("$Forwarded"));
-        assert_eq!(k.len(), 4);
+        assert_eq!(k.by_index.get(&3).map(String::as_str), Some("$Forwarded"));
+        assert_eq!(k.by_index.len(), 4);
         assert_eq!(k.to_bytes(), data);
     }
 

@@ -98,11 +98,6 @@ impl FolderName {
             .collect()
     }
 
-    /// True when `self` is `other` or lies below it.
-    pub fn is_within(&self, other: &FolderName) -> bool {
-        self.levels.len() >= other.levels.len() && self.levels[..other.levels.len()] == other.levels
-    }
-
     /// All ancestors from the top level down, then the name itself.
     pub fn ancestors_and_self(&self) -> impl Iterator<Item = FolderName> + '_ {
         (1..=self.levels.len()).map(|n| FolderName {
@@ -305,9 +300,6 @@ mod tests {
     #[test]
     fn ancestry() {
         let a = FolderName::from_levels(["Trash", "2020"]).unwrap();
-        let t = FolderName::from_levels(["Trash"]).unwrap();
-        assert!(a.is_within(&t));
-        assert!(!t.is_within(&a));
         let v: Vec<String> = a.ancestors_and_self().map(|n| n.to_string()).collect();
         assert_eq!(v, ["Trash", "Trash/2020"]);
     }

@@ -57,10 +57,6 @@ fn parse_uid(s: &[u8], line: usize) -> Result<u32, UidlistError> {
 }
 
 impl Uidlist {
-    pub fn uid_validity(&self) -> u32 {
-        self.uid_validity
-    }
-
     /// The next UID Dovecot will assign: never below the last UID + 1.
     pub fn next_uid(&self) -> u32 {
         let after_last = self.records.last().map_or(1, |r| r.uid.saturating_add(1));
@@ -211,7 +207,7 @@ mod tests {
     #[test]
     fn v3_round_trips_byte_for_byte() {
         let l = Uidlist::parse(V3).unwrap();
-        assert_eq!(l.uid_validity(), 1275660208);
+        assert_eq!(l.uid_validity, 1275660208);
         assert_eq!(l.next_uid(), 25022);
         assert_eq!(l.records.len(), 2);
         assert_eq!(l.records[1].ext, vec![(b'W', b"2481".to_vec())]);

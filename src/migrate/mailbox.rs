@@ -46,13 +46,17 @@ impl<'a> Env<'a> {
         let (source_root, source_root_path) = open_root("source.mail_root", &cfg.source.mail_root)?;
         let (target_root, target_root_path) = open_root("target.mail_root", &cfg.target.mail_root)?;
         let source_db = cfg.source.userdb.for_domain(&job.domain);
-        if !PasswdFile::load(&source_db)
-            .map_err(RunError::Userdb)?
-            .exists()
-        {
-            return Err(RunError::Userdb(passwd_file::UserdbError::Missing {
-                path: source_db,
-            }));
+        if let Err(e) = std::fs::metadata(&source_db) {
+            return Err(RunError::Userdb(
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    passwd_file::UserdbError::Missing { path: source_db }
+                } else {
+                    passwd_file::UserdbError::Io {
+                        path: source_db,
+                        source: e,
+                    }
+                },
+            ));
         }
         Ok(Env {
             cfg,

@@ -28,6 +28,8 @@ pub enum MailboxError {
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Userdb(#[from] UserdbError),
+    #[error(transparent)]
+    Copy(#[from] CopyError),
     #[error("no entry for {user} in {}", path.display())]
     NotInSource { user: String, path: PathBuf },
     #[error("{0}")]
@@ -55,18 +57,6 @@ impl MailboxError {
         MailboxError::Io {
             path: path.to_path_buf(),
             source,
-        }
-    }
-}
-
-impl From<CopyError> for MailboxError {
-    fn from(e: CopyError) -> MailboxError {
-        match e {
-            CopyError::Io { path, source } => MailboxError::Io { path, source },
-            other => MailboxError::Io {
-                path: PathBuf::new(),
-                source: io::Error::other(other.to_string()),
-            },
         }
     }
 }

@@ -239,10 +239,6 @@ impl PasswdFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn exists(&self) -> bool {
         self.meta.is_some()
     }
