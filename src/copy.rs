@@ -172,6 +172,7 @@ pub fn sync_folder(
     src: &Dir,
     source: &Listing,
     dst: &TargetFolder,
+    source_uid: u32,
     opts: &CopyOptions,
     pool: &rayon::ThreadPool,
     progress: &dyn Progress,
@@ -217,7 +218,7 @@ pub fn sync_folder(
                 let Some(src_sub) = &src_subs[sub] else {
                     return Ok(None);
                 };
-                let r = copy_message(src_sub, name, &dst.tmp, &dst.subs[sub], opts);
+                let r = copy_message(src_sub, name, source_uid, &dst.tmp, &dst.subs[sub], opts);
                 if let Ok(Some(bytes)) = r {
                     progress.message_copied(bytes);
                 }
@@ -255,11 +256,12 @@ fn open_sub(folder: &Dir, name: &str) -> Result<Option<Dir>, CopyError> {
 fn copy_message(
     src_dir: &Dir,
     name: &OsStr,
+    source_uid: u32,
     tmp_dir: &Dir,
     dst_dir: &Dir,
     opts: &CopyOptions,
 ) -> Result<Option<u64>, CopyError> {
-    let (mut src, st) = match src_dir.open_file(name) {
+    let (mut src, st) = match src_dir.open_file_owned(name, source_uid) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(at(src_dir.child_path(name))(e)),
@@ -383,6 +385,10 @@ mod tests {
     use crate::progress::Silent;
     use std::os::unix::fs::MetadataExt;
 
+    fn me() -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
     fn pool() -> rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new()
             .num_threads(2)
@@ -429,7 +435,7 @@ mod tests {
             owner: None,
             fsync: true,
         };
-        let st = sync_folder(&src, &listing, &dst, &opts, &pool(), &Silent).unwrap();
+        let st = sync_folder(&src, &listing, &dst, me(), &opts, &pool(), &Silent).unwrap();
         assert_eq!(
             (st.copied, st.renamed, st.removed, st.vanished),
             (2, 1, 1, 0)
@@ -442,7 +448,7 @@ mod tests {
         assert!(compare(&listing, &dst.list().unwrap()).is_empty());
 
         // A second pass changes nothing.
-        let st = sync_folder(&src, &listing, &dst, &opts, &pool(), &Silent).unwrap();
+        let st = sync_folder(&src, &listing, &dst, me(), &opts, &pool(), &Silent).unwrap();
         assert_eq!(st, SyncStats::default());
     }
 
@@ -460,8 +466,30 @@ mod tests {
             owner: None,
             fsync: false,
         };
-        let st = sync_folder(&src, &listing, &dst, &opts, &pool(), &Silent).unwrap();
+        let st = sync_folder(&src, &listing, &dst, me(), &opts, &pool(), &Silent).unwrap();
         assert_eq!((st.copied, st.vanished), (0, 1));
+    }
+
+    #[test]
+    fn files_of_another_owner_are_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (s, d) = (t.path().join("s"), t.path().join("d"));
+        put(&s, "cur/1.a:2,S", b"secret", 1);
+        std::os::unix::fs::chown(s.join("cur/1.a:2,S"), Some(4242), None).unwrap();
+        std::fs::create_dir_all(&d).unwrap();
+        let src = Dir::open_root(&s).unwrap();
+        let listing = list_messages(&src).unwrap();
+        let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
+        let opts = CopyOptions {
+            owner: None,
+            fsync: false,
+        };
+        let e = sync_folder(&src, &listing, &dst, 0, &opts, &pool(), &Silent).unwrap_err();
+        assert!(e.to_string().contains("belongs to uid 4242"), "{e}");
+        assert!(dst.list().unwrap().is_empty());
     }
 
     #[test]

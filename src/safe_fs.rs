@@ -181,6 +181,33 @@ impl Dir {
         .map_err(io)
     }
 
+    pub fn stat(&self) -> io::Result<FileStat> {
+        fstat(self.fd.as_fd()).map_err(io)
+    }
+
+    /// Opens a regular file that must belong to `uid`. Reading as root, we
+    /// must not pass on what the mailbox owner could not read themselves
+    /// (a hard link to a system file planted in a Maildir).
+    pub fn open_file_owned(
+        &self,
+        name: impl AsRef<OsStr>,
+        uid: u32,
+    ) -> io::Result<(File, FileStat)> {
+        let name = name.as_ref();
+        let (f, st) = self.open_file(name)?;
+        if st.st_uid != uid {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} belongs to uid {}, not to the mailbox owner (uid {uid}); refusing to copy it",
+                    self.child_path(name).display(),
+                    st.st_uid
+                ),
+            ));
+        }
+        Ok((f, st))
+    }
+
     /// lstat-like: information about `name` itself, links not followed.
     pub fn stat_at(&self, name: impl AsRef<OsStr>) -> io::Result<FileStat> {
         let name = plain_name(name.as_ref())?;
@@ -248,10 +275,16 @@ impl Dir {
         Ok((File::from(fd), st))
     }
 
-    /// Reads a whole small regular file; `Ok(None)` when it does not exist.
-    pub fn read_file(&self, name: impl AsRef<OsStr>, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    /// Reads a whole small regular file owned by `uid`; `Ok(None)` when it
+    /// does not exist.
+    pub fn read_file(
+        &self,
+        name: impl AsRef<OsStr>,
+        limit: u64,
+        uid: u32,
+    ) -> io::Result<Option<Vec<u8>>> {
         let name = name.as_ref();
-        let (file, st) = match self.open_file(name) {
+        let (file, st) = match self.open_file_owned(name, uid) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),

@@ -394,6 +394,12 @@ fn per_mailbox_failures_do_not_stop_the_job() {
         b"not ours",
     )
     .unwrap();
+    // A file the mailbox owner does not own (a planted hard link, say).
+    let sneaky = h.add_user("sneaky@example.cz", "{PLAIN}s", "");
+    sneaky.folder("").msg("cur", "1.a:2,S", b"mine", 1);
+    if is_root() {
+        std::os::unix::fs::chown(sneaky.0.join("cur/1.a:2,S"), Some(4242), None).unwrap();
+    }
     let users_new_before = std::fs::read_to_string(&h.users_new).unwrap();
 
     let job = h.job("mixed", r#"{"domain": "example.cz", "mode": "move"}"#);
@@ -407,7 +413,10 @@ fn per_mailbox_failures_do_not_stop_the_job() {
         ("bad@example.cz", "neither modified UTF-7 nor UTF-8"),
         ("taken@example.cz", "different entry"),
         ("busy@example.cz", "not created by maildir-migrate"),
-    ] {
+    ]
+    .into_iter()
+    .chain(is_root().then_some(("sneaky@example.cz", "belongs to uid 4242")))
+    {
         let m = mailbox(&report, user);
         assert_eq!(m["status"], "failed", "{user}");
         let err = m["error"].as_str().unwrap();

@@ -668,6 +668,11 @@ fn migration_end_to_end() {
         ),
     )
     .unwrap();
+    if root {
+        for f in [&attachment, &raw.join("dovecot-uidlist")] {
+            std::os::unix::fs::chown(f, Some(OLD_UID), Some(OLD_UID)).unwrap();
+        }
+    }
 
     // Migrate the domain.
     let users_new = dir.join("users.new");

@@ -23,7 +23,7 @@ pub const TARGET_NAMES: NameEncoding = NameEncoding::Mutf7;
 /// A source that keeps renaming files faster than we can copy them.
 const MAX_PASSES_PER_FOLDER: usize = 5;
 /// Control files larger than this are not control files.
-const CONTROL_FILE_LIMIT: u64 = 1 << 30;
+const CONTROL_FILE_LIMIT: u64 = 256 << 20;
 
 #[derive(Debug, Clone)]
 pub struct SourceFolder {
@@ -174,6 +174,11 @@ pub fn sync_mailbox(
         warnings: scan.warnings.clone(),
         ..MailboxSync::default()
     };
+    // Everything read from the source must belong to the mailbox owner.
+    let uid = src
+        .stat()
+        .map_err(|e| MailboxError::io(src.path(), e))?
+        .st_uid;
     let mut kept_dirs: BTreeSet<OsString> = BTreeSet::new();
     for folder in &scan.copy {
         let shown = folder.display();
@@ -193,7 +198,7 @@ pub fn sync_mailbox(
             }
         };
         let target = TargetFolder::open(dst_dir, ctx.copy.owner)?;
-        let listing = sync_folder_until_stable(ctx, &src_dir, &target, &shown)?;
+        let listing = sync_folder_until_stable(ctx, &src_dir, uid, &target, &shown)?;
         for p in &listing.not_files {
             out.warnings
                 .push(format!("{}: not a regular file; not copied", p.display()));
@@ -212,22 +217,31 @@ pub fn sync_mailbox(
         out.bytes += copy::listing_bytes(&target.dir, &listing)?;
         let has_cur = !listing.cur.is_empty();
         drop(listing);
-        carry_folder_files(ctx, &src_dir, &target.dir, folder, has_cur, &mut out)?;
+        carry_folder_files(ctx, &src_dir, uid, &target.dir, folder, has_cur, &mut out)?;
     }
     remove_stale_folders(dst, &kept_dirs)?;
-    carry_subscriptions(ctx, src, dst, &mut out)?;
+    carry_subscriptions(ctx, src, uid, dst, &mut out)?;
     Ok(out)
 }
 
 fn sync_folder_until_stable(
     ctx: &SyncContext<'_>,
     src: &Dir,
+    uid: u32,
     target: &TargetFolder,
     shown: &str,
 ) -> Result<copy::Listing, MailboxError> {
     for _ in 0..MAX_PASSES_PER_FOLDER {
         let listing = copy::list_messages(src)?;
-        let stats = copy::sync_folder(src, &listing, target, &ctx.copy, ctx.pool, ctx.progress)?;
+        let stats = copy::sync_folder(
+            src,
+            &listing,
+            target,
+            uid,
+            &ctx.copy,
+            ctx.pool,
+            ctx.progress,
+        )?;
         if stats.vanished == 0 {
             return Ok(listing);
         }
@@ -242,6 +256,7 @@ fn sync_folder_until_stable(
 fn carry_folder_files(
     ctx: &SyncContext<'_>,
     src: &Dir,
+    uid: u32,
     dst: &Dir,
     folder: &SourceFolder,
     has_cur: bool,
@@ -253,7 +268,7 @@ fn carry_folder_files(
         dst.unlink_if_exists(idx)
             .map_err(|e| MailboxError::io(&dst.child_path(idx), e))?;
     }
-    let uidlist = read_control(src, maildir::UIDLIST)?.map(|d| Uidlist::parse(&d));
+    let uidlist = read_control(src, maildir::UIDLIST, uid)?.map(|d| Uidlist::parse(&d));
     let uid_bytes = match uidlist {
         Some(Ok(l)) => Some(l.to_bytes()),
         Some(Err(e)) => {
@@ -276,7 +291,7 @@ fn carry_folder_files(
     };
     put_control(dst, maildir::UIDLIST, uid_bytes, &attrs)?;
 
-    let keywords = read_control(src, maildir::KEYWORDS)?.map(|d| Keywords::parse(&d));
+    let keywords = read_control(src, maildir::KEYWORDS, uid)?.map(|d| Keywords::parse(&d));
     let kw_bytes = match keywords {
         Some(Ok(k)) => Some(k.to_bytes()),
         Some(Err(e)) => {
@@ -301,8 +316,8 @@ fn carry_folder_files(
     Ok(())
 }
 
-fn read_control(dir: &Dir, name: &str) -> Result<Option<Vec<u8>>, MailboxError> {
-    dir.read_file(name, CONTROL_FILE_LIMIT)
+fn read_control(dir: &Dir, name: &str, uid: u32) -> Result<Option<Vec<u8>>, MailboxError> {
+    dir.read_file(name, CONTROL_FILE_LIMIT, uid)
         .map_err(|e| MailboxError::io(&dir.child_path(name), e))
 }
 
@@ -337,10 +352,11 @@ fn remove_stale_folders(dst: &Dir, kept: &BTreeSet<OsString>) -> Result<(), Mail
 fn carry_subscriptions(
     ctx: &SyncContext<'_>,
     src: &Dir,
+    uid: u32,
     dst: &Dir,
     out: &mut MailboxSync,
 ) -> Result<(), MailboxError> {
-    let Some(data) = read_control(src, maildir::SUBSCRIPTIONS)? else {
+    let Some(data) = read_control(src, maildir::SUBSCRIPTIONS, uid)? else {
         return put_control(dst, maildir::SUBSCRIPTIONS, None, &ctx.attrs());
     };
     let mut kept: Vec<Vec<String>> = Vec::new();
