@@ -622,3 +622,25 @@ fn human_output_and_logs_never_show_hashes() {
     assert!(all.contains("skipped \"Spam\": spam folder"), "{all}");
     assert!(!all.contains("saltsalt"), "{all}");
 }
+
+#[test]
+fn a_never_used_mailbox_moves_as_an_empty_one() {
+    let h = Host::new("");
+    h.add_user("new@example.cz", "{PLAIN}n", "");
+    let job = h.job("empty", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    let m = mailbox(&report, "new@example.cz");
+    assert_eq!(m["status"], "done");
+    assert!(
+        m["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{m:#}"
+    );
+    let names: Vec<String> = tree(&h.target_maildir("new@example.cz"))
+        .into_keys()
+        .collect();
+    assert_eq!(names, ["cur", "new", "tmp"]);
+}

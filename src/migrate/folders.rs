@@ -159,15 +159,24 @@ impl SyncContext<'_> {
     }
 }
 
-/// One pass: every kept folder is brought in line with the source. With
-/// `verify`, each folder is compared with the source listing right after
-/// its pass (so no listing outlives its folder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Messages only, while the mailbox is live.
+    Bulk,
+    /// After the freeze: messages, then verification, control files and
+    /// subscriptions, and the totals for the report.
+    Final,
+}
+
+/// One pass: every kept folder is brought in line with the source. In the
+/// final pass each folder is verified right after it is synced (so no
+/// listing outlives its folder).
 pub fn sync_mailbox(
     ctx: &SyncContext<'_>,
     src: &Dir,
     dst: &Dir,
     scan: &FolderScan,
-    verify: bool,
+    pass: Pass,
 ) -> Result<MailboxSync, MailboxError> {
     let mut out = MailboxSync {
         uids_preserved: true,
@@ -203,14 +212,15 @@ pub fn sync_mailbox(
             out.warnings
                 .push(format!("{}: not a regular file; not copied", p.display()));
         }
-        if verify {
-            let m = copy::compare(&listing, &target.list()?);
-            if !m.is_empty() {
-                return Err(MailboxError::Verify {
-                    folder: shown,
-                    mismatch: m,
-                });
-            }
+        if pass == Pass::Bulk {
+            continue;
+        }
+        let m = copy::compare(&listing, &target.list()?);
+        if !m.is_empty() {
+            return Err(MailboxError::Verify {
+                folder: shown,
+                mismatch: m,
+            });
         }
         out.folders += 1;
         out.messages += listing.len() as u64;
@@ -220,7 +230,9 @@ pub fn sync_mailbox(
         carry_folder_files(ctx, &src_dir, uid, &target.dir, folder, has_cur, &mut out)?;
     }
     remove_stale_folders(dst, &kept_dirs)?;
-    carry_subscriptions(ctx, src, uid, dst, &mut out)?;
+    if pass == Pass::Final {
+        carry_subscriptions(ctx, src, uid, dst, &mut out)?;
+    }
     Ok(out)
 }
 

@@ -22,7 +22,7 @@ use crate::safe_fs::Dir;
 use crate::userdb::passwd_file::{self, Change, Entry, PasswdFile};
 use crate::userdb::scheme;
 
-use super::folders::{self, FolderScan, MailboxSync, OWNER_MARKER, SyncContext};
+use super::folders::{self, FolderScan, MailboxSync, OWNER_MARKER, Pass, SyncContext};
 use super::{MailboxError, RunError, open_root};
 
 /// The mail location written for every migrated user.
@@ -350,7 +350,7 @@ fn run(
     match src_dir {
         Some(src) => {
             let scan = folders::scan(src, ctx.classifier)?;
-            folders::sync_mailbox(ctx, src, &md, &scan, false)?;
+            folders::sync_mailbox(ctx, src, &md, &scan, Pass::Bulk)?;
         }
         None => {
             TargetFolder::open(
@@ -365,7 +365,7 @@ fn run(
         let content = match src_dir {
             Some(src) => {
                 let scan = folders::scan(src, ctx.classifier)?;
-                let sync = folders::sync_mailbox(ctx, src, &md, &scan, true)?;
+                let sync = folders::sync_mailbox(ctx, src, &md, &scan, Pass::Final)?;
                 Some(Content {
                     sync,
                     skipped: scan.skipped,
