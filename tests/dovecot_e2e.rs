@@ -80,12 +80,8 @@ fn harness_smoke() {
         return;
     }
     let root = dovecot::running_as_root();
-    let tmp = tempfile::Builder::new()
-        .prefix("dovecot-e2e-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let tmp = dovecot::scratch_dir("dovecot-e2e-");
     let dir = tmp.path();
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
     let home1 = dir.join("home/alice");
     let home2 = dir.join("home/bob");
     make_home(&home1);
@@ -567,12 +563,8 @@ fn migration_end_to_end() {
         return;
     }
     let root = dovecot::running_as_root();
-    let tmp = tempfile::Builder::new()
-        .prefix("mm-e2e-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let tmp = dovecot::scratch_dir("mm-e2e-");
     let dir = tmp.path();
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
     let (old_root, new_root) = (dir.join("oldmail"), dir.join("newmail"));
     owned_dir(&old_root, 0);
     owned_dir(&new_root, 0);
@@ -799,12 +791,8 @@ fn in_place_switch_under_a_running_dovecot() {
         return;
     }
     let root = dovecot::running_as_root();
-    let tmp = tempfile::Builder::new()
-        .prefix("mm-inplace-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let tmp = dovecot::scratch_dir("mm-inplace-");
     let dir = tmp.path();
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
     owned_dir(&dir.join("old"), 0);
     owned_dir(&dir.join("new"), 0);
     let (user, pass) = ("jana@example.cz", "Heslo s mezerou a háčky");

@@ -201,6 +201,17 @@ fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
     child.wait_with_output().expect("wait for doveadm")
 }
 
+/// A scratch directory every Dovecot process can traverse: under the
+/// system temp dir (the checkout may sit below a 0700 home), mode 0755.
+pub fn scratch_dir(prefix: &str) -> tempfile::TempDir {
+    let t = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(std::env::temp_dir())
+        .expect("scratch dir");
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).expect("chmod scratch dir");
+    t
+}
+
 /// One passwd-file line: `user:hash:uid:gid::home::userdb_mail=maildir:~/Maildir`.
 pub fn passwd_line(user: &str, hash: &str, uid: u32, gid: u32, home: &Path) -> String {
     format!(
