@@ -891,3 +891,59 @@ fn in_place_switch_under_a_running_dovecot() {
         "{text}"
     );
 }
+
+/// Every bare crypt form gets a prefix under which Dovecot verifies it
+/// (`doveadm pw -t`), and prefixed hashes pass through unchanged.
+#[test]
+fn carried_hashes_verify_in_dovecot() {
+    use maildir_migrate::userdb::scheme::carry;
+    if !dovecot::require_dovecot("carried_hashes_verify_in_dovecot") {
+        return;
+    }
+    let pw = "Heslo-ř 7";
+    let bare = |scheme: &str| {
+        dovecot::hash_password(scheme, pw)
+            .split_once('}')
+            .unwrap()
+            .1
+            .to_string()
+    };
+    let blf = bare("BLF-CRYPT");
+    let mut cases: Vec<(String, &str)> = vec![
+        (bare("MD5-CRYPT"), "MD5-CRYPT"),
+        (bare("SHA256-CRYPT"), "SHA256-CRYPT"),
+        (bare("SHA512-CRYPT"), "SHA512-CRYPT"),
+        (bare("ARGON2ID"), "ARGON2ID"),
+        (bare("ARGON2I"), "ARGON2I"),
+        (bare("DES-CRYPT"), "CRYPT"),
+    ];
+    // $2a$, $2b$ and $2y$ hash the same way for such passwords.
+    for v in ["$2a$", "$2b$", "$2y$"] {
+        cases.push((format!("{v}{}", &blf[4..]), "BLF-CRYPT"));
+    }
+    for (hash, scheme) in &cases {
+        let c = carry(hash, "CRYPT");
+        assert_eq!(c.scheme.as_deref(), Some(*scheme), "{hash}");
+        assert_eq!(c.value, format!("{{{scheme}}}{hash}"));
+        assert!(
+            dovecot::verify_hash(&c.value, pw),
+            "{} does not verify",
+            c.value
+        );
+        assert!(
+            !dovecot::verify_hash(&c.value, "wrong"),
+            "{} verifies a wrong password",
+            c.value
+        );
+    }
+    for scheme in ["SSHA512", "SHA512-CRYPT", "PLAIN-MD5", "CRAM-MD5", "PBKDF2"] {
+        let h = dovecot::hash_password(scheme, pw);
+        assert_eq!(carry(&h, "CRYPT").value, h);
+        assert!(dovecot::verify_hash(&h, pw));
+    }
+    // A bare non-crypt value is read with the source's default scheme.
+    let md5_hex = bare("PLAIN-MD5");
+    let c = carry(&md5_hex, "PLAIN-MD5");
+    assert_eq!(c.value, format!("{{PLAIN-MD5}}{md5_hex}"));
+    assert!(dovecot::verify_hash(&c.value, pw));
+}
