@@ -386,7 +386,12 @@ fn per_mailbox_failures_do_not_stop_the_job() {
     )
     .unwrap();
     // A target Maildir with somebody else's mail in it.
-    let busy = h.add_user("busy@example.cz", "{PLAIN}b", "");
+    // (Frozen by an earlier run that crashed: this run must thaw it.)
+    let busy = h.add_user(
+        "busy@example.cz",
+        "{PLAIN}b",
+        "nologin reason=mailbox-migrated",
+    );
     busy.folder("");
     std::fs::create_dir_all(h.target_maildir("busy@example.cz").join("cur")).unwrap();
     std::fs::write(

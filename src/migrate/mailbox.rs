@@ -310,21 +310,46 @@ fn run(
             }
             return Ok((MailboxStatus::AlreadyMigrated, None));
         }
-        State::Conflict(why) => {
-            thaw(env, local)?;
-            return Err(MailboxError::Conflict(why.clone()));
-        }
+        // Not thawed: if an earlier run froze the entry, the target entry
+        // may be live, and two working logins are worse than none.
+        State::Conflict(why) => return Err(MailboxError::Conflict(why.clone())),
         State::Pending => {}
     }
-
-    let source = match env.job.mode {
-        Mode::Move => {
-            let (path, dir) = env.open_source_maildir(&a.source, local)?;
-            Some((path, dir))
+    let (md, content) = match copy_and_switch(env, ctx, local, &a, &rel_home) {
+        Ok(done) => done,
+        // Not switched: the old login comes back (a no-op if never frozen).
+        Err(e) => {
+            return Err(match thaw(env, local) {
+                Ok(()) => e,
+                Err(t) => MailboxError::Conflict(format!(
+                    "{e}; then restoring the old login failed too: {t}"
+                )),
+            });
         }
+    };
+    // Switched: the new entry is live; whatever happens now, no thaw.
+    md.unlink_if_exists(OWNER_MARKER)
+        .map_err(|e| MailboxError::io(&md.child_path(OWNER_MARKER), e))?;
+    if ctx.copy.fsync {
+        md.sync().map_err(|e| MailboxError::io(md.path(), e))?;
+    }
+    Ok((MailboxStatus::Done, content))
+}
+
+/// Steps 2-5: claim the target, bulk pass, freeze, final pass with
+/// verification, switch. Returns the target Maildir and what was copied.
+fn copy_and_switch(
+    env: &Env<'_>,
+    ctx: &SyncContext<'_>,
+    local: &LocalPart,
+    a: &Assessment,
+    rel_home: &Path,
+) -> Result<(Dir, Option<Content>), MailboxError> {
+    let source = match env.job.mode {
+        Mode::Move => Some(env.open_source_maildir(&a.source, local)?),
         Mode::Recreate => None,
     };
-    let target_md_path = env.target_root_path.join(&rel_home).join("Maildir");
+    let target_md_path = env.target_root_path.join(rel_home).join("Maildir");
     if let Some((src_path, _)) = &source
         && (src_path.starts_with(&target_md_path) || target_md_path.starts_with(src_path))
     {
@@ -337,8 +362,8 @@ fn run(
     let owner = env.cfg.target.owner;
     let home = env
         .target_root
-        .ensure_beneath(&rel_home, 0o700, owner)
-        .map_err(|e| MailboxError::io(&env.target_root_path.join(&rel_home), e))?;
+        .ensure_beneath(rel_home, 0o700, owner)
+        .map_err(|e| MailboxError::io(&env.target_root_path.join(rel_home), e))?;
     let marker = format!(
         "job {}\nuser {local}@{}\n",
         env.job.id.as_str(),
@@ -361,48 +386,29 @@ fn run(
     }
 
     freeze(env, local)?;
-    let finished = (|| {
-        let content = match src_dir {
-            Some(src) => {
-                let scan = folders::scan(src, ctx.classifier)?;
-                let sync = folders::sync_mailbox(ctx, src, &md, &scan, Pass::Final)?;
-                Some(Content {
-                    sync,
-                    skipped: scan.skipped,
-                })
-            }
-            None if env.job.mode == Mode::Move => Some(Content {
-                sync: MailboxSync {
-                    uids_preserved: true,
-                    warnings: vec![
-                        "the source Maildir does not exist; migrated as an empty mailbox".into(),
-                    ],
-                    ..MailboxSync::default()
-                },
-                skipped: Vec::new(),
-            }),
-            None => None,
-        };
-        switch(env, local)?;
-        Ok(content)
-    })();
-    let content = match finished {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(match thaw(env, local) {
-                Ok(()) => e,
-                Err(t) => MailboxError::Conflict(format!(
-                    "{e}; then restoring the old login failed too: {t}"
-                )),
-            });
+    let content = match src_dir {
+        Some(src) => {
+            let scan = folders::scan(src, ctx.classifier)?;
+            let sync = folders::sync_mailbox(ctx, src, &md, &scan, Pass::Final)?;
+            Some(Content {
+                sync,
+                skipped: scan.skipped,
+            })
         }
+        None if env.job.mode == Mode::Move => Some(Content {
+            sync: MailboxSync {
+                uids_preserved: true,
+                warnings: vec![
+                    "the source Maildir does not exist; migrated as an empty mailbox".into(),
+                ],
+                ..MailboxSync::default()
+            },
+            skipped: Vec::new(),
+        }),
+        None => None,
     };
-    md.unlink_if_exists(OWNER_MARKER)
-        .map_err(|e| MailboxError::io(&md.child_path(OWNER_MARKER), e))?;
-    if ctx.copy.fsync {
-        md.sync().map_err(|e| MailboxError::io(md.path(), e))?;
-    }
-    Ok((MailboxStatus::Done, content))
+    switch(env, local)?;
+    Ok((md, content))
 }
 
 /// Rewrites the source entry with `f` (under the userdb lock); no-op when
