@@ -4,7 +4,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 
-use common::fixture::{Host, body, is_root, tree};
+use common::fixture::{Host, body, column, is_root, tree};
 use serde_json::Value;
 
 const JAN: &str = "jan@example.cz";
@@ -570,12 +570,7 @@ fn plan_reports_and_writes_nothing() {
     assert_eq!(jan["status"], "pending");
     assert_eq!(jan["hash_scheme"], "SHA512-CRYPT");
     assert_eq!(jan["messages"], 7, "{jan:#}");
-    let folders: Vec<&str> = jan["folders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let folders = column(&jan["folders"], "name");
     assert_eq!(
         folders,
         [
@@ -587,12 +582,7 @@ fn plan_reports_and_writes_nothing() {
             "Spam"
         ]
     );
-    let skipped: Vec<&str> = jan["skipped_folders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["reason"].as_str().unwrap())
-        .collect();
+    let skipped = column(&jan["skipped_folders"], "reason");
     assert!(skipped.contains(&"listed in skip_folders"), "{skipped:?}");
     assert_eq!(mailbox(&plan, "info@example.cz")["hash_scheme"], "CRYPT");
     let text = h.run(&["plan", "--domain", "example.cz", "--mailbox", "jan"]);

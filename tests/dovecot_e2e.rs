@@ -699,12 +699,7 @@ fn migration_end_to_end() {
         assert_eq!(m["uids_preserved"], true, "{m:#}");
     }
     let jan_report = &report["mailboxes"][0];
-    let skipped: Vec<&str> = jan_report["skipped_folders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let skipped = common::fixture::column(&jan_report["skipped_folders"], "name");
     assert_eq!(skipped, ["Contacts", "Koš", "Koš/2019", "Spam"]);
     let new_users = fs::read_to_string(&users_new).unwrap();
     for prefix in [

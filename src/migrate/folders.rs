@@ -112,9 +112,11 @@ pub fn scan(src: &Dir, classifier: &Classifier) -> Result<FolderScan, MailboxErr
             });
             continue;
         }
-        let is_folder = copy::SUBDIRS.iter().any(|s| {
-            matches!(src.open_dir(&dir).and_then(|d| d.stat_at(s)),
-                     Ok(st) if crate::safe_fs::kind_of(&st) == Kind::Dir)
+        let is_folder = src.open_dir(&dir).is_ok_and(|d| {
+            copy::SUBDIRS.iter().any(|s| {
+                d.stat_at(s)
+                    .is_ok_and(|st| crate::safe_fs::kind_of(&st) == Kind::Dir)
+            })
         });
         if !is_folder {
             scan.warnings.push(format!(

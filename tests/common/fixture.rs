@@ -189,6 +189,20 @@ pub fn tree(root: &Path) -> BTreeMap<String, (char, u32, u32, i64, Vec<u8>)> {
     out
 }
 
+/// One string field of every element of a JSON array.
+pub fn column<'a>(array: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    array
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {array}"))
+        .iter()
+        .map(|e| {
+            e[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {field} in {e}"))
+        })
+        .collect()
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
