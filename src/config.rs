@@ -3,6 +3,7 @@
 //! errors so that a typo never silently falls back to a default.
 
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -45,6 +46,18 @@ struct RawConfig {
     target: RawTarget,
     #[serde(default)]
     migration: RawMigration,
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    notify: crate::notify::RawSettings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    submit_group: Option<String>,
+    rescan_interval: Option<u64>,
+    max_parallel_jobs: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +210,21 @@ pub struct Migration {
     pub classifier: Classifier,
 }
 
+/// A group whose members may submit jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    pub submit_group: Option<SubmitGroup>,
+    /// Full spool rescans happen at least this often (inotify is a hint).
+    pub rescan_interval: Duration,
+    pub max_parallel_jobs: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where the daemon keeps its queue.
@@ -204,6 +232,9 @@ pub struct Config {
     pub source: Source,
     pub target: Target,
     pub migration: Migration,
+    pub daemon: Daemon,
+    /// The completion e-mail.
+    pub notify: crate::notify::Settings,
 }
 
 impl Config {
@@ -276,7 +307,48 @@ impl Config {
                 )));
             }
         }
+        let rescan = raw.daemon.rescan_interval.unwrap_or(30);
+        if !(1..=3600).contains(&rescan) {
+            return Err(invalid("daemon.rescan_interval")(format!(
+                "{rescan} is not between 1 and 3600 seconds"
+            )));
+        }
+        let max_parallel_jobs = raw.daemon.max_parallel_jobs.unwrap_or(1);
+        if !(1..=64).contains(&max_parallel_jobs) {
+            return Err(invalid("daemon.max_parallel_jobs")(format!(
+                "{max_parallel_jobs} is not between 1 and 64"
+            )));
+        }
+        let submit_group = match raw.daemon.submit_group {
+            None => None,
+            Some(name) => match nix::unistd::Group::from_name(&name) {
+                Ok(Some(g)) => Some(SubmitGroup {
+                    name,
+                    gid: g.gid.as_raw(),
+                }),
+                Ok(None) => {
+                    return Err(invalid("daemon.submit_group")(format!(
+                        "no group named {name:?} on this host"
+                    )));
+                }
+                Err(e) => return Err(invalid("daemon.submit_group")(format!("{name:?}: {e}"))),
+            },
+        };
+        let notify =
+            crate::notify::Settings::from_raw(raw.notify, &resolve).map_err(|(key, problem)| {
+                ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key,
+                    problem,
+                }
+            })?;
         Ok(Config {
+            notify,
+            daemon: Daemon {
+                submit_group,
+                rescan_interval: Duration::from_secs(rescan),
+                max_parallel_jobs,
+            },
             spool_dir: resolve(
                 raw.spool_dir
                     .as_deref()
@@ -372,6 +444,9 @@ gid = 5000
         assert_eq!(c.migration.threads, 8);
         assert!(c.migration.fsync);
         assert_eq!(c.source.default_scheme, "CRYPT");
+        assert_eq!(c.daemon.rescan_interval, Duration::from_secs(30));
+        assert_eq!(c.daemon.max_parallel_jobs, 1);
+        assert_eq!(c.daemon.submit_group, None);
         assert!(!c.in_place(&d));
     }
 
@@ -403,6 +478,18 @@ gid = 5000
             (
                 format!("{MINIMAL}[migration]\nskip_folders = [\"a//b\"]\n"),
                 "skip_folders",
+            ),
+            (
+                format!("{MINIMAL}[daemon]\nsubmit_group = \"no-such-group-x\"\n"),
+                "daemon.submit_group",
+            ),
+            (
+                format!("{MINIMAL}[daemon]\nrescan_interval = 0\n"),
+                "daemon.rescan_interval",
+            ),
+            (
+                format!("{MINIMAL}[daemon]\nmax_parallel_jobs = 0\n"),
+                "daemon.max_parallel_jobs",
             ),
             ("[source\n".to_string(), "line 1"),
         ];

@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::sys::stat::futimens;
 use nix::sys::time::TimeSpec;
@@ -33,6 +33,9 @@ pub enum CopyError {
         expected: u64,
         got: u64,
     },
+    /// A stop was requested (SIGTERM); files already copied are complete.
+    #[error("interrupted by a stop request")]
+    Interrupted,
 }
 
 fn at(path: PathBuf) -> impl FnOnce(io::Error) -> CopyError {
@@ -166,6 +169,13 @@ impl TargetFolder {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Who does the copying, who hears about it, and when to stop.
+pub struct Workers<'a> {
+    pub pool: &'a rayon::ThreadPool,
+    pub progress: &'a dyn Progress,
+    pub stop: &'a AtomicBool,
+}
+
 /// Makes the target folder hold exactly the source listing: copies what
 /// is missing, renames what changed flags, removes what the source lost.
 pub fn sync_folder(
@@ -174,8 +184,7 @@ pub fn sync_folder(
     dst: &TargetFolder,
     source_uid: u32,
     opts: &CopyOptions,
-    pool: &rayon::ThreadPool,
-    progress: &dyn Progress,
+    workers: &Workers<'_>,
 ) -> Result<SyncStats, CopyError> {
     let mut stats = SyncStats::default();
     let existing = dst.list()?;
@@ -211,16 +220,20 @@ pub fn sync_folder(
     }
 
     let src_subs = [open_sub(src, "cur")?, open_sub(src, "new")?];
-    let results: Vec<Result<Option<u64>, CopyError>> = pool.install(|| {
+    let results: Vec<Result<Option<u64>, CopyError>> = workers.pool.install(|| {
         to_copy
             .par_iter()
             .map(|&(sub, name)| {
+                // Checked per file: a stop waits only for files in flight.
+                if workers.stop.load(Ordering::Relaxed) {
+                    return Err(CopyError::Interrupted);
+                }
                 let Some(src_sub) = &src_subs[sub] else {
                     return Ok(None);
                 };
                 let r = copy_message(src_sub, name, source_uid, &dst.tmp, &dst.subs[sub], opts);
                 if let Ok(Some(bytes)) = r {
-                    progress.message_copied(bytes);
+                    workers.progress.message_copied(bytes);
                 }
                 r
             })
@@ -396,6 +409,40 @@ mod tests {
             .unwrap()
     }
 
+    static NO_STOP: AtomicBool = AtomicBool::new(false);
+
+    fn workers(pool: &rayon::ThreadPool) -> Workers<'_> {
+        Workers {
+            pool,
+            progress: &Silent,
+            stop: &NO_STOP,
+        }
+    }
+
+    #[test]
+    fn a_stop_request_copies_nothing_more() {
+        let t = tempfile::tempdir().unwrap();
+        let (s, d) = (t.path().join("s"), t.path().join("d"));
+        put(&s, "cur/1.a:2,S", b"one", 1_500_000_000);
+        let src = Dir::open_root(&s).unwrap();
+        std::fs::create_dir_all(&d).unwrap();
+        let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
+        let listing = list_messages(&src).unwrap();
+        let stop = AtomicBool::new(true);
+        let pool = pool();
+        let w = Workers {
+            stop: &stop,
+            ..workers(&pool)
+        };
+        let opts = CopyOptions {
+            owner: None,
+            fsync: false,
+        };
+        let e = sync_folder(&src, &listing, &dst, me(), &opts, &w).unwrap_err();
+        assert!(matches!(e, CopyError::Interrupted), "{e}");
+        assert!(dst.list().unwrap().is_empty());
+    }
+
     fn put(dir: &std::path::Path, rel: &str, body: &[u8], mtime: i64) {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -435,7 +482,7 @@ mod tests {
             owner: None,
             fsync: true,
         };
-        let st = sync_folder(&src, &listing, &dst, me(), &opts, &pool(), &Silent).unwrap();
+        let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
         assert_eq!(
             (st.copied, st.renamed, st.removed, st.vanished),
             (2, 1, 1, 0)
@@ -448,7 +495,7 @@ mod tests {
         assert!(compare(&listing, &dst.list().unwrap()).is_empty());
 
         // A second pass changes nothing.
-        let st = sync_folder(&src, &listing, &dst, me(), &opts, &pool(), &Silent).unwrap();
+        let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
         assert_eq!(st, SyncStats::default());
     }
 
@@ -466,7 +513,7 @@ mod tests {
             owner: None,
             fsync: false,
         };
-        let st = sync_folder(&src, &listing, &dst, me(), &opts, &pool(), &Silent).unwrap();
+        let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
         assert_eq!((st.copied, st.vanished), (0, 1));
     }
 
@@ -487,7 +534,7 @@ mod tests {
             owner: None,
             fsync: false,
         };
-        let e = sync_folder(&src, &listing, &dst, 0, &opts, &pool(), &Silent).unwrap_err();
+        let e = sync_folder(&src, &listing, &dst, 0, &opts, &workers(&pool())).unwrap_err();
         assert!(e.to_string().contains("belongs to uid 4242"), "{e}");
         assert!(dst.list().unwrap().is_empty());
     }

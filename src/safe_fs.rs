@@ -181,6 +181,10 @@ impl Dir {
         .map_err(io)
     }
 
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        fchmod(self.fd.as_fd(), Mode::from_bits_truncate(mode)).map_err(io)
+    }
+
     pub fn stat(&self) -> io::Result<FileStat> {
         fstat(self.fd.as_fd()).map_err(io)
     }

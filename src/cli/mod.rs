@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -14,11 +14,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 mod demo;
 
 use crate::config::{self, Config};
-use crate::job::{Domain, Job, JobError, LocalPart};
+use crate::job::{Domain, Job, JobError, JobId, LocalPart};
 use crate::migrate::{self, RunError};
 use crate::plan::{self, Plan};
 use crate::progress::Progress;
 use crate::report::{JobStatus, MailboxStatus, Report};
+use crate::spool::{Spool, SpoolError};
 
 pub mod exit {
     pub const OK: u8 = 0;
@@ -26,7 +27,11 @@ pub mod exit {
     pub const PARTIAL: u8 = 1;
     pub const USAGE: u8 = 64;
     pub const DATAERR: u8 = 65;
+    /// `submit`: the job id is already used.
+    pub const CANTCREAT: u8 = 73;
     pub const IOERR: u8 = 74;
+    /// Interrupted, or another daemon holds the spool: try again later.
+    pub const TEMPFAIL: u8 = 75;
     pub const CONFIG: u8 = 78;
 }
 
@@ -71,6 +76,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Work through the spool queue until SIGTERM (run it under systemd).
+    ///
+    /// Exit status: 0 stopped on request, 74 I/O error, 75 another daemon
+    /// holds the spool, 78 bad configuration or unsafe spool.
+    Daemon,
+    /// Queue a job for the daemon; prints its id.
+    ///
+    /// Exit status: 0 queued, 64 usage, 65 invalid job, 73 id already
+    /// used, 74 I/O error, 78 bad configuration or no spool.
+    Submit {
+        /// The domain to migrate.
+        #[arg(long)]
+        domain: String,
+        /// move: content and passwords; recreate: empty mailboxes with the same passwords.
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+        /// Only these mailboxes (local parts); default: every mailbox of the domain.
+        #[arg(long = "mailbox", value_name = "LOCAL")]
+        mailboxes: Vec<String>,
+        /// Address that gets the completion e-mail.
+        #[arg(long, value_name = "EMAIL")]
+        notify: Option<String>,
+        /// Job id (A-Z a-z 0-9 . _ -, up to 64); default: generated.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Show the queue, the running job's progress and the last finished jobs.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How many finished jobs to show.
+        #[arg(long, default_value_t = 10)]
+        last: usize,
+    },
     /// Migrate the bundled demo host (fixtures/demo) in a scratch copy.
     Demo {
         /// Where to build the scratch copy (replaced if it is an earlier demo).
@@ -80,6 +120,12 @@ enum Command {
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/demo"))]
         fixtures: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Move,
+    Recreate,
 }
 
 /// Entry point used by `main`.
@@ -163,6 +209,146 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Demo { dir, fixtures } => demo::run(&dir, &fixtures),
+        Command::Daemon => {
+            init_logging(None);
+            let path = config_path(cli.config);
+            let cfg = Config::load(&path).map_err(|e| Failure(exit::CONFIG, e.to_string()))?;
+            crate::daemon::run(&path, cfg).map_err(|e| Failure(e.exit_code(), e.to_string()))?;
+            Ok(exit::OK)
+        }
+        Command::Submit {
+            domain,
+            mode,
+            mailboxes,
+            notify,
+            id,
+        } => {
+            let cfg = load_config(cli.config)?;
+            let spool = Spool::open(&cfg.spool_dir).map_err(spool_failure)?;
+            let domain = Domain::parse(&domain).map_err(|e| Failure(exit::USAGE, e))?;
+            let id = match id {
+                Some(id) => JobId::parse(&id).map_err(|e| Failure(exit::USAGE, e))?,
+                None => generated_id(&domain),
+            };
+            let mut job = serde_json::json!({
+                "domain": domain.as_str(),
+                "mode": match mode { ModeArg::Move => "move", ModeArg::Recreate => "recreate" },
+            });
+            if !mailboxes.is_empty() {
+                job["mailboxes"] = serde_json::json!(mailboxes);
+            }
+            if let Some(n) = notify {
+                job["notify"] = serde_json::json!(n);
+            }
+            let text = serde_json::to_string_pretty(&job).expect("serialisable") + "\n";
+            spool.submit(&id, &text).map_err(spool_failure)?;
+            println!("{}", id.as_str());
+            Ok(exit::OK)
+        }
+        Command::Status { json, last } => {
+            let cfg = load_config(cli.config)?;
+            let spool = Spool::open(&cfg.spool_dir).map_err(spool_failure)?;
+            let status = crate::status::gather(&spool, last).map_err(spool_failure)?;
+            print_status(&status, json);
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn spool_failure(e: SpoolError) -> Failure {
+    let code = match &e {
+        SpoolError::Duplicate { .. } => exit::CANTCREAT,
+        SpoolError::Job(_) => exit::DATAERR,
+        SpoolError::Unsafe { .. } => exit::CONFIG,
+        SpoolError::Locked { .. } => exit::TEMPFAIL,
+        SpoolError::Io { .. } => exit::IOERR,
+    };
+    Failure(code, e.to_string())
+}
+
+/// `<UTC time>-<domain>`, unique enough for a queue fed by people; a
+/// clash is refused by `submit` like any duplicate.
+fn generated_id(domain: &Domain) -> JobId {
+    let stamp = crate::report::now_rfc3339().replace([':', '-'], "");
+    let mut id = format!("{}-{}", stamp.trim_end_matches('Z'), domain);
+    id.truncate(64);
+    JobId::parse(id.trim_end_matches('.')).expect("time and domain are valid id characters")
+}
+
+fn print_status(s: &crate::status::Status, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s).expect("serialisable"));
+        return;
+    }
+    match &s.daemon_pid {
+        Some(pid) => println!("spool {}: daemon running (pid {pid})", s.spool),
+        None => println!("spool {}: NO daemon running", s.spool),
+    }
+    println!("queued: {}", s.queued.len());
+    for q in &s.queued {
+        println!(
+            "  {:<40} {} {} submitted {}{}",
+            q.id,
+            q.mode.as_deref().unwrap_or("?"),
+            q.domain.as_deref().unwrap_or("?"),
+            q.submitted,
+            q.problem
+                .as_deref()
+                .map(|p| format!(" — will be refused: {p}"))
+                .unwrap_or_default()
+        );
+    }
+    println!("running: {}", s.running.len());
+    for r in &s.running {
+        println!(
+            "  {:<40} {} {} {}/{} mailboxes ({} failed), {} messages, {}{}{}{}",
+            r.id,
+            r.state,
+            r.domain.as_deref().unwrap_or("?"),
+            r.mailboxes_done,
+            r.mailboxes_total,
+            r.mailboxes_failed,
+            r.messages,
+            indicatif::HumanBytes(r.bytes),
+            r.bytes_per_sec
+                .map(|b| format!(" at {}/s", indicatif::HumanBytes(b)))
+                .unwrap_or_default(),
+            r.eta_secs
+                .map(|e| format!(
+                    ", about {} left",
+                    indicatif::HumanDuration(std::time::Duration::from_secs(e))
+                ))
+                .unwrap_or_default(),
+            r.current
+                .as_deref()
+                .map(|c| format!(", now {c}"))
+                .unwrap_or_default()
+        );
+    }
+    println!("last finished: {}", s.finished.len());
+    for f in &s.finished {
+        println!(
+            "  {:<40} {:<6} {} {} {} mailboxes ({} failed), {} messages, {}{}{}",
+            f.id,
+            match f.status {
+                crate::spool::RecordStatus::Done => "done",
+                crate::spool::RecordStatus::Failed => "FAILED",
+            },
+            f.domain.as_deref().unwrap_or("?"),
+            f.finished,
+            f.mailboxes,
+            f.failed_mailboxes,
+            f.messages,
+            indicatif::HumanBytes(f.bytes),
+            f.notification
+                .as_deref()
+                .map(|n| format!(", e-mail {n}"))
+                .unwrap_or_default(),
+            f.error
+                .as_deref()
+                .map(|e| format!("\n      error: {e}"))
+                .unwrap_or_default()
+        );
     }
 }
 
@@ -230,15 +416,29 @@ impl Progress for Bar {
 }
 
 fn run_with_progress(cfg: &Config, job: &Job, show_bar: bool) -> Result<Report, Failure> {
+    let stop = stop_on_signals()?;
     if !show_bar {
         init_logging(None);
-        return Ok(migrate::run_job(cfg, job, &crate::progress::Silent)?);
+        return Ok(migrate::run_job(cfg, job, &crate::progress::Silent, &stop)?);
     }
     let bar = Bar::new();
     init_logging(Some(bar.bar.clone()));
-    let report = migrate::run_job(cfg, job, &bar);
+    let report = migrate::run_job(cfg, job, &bar, &stop);
     bar.bar.finish_and_clear();
     Ok(report?)
+}
+
+/// Ctrl-C or SIGTERM: finish the files in flight, roll back the current
+/// mailbox, exit 75; a second one exits at once.
+fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)))
+            .map_err(|e| Failure(exit::IOERR, format!("cannot install signal handlers: {e}")))?;
+    }
+    Ok(stop)
 }
 
 /// Log lines go to stderr; while a bar is drawn they are printed above it.

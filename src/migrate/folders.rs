@@ -7,12 +7,11 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::classify::Classifier;
-use crate::copy::{self, CopyOptions, TargetFolder};
+use crate::copy::{self, CopyOptions, TargetFolder, Workers};
 use crate::maildir::keywords::Keywords;
 use crate::maildir::names::{FolderName, NameEncoding, decode_level};
 use crate::maildir::uidlist::Uidlist;
 use crate::maildir::{self, subscriptions};
-use crate::progress::Progress;
 use crate::report::SkippedFolder;
 use crate::safe_fs::{Dir, FileAttrs, Kind, Owner};
 
@@ -146,8 +145,7 @@ pub struct MailboxSync {
 pub struct SyncContext<'a> {
     pub classifier: &'a Classifier,
     pub copy: CopyOptions,
-    pub pool: &'a rayon::ThreadPool,
-    pub progress: &'a dyn Progress,
+    pub workers: Workers<'a>,
 }
 
 impl SyncContext<'_> {
@@ -247,15 +245,7 @@ fn sync_folder_until_stable(
 ) -> Result<copy::Listing, MailboxError> {
     for _ in 0..MAX_PASSES_PER_FOLDER {
         let listing = copy::list_messages(src)?;
-        let stats = copy::sync_folder(
-            src,
-            &listing,
-            target,
-            uid,
-            &ctx.copy,
-            ctx.pool,
-            ctx.progress,
-        )?;
+        let stats = copy::sync_folder(src, &listing, target, uid, &ctx.copy, &ctx.workers)?;
         if stats.vanished == 0 {
             return Ok(listing);
         }

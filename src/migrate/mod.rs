@@ -6,11 +6,12 @@ pub mod mailbox;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::copy::{CopyError, CopyOptions, Mismatch};
+use crate::copy::{CopyError, CopyOptions, Mismatch, Workers};
 use crate::job::{Domain, Job, LocalPart};
 use crate::maildir::names::NameError;
 use crate::progress::Progress;
@@ -74,6 +75,10 @@ pub enum RunError {
     Userdb(UserdbError),
     #[error("cannot start the copy threads: {0}")]
     Pool(String),
+    /// A stop was requested; every mailbox is complete or was rolled back
+    /// to its old login, and a rerun resumes.
+    #[error("interrupted by a stop request; run the job again to resume")]
+    Interrupted,
 }
 
 impl RunError {
@@ -82,6 +87,8 @@ impl RunError {
         match self {
             RunError::Root { source, .. } if source.kind() == io::ErrorKind::NotFound => 78,
             RunError::Userdb(UserdbError::Missing { .. } | UserdbError::Symlink { .. }) => 78,
+            // EX_TEMPFAIL: try again later.
+            RunError::Interrupted => 75,
             _ => 74,
         }
     }
@@ -121,8 +128,14 @@ fn domain_users(file: &PasswdFile, domain: &Domain, per_domain: bool) -> Vec<Sel
     out
 }
 
-/// Runs a job in the foreground and returns its report.
-pub fn run_job(cfg: &Config, job: &Job, progress: &dyn Progress) -> Result<Report, RunError> {
+/// Runs a job and returns its report. When `stop` is set, files in flight
+/// finish, the current mailbox is rolled back and `Interrupted` returned.
+pub fn run_job(
+    cfg: &Config,
+    job: &Job,
+    progress: &dyn Progress,
+    stop: &AtomicBool,
+) -> Result<Report, RunError> {
     let started = now_rfc3339();
     let env = Env::open(cfg, job)?;
     let selected = select_mailboxes(&env)?;
@@ -137,13 +150,20 @@ pub fn run_job(cfg: &Config, job: &Job, progress: &dyn Progress) -> Result<Repor
             owner: cfg.target.owner,
             fsync: cfg.migration.fsync,
         },
-        pool: &pool,
-        progress,
+        workers: Workers {
+            pool: &pool,
+            progress,
+            stop,
+        },
     };
     info!(job = job.id.as_str(), domain = %job.domain, mode = %job.mode, mailboxes = selected.len(), "job started");
     progress.job_started(selected.len());
     let mut reports = Vec::with_capacity(selected.len());
     for sel in selected {
+        if stop.load(Ordering::Relaxed) {
+            info!(job = job.id.as_str(), "job interrupted");
+            return Err(RunError::Interrupted);
+        }
         let report = match sel {
             Ok(local) => {
                 let user = format!("{local}@{}", job.domain);
@@ -164,6 +184,11 @@ pub fn run_job(cfg: &Config, job: &Job, progress: &dyn Progress) -> Result<Repor
             warn!(user = %report.user, "{w}");
         }
         reports.push(report);
+    }
+    // The last mailbox may have been rolled back by the stop.
+    if stop.load(Ordering::Relaxed) {
+        info!(job = job.id.as_str(), "job interrupted");
+        return Err(RunError::Interrupted);
     }
     let report = Report::finish(
         job.id.as_str().to_string(),

@@ -1,0 +1,632 @@
+//! The unattended daemon: works through the spool queue under systemd.
+//!
+//! One main loop owns the spool and all decisions. Other threads only
+//! send it messages: the inotify watcher (hints that something changed),
+//! the signal thread, job workers (one per running job) and notifiers
+//! (one per completion e-mail). The loop re-lists the spool on start, on
+//! every hint, after every job and every `rescan_interval`, because
+//! inotify drops events under load and says nothing on NFS.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sd_notify::NotifyState;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::job::{Domain, Job};
+use crate::migrate::{self, RunError};
+use crate::notify;
+use crate::progress::Progress;
+use crate::report::{JobStatus, Report, rfc3339};
+use crate::spool::{
+    Entry, JobRecord, Lock, Place, ProgressFile, RecordStatus, Rejected, Spool, SpoolError, Trust,
+};
+
+/// A stop request must end the process within this (systemd waits longer).
+const STOP_BUDGET: Duration = Duration::from_secs(9);
+/// How often the running jobs' progress is published.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl DaemonError {
+    /// sysexits: 75 (try later) when another daemon holds the spool, 78
+    /// for an unusable spool, 74 for other I/O.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Spool(SpoolError::Locked { .. }) => 75,
+            DaemonError::Spool(SpoolError::Unsafe { .. }) => 78,
+            _ => 74,
+        }
+    }
+}
+
+enum Msg {
+    /// Something changed in `incoming/` (a hint only).
+    Changed,
+    /// The watcher lost events.
+    Overflow,
+    Signal(i32),
+    Finished {
+        id: String,
+        result: JobResult,
+    },
+    Notified {
+        record: PathBuf,
+        outcome: notify::Outcome,
+    },
+}
+
+/// Counts a running job's progress for `status` and systemd's STATUS=.
+#[derive(Default)]
+struct Tracker {
+    total: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    current: Mutex<String>,
+}
+
+impl Progress for Tracker {
+    fn job_started(&self, mailboxes: usize) {
+        self.total.store(mailboxes as u64, Ordering::Relaxed);
+    }
+    fn mailbox_started(&self, user: &str) {
+        *self.current.lock().expect("not poisoned") = user.to_string();
+    }
+    fn message_copied(&self, bytes: u64) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    fn mailbox_finished(&self, _user: &str, ok: bool) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How a job's worker thread ended.
+enum JobResult {
+    Ran(Report),
+    /// Stopped on request; stays in `active/` and resumes next start.
+    Interrupted,
+    Failed(String),
+}
+
+impl From<Result<Report, RunError>> for JobResult {
+    fn from(r: Result<Report, RunError>) -> JobResult {
+        match r {
+            Ok(report) => JobResult::Ran(report),
+            Err(RunError::Interrupted) => JobResult::Interrupted,
+            Err(e) => JobResult::Failed(e.to_string()),
+        }
+    }
+}
+
+struct Running {
+    entry: Entry,
+    job: Job,
+    tracker: Arc<Tracker>,
+    /// When this run started, and when the job first started.
+    started: i64,
+    first_started: i64,
+    resumed: bool,
+    handle: thread::JoinHandle<()>,
+}
+
+struct Daemon {
+    config_path: PathBuf,
+    cfg: Arc<Config>,
+    spool: Spool,
+    trust: Trust,
+    tx: Sender<Msg>,
+    running: HashMap<String, Running>,
+    notifiers: usize,
+    stop: Arc<AtomicBool>,
+    stopping: bool,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Returns once every job is either
+/// finished or left in `active/` for the next start.
+pub fn run(config_path: &Path, cfg: Config) -> Result<(), DaemonError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    // Registered before anything else: the first TERM/INT sets `stop`, a
+    // second one (with `stop` already set) exits at once.
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
+            .map_err(DaemonError::Signals)?;
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(DaemonError::Signals)?;
+    }
+    let (tx, rx) = channel();
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(DaemonError::Signals)?;
+    {
+        let tx = tx.clone();
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if tx.send(Msg::Signal(sig)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(DaemonError::Signals)?;
+    }
+
+    let spool = Spool::prepare(
+        &cfg.spool_dir,
+        cfg.daemon.submit_group.as_ref().map(|g| g.gid),
+    )?;
+    let _lock: Lock = spool.lock()?;
+    let _watcher = watch(&spool, tx.clone());
+    let trust = Trust {
+        daemon_uid: nix::unistd::geteuid().as_raw(),
+        submit_gid: cfg.daemon.submit_group.as_ref().map(|g| g.gid),
+    };
+    info!(spool = %spool.path().display(), pid = std::process::id(), "daemon started");
+    let mut d = Daemon {
+        config_path: config_path.to_path_buf(),
+        cfg: Arc::new(cfg),
+        spool,
+        trust,
+        tx,
+        running: HashMap::new(),
+        notifiers: 0,
+        stop,
+        stopping: false,
+    };
+    d.schedule();
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
+    d.main_loop(&rx);
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    d.drain(&rx);
+    info!("daemon stopped");
+    Ok(())
+}
+
+/// Watches `incoming/`; without inotify the periodic rescan still works.
+fn watch(spool: &Spool, tx: Sender<Msg>) -> Option<::notify::RecommendedWatcher> {
+    use ::notify::Watcher;
+    let handler = move |ev: ::notify::Result<::notify::Event>| {
+        let msg = match ev {
+            Ok(e) if e.need_rescan() => Msg::Overflow,
+            Ok(_) => Msg::Changed,
+            Err(_) => Msg::Overflow,
+        };
+        let _ = tx.send(msg);
+    };
+    let incoming = spool.dir(Place::Incoming).path().to_path_buf();
+    let result = ::notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(&incoming, ::notify::RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    match result {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(
+                "cannot watch {}: {e}; relying on the periodic rescan",
+                incoming.display()
+            );
+            None
+        }
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Daemon {
+    fn main_loop(&mut self, rx: &Receiver<Msg>) {
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut next_rescan = Instant::now() + self.cfg.daemon.rescan_interval;
+        let mut next_progress = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= next_progress {
+                self.publish_progress();
+                next_progress = now + PROGRESS_EVERY;
+            }
+            if now >= next_rescan {
+                self.schedule();
+                next_rescan = now + self.cfg.daemon.rescan_interval;
+            }
+            if watchdog.is_some() {
+                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+            }
+            let mut wait = next_rescan
+                .min(next_progress)
+                .saturating_duration_since(Instant::now());
+            if let Some(w) = watchdog {
+                wait = wait.min(w);
+            }
+            let msg = match rx.recv_timeout(wait) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut rescan = self.handle(msg);
+            // Coalesce a burst of hints into one listing.
+            while let Ok(m) = rx.try_recv() {
+                rescan |= self.handle(m);
+            }
+            if self.stopping {
+                return;
+            }
+            if rescan {
+                self.schedule();
+                next_rescan = Instant::now() + self.cfg.daemon.rescan_interval;
+            }
+        }
+    }
+
+    /// Handles one message; true when the spool should be re-listed.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Changed => true,
+            Msg::Overflow => {
+                warn!("the spool watcher lost events; rescanning");
+                true
+            }
+            Msg::Signal(SIGHUP) => {
+                self.reload();
+                true
+            }
+            Msg::Signal(_) => {
+                if !self.stopping {
+                    info!(
+                        running = self.running.len(),
+                        "stop requested; finishing the files in flight"
+                    );
+                }
+                self.stop.store(true, Ordering::SeqCst);
+                self.stopping = true;
+                false
+            }
+            Msg::Finished { id, result } => {
+                self.finished(&id, result);
+                true
+            }
+            Msg::Notified { record, outcome } => {
+                self.notifiers -= 1;
+                self.record_notification(&record, outcome);
+                false
+            }
+        }
+    }
+
+    /// After a stop request: waits (within the budget) for running jobs to
+    /// let go and for e-mails in flight; what is left resumes next start.
+    fn drain(&mut self, rx: &Receiver<Msg>) {
+        let deadline = Instant::now() + STOP_BUDGET;
+        while !self.running.is_empty() || self.notifiers > 0 {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                warn!(
+                    jobs = self.running.len(),
+                    emails = self.notifiers,
+                    "stop budget used up; leaving the rest for the next start"
+                );
+                return;
+            };
+            match rx.recv_timeout(left) {
+                Ok(Msg::Finished { id, result }) => self.finished(&id, result),
+                Ok(Msg::Notified { record, outcome }) => {
+                    self.notifiers -= 1;
+                    self.record_notification(&record, outcome);
+                }
+                Ok(_) => {}
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        match Config::load(&self.config_path) {
+            Ok(new) if new.spool_dir != self.cfg.spool_dir => error!(
+                "reload: spool_dir cannot change while running (restart the daemon); keeping the old configuration"
+            ),
+            Ok(new) => {
+                self.trust.submit_gid = new.daemon.submit_group.as_ref().map(|g| g.gid);
+                self.cfg = Arc::new(new);
+                info!(config = %self.config_path.display(), "configuration reloaded");
+            }
+            Err(e) => error!("reload failed, keeping the old configuration: {e}"),
+        }
+    }
+
+    fn busy_domain(&self, domain: &Domain) -> bool {
+        self.running.values().any(|r| &r.job.domain == domain)
+    }
+
+    /// Lists the queue and starts what may start: interrupted jobs in
+    /// `active/` first, then `incoming/` in submission order.
+    fn schedule(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let mut queue = Vec::new();
+        for place in [Place::Active, Place::Incoming] {
+            match self.spool.list(place) {
+                Ok(list) => queue.extend(list),
+                Err(e) => error!("cannot list the spool: {e}"),
+            }
+        }
+        for entry in queue {
+            if self.running.len() >= self.cfg.daemon.max_parallel_jobs {
+                break;
+            }
+            if entry.place == Place::Active && self.running.contains_key(&entry.base()) {
+                continue;
+            }
+            let job = match self.spool.load(&entry, Some(&self.trust)) {
+                Ok(job) => job,
+                Err(Rejected(why)) => {
+                    self.reject(&entry, why);
+                    continue;
+                }
+            };
+            // Never two jobs for one domain at once; it waits its turn.
+            if self.busy_domain(&job.domain) || self.running.contains_key(job.id.as_str()) {
+                continue;
+            }
+            let resumed = entry.place == Place::Active;
+            let entry = if resumed {
+                entry
+            } else {
+                match self.spool.claim(&entry) {
+                    Ok(true) => Entry {
+                        place: Place::Active,
+                        ..entry
+                    },
+                    Ok(false) => continue,
+                    Err(e) => {
+                        error!("cannot claim {}: {e}", entry.name.to_string_lossy());
+                        continue;
+                    }
+                }
+            };
+            self.start(entry, job, resumed);
+        }
+        self.publish_progress();
+    }
+
+    fn reject(&mut self, entry: &Entry, why: String) {
+        warn!(file = %entry.name.to_string_lossy(), "job refused: {why}");
+        let t = now();
+        let record = JobRecord {
+            id: entry.base(),
+            file: entry.name.to_string_lossy().into_owned(),
+            status: RecordStatus::Failed,
+            domain: None,
+            error: Some(why),
+            submitted: rfc3339(entry.submitted),
+            started: None,
+            finished: rfc3339(t),
+            queue_wait_secs: (t - entry.submitted).max(0) as u64,
+            run_secs: 0,
+            resumed: false,
+            report: None,
+            notification: None,
+        };
+        if let Err(e) = self.spool.finish(entry, &record) {
+            error!("cannot move the refused job to failed/: {e}");
+        }
+    }
+
+    fn start(&mut self, entry: Entry, job: Job, resumed: bool) {
+        let id = job.id.as_str().to_string();
+        let started = now();
+        let first_started = if resumed {
+            self.spool
+                .read_progress(&id)
+                .map_or(started, |p| p.first_started)
+        } else {
+            started
+        };
+        if resumed {
+            info!(job = %id, "resuming a job interrupted by a stop or crash");
+        }
+        let tracker = Arc::new(Tracker::default());
+        let worker = {
+            let (cfg, job, tracker, stop, tx) = (
+                Arc::clone(&self.cfg),
+                job.clone(),
+                Arc::clone(&tracker),
+                Arc::clone(&self.stop),
+                self.tx.clone(),
+            );
+            let id = id.clone();
+            move || {
+                // A panic is a failed job, not a job that runs forever.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    migrate::run_job(&cfg, &job, &*tracker, &stop)
+                }))
+                .map_or_else(
+                    |_| JobResult::Failed("internal error (panic); see the log".into()),
+                    JobResult::from,
+                );
+                let _ = tx.send(Msg::Finished { id, result });
+            }
+        };
+        let handle = match thread::Builder::new()
+            .name(format!("job-{id}"))
+            .spawn(worker)
+        {
+            Ok(h) => h,
+            Err(e) => {
+                error!(job = %id, "cannot start a job thread: {e}");
+                return;
+            }
+        };
+        self.running.insert(
+            id,
+            Running {
+                entry,
+                job,
+                tracker,
+                started,
+                first_started,
+                resumed,
+                handle,
+            },
+        );
+    }
+
+    fn finished(&mut self, id: &str, result: JobResult) {
+        let Some(run) = self.running.remove(id) else {
+            return;
+        };
+        let _ = run.handle.join();
+        let (report, error) = match result {
+            JobResult::Interrupted => {
+                info!(job = %id, "job interrupted; it stays in active/ and resumes at the next start");
+                return;
+            }
+            JobResult::Ran(r) => (Some(r), None),
+            JobResult::Failed(e) => (None, Some(e)),
+        };
+        let status = match &report {
+            Some(r) if r.status == JobStatus::Done => RecordStatus::Done,
+            _ => RecordStatus::Failed,
+        };
+        let t = now();
+        let mut record = JobRecord {
+            id: id.to_string(),
+            file: run.entry.name.to_string_lossy().into_owned(),
+            status,
+            domain: Some(run.job.domain.to_string()),
+            error,
+            submitted: rfc3339(run.entry.submitted),
+            started: Some(rfc3339(run.first_started)),
+            finished: rfc3339(t),
+            queue_wait_secs: (run.first_started - run.entry.submitted).max(0) as u64,
+            run_secs: (t - run.first_started).max(0) as u64,
+            resumed: run.resumed,
+            report,
+            notification: None,
+        };
+        if let Some(to) = &run.job.notify {
+            record.notification = Some(serde_json::json!({ "status": "pending", "to": to }));
+        }
+        if let Some(e) = &record.error {
+            error!(job = %id, "job failed: {e}");
+        }
+        let path = match self.spool.finish(&run.entry, &record) {
+            Ok(p) => p,
+            Err(e) => {
+                error!(job = %id, "cannot file the finished job: {e}");
+                return;
+            }
+        };
+        if let Some(to) = run.job.notify.clone() {
+            self.send_notification(path, to, record);
+        }
+    }
+
+    /// Sends the completion e-mail from its own thread; the queue goes on.
+    fn send_notification(&mut self, record_path: PathBuf, to: String, record: JobRecord) {
+        let settings = self.cfg.notify.clone();
+        let tx = self.tx.clone();
+        let spawned = thread::Builder::new().name("notify".into()).spawn(move || {
+            let facts = notify::Facts {
+                job_id: &record.id,
+                domain: record.domain.as_deref().unwrap_or_default(),
+                mode: record
+                    .report
+                    .as_ref()
+                    .map_or(crate::job::Mode::Move, |r| r.mode),
+                succeeded: record.status == RecordStatus::Done,
+                error: record.error.as_deref(),
+                report: record.report.as_ref(),
+            };
+            let outcome = notify::send(&settings, &to, &facts);
+            let _ = tx.send(Msg::Notified {
+                record: record_path,
+                outcome,
+            });
+        });
+        match spawned {
+            Ok(_) => self.notifiers += 1,
+            Err(e) => error!("cannot start the notification thread: {e}"),
+        }
+    }
+
+    fn record_notification(&self, path: &Path, outcome: notify::Outcome) {
+        let result = (|| -> Result<(), String> {
+            let data = std::fs::read(path).map_err(|e| e.to_string())?;
+            let mut record: JobRecord = serde_json::from_slice(&data).map_err(|e| e.to_string())?;
+            record.notification = Some(serde_json::to_value(&outcome).map_err(|e| e.to_string())?);
+            self.spool
+                .update_record(path, &record)
+                .map_err(|e| e.to_string())
+        })();
+        if let Err(e) = result {
+            error!("cannot record the notification in {}: {e}", path.display());
+        }
+    }
+
+    fn publish_progress(&self) {
+        for run in self.running.values() {
+            self.publish_one(run);
+        }
+        let status = match self.running.values().next() {
+            None => "idle; waiting for jobs".to_string(),
+            Some(r) => {
+                let t = &r.tracker;
+                format!(
+                    "job {} ({}): {}/{} mailboxes, {} messages, {} copied{}",
+                    r.job.id.as_str(),
+                    r.job.domain,
+                    t.done.load(Ordering::Relaxed),
+                    t.total.load(Ordering::Relaxed),
+                    t.messages.load(Ordering::Relaxed),
+                    indicatif::HumanBytes(t.bytes.load(Ordering::Relaxed)),
+                    match self.running.len() {
+                        1 => String::new(),
+                        n => format!(" (+{} more jobs)", n - 1),
+                    }
+                )
+            }
+        };
+        let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
+    }
+
+    fn publish_one(&self, r: &Running) {
+        let t = &r.tracker;
+        let p = ProgressFile {
+            id: r.job.id.as_str().to_string(),
+            domain: r.job.domain.to_string(),
+            pid: std::process::id(),
+            first_started: r.first_started,
+            started: r.started,
+            updated: now(),
+            mailboxes_total: t.total.load(Ordering::Relaxed),
+            mailboxes_done: t.done.load(Ordering::Relaxed),
+            mailboxes_failed: t.failed.load(Ordering::Relaxed),
+            messages: t.messages.load(Ordering::Relaxed),
+            bytes: t.bytes.load(Ordering::Relaxed),
+            current: t.current.lock().expect("not poisoned").clone(),
+        };
+        if let Err(e) = self.spool.write_progress(&p) {
+            warn!("cannot write progress: {e}");
+        }
+    }
+}

@@ -1,0 +1,699 @@
+//! The job queue on disk. Every state change is a rename, so after a crash
+//! each job is in exactly one of `incoming/`, `active/`, `done/` or
+//! `failed/`, and recovery is a directory listing.
+//!
+//! Job files are hostile input: they are opened without following links,
+//! must be regular files of a trusted owner, and are size-limited.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{Job, JobError, JobId};
+use crate::report::Report;
+use crate::safe_fs::{Dir, FileAttrs, Kind};
+
+/// Larger job files are refused unread.
+const MAX_JOB_BYTES: u64 = 64 * 1024;
+const LOCK_FILE: &str = "daemon.pid";
+const JOB_SUFFIX: &str = ".json";
+const REPORT_SUFFIX: &str = ".report.json";
+const PROGRESS_SUFFIX: &str = ".progress";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("spool {}: {problem}", path.display())]
+    Unsafe { path: PathBuf, problem: String },
+    #[error("another daemon already runs on spool {} (pid {pid})", path.display())]
+    Locked { path: PathBuf, pid: String },
+    #[error("job id {id} is already used ({})", path.display())]
+    Duplicate { id: String, path: PathBuf },
+    #[error(transparent)]
+    Job(#[from] JobError),
+}
+
+fn at(path: PathBuf) -> impl FnOnce(io::Error) -> SpoolError {
+    move |source| SpoolError::Io { path, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Place {
+    Incoming,
+    Active,
+    Done,
+    Failed,
+}
+
+impl Place {
+    pub const ALL: [Place; 4] = [Place::Incoming, Place::Active, Place::Done, Place::Failed];
+
+    fn dir_name(self) -> &'static str {
+        match self {
+            Place::Incoming => "incoming",
+            Place::Active => "active",
+            Place::Done => "done",
+            Place::Failed => "failed",
+        }
+    }
+}
+
+/// Who may own a job file.
+#[derive(Debug, Clone, Copy)]
+pub struct Trust {
+    pub daemon_uid: u32,
+    pub submit_gid: Option<u32>,
+}
+
+impl Trust {
+    fn check(&self, uid: u32, gid: u32, mode: u32) -> Result<(), String> {
+        if mode & 0o002 != 0 {
+            return Err("untrusted job file: it is world-writable".into());
+        }
+        if uid == 0 || uid == self.daemon_uid || self.submit_gid == Some(gid) {
+            return Ok(());
+        }
+        Err(format!(
+            "untrusted job file: owned by uid {uid} gid {gid}, which is neither root, the daemon's uid {}{}",
+            self.daemon_uid,
+            match self.submit_gid {
+                Some(g) => format!(", nor the submit group (gid {g})"),
+                None => " (no submit_group is configured)".into(),
+            }
+        ))
+    }
+}
+
+/// A file found in `incoming/` or `active/`, in queue order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub place: Place,
+    pub name: OsString,
+    /// Submission time: the file's mtime (kept across the claim rename).
+    pub submitted: i64,
+}
+
+impl Entry {
+    /// The job id the name implies, when the name is a valid one.
+    pub fn id(&self) -> Result<JobId, String> {
+        let name = self.name.to_string_lossy();
+        match name.strip_suffix(JOB_SUFFIX) {
+            Some(stem) => JobId::parse(stem),
+            None => Err(format!("{name:?} is not named <id>{JOB_SUFFIX}")),
+        }
+    }
+
+    /// A name usable for the report even when the id is not valid.
+    pub fn base(&self) -> String {
+        let name = self.name.to_string_lossy();
+        let stem = name.strip_suffix(JOB_SUFFIX).unwrap_or(&name);
+        let mut s: String = stem
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        if s.is_empty() || s.starts_with('.') {
+            s.insert(0, '_');
+        }
+        s
+    }
+}
+
+/// The record kept beside a finished job: the engine's report plus what
+/// the queue knows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    /// The job file's name as it was found.
+    pub file: String,
+    pub status: RecordStatus,
+    pub domain: Option<String>,
+    /// Why the job failed as a whole (bad file, or the engine could not run).
+    pub error: Option<String>,
+    pub submitted: String,
+    pub started: Option<String>,
+    pub finished: String,
+    pub queue_wait_secs: u64,
+    pub run_secs: u64,
+    /// The job was interrupted (stop or crash) and picked up again.
+    pub resumed: bool,
+    /// Engine report (absent when the job never ran).
+    pub report: Option<Report>,
+    /// Outcome of the completion e-mail; `None` when the job names no address.
+    pub notification: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordStatus {
+    Done,
+    Failed,
+}
+
+/// Live progress of a running job, written by the daemon for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgressFile {
+    pub id: String,
+    pub domain: String,
+    pub pid: u32,
+    /// When the job first started (kept across a resume).
+    pub first_started: i64,
+    /// When this run started.
+    pub started: i64,
+    pub updated: i64,
+    pub mailboxes_total: u64,
+    pub mailboxes_done: u64,
+    pub mailboxes_failed: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub current: String,
+}
+
+pub struct Spool {
+    path: PathBuf,
+    root: Dir,
+    dirs: [Dir; 4],
+}
+
+/// Held for the daemon's lifetime; the kernel drops the lock on any exit.
+pub struct Lock {
+    _file: File,
+}
+
+impl Spool {
+    /// Prepares the spool for the daemon: the directory must belong to us
+    /// and not be world-writable; the queue directories are created 0750
+    /// (`incoming/` 2770 with the submit group, so members can drop jobs).
+    pub fn prepare(path: &Path, submit_gid: Option<u32>) -> Result<Spool, SpoolError> {
+        let unsafe_spool = |problem: String| SpoolError::Unsafe {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let created = match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .create(path)
+                    .map_err(at(path.to_path_buf()))?;
+                true
+            }
+            Err(e) => return Err(at(path.to_path_buf())(e)),
+            Ok(_) => false,
+        };
+        let root = Dir::open_root(path).map_err(at(path.to_path_buf()))?;
+        if created {
+            root.chmod(0o750).map_err(at(path.to_path_buf()))?;
+        }
+        let st = root.stat().map_err(at(path.to_path_buf()))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if st.st_uid != me {
+            return Err(unsafe_spool(format!(
+                "owned by uid {}, not by the daemon's uid {me}; refusing to take jobs from it",
+                st.st_uid
+            )));
+        }
+        if st.st_mode & 0o002 != 0 {
+            return Err(unsafe_spool(format!(
+                "is world-writable (mode {:o}); anyone could queue a job. chmod o-w it",
+                st.st_mode & 0o7777
+            )));
+        }
+        let group = submit_gid.map(|gid| crate::safe_fs::Owner { uid: me, gid });
+        if let Some(g) = group {
+            root.chown(g).map_err(at(path.to_path_buf()))?;
+        }
+        let dirs = Place::ALL.map(|p| {
+            let (mode, owner) = match (p, group) {
+                (Place::Incoming, Some(g)) => (0o2770, Some(g)),
+                (_, g) => (0o750, g),
+            };
+            let (d, _) = root.ensure_dir(p.dir_name(), mode, owner)?;
+            let st = d.stat()?;
+            if st.st_uid != me || st.st_mode & 0o002 != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is not owned by uid {me} or is world-writable",
+                        d.path().display()
+                    ),
+                ));
+            }
+            if let Some(g) = owner {
+                d.chown(g)?;
+                d.chmod(mode)?;
+            }
+            Ok(d)
+        });
+        let dirs = collect_dirs(dirs).map_err(|e| unsafe_spool(e.to_string()))?;
+        Ok(Spool {
+            path: path.to_path_buf(),
+            root,
+            dirs,
+        })
+    }
+
+    /// Opens an existing spool (for `submit` and `status`).
+    pub fn open(path: &Path) -> Result<Spool, SpoolError> {
+        let root = Dir::open_root(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => SpoolError::Unsafe {
+                path: path.to_path_buf(),
+                problem: "does not exist; start the daemon once to create it".into(),
+            },
+            _ => at(path.to_path_buf())(e),
+        })?;
+        let dirs = collect_dirs(Place::ALL.map(|p| root.open_dir(p.dir_name())))
+            .map_err(at(path.to_path_buf()))?;
+        Ok(Spool {
+            path: path.to_path_buf(),
+            root,
+            dirs,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn dir(&self, place: Place) -> &Dir {
+        &self.dirs[place as usize]
+    }
+
+    /// Takes the spool's lock and records our pid in it; a second daemon
+    /// gets `Locked` with the first one's pid.
+    pub fn lock(&self) -> Result<Lock, SpoolError> {
+        let path = self.root.child_path(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(at(path.clone()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(SpoolError::Locked {
+                    path: self.path.clone(),
+                    pid: pid.trim().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(at(path)(e)),
+        }
+        file.set_len(0).map_err(at(path.clone()))?;
+        writeln!(file, "{}", std::process::id()).map_err(at(path))?;
+        Ok(Lock { _file: file })
+    }
+
+    /// The pid of the daemon holding the lock, if one does.
+    pub fn running_daemon(&self) -> Option<String> {
+        let path = self.root.child_path(LOCK_FILE);
+        let mut file = File::open(path).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => None,
+            Err(_) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Some(pid.trim().to_string())
+            }
+        }
+    }
+
+    /// Job files waiting in `place` (incoming or active), oldest first by
+    /// mtime, then name. Temp names (`.x`, `x.tmp`) and progress files are
+    /// not jobs.
+    pub fn list(&self, place: Place) -> Result<Vec<Entry>, SpoolError> {
+        let dir = self.dir(place);
+        let mut out = Vec::new();
+        for e in dir.entries().map_err(at(dir.path().to_path_buf()))? {
+            let b = e.name.as_bytes();
+            if b.starts_with(b".") || b.ends_with(b".tmp") {
+                continue;
+            }
+            if place == Place::Active && !b.ends_with(JOB_SUFFIX.as_bytes()) {
+                continue;
+            }
+            let st = match dir.stat_at(&e.name) {
+                Ok(st) => st,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(at(dir.child_path(&e.name))(err)),
+            };
+            out.push(Entry {
+                place,
+                name: e.name,
+                submitted: st.st_mtime,
+            });
+        }
+        out.sort_by(|a, b| (a.submitted, &a.name).cmp(&(b.submitted, &b.name)));
+        Ok(out)
+    }
+
+    /// Reads and validates a job file; `Err` says why it is not a job we
+    /// will run. `trust: None` only reads (for `status`, which runs nothing).
+    pub fn load(&self, entry: &Entry, trust: Option<&Trust>) -> Result<Job, Rejected> {
+        let dir = self.dir(entry.place);
+        let path = dir.child_path(&entry.name);
+        let reject = |why: String| Rejected(format!("{}: {why}", path.display()));
+        let id = entry.id().map_err(reject)?;
+        let st = dir
+            .stat_at(&entry.name)
+            .map_err(|e| reject(e.to_string()))?;
+        if crate::safe_fs::kind_of(&st) != Kind::File {
+            return Err(reject(
+                "untrusted job file: not a regular file (symlinks are not followed)".into(),
+            ));
+        }
+        let check = |st: &nix::sys::stat::FileStat| match trust {
+            Some(t) => t.check(st.st_uid, st.st_gid, st.st_mode),
+            None => Ok(()),
+        };
+        check(&st).map_err(reject)?;
+        let (file, st) = dir
+            .open_file(&entry.name)
+            .map_err(|e| reject(e.to_string()))?;
+        // Checked again on the opened file: it may have been swapped.
+        check(&st).map_err(reject)?;
+        if st.st_size as u64 > MAX_JOB_BYTES {
+            return Err(reject(format!("larger than {MAX_JOB_BYTES} bytes")));
+        }
+        let mut text = String::new();
+        file.take(MAX_JOB_BYTES)
+            .read_to_string(&mut text)
+            .map_err(|e| reject(e.to_string()))?;
+        Job::parse(&path, id.as_str(), &text).map_err(|e| Rejected(e.to_string()))
+    }
+
+    /// Claims an incoming job by renaming it into `active/`. `Ok(false)`
+    /// when it vanished or an active job already has the name.
+    pub fn claim(&self, entry: &Entry) -> Result<bool, SpoolError> {
+        let from = self.dir(Place::Incoming);
+        match from.rename_noreplace(&entry.name, self.dir(Place::Active), &entry.name) {
+            Ok(()) => {
+                self.dir(Place::Active)
+                    .sync()
+                    .map_err(at(self.dir(Place::Active).path().to_path_buf()))?;
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(at(from.child_path(&entry.name))(e)),
+        }
+    }
+
+    /// Files a finished (or rejected) job: the record is written first,
+    /// then the job file moves beside it. Returns the record's path.
+    pub fn finish(&self, entry: &Entry, record: &JobRecord) -> Result<PathBuf, SpoolError> {
+        let to = self.dir(match record.status {
+            RecordStatus::Done => Place::Done,
+            RecordStatus::Failed => Place::Failed,
+        });
+        let base = free_base(to, &entry.base())?;
+        let report_name = OsString::from(format!("{base}{REPORT_SUFFIX}"));
+        write_record(to, &report_name, record)?;
+        let from = self.dir(entry.place);
+        from.rename_noreplace(&entry.name, to, OsStr::new(&format!("{base}{JOB_SUFFIX}")))
+            .map_err(at(from.child_path(&entry.name)))?;
+        to.sync().map_err(at(to.path().to_path_buf()))?;
+        if entry.place == Place::Active {
+            self.remove_progress(&entry.base());
+        }
+        Ok(to.child_path(report_name))
+    }
+
+    /// Rewrites a finished job's record (to add the notification outcome).
+    pub fn update_record(&self, path: &Path, record: &JobRecord) -> Result<(), SpoolError> {
+        let (dir, name) = crate::safe_fs::split_file_path(path).map_err(at(path.to_path_buf()))?;
+        let dir = Dir::open_root(dir).map_err(at(path.to_path_buf()))?;
+        write_record(&dir, name, record)
+    }
+
+    /// Queues a job: validated, written under a temp name, synced, then
+    /// renamed into `incoming/` without replacing anything.
+    pub fn submit(&self, id: &JobId, text: &str) -> Result<PathBuf, SpoolError> {
+        let name = OsString::from(format!("{}{JOB_SUFFIX}", id.as_str()));
+        let incoming = self.dir(Place::Incoming);
+        Job::parse(&incoming.child_path(&name), id.as_str(), text)?;
+        for place in Place::ALL {
+            let d = self.dir(place);
+            match d.stat_at(&name) {
+                Ok(_) => {
+                    return Err(SpoolError::Duplicate {
+                        id: id.as_str().to_string(),
+                        path: d.child_path(&name),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(at(d.child_path(&name))(e)),
+            }
+        }
+        let tmp = OsString::from(format!(".{}.{}.tmp", id.as_str(), std::process::id()));
+        let result = (|| {
+            let mut f = incoming.create_file(&tmp, 0o640)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            drop(f);
+            incoming.rename_noreplace(&tmp, incoming, &name)?;
+            incoming.sync()
+        })();
+        if let Err(e) = result {
+            let _ = incoming.unlink_if_exists(&tmp);
+            return Err(match e.kind() {
+                io::ErrorKind::AlreadyExists => SpoolError::Duplicate {
+                    id: id.as_str().to_string(),
+                    path: incoming.child_path(&name),
+                },
+                _ => at(incoming.child_path(&name))(e),
+            });
+        }
+        Ok(incoming.child_path(&name))
+    }
+
+    pub fn write_progress(&self, p: &ProgressFile) -> Result<(), SpoolError> {
+        let dir = self.dir(Place::Active);
+        let name = OsString::from(format!("{}{PROGRESS_SUFFIX}", p.id));
+        let data = serde_json::to_vec_pretty(p).expect("serialisable");
+        dir.write_atomic(&name, &data, &record_attrs(false))
+            .map_err(at(dir.child_path(&name)))
+    }
+
+    pub fn read_progress(&self, id: &str) -> Option<ProgressFile> {
+        let data = read_small(self.dir(Place::Active), format!("{id}{PROGRESS_SUFFIX}"))?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    fn remove_progress(&self, id: &str) {
+        let _ = self
+            .dir(Place::Active)
+            .unlink_if_exists(format!("{id}{PROGRESS_SUFFIX}"));
+    }
+
+    /// Records of finished jobs in `place` (unreadable ones are skipped).
+    pub fn records(&self, place: Place) -> Result<Vec<JobRecord>, SpoolError> {
+        let dir = self.dir(place);
+        let mut out = Vec::new();
+        for e in dir.entries().map_err(at(dir.path().to_path_buf()))? {
+            if e.kind != Kind::File || !e.name.as_bytes().ends_with(REPORT_SUFFIX.as_bytes()) {
+                continue;
+            }
+            let Some(data) = read_small(dir, &e.name) else {
+                continue;
+            };
+            if let Ok(r) = serde_json::from_slice::<JobRecord>(&data) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Why a file in the queue is not a job that can run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected(pub String);
+
+fn collect_dirs(dirs: [io::Result<Dir>; 4]) -> io::Result<[Dir; 4]> {
+    let [a, b, c, d] = dirs;
+    Ok([a?, b?, c?, d?])
+}
+
+/// Reads a daemon-written file (a regular file, links not followed).
+fn read_small(dir: &Dir, name: impl AsRef<OsStr>) -> Option<Vec<u8>> {
+    let (file, _) = dir.open_file(name).ok()?;
+    let mut data = Vec::new();
+    file.take(16 << 20).read_to_end(&mut data).ok()?;
+    Some(data)
+}
+
+fn record_attrs(fsync: bool) -> FileAttrs {
+    FileAttrs {
+        mode: 0o640,
+        owner: None,
+        mtime: None,
+        fsync,
+    }
+}
+
+fn write_record(dir: &Dir, name: &OsStr, record: &impl Serialize) -> Result<(), SpoolError> {
+    let mut data = serde_json::to_vec_pretty(record).expect("serialisable");
+    data.push(b'\n');
+    dir.write_atomic(name, &data, &record_attrs(true))
+        .map_err(at(dir.child_path(name)))
+}
+
+/// `base`, or `base~1`, `base~2`… when an earlier job used the id (`~` is
+/// not allowed in ids, so no real id collides).
+fn free_base(dir: &Dir, base: &str) -> Result<String, SpoolError> {
+    for n in 0u32.. {
+        let candidate = if n == 0 {
+            base.to_string()
+        } else {
+            format!("{base}~{n}")
+        };
+        let taken = [JOB_SUFFIX, REPORT_SUFFIX].iter().any(|suffix| {
+            !matches!(dir.stat_at(format!("{candidate}{suffix}")), Err(e) if e.kind() == io::ErrorKind::NotFound)
+        });
+        if !taken {
+            return Ok(candidate);
+        }
+    }
+    unreachable!("u32 range exhausted")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::rfc3339;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn spool() -> (tempfile::TempDir, Spool) {
+        let t = tempfile::tempdir().unwrap();
+        let s = Spool::prepare(&t.path().join("spool"), None).unwrap();
+        (t, s)
+    }
+
+    fn trust() -> Trust {
+        Trust {
+            daemon_uid: nix::unistd::geteuid().as_raw(),
+            submit_gid: None,
+        }
+    }
+
+    #[test]
+    fn prepare_creates_the_queue_and_refuses_a_world_writable_spool() {
+        let (t, s) = spool();
+        for p in Place::ALL {
+            let m = std::fs::metadata(s.path().join(p.dir_name())).unwrap();
+            assert_eq!(m.permissions().mode() & 0o7777, 0o750, "{p:?}");
+        }
+        let spool_path = t.path().join("spool");
+        std::fs::set_permissions(&spool_path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = Spool::prepare(&spool_path, None).err().unwrap().to_string();
+        assert!(e.contains("world-writable"), "{e}");
+    }
+
+    #[test]
+    fn submit_list_claim_finish() {
+        let (_t, s) = spool();
+        let text = r#"{"domain":"a.cz","mode":"move"}"#;
+        let id = JobId::parse("j1").unwrap();
+        s.submit(&id, text).unwrap();
+        let e = s.submit(&id, text).unwrap_err().to_string();
+        assert!(e.contains("already used"), "{e}");
+        // Temp and hidden names are not jobs.
+        std::fs::write(s.path().join("incoming/x.json.tmp"), text).unwrap();
+        std::fs::write(s.path().join("incoming/.y.json"), text).unwrap();
+        let list = s.list(Place::Incoming).unwrap();
+        assert_eq!(list.len(), 1);
+        let job = s.load(&list[0], Some(&trust())).unwrap();
+        assert_eq!(job.domain.as_str(), "a.cz");
+        assert!(s.claim(&list[0]).unwrap());
+        assert!(!s.claim(&list[0]).unwrap());
+        let active = s.list(Place::Active).unwrap();
+        assert_eq!(active[0].name, "j1.json");
+        let rec = JobRecord {
+            id: "j1".into(),
+            file: "j1.json".into(),
+            status: RecordStatus::Done,
+            domain: Some("a.cz".into()),
+            error: None,
+            submitted: rfc3339(0),
+            started: None,
+            finished: rfc3339(1),
+            queue_wait_secs: 0,
+            run_secs: 0,
+            resumed: false,
+            report: None,
+            notification: None,
+        };
+        let p = s.finish(&active[0], &rec).unwrap();
+        assert!(p.ends_with("done/j1.report.json"));
+        assert!(s.path().join("done/j1.json").exists());
+        // A rerun of the same id is filed beside the first.
+        std::fs::write(s.path().join("active/j1.json"), text).unwrap();
+        let active = s.list(Place::Active).unwrap();
+        let p = s.finish(&active[0], &rec).unwrap();
+        assert!(p.ends_with("done/j1~1.report.json"), "{}", p.display());
+        assert_eq!(s.records(Place::Done).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn untrusted_and_malformed_files_are_rejected_with_reasons() {
+        let (_t, s) = spool();
+        let inc = s.path().join("incoming");
+        std::fs::write(inc.join("ww.json"), r#"{"domain":"a.cz","mode":"move"}"#).unwrap();
+        std::fs::set_permissions(inc.join("ww.json"), std::fs::Permissions::from_mode(0o666))
+            .unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", inc.join("link.json")).unwrap();
+        std::fs::write(inc.join("bad id!.json"), "{}").unwrap();
+        std::fs::write(inc.join("mode.json"), r#"{"domain":"a.cz","mode":"copy"}"#).unwrap();
+        std::fs::write(inc.join("notes.txt"), "hello").unwrap();
+        let mut reasons = Vec::new();
+        for e in s.list(Place::Incoming).unwrap() {
+            reasons.push((e.base(), s.load(&e, Some(&trust())).unwrap_err().0));
+        }
+        reasons.sort();
+        let find = |b: &str| &reasons.iter().find(|(n, _)| n == b).unwrap().1;
+        assert!(find("ww").contains("world-writable"));
+        assert!(find("link").contains("not a regular file"));
+        assert!(find("bad_id_").contains("job id"));
+        assert!(find("mode").contains("unknown variant"));
+        assert!(find("notes.txt").contains("is not named"));
+        let t = Trust {
+            daemon_uid: 4242,
+            submit_gid: Some(4343),
+        };
+        assert!(t.check(0, 0, 0o600).is_ok());
+        assert!(t.check(4242, 1, 0o644).is_ok());
+        assert!(t.check(1000, 4343, 0o660).is_ok());
+        let e = t.check(1000, 1000, 0o600).unwrap_err();
+        assert!(e.starts_with("untrusted job file"), "{e}");
+    }
+
+    #[test]
+    fn one_lock_per_spool() {
+        let (_t, s) = spool();
+        let _held = s.lock().unwrap();
+        assert_eq!(s.running_daemon(), Some(std::process::id().to_string()));
+        let again = Spool::open(s.path()).unwrap();
+        let e = again.lock().err().unwrap().to_string();
+        assert!(e.contains("another daemon"), "{e}");
+    }
+}
