@@ -11,3 +11,4 @@
 pub mod dovecot;
 pub mod fixture;
 pub mod imap;
+pub mod scenario;
