@@ -139,6 +139,8 @@ struct Daemon {
     notifiers: usize,
     stop: Arc<AtomicBool>,
     stopping: bool,
+    /// Last STATUS= sent to systemd (sent again only when it changes).
+    last_status: String,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns once every job is either
@@ -190,6 +192,7 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), DaemonError> {
         notifiers: 0,
         stop,
         stopping: false,
+        last_status: String::new(),
     };
     d.schedule();
     let _ = sd_notify::notify(&[NotifyState::Ready]);
@@ -202,10 +205,23 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), DaemonError> {
 
 /// Watches `incoming/`; without inotify the periodic rescan still works.
 fn watch(spool: &Spool, tx: Sender<Msg>) -> Option<::notify::RecommendedWatcher> {
+    use ::notify::EventKind;
     use ::notify::Watcher;
+    use ::notify::event::{AccessKind, AccessMode};
     let handler = move |ev: ::notify::Result<::notify::Event>| {
         let msg = match ev {
             Ok(e) if e.need_rescan() => Msg::Overflow,
+            // Only a finished write means anything; opens and reads (our
+            // own listing included) would make the loop chase its tail.
+            Ok(e)
+                if matches!(
+                    e.kind,
+                    EventKind::Access(AccessKind::Close(AccessMode::Write))
+                ) =>
+            {
+                Msg::Changed
+            }
+            Ok(e) if matches!(e.kind, EventKind::Access(_)) => return,
             Ok(_) => Msg::Changed,
             Err(_) => Msg::Overflow,
         };
@@ -239,8 +255,15 @@ impl Daemon {
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut next_rescan = Instant::now() + self.cfg.daemon.rescan_interval;
         let mut next_progress = Instant::now();
+        let mut next_watchdog = Instant::now();
         loop {
             let now = Instant::now();
+            if let Some(w) = watchdog
+                && now >= next_watchdog
+            {
+                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                next_watchdog = now + w;
+            }
             if now >= next_progress {
                 self.publish_progress();
                 next_progress = now + PROGRESS_EVERY;
@@ -249,15 +272,11 @@ impl Daemon {
                 self.schedule();
                 next_rescan = now + self.cfg.daemon.rescan_interval;
             }
+            let mut wait = next_rescan.min(next_progress);
             if watchdog.is_some() {
-                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                wait = wait.min(next_watchdog);
             }
-            let mut wait = next_rescan
-                .min(next_progress)
-                .saturating_duration_since(Instant::now());
-            if let Some(w) = watchdog {
-                wait = wait.min(w);
-            }
+            let wait = wait.saturating_duration_since(Instant::now());
             let msg = match rx.recv_timeout(wait) {
                 Ok(m) => m,
                 Err(RecvTimeoutError::Timeout) => continue,
@@ -583,7 +602,7 @@ impl Daemon {
         }
     }
 
-    fn publish_progress(&self) {
+    fn publish_progress(&mut self) {
         for run in self.running.values() {
             self.publish_one(run);
         }
@@ -606,7 +625,10 @@ impl Daemon {
                 )
             }
         };
-        let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
+        if status != self.last_status {
+            let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
+            self.last_status = status;
+        }
     }
 
     fn publish_one(&self, r: &Running) {

@@ -8,7 +8,9 @@
 //! uses every helper, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod dovecot;
 pub mod fixture;
 pub mod imap;
 pub mod scenario;
+pub mod smtp;

@@ -380,7 +380,7 @@ impl Scenario {
         // The old server refuses the migrated users but still resolves them
         // (a late delivery must not bounce); the other domain is untouched.
         for &(user, pass, _, _) in ACCOUNTS {
-            let mut c = connect(&old);
+            let mut c = connect(old);
             assert!(
                 c.authenticate_plain(user, pass).is_err(),
                 "old server still lets {user} in"
@@ -390,7 +390,7 @@ impl Scenario {
                 "old server no longer resolves {user}"
             );
         }
-        let mut c = connect(&old);
+        let mut c = connect(old);
         c.authenticate_plain(OTHER.0, OTHER.1)
             .unwrap_or_else(|e| panic!("{} must still log in on the old server: {e}", OTHER.0));
         c.logout().unwrap();

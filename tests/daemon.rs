@@ -1,0 +1,495 @@
+//! The daemon, run as the real binary on a temporary spool: jobs dropped
+//! by hand and by `submit`, refused job files, stop and crash in the
+//! middle of a large job, one daemon per spool, SIGHUP, and the completion
+//! e-mail over a real SMTP dialogue.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use common::daemon::{DaemonProc, drop_job, record, wait_until};
+use common::dovecot;
+use common::fixture::{BIN, Host, body, tree};
+use common::scenario::{ACCOUNTS, Scenario};
+use common::smtp::{SmtpSink, parse_message};
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn spool_config(spool: &Path, smtp: &str) -> String {
+    format!(
+        "spool_dir = \"{}\"\n[daemon]\nrescan_interval = 1\n\
+         [notify]\nsmtp = \"{smtp}\"\nfrom = \"migrace@hosting.example\"\nretries = 1\nretry_delay_secs = 1\ntimeout_secs = 5\n",
+        spool.display()
+    )
+}
+
+/// The config file of a `Host` with `extra` put in front (top-level keys
+/// must come before the first table).
+fn prepend_config(config: &Path, extra: &str) {
+    let text = fs::read_to_string(config).unwrap();
+    fs::write(config, format!("{extra}{text}")).unwrap();
+}
+
+fn submit(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("submit")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn status_json(config: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits for `<place>/<id>.report.json` and returns the record.
+fn wait_record(spool: &Path, place: &str, id: &str, d: &DaemonProc) -> serde_json::Value {
+    let path = spool.join(place).join(format!("{id}.report.json"));
+    wait_until(
+        &format!("{} ({})", path.display(), d.log()),
+        JOB_TIMEOUT,
+        || path.exists().then_some(()),
+    );
+    record(&path)
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The whole product path: jobs reach done/, the new Dovecot serves every
+/// account with the original password and identical UIDs, flags and
+/// dates, and the customer gets the bilingual e-mail over real SMTP.
+#[test]
+fn daemon_migrates_and_notifies() {
+    if !dovecot::require_dovecot("daemon_migrates_and_notifies") {
+        return;
+    }
+    let smtp = SmtpSink::start();
+    let spool_dir = std::env::temp_dir().join(format!("mm-spool-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&spool_dir);
+    let s = Scenario::prepare("mm-daemon-", "");
+    prepend_config(&s.config, &spool_config(&spool_dir, &smtp.addr()));
+    let log = s.dir.join("daemon.log");
+    let mut d = DaemonProc::start(&s.config, &log);
+    for place in ["incoming", "active", "done", "failed"] {
+        let m = fs::metadata(spool_dir.join(place)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o750, "{place}");
+    }
+
+    // Half the domain by a job file dropped by hand, half by `submit`.
+    let locals = |r: std::ops::Range<usize>| -> Vec<String> {
+        ACCOUNTS[r]
+            .iter()
+            .map(|a| format!("\"{}\"", a.0.split('@').next().unwrap()))
+            .collect()
+    };
+    drop_job(
+        &spool_dir.join("incoming"),
+        "by-hand",
+        &format!(
+            r#"{{"domain":"example.cz","mode":"move","mailboxes":[{}]}}"#,
+            locals(0..3).join(",")
+        ),
+    );
+    let mut args = vec![
+        "--domain",
+        "example.cz",
+        "--mode",
+        "move",
+        "--notify",
+        "majitel@zakaznik.example",
+        "--id",
+        "via-submit",
+    ];
+    let rest: Vec<String> = ACCOUNTS[3..]
+        .iter()
+        .map(|a| a.0.split('@').next().unwrap().to_string())
+        .collect();
+    for l in &rest {
+        args.extend(["--mailbox", l]);
+    }
+    let out = submit(&s.config, &args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "via-submit");
+    // The same id again is refused.
+    let again = submit(&s.config, &args);
+    assert_eq!(again.status.code(), Some(73), "{again:?}");
+
+    let a = wait_record(&spool_dir, "done", "by-hand", &d);
+    let b = wait_record(&spool_dir, "done", "via-submit", &d);
+    for r in [&a, &b] {
+        assert_eq!(r["status"], "done", "{r:#}");
+        assert_eq!(r["error"], serde_json::Value::Null);
+        assert!(r["queue_wait_secs"].is_u64() && r["run_secs"].is_u64());
+    }
+    assert!(spool_dir.join("done/by-hand.json").exists());
+    assert!(names_in(&spool_dir.join("incoming")).is_empty());
+    let mailboxes: Vec<&serde_json::Value> = [&a, &b]
+        .iter()
+        .flat_map(|r| r["report"]["mailboxes"].as_array().unwrap())
+        .collect();
+    s.check_reports(&mailboxes);
+    s.check_servers();
+
+    // One e-mail, for the job that asked for it.
+    let mail = smtp.wait_for(1, Duration::from_secs(30)).remove(0);
+    assert_eq!(mail.rcpt_to, ["majitel@zakaznik.example"]);
+    assert_eq!(mail.mail_from, "migrace@hosting.example");
+    let m = parse_message(&mail.data);
+    assert!(
+        m.subject.contains("example.cz"),
+        "subject names the domain: {}",
+        m.subject
+    );
+    let body = &m.body;
+    let want_messages = b["report"]["totals"]["messages"].as_u64().unwrap();
+    for fact in [
+        "example.cz".to_string(),
+        format!("{want_messages}"),
+        "Spam".into(),
+        "Trash".into(),
+        "koš".into(),
+        "kontakty".into(),
+        "autoresponder".into(),
+        "Outlook".into(),
+        "Thunderbird".into(),
+        "993".into(),
+        "587".into(),
+        "465".into(),
+    ] {
+        assert!(body.contains(&fact), "e-mail body lacks {fact:?}:\n{body}");
+    }
+    let cs = body.find("koš").unwrap();
+    let en = body.find("Trash").unwrap();
+    assert!(cs < en, "Czech comes first:\n{body}");
+    // The outcome is recorded in the report.
+    let b = wait_until("notification recorded", Duration::from_secs(10), || {
+        let r = record(&spool_dir.join("done/via-submit.report.json"));
+        (r["notification"]["status"] == "sent").then_some(r)
+    });
+    assert_eq!(b["notification"]["to"], "majitel@zakaznik.example");
+    assert_eq!(a["notification"], serde_json::Value::Null);
+
+    // status lists both finished jobs; systemd saw READY and STATUS lines.
+    let st = status_json(&s.config);
+    assert_eq!(st["daemon_pid"], d.pid().to_string());
+    let ids = common::fixture::column(&st["finished"], "id");
+    assert!(
+        ids.contains(&"by-hand") && ids.contains(&"via-submit"),
+        "{st:#}"
+    );
+    d.wait_notice("WATCHDOG=1", Duration::from_secs(5));
+    assert!(d.notices().iter().any(|n| n.starts_with("STATUS=")));
+    let (code, took) = d.stop();
+    assert_eq!(code.code(), Some(0));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let log = d.log();
+    assert!(!log.contains("$6$") && !log.contains("{SHA512"), "{log}");
+    let _ = fs::remove_dir_all(&spool_dir);
+}
+
+/// A host for the daemon without Dovecot: users.old, old Maildirs, spool.
+fn spool_host(smtp: &str) -> (Host, PathBuf) {
+    let h = Host::new("");
+    let spool = h.root.join("spool");
+    prepend_config(&h.config, &spool_config(&spool, smtp));
+    (h, spool)
+}
+
+fn closed_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    addr
+}
+
+#[test]
+fn refused_job_files_land_in_failed_and_the_daemon_lives_on() {
+    let (h, spool) = spool_host(&closed_port());
+    h.add_user("jan@a.cz", "{PLAIN}x", "")
+        .folder("")
+        .msg("cur", "1.a:2,S", b"hi", 1_600_000_000);
+    let log = h.root.join("daemon.log");
+    let d = DaemonProc::start(&h.config, &log);
+    let inc = spool.join("incoming");
+    let good = r#"{"domain":"a.cz","mode":"move"}"#;
+    drop_job(&inc, "malformed", r#"{"domain":"a.cz","mode":"#);
+    drop_job(&inc, "unknown-mode", r#"{"domain":"a.cz","mode":"copy"}"#);
+    drop_job(&inc, "bad id!", good);
+    drop_job(&inc, "evil-domain", r#"{"domain":"../etc","mode":"move"}"#);
+    let p = drop_job(&inc, "world-writable", good);
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
+    let p = drop_job(&inc, "foreign-owner", good);
+    if common::fixture::is_root() {
+        std::os::unix::fs::chown(&p, Some(4321), Some(4321)).unwrap();
+    }
+    std::os::unix::fs::symlink("/etc/shadow", inc.join("link.json")).unwrap();
+    drop_job(&inc, "good", good);
+
+    let mut expect = vec![
+        ("malformed", "EOF while parsing"),
+        ("unknown-mode", "unknown variant"),
+        ("bad_id_", "job id"),
+        ("evil-domain", "domain"),
+        ("world-writable", "untrusted job file"),
+        ("link", "untrusted job file"),
+    ];
+    if common::fixture::is_root() {
+        expect.push(("foreign-owner", "untrusted job file"));
+    }
+    for (id, why) in expect {
+        let r = wait_record(&spool, "failed", id, &d);
+        assert_eq!(r["status"], "failed");
+        let err = r["error"].as_str().unwrap();
+        assert!(err.contains(why), "{id}: {err}");
+    }
+    let r = wait_record(&spool, "done", "good", &d);
+    assert_eq!(r["report"]["totals"]["messages"], 1);
+    // The link was moved, never followed.
+    assert!(
+        fs::symlink_metadata(spool.join("failed/link.json"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(names_in(&inc).is_empty(), "{:?}", names_in(&inc));
+    // An unreachable SMTP server does not fail anything.
+    assert_eq!(r["notification"], serde_json::Value::Null);
+    drop(d);
+}
+
+#[test]
+fn unreachable_smtp_server_is_recorded_not_fatal() {
+    let (h, spool) = spool_host(&closed_port());
+    h.add_user("jan@a.cz", "{PLAIN}x", "")
+        .folder("")
+        .msg("cur", "1.a:2,S", b"hi", 1_600_000_000);
+    let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
+    drop_job(
+        &spool.join("incoming"),
+        "j",
+        r#"{"domain":"a.cz","mode":"move","notify":"owner@a.cz"}"#,
+    );
+    let r = wait_record(&spool, "done", "j", &d);
+    assert_eq!(r["status"], "done");
+    let r = wait_until("the failed notification", Duration::from_secs(30), || {
+        let r = record(&spool.join("done/j.report.json"));
+        (r["notification"]["status"] == "failed").then_some(r)
+    });
+    assert_eq!(r["notification"]["attempts"], 2, "{r:#}");
+    assert!(r["notification"]["error"].as_str().unwrap().len() > 3);
+    // The queue goes on.
+    drop_job(
+        &spool.join("incoming"),
+        "k",
+        r#"{"domain":"a.cz","mode":"move"}"#,
+    );
+    let k = wait_record(&spool, "done", "k", &d);
+    assert_eq!(k["report"]["mailboxes"][0]["status"], "already_migrated");
+}
+
+#[test]
+fn one_daemon_per_spool_and_sighup_keeps_a_good_config() {
+    let (h, spool) = spool_host(&closed_port());
+    h.add_user("jan@a.cz", "{PLAIN}x", "");
+    let log = h.root.join("daemon.log");
+    let d = DaemonProc::start(&h.config, &log);
+    let second = Command::new(BIN)
+        .arg("--config")
+        .arg(&h.config)
+        .arg("daemon")
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(75), "{second:?}");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another daemon") && err.contains(&d.pid().to_string()),
+        "{err}"
+    );
+
+    let good = fs::read_to_string(&h.config).unwrap();
+    fs::write(&h.config, format!("{good}\nbogus_key = 1\n")).unwrap();
+    d.signal(Signal::SIGHUP);
+    wait_until("reload refused", Duration::from_secs(10), || {
+        d.log()
+            .contains("reload failed, keeping the old configuration")
+            .then_some(())
+    });
+    assert!(d.log().contains("bogus_key"));
+    // Still working, on the old configuration.
+    drop_job(
+        &spool.join("incoming"),
+        "after-hup",
+        r#"{"domain":"a.cz","mode":"recreate"}"#,
+    );
+    let r = wait_record(&spool, "done", "after-hup", &d);
+    assert_eq!(r["status"], "done");
+    fs::write(&h.config, good).unwrap();
+    d.signal(Signal::SIGHUP);
+    wait_until("reload", Duration::from_secs(10), || {
+        d.log().contains("configuration reloaded").then_some(())
+    });
+}
+
+/// Builds a domain large enough that a stop lands in the middle.
+fn large_host(mailboxes: usize, per_mailbox: usize) -> (Host, PathBuf) {
+    let (h, spool) = spool_host(&closed_port());
+    let mut cfg = fs::read_to_string(&h.config).unwrap();
+    cfg.push_str("[migration]\nthreads = 2\n");
+    fs::write(&h.config, cfg).unwrap();
+    for m in 0..mailboxes {
+        let md = h.add_user(&format!("u{m}@big.cz"), "{PLAIN}x", "");
+        let inbox = md.folder("");
+        let sent = md.folder(".Sent");
+        for i in 0..per_mailbox {
+            let f = if i % 4 == 0 { &sent } else { &inbox };
+            f.msg(
+                "cur",
+                &format!("{}.M{i}P{m}.host,S=300:2,S", 1_600_000_000 + i),
+                &body(&format!("m{m}-{i}"), 300),
+                1_600_000_000 + i as i64,
+            );
+        }
+    }
+    (h, spool)
+}
+
+/// Interrupts a large job with `interrupt`, restarts, and checks that the
+/// job completes exactly once with nothing missing and nothing doubled.
+fn interrupted_job_completes_exactly_once(interrupt: impl FnOnce(&mut DaemonProc)) {
+    let (mailboxes, per) = (4, 6000);
+    let (h, spool) = large_host(mailboxes, per);
+    let log = h.root.join("daemon.log");
+    let mut d = DaemonProc::start(&h.config, &log);
+    drop_job(
+        &spool.join("incoming"),
+        "big",
+        r#"{"domain":"big.cz","mode":"move"}"#,
+    );
+    // Wait until copying is under way.
+    wait_until("copying under way", JOB_TIMEOUT, || {
+        let p = fs::read(spool.join("active/big.progress")).ok()?;
+        let p: serde_json::Value = serde_json::from_slice(&p).ok()?;
+        (p["messages"].as_u64()? >= 1500).then_some(())
+    });
+    interrupt(&mut d);
+    assert!(
+        spool.join("active/big.json").exists(),
+        "the job must still be in active/ (it finished too early to test the stop)"
+    );
+    assert!(!spool.join("done/big.json").exists());
+
+    let mut d = DaemonProc::start(&h.config, &log);
+    let r = wait_record(&spool, "done", "big", &d);
+    assert_eq!(r["status"], "done", "{r:#}");
+    assert_eq!(r["resumed"], true);
+    // Mailboxes finished before the interruption report already_migrated;
+    // the trees below prove every message arrived exactly once.
+    let statuses = common::fixture::column(&r["report"]["mailboxes"], "status");
+    assert_eq!(statuses.len(), mailboxes);
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == "done" || *s == "already_migrated"),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&"done"), "{statuses:?}");
+    assert_eq!(
+        names_in(&spool.join("done")),
+        ["big.json", "big.report.json"]
+    );
+    assert!(names_in(&spool.join("active")).is_empty());
+    assert!(names_in(&spool.join("failed")).is_empty());
+    // Every message exactly once, byte for byte, under its own name.
+    for m in 0..mailboxes {
+        let user = format!("u{m}@big.cz");
+        let src = tree(&h.old.join(format!("big.cz/u{m}/Maildir")));
+        let dst = tree(&h.target_maildir(&user));
+        let msgs = |t: &std::collections::BTreeMap<String, (char, u32, u32, i64, Vec<u8>)>| {
+            t.iter()
+                .filter(|(k, _)| k.contains("/cur/") || k.starts_with("cur/"))
+                .map(|(k, v)| (k.clone(), v.3, v.4.clone()))
+                .collect::<Vec<_>>()
+        };
+        let (s, t) = (msgs(&src), msgs(&dst));
+        assert_eq!(s.len(), per);
+        assert!(s == t, "{user}: target differs from source");
+        assert!(!dst.keys().any(|k| k.starts_with("tmp/") && k.len() > 4));
+    }
+    let users_new = fs::read_to_string(&h.users_new).unwrap();
+    for m in 0..mailboxes {
+        assert_eq!(users_new.matches(&format!("u{m}@big.cz:")).count(), 1);
+    }
+    let (code, _) = d.stop();
+    assert_eq!(code.code(), Some(0));
+}
+
+#[test]
+fn sigterm_mid_job_then_restart_completes_exactly_once() {
+    interrupted_job_completes_exactly_once(|d| {
+        let (code, took) = d.stop();
+        assert_eq!(code.code(), Some(0), "{}", d.log());
+        assert!(took < Duration::from_secs(10), "stop took {took:?}");
+        assert!(d.log().contains("job interrupted"), "{}", d.log());
+    });
+}
+
+#[test]
+fn kill_9_mid_job_then_restart_completes_exactly_once() {
+    interrupted_job_completes_exactly_once(|d| {
+        d.signal(Signal::SIGKILL);
+        let (code, _) = d.wait_exit(Duration::from_secs(10));
+        assert_eq!(code.code(), None, "killed by a signal");
+    });
+}
+
+/// A first SIGTERM waits (here for an e-mail to a server that never
+/// answers); a second one exits at once.
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (h, spool) = spool_host(&silent.local_addr().unwrap().to_string());
+    h.add_user("jan@a.cz", "{PLAIN}x", "");
+    let mut d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
+    drop_job(
+        &spool.join("incoming"),
+        "j",
+        r#"{"domain":"a.cz","mode":"recreate","notify":"owner@a.cz"}"#,
+    );
+    wait_record(&spool, "done", "j", &d);
+    d.signal(Signal::SIGTERM);
+    wait_until("the stop request", Duration::from_secs(5), || {
+        d.log().contains("stop requested").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        d.wait_exit_or_none(Duration::ZERO).is_none(),
+        "still waiting for the e-mail"
+    );
+    d.signal(Signal::SIGTERM);
+    let (code, took) = d.wait_exit(Duration::from_secs(5));
+    assert_eq!(code.code(), Some(1), "{}", d.log());
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    drop(silent);
+}

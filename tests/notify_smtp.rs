@@ -1,0 +1,265 @@
+//! The completion e-mail over a real SMTP dialogue with a loopback sink.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::smtp::{Options, SmtpSink, base64_decode, decode_rfc2047, parse_message, qp_decode};
+use maildir_migrate::job::Mode;
+use maildir_migrate::notify::{self, Facts, OutcomeStatus, RawSettings, Settings};
+use maildir_migrate::report::{MailboxReport, MailboxStatus, Report};
+
+const TO: &str = "owner@example.org";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn settings(raw: RawSettings) -> Settings {
+    Settings::from_raw(raw, &Path::to_path_buf).unwrap()
+}
+
+fn raw(smtp: &str) -> RawSettings {
+    RawSettings {
+        smtp: Some(smtp.into()),
+        from: Some("Migrace pošty <mm@example.net>".into()),
+        timeout_secs: Some(10),
+        retries: Some(0),
+        ..RawSettings::default()
+    }
+}
+
+/// One migrated and one failed mailbox.
+fn mixed_report() -> Report {
+    let mut jan = MailboxReport::new("jan@example.cz".into());
+    jan.status = MailboxStatus::Done;
+    jan.messages = 120;
+    jan.bytes = 12_900_000;
+    jan.folders = 4;
+    let eva = MailboxReport::failed(
+        "eva@example.cz".into(),
+        "cannot read /srv/oldmail/example.cz/eva/cur: Permission denied".into(),
+    );
+    Report::finish(
+        "job-42".into(),
+        "example.cz".into(),
+        Mode::Move,
+        vec![jan, eva],
+        "2026-01-01T00:00:00Z".into(),
+    )
+}
+
+fn facts(report: Option<&Report>, succeeded: bool) -> Facts<'_> {
+    Facts {
+        job_id: "job-42",
+        domain: "example.cz",
+        mode: Mode::Move,
+        succeeded,
+        error: None,
+        report,
+    }
+}
+
+#[test]
+fn sends_the_bilingual_mail_over_smtp() {
+    let sink = SmtpSink::start();
+    let s = settings(raw(&sink.addr()));
+    let report = mixed_report();
+    // The done template (the caller said so) and the failed one: both carry
+    // the same facts, only the wording of the result differs.
+    for (i, (succeeded, cs, en)) in [
+        (true, "dokončena", "finished"),
+        (false, "selhala", "failed"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let outcome = notify::send(&s, TO, &facts(Some(&report), succeeded));
+        assert_eq!(outcome.status, OutcomeStatus::Sent, "{outcome:?}");
+        assert_eq!((outcome.attempts, outcome.error.as_deref()), (1, None));
+        assert_eq!(outcome.to, TO);
+
+        let got = sink.wait_for(i + 1, WAIT);
+        let m = &got[i];
+        assert_eq!(m.mail_from, "mm@example.net");
+        assert_eq!(m.rcpt_to, [TO]);
+        let p = parse_message(&m.data);
+        assert_eq!(
+            p.subject,
+            format!("Migrace pošty example.cz {cs} / Mail migration of example.cz {en}")
+        );
+        assert_eq!(
+            p.header("Content-Type"),
+            Some("text/plain; charset=utf-8"),
+            "{:?}",
+            p.headers
+        );
+        assert_eq!(p.header("Auto-Submitted"), Some("auto-generated"));
+        assert!(p.header("Date").is_some());
+        assert!(p.header("Message-ID").unwrap().ends_with("@example.net>"));
+        assert_eq!(
+            decode_rfc2047(p.header("From").unwrap()),
+            "Migrace pošty <mm@example.net>"
+        );
+
+        let body = &p.body;
+        for needle in [
+            "example.cz",
+            "Přesunuté schránky:   1",
+            "Neúspěšné schránky:   1",
+            "Mailboxes migrated:   1",
+            "Mailboxes failed:     1",
+            "120 (12.3 MiB)",
+            "  - eva@example.cz: cannot read /srv/oldmail/example.cz/eva/cur: Permission denied",
+            "job-42",
+            "přesun",
+            "kontakty",
+            "Spam",
+            "koš",
+            "Trash",
+            "contacts",
+            "černé a bílé listiny",
+            "black- and whitelists",
+            "automatická odpověď",
+            "autoresponder",
+            "Outlook",
+            "Thunderbird",
+            "993",
+            "465",
+            "587",
+        ] {
+            assert!(body.contains(needle), "{needle:?} missing from:\n{body}");
+        }
+        assert!(body.find("Dobrý den").unwrap() < body.find("Hello").unwrap());
+    }
+}
+
+#[test]
+fn unreachable_server_fails_after_the_retries() {
+    // A port that was free a moment ago: connections are refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = settings(RawSettings {
+        retries: Some(1),
+        retry_delay_secs: Some(1),
+        ..raw(&format!("127.0.0.1:{port}"))
+    });
+    let started = Instant::now();
+    let outcome = notify::send(&s, TO, &facts(None, false));
+    let took = started.elapsed();
+    assert_eq!(outcome.status, OutcomeStatus::Failed, "{outcome:?}");
+    assert_eq!(outcome.attempts, 2);
+    let error = outcome.error.unwrap();
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+    assert!(took >= Duration::from_secs(1), "no backoff: {took:?}");
+    assert!(took < Duration::from_secs(8), "too slow: {took:?}");
+    let v = serde_json::to_value(notify::send(&s, "not an address", &facts(None, false))).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["attempts"].as_u64()),
+        (Some("failed"), Some(0))
+    );
+}
+
+#[test]
+fn a_custom_done_template_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("done.txt"),
+        "Subject: Hotovo {domain} ({mode_en})\n\nVlastní šablona {{ok}}: {mailboxes}/{failed_count}, {messages} zpráv, {size}, úloha {job}.\n{failures}\n",
+    )
+    .unwrap();
+    let sink = SmtpSink::start();
+    let base = dir.path().to_path_buf();
+    let resolve = move |p: &Path| -> PathBuf { base.join(p) };
+    let s = Settings::from_raw(
+        RawSettings {
+            done_template: Some("done.txt".into()),
+            ..raw(&sink.addr())
+        },
+        &resolve,
+    )
+    .unwrap();
+    let report = mixed_report();
+    let outcome = notify::send(&s, TO, &facts(Some(&report), true));
+    assert_eq!(outcome.status, OutcomeStatus::Sent, "{outcome:?}");
+    let p = parse_message(&sink.wait_for(1, WAIT)[0].data);
+    assert_eq!(p.subject, "Hotovo example.cz (move)");
+    assert_eq!(
+        p.body,
+        "Vlastní šablona {ok}: 1/1, 120 zpráv, 12.3 MiB, úloha job-42.\n  - eva@example.cz: cannot read /srv/oldmail/example.cz/eva/cur: Permission denied\n"
+    );
+    // The failed template stays the built-in one.
+    notify::send(&s, TO, &facts(Some(&report), false));
+    let p = parse_message(&sink.wait_for(2, WAIT)[1].data);
+    assert!(p.subject.contains("selhala"), "{}", p.subject);
+}
+
+#[test]
+fn auth_and_a_temporary_failure_then_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("smtp.password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let sink = SmtpSink::start_with(Options {
+        auth: Some(("mm".into(), "s3cret".into())),
+        temp_fail_sessions: 1,
+    });
+    let with_password_file = |file: &Path| {
+        settings(RawSettings {
+            username: Some("mm".into()),
+            password_file: Some(file.to_path_buf()),
+            retries: Some(2),
+            retry_delay_secs: Some(0),
+            ..raw(&sink.addr())
+        })
+    };
+
+    let outcome = notify::send(&with_password_file(&pw), TO, &facts(None, true));
+    assert_eq!(outcome.status, OutcomeStatus::Sent, "{outcome:?}");
+    assert_eq!(outcome.attempts, 2, "the first session got 451");
+    assert_eq!(sink.wait_for(1, WAIT)[0].rcpt_to, [TO]);
+
+    // A wrong password: every attempt is refused, and no secret is shown.
+    std::fs::write(&pw, "wrong-pass\n").unwrap();
+    let outcome = notify::send(&with_password_file(&pw), TO, &facts(None, true));
+    assert_eq!(
+        (outcome.status, outcome.attempts),
+        (OutcomeStatus::Failed, 3)
+    );
+    let error = outcome.error.unwrap();
+    assert!(error.contains("535"), "{error}");
+    assert!(
+        !error.contains("wrong-pass") && !error.contains("s3cret"),
+        "{error}"
+    );
+
+    // An unreadable password file is a failed attempt naming the file.
+    let missing = dir.path().join("missing.password");
+    let outcome = notify::send(&with_password_file(&missing), TO, &facts(None, true));
+    assert_eq!(
+        (outcome.status, outcome.attempts),
+        (OutcomeStatus::Failed, 3)
+    );
+    assert!(outcome.error.unwrap().contains("missing.password"));
+    assert_eq!(sink.received().len(), 1);
+}
+
+#[test]
+fn the_test_decoders_decode() {
+    assert_eq!(base64_decode(b"cG/FoXR5"), "pošty".as_bytes());
+    assert_eq!(base64_decode(b"YQ==\r\n"), b"a");
+    assert_eq!(qp_decode(b"p=C5=99e=\r\nsun"), "přesun".as_bytes());
+    assert_eq!(
+        decode_rfc2047(
+            "Migrace =?utf-8?b?cG/FoXR5?= x =?utf-8?b?ZG9rb27EjWVu?=\r\n =?utf-8?b?YQ==?= / ok"
+        ),
+        "Migrace pošty x dokončena / ok"
+    );
+    assert_eq!(decode_rfc2047("=?UTF-8?Q?ko=C5=A1_a?= b"), "koš a b");
+    // A character split across two encoded words.
+    assert_eq!(decode_rfc2047("=?utf-8?b?xQ==?= =?utf-8?b?oQ==?="), "š");
+    let p = parse_message(b"Subject: =?utf-8?q?a?=\r\n =?utf-8?q?b?=\r\nX-Folded: one\r\n two\r\nContent-Transfer-Encoding: base64\r\n\r\nxaE=\r\n");
+    assert_eq!(p.subject, "ab");
+    assert_eq!(p.header("x-folded"), Some("one two"));
+    assert_eq!(p.body, "š");
+}
