@@ -58,6 +58,7 @@ struct RawDaemon {
     submit_group: Option<String>,
     rescan_interval: Option<u64>,
     max_parallel_jobs: Option<usize>,
+    inotify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +224,8 @@ pub struct Daemon {
     /// Full spool rescans happen at least this often (inotify is a hint).
     pub rescan_interval: Duration,
     pub max_parallel_jobs: usize,
+    /// Watch `incoming/` with inotify (off for NFS, which sends no events).
+    pub inotify: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -348,6 +351,7 @@ impl Config {
                 submit_group,
                 rescan_interval: Duration::from_secs(rescan),
                 max_parallel_jobs,
+                inotify: raw.daemon.inotify.unwrap_or(true),
             },
             spool_dir: resolve(
                 raw.spool_dir
@@ -446,6 +450,7 @@ gid = 5000
         assert_eq!(c.source.default_scheme, "CRYPT");
         assert_eq!(c.daemon.rescan_interval, Duration::from_secs(30));
         assert_eq!(c.daemon.max_parallel_jobs, 1);
+        assert!(c.daemon.inotify);
         assert_eq!(c.daemon.submit_group, None);
         assert!(!c.in_place(&d));
     }

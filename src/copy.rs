@@ -315,7 +315,10 @@ fn copy_message(
         }
         drop(dst);
         match tmp_dir.rename_noreplace(OsStr::new(&tmp_name), dst_dir, name) {
-            Ok(()) => Ok(Some(n)),
+            Ok(()) => {
+                tracing::debug!(file = %dst_path().display(), bytes = n, "copied");
+                Ok(Some(n))
+            }
             // Someone else put it there meanwhile: same base, same message.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 tmp_dir

@@ -176,7 +176,15 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), DaemonError> {
         cfg.daemon.submit_group.as_ref().map(|g| g.gid),
     )?;
     let _lock: Lock = spool.lock()?;
-    let _watcher = watch(&spool, tx.clone());
+    let _watcher = if cfg.daemon.inotify {
+        watch(&spool, tx.clone())
+    } else {
+        info!(
+            "inotify is off; the spool is rescanned every {:?}",
+            cfg.daemon.rescan_interval
+        );
+        None
+    };
     let trust = Trust {
         daemon_uid: nix::unistd::geteuid().as_raw(),
         submit_gid: cfg.daemon.submit_group.as_ref().map(|g| g.gid),

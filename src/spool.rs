@@ -194,7 +194,7 @@ pub struct Lock {
 
 impl Spool {
     /// Prepares the spool for the daemon: the directory must belong to us
-    /// and not be world-writable; the queue directories are created 0750
+    /// and not be world-writable; the queue directories are made 0750
     /// (`incoming/` 2770 with the submit group, so members can drop jobs).
     pub fn prepare(path: &Path, submit_gid: Option<u32>) -> Result<Spool, SpoolError> {
         let unsafe_spool = |problem: String| SpoolError::Unsafe {
@@ -252,8 +252,9 @@ impl Spool {
             }
             if let Some(g) = owner {
                 d.chown(g)?;
-                d.chmod(mode)?;
             }
+            // Also for a directory made by hand: no wider than intended.
+            d.chmod(mode)?;
             Ok(d)
         });
         let dirs = collect_dirs(dirs).map_err(|e| unsafe_spool(e.to_string()))?;
@@ -685,6 +686,32 @@ mod tests {
         assert!(t.check(1000, 4343, 0o660).is_ok());
         let e = t.check(1000, 1000, 0o600).unwrap_err();
         assert!(e.starts_with("untrusted job file"), "{e}");
+    }
+
+    #[test]
+    fn queue_order_is_mtime_then_name_and_foreign_spools_are_refused() {
+        let (t, s) = spool();
+        let inc = s.path().join("incoming");
+        for (name, mtime) in [("b.json", 100), ("a.json", 200), ("c.json", 100)] {
+            let p = inc.join(name);
+            std::fs::write(&p, "{}").unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime))
+                .unwrap();
+        }
+        let order: Vec<_> = s
+            .list(Place::Incoming)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(order, ["b.json", "c.json", "a.json"]);
+        if nix::unistd::geteuid().is_root() {
+            let spool_path = t.path().join("spool");
+            std::os::unix::fs::chown(&spool_path, Some(4242), None).unwrap();
+            let e = Spool::prepare(&spool_path, None).err().unwrap().to_string();
+            assert!(e.contains("owned by uid 4242"), "{e}");
+        }
     }
 
     #[test]

@@ -21,11 +21,14 @@ use common::smtp::{SmtpSink, parse_message};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn spool_config(spool: &Path, smtp: &str) -> String {
+/// Top-level and `[daemon]`/`[notify]` settings; `daemon` replaces the
+/// default `[daemon]` keys (a 1 s rescan).
+fn spool_config(spool: &Path, smtp: &str, daemon: Option<&str>) -> String {
     format!(
-        "spool_dir = \"{}\"\n[daemon]\nrescan_interval = 1\n\
+        "spool_dir = \"{}\"\n[daemon]\n{}\n\
          [notify]\nsmtp = \"{smtp}\"\nfrom = \"migrace@hosting.example\"\nretries = 1\nretry_delay_secs = 1\ntimeout_secs = 5\n",
-        spool.display()
+        spool.display(),
+        daemon.unwrap_or("rescan_interval = 1")
     )
 }
 
@@ -89,7 +92,7 @@ fn daemon_migrates_and_notifies() {
     let spool_dir = std::env::temp_dir().join(format!("mm-spool-{}", std::process::id()));
     let _ = fs::remove_dir_all(&spool_dir);
     let s = Scenario::prepare("mm-daemon-", "");
-    prepend_config(&s.config, &spool_config(&spool_dir, &smtp.addr()));
+    prepend_config(&s.config, &spool_config(&spool_dir, &smtp.addr(), None));
     let log = s.dir.join("daemon.log");
     let mut d = DaemonProc::start(&s.config, &log);
     for place in ["incoming", "active", "done", "failed"] {
@@ -211,9 +214,13 @@ fn daemon_migrates_and_notifies() {
 
 /// A host for the daemon without Dovecot: users.old, old Maildirs, spool.
 fn spool_host(smtp: &str) -> (Host, PathBuf) {
+    spool_host_with(smtp, None)
+}
+
+fn spool_host_with(smtp: &str, daemon: Option<&str>) -> (Host, PathBuf) {
     let h = Host::new("");
     let spool = h.root.join("spool");
-    prepend_config(&h.config, &spool_config(&spool, smtp));
+    prepend_config(&h.config, &spool_config(&spool, smtp, daemon));
     (h, spool)
 }
 
@@ -393,7 +400,16 @@ fn interrupted_job_completes_exactly_once(interrupt: impl FnOnce(&mut DaemonProc
         let p: serde_json::Value = serde_json::from_slice(&p).ok()?;
         (p["messages"].as_u64()? >= 1500).then_some(())
     });
+    let st = status_json(&h.config);
+    let running = &st["running"][0];
+    assert_eq!(running["id"], "big", "{st:#}");
+    assert_eq!(running["state"], "running");
+    assert_eq!(running["mailboxes_total"], mailboxes as u64);
+    assert!(running["messages"].as_u64().unwrap() >= 1500, "{st:#}");
     interrupt(&mut d);
+    let st = status_json(&h.config);
+    assert_eq!(st["daemon_pid"], serde_json::Value::Null);
+    assert_eq!(st["running"][0]["state"], "interrupted", "{st:#}");
     assert!(
         spool.join("active/big.json").exists(),
         "the job must still be in active/ (it finished too early to test the stop)"
@@ -492,4 +508,106 @@ fn a_second_sigterm_exits_at_once() {
     assert_eq!(code.code(), Some(1), "{}", d.log());
     assert!(took < Duration::from_secs(1), "{took:?}");
     drop(silent);
+}
+
+/// inotify alone finds a job (no rescan for an hour); with inotify off
+/// (as on NFS) the periodic rescan alone does.
+#[test]
+fn jobs_are_found_by_inotify_and_by_rescan_alone() {
+    for (daemon, how) in [
+        ("rescan_interval = 3600", "inotify"),
+        ("rescan_interval = 1\ninotify = false", "rescan"),
+    ] {
+        let (h, spool) = spool_host_with(&closed_port(), Some(daemon));
+        h.add_user("jan@a.cz", "{PLAIN}x", "");
+        let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
+        std::thread::sleep(Duration::from_millis(200));
+        drop_job(
+            &spool.join("incoming"),
+            "j",
+            r#"{"domain":"a.cz","mode":"recreate"}"#,
+        );
+        let path = spool.join("done/j.report.json");
+        wait_until(
+            &format!("{how} to find the job"),
+            Duration::from_secs(5),
+            || path.exists().then_some(()),
+        );
+        drop(d);
+    }
+}
+
+/// Members of `submit_group` may queue jobs: incoming/ is 2770 with the
+/// group, and a job file of another user in that group is run.
+#[test]
+fn submit_group_members_may_queue_jobs() {
+    if !common::fixture::is_root() {
+        eprintln!("SKIPPED submit_group_members_may_queue_jobs: needs root for chown");
+        return;
+    }
+    let (h, spool) = spool_host_with(
+        &closed_port(),
+        Some("rescan_interval = 1\nsubmit_group = \"mail\""),
+    );
+    h.add_user("jan@a.cz", "{PLAIN}x", "");
+    let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
+    let inc = spool.join("incoming");
+    let m = fs::metadata(&inc).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((m.mode() & 0o7777, m.gid()), (0o2770, 8));
+    let p = drop_job(&inc, "member", r#"{"domain":"a.cz","mode":"recreate"}"#);
+    std::os::unix::fs::chown(&p, Some(4321), Some(8)).unwrap();
+    let r = wait_record(&spool, "done", "member", &d);
+    assert_eq!(r["status"], "done");
+}
+
+/// Two jobs may run at once, but never two for one domain: the second
+/// big.cz job waits for the first, the small.cz job does not.
+#[test]
+fn parallel_jobs_never_share_a_domain() {
+    let (h, spool) = large_host(2, 3000);
+    let cfg = fs::read_to_string(&h.config).unwrap().replace(
+        "rescan_interval = 1",
+        "rescan_interval = 1\nmax_parallel_jobs = 2",
+    );
+    fs::write(&h.config, cfg).unwrap();
+    h.add_user("eva@small.cz", "{PLAIN}x", "");
+    let inc = spool.join("incoming");
+    fs::create_dir_all(&inc).unwrap();
+    // Queued before the daemon starts, in this order (mtime, then name).
+    for (i, (id, domain)) in [
+        ("a-big", "big.cz"),
+        ("b-big", "big.cz"),
+        ("c-small", "small.cz"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = drop_job(
+            &inc,
+            id,
+            &format!(r#"{{"domain":"{domain}","mode":"move"}}"#),
+        );
+        common::fixture::set_mtime(&p, 1_700_000_000 + i as i64);
+    }
+    let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
+    for id in ["a-big", "b-big", "c-small"] {
+        wait_record(&spool, "done", id, &d);
+    }
+    let log = d.log();
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("{what} not in the log:\n{log}"))
+    };
+    let started = |id: &str| at(&format!("job started job=\"{id}\""));
+    let finished = |id: &str| at(&format!("job finished job=\"{id}\""));
+    assert!(started("a-big") < started("c-small"), "{log}");
+    assert!(
+        finished("c-small") < finished("a-big"),
+        "ran in parallel:\n{log}"
+    );
+    assert!(
+        finished("a-big") < started("b-big"),
+        "same domain waited:\n{log}"
+    );
 }
