@@ -89,9 +89,8 @@ fn daemon_migrates_and_notifies() {
         return;
     }
     let smtp = SmtpSink::start();
-    let spool_dir = std::env::temp_dir().join(format!("mm-spool-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&spool_dir);
     let s = Scenario::prepare("mm-daemon-", "");
+    let spool_dir = s.dir.join("spool");
     prepend_config(&s.config, &spool_config(&spool_dir, &smtp.addr(), None));
     let log = s.dir.join("daemon.log");
     let mut d = DaemonProc::start(&s.config, &log);
@@ -209,7 +208,6 @@ fn daemon_migrates_and_notifies() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     let log = d.log();
     assert!(!log.contains("$6$") && !log.contains("{SHA512"), "{log}");
-    let _ = fs::remove_dir_all(&spool_dir);
 }
 
 /// A host for the daemon without Dovecot: users.old, old Maildirs, spool.
