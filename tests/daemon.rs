@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use common::daemon::{DaemonProc, drop_job, record, wait_until};
+use common::daemon::{DaemonProc, drop_job, drop_job_with, record, wait_until};
 use common::dovecot;
 use common::fixture::{BIN, Host, body, tree};
 use common::scenario::{ACCOUNTS, Scenario};
@@ -243,11 +243,13 @@ fn refused_job_files_land_in_failed_and_the_daemon_lives_on() {
     drop_job(&inc, "unknown-mode", r#"{"domain":"a.cz","mode":"copy"}"#);
     drop_job(&inc, "bad id!", good);
     drop_job(&inc, "evil-domain", r#"{"domain":"../etc","mode":"move"}"#);
-    let p = drop_job(&inc, "world-writable", good);
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
-    let p = drop_job(&inc, "foreign-owner", good);
+    drop_job_with(&inc, "world-writable", good, |p| {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o666)).unwrap()
+    });
     if common::fixture::is_root() {
-        std::os::unix::fs::chown(&p, Some(4321), Some(4321)).unwrap();
+        drop_job_with(&inc, "foreign-owner", good, |p| {
+            std::os::unix::fs::chown(p, Some(4321), Some(4321)).unwrap()
+        });
     }
     std::os::unix::fs::symlink("/etc/shadow", inc.join("link.json")).unwrap();
     drop_job(&inc, "good", good);
@@ -553,8 +555,12 @@ fn submit_group_members_may_queue_jobs() {
     let m = fs::metadata(&inc).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!((m.mode() & 0o7777, m.gid()), (0o2770, 8));
-    let p = drop_job(&inc, "member", r#"{"domain":"a.cz","mode":"recreate"}"#);
-    std::os::unix::fs::chown(&p, Some(4321), Some(8)).unwrap();
+    drop_job_with(
+        &inc,
+        "member",
+        r#"{"domain":"a.cz","mode":"recreate"}"#,
+        |p| std::os::unix::fs::chown(p, Some(4321), Some(8)).unwrap(),
+    );
     let r = wait_record(&spool, "done", "member", &d);
     assert_eq!(r["status"], "done");
 }
@@ -599,7 +605,6 @@ fn parallel_jobs_never_share_a_domain() {
     };
     let started = |id: &str| at(&format!("job started job=\"{id}\""));
     let finished = |id: &str| at(&format!("job finished job=\"{id}\""));
-    assert!(started("a-big") < started("c-small"), "{log}");
     assert!(
         finished("c-small") < finished("a-big"),
         "ran in parallel:\n{log}"

@@ -170,10 +170,22 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
 
 /// Drops a job file the way a control panel would: temp name, rename.
 pub fn drop_job(incoming: &Path, id: &str, json: &str) -> PathBuf {
+    drop_job_with(incoming, id, json, |_| {})
+}
+
+/// Like `drop_job`, with `prepare` (chmod, chown) run on the temp file
+/// before the rename, so the daemon never sees it half-prepared.
+pub fn drop_job_with(
+    incoming: &Path,
+    id: &str,
+    json: &str,
+    prepare: impl FnOnce(&Path),
+) -> PathBuf {
     let tmp = incoming.join(format!(".{id}.tmp"));
     let mut f = std::fs::File::create(&tmp).unwrap();
     f.write_all(json.as_bytes()).unwrap();
     f.sync_all().unwrap();
+    prepare(&tmp);
     let dest = incoming.join(format!("{id}.json"));
     std::fs::rename(&tmp, &dest).unwrap();
     dest
