@@ -406,6 +406,7 @@ fn interrupted_job_completes_exactly_once(interrupt: impl FnOnce(&mut DaemonProc
     assert_eq!(running["state"], "running");
     assert_eq!(running["mailboxes_total"], mailboxes as u64);
     assert!(running["messages"].as_u64().unwrap() >= 1500, "{st:#}");
+    d.wait_notice("STATUS=job big (big.cz): ", Duration::from_secs(5));
     interrupt(&mut d);
     let st = status_json(&h.config);
     assert_eq!(st["daemon_pid"], serde_json::Value::Null);
@@ -465,8 +466,13 @@ fn interrupted_job_completes_exactly_once(interrupt: impl FnOnce(&mut DaemonProc
 fn sigterm_mid_job_then_restart_completes_exactly_once() {
     interrupted_job_completes_exactly_once(|d| {
         let (code, took) = d.stop();
+        eprintln!("SIGTERM to exit: {took:?}");
         assert_eq!(code.code(), Some(0), "{}", d.log());
-        assert!(took < Duration::from_secs(10), "stop took {took:?}");
+        assert!(
+            took < Duration::from_secs(10),
+            "stop took {took:?}\n{}",
+            d.log()
+        );
         assert!(d.log().contains("job interrupted"), "{}", d.log());
     });
 }
