@@ -36,6 +36,8 @@ pub enum ConfigError {
 #[serde(rename_all = "kebab-case")]
 pub enum UserdbFormat {
     PasswdFile,
+    /// Courier authlib's userdb text (a file or a directory); source only.
+    CourierUserdb,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +70,7 @@ struct RawSource {
     userdb_format: UserdbFormat,
     mail_root: PathBuf,
     default_scheme: Option<String>,
+    makeuserdb: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +196,8 @@ pub struct Source {
     /// Scheme of bare hashes that are not crypt strings (`scheme=` of the
     /// source passdb; Dovecot's passwd-file default is CRYPT).
     pub default_scheme: String,
+    /// Courier: rebuilds `userdb.dat` after each edit (authlib reads that).
+    pub makeuserdb: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +315,31 @@ impl Config {
                 )));
             }
         }
+        if raw.target.userdb_format != UserdbFormat::PasswdFile {
+            return Err(invalid("target.userdb_format")(
+                "the new Dovecot's userdb must be \"passwd-file\"".into(),
+            ));
+        }
+        match (&raw.source.makeuserdb, raw.source.userdb_format) {
+            (Some(_), UserdbFormat::PasswdFile) => {
+                return Err(invalid("source.makeuserdb")(
+                    "only for userdb_format = \"courier-userdb\"".into(),
+                ));
+            }
+            (Some(p), _) if !p.is_absolute() => {
+                return Err(invalid("source.makeuserdb")(
+                    "must be an absolute path".into(),
+                ));
+            }
+            _ => {}
+        }
+        if raw.source.userdb_format == UserdbFormat::CourierUserdb
+            && resolve_str(&raw.source.userdb) == resolve_str(&raw.target.userdb)
+        {
+            return Err(invalid("target.userdb")(
+                "a Courier userdb cannot be rewritten in place; the target must be a passwd-file of its own".into(),
+            ));
+        }
         let rescan = raw.daemon.rescan_interval.unwrap_or(30);
         if !(1..=3600).contains(&rescan) {
             return Err(invalid("daemon.rescan_interval")(format!(
@@ -364,6 +394,7 @@ impl Config {
                 userdb_format: raw.source.userdb_format,
                 mail_root: resolve(&raw.source.mail_root),
                 default_scheme,
+                makeuserdb: raw.source.makeuserdb,
             },
             target: Target {
                 userdb: UserdbPath::parse(&resolve_str(&raw.target.userdb))
@@ -389,6 +420,21 @@ impl Config {
     /// (the entry is rewritten in place).
     pub fn in_place(&self, domain: &Domain) -> bool {
         self.source.userdb.for_domain(domain) == self.target.userdb.for_domain(domain)
+    }
+
+    /// The source userdb of `domain`.
+    pub fn source_db(&self, domain: &Domain) -> crate::userdb::SourceDb {
+        let path = self.source.userdb.for_domain(domain);
+        match self.source.userdb_format {
+            UserdbFormat::PasswdFile => crate::userdb::SourceDb::PasswdFile {
+                path,
+                default_scheme: self.source.default_scheme.clone(),
+            },
+            UserdbFormat::CourierUserdb => crate::userdb::SourceDb::Courier {
+                path,
+                makeuserdb: self.source.makeuserdb.clone(),
+            },
+        }
     }
 }
 
@@ -463,7 +509,7 @@ gid = 5000
             (
                 MINIMAL.replace(
                     "passwd-file\"\nmail_root = \"old",
-                    "courier\"\nmail_root = \"old",
+                    "courier-imap\"\nmail_root = \"old",
                 ),
                 "unknown variant",
             ),
@@ -483,6 +529,20 @@ gid = 5000
             (
                 format!("{MINIMAL}[migration]\nskip_folders = [\"a//b\"]\n"),
                 "skip_folders",
+            ),
+            (
+                MINIMAL.replace(
+                    "/etc/dovecot/passwd/%d\"\nuserdb_format = \"passwd-file",
+                    "/x\"\nuserdb_format = \"courier-userdb",
+                ),
+                "target.userdb_format",
+            ),
+            (
+                MINIMAL.replace(
+                    "mail_root = \"old\"",
+                    "mail_root = \"old\"\nmakeuserdb = \"/usr/sbin/makeuserdb\"",
+                ),
+                "source.makeuserdb",
             ),
             (
                 format!("{MINIMAL}[daemon]\nsubmit_group = \"no-such-group-x\"\n"),

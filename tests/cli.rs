@@ -520,6 +520,13 @@ fn bad_input_is_named_and_nothing_is_written() {
                 "userdb_format = \"passwd-file\"\nmail_root = \"newmail\"",
                 "userdb_format = \"courier-userdb\"\nmail_root = \"newmail\"",
             ),
+            "target.userdb_format",
+        ),
+        (
+            good_config.replace(
+                "userdb_format = \"passwd-file\"\nmail_root = \"newmail\"",
+                "userdb_format = \"cdb\"\nmail_root = \"newmail\"",
+            ),
             "unknown variant",
         ),
         (good_config.replace("[target]", "[target\n"), "line"),

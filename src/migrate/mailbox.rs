@@ -20,7 +20,7 @@ use crate::maildir;
 use crate::report::{MailboxReport, MailboxStatus};
 use crate::safe_fs::Dir;
 use crate::userdb::passwd_file::{self, Change, Entry, PasswdFile};
-use crate::userdb::scheme;
+use crate::userdb::{Account, SourceDb};
 
 use super::folders::{self, FolderScan, MailboxSync, OWNER_MARKER, Pass, SyncContext};
 use super::{MailboxError, RunError, open_root};
@@ -32,6 +32,7 @@ const TARGET_MAIL: &str = "userdb_mail=maildir:~/Maildir";
 pub struct Env<'a> {
     pub cfg: &'a Config,
     pub job: &'a Job,
+    pub source: SourceDb,
     pub source_db: PathBuf,
     pub target_db: PathBuf,
     pub in_place: bool,
@@ -45,7 +46,8 @@ impl<'a> Env<'a> {
     pub fn open(cfg: &'a Config, job: &'a Job) -> Result<Env<'a>, RunError> {
         let (source_root, source_root_path) = open_root("source.mail_root", &cfg.source.mail_root)?;
         let (target_root, target_root_path) = open_root("target.mail_root", &cfg.target.mail_root)?;
-        let source_db = cfg.source.userdb.for_domain(&job.domain);
+        let source = cfg.source_db(&job.domain);
+        let source_db = source.path().to_path_buf();
         if let Err(e) = std::fs::metadata(&source_db) {
             return Err(RunError::Userdb(
                 if e.kind() == std::io::ErrorKind::NotFound {
@@ -63,6 +65,7 @@ impl<'a> Env<'a> {
             job,
             target_db: cfg.target.userdb.for_domain(&job.domain),
             in_place: cfg.in_place(&job.domain),
+            source,
             source_db,
             source_root,
             source_root_path,
@@ -99,29 +102,37 @@ impl<'a> Env<'a> {
             .into_owned())
     }
 
-    fn source_entry(&self, local: &LocalPart) -> Result<Entry, MailboxError> {
-        let key = self.source_key(local);
-        let file = PasswdFile::load(&self.source_db)?;
-        match file.find(&key)? {
+    fn not_in_source(&self, local: &LocalPart) -> MailboxError {
+        MailboxError::NotInSource {
+            user: self.source_key(local),
+            path: self.source_db.clone(),
+        }
+    }
+
+    fn account(&self, local: &LocalPart) -> Result<Account, MailboxError> {
+        self.source
+            .account(&self.source_key(local))?
+            .ok_or_else(|| self.not_in_source(local))
+    }
+
+    /// The shared passwd-file entry (in-place mode only).
+    fn passwd_entry(&self, local: &LocalPart) -> Result<Entry, MailboxError> {
+        match PasswdFile::load(&self.source_db)?.find(&self.source_key(local))? {
             Some((_, e)) => Ok(e),
-            None => Err(MailboxError::NotInSource {
-                user: key,
-                path: self.source_db.clone(),
-            }),
+            None => Err(self.not_in_source(local)),
         }
     }
 
     /// The entry written to a separate target userdb: the hash unchanged
     /// but explicitly prefixed, the new home, and the source's other
     /// fields (quota rules, passdb fields such as a disabled login).
-    fn target_entry(&self, source: &Entry, local: &LocalPart) -> Result<Entry, MailboxError> {
-        let src = source.thawed();
+    fn target_entry(&self, src: &Account, local: &LocalPart) -> Result<Entry, MailboxError> {
         let owner = self.cfg.target.owner;
         let mut extra = vec![TARGET_MAIL.to_string()];
-        extra.extend(src.extra_without_location().cloned());
+        extra.extend(src.extra.iter().cloned());
         Ok(Entry {
             user: self.target_key(local),
-            password: scheme::carry(&src.password, &self.cfg.source.default_scheme).value,
+            password: src.hash.value.clone(),
             uid: owner.map_or(src.uid.clone(), |o| o.uid.to_string()),
             gid: owner.map_or(src.gid.clone(), |o| o.gid.to_string()),
             gecos: String::new(),
@@ -149,12 +160,12 @@ impl<'a> Env<'a> {
     /// source mail root. `Ok(None)`: it does not exist (never used).
     fn open_source_maildir(
         &self,
-        entry: &Entry,
+        account: &Account,
         local: &LocalPart,
     ) -> Result<(PathBuf, Option<Dir>), MailboxError> {
         let path = maildir::maildir_path(
-            entry.mail(),
-            &entry.home,
+            account.mail.as_deref(),
+            &account.home,
             &self.source_key(local),
             local.as_str(),
             self.job.domain.as_str(),
@@ -198,19 +209,20 @@ pub enum State {
 
 /// A read-only look at one mailbox (shared by `run` and `plan`).
 pub struct Assessment {
-    pub source: Entry,
+    pub source: Account,
     pub state: State,
     /// The scheme recognised for the carried hash (`None`: empty field).
     pub scheme: Option<String>,
 }
 
 pub fn assess(env: &Env<'_>, local: &LocalPart) -> Result<Assessment, MailboxError> {
-    let source = env.source_entry(local)?;
-    let scheme = scheme::carry(&source.password, &env.cfg.source.default_scheme).scheme;
+    let source = env.account(local)?;
+    let scheme = source.hash.scheme.clone();
     let state = if env.in_place {
-        let switched = env.switched_in_place(&source, local)?;
+        let current = env.passwd_entry(local)?;
+        let switched = env.switched_in_place(&current, local)?;
         passwd_file::check_writable(&switched).map_err(MailboxError::Conflict)?;
-        if switched == source {
+        if switched == current {
             State::AlreadyMigrated
         } else {
             State::Pending
@@ -219,7 +231,7 @@ pub fn assess(env: &Env<'_>, local: &LocalPart) -> Result<Assessment, MailboxErr
         let expected = env.target_entry(&source, local)?;
         passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
         match PasswdFile::load(&env.target_db)?.find(&expected.user)? {
-            Some((_, e)) if e == expected && source.refuses_login() => State::AlreadyMigrated,
+            Some((_, e)) if e == expected && source.refuses_login => State::AlreadyMigrated,
             Some((_, e)) if e == expected => State::Pending,
             Some((line, _)) => State::Conflict(format!(
                 "{} line {line} already has a different entry for {}; not overwriting it",
@@ -411,9 +423,9 @@ fn copy_and_switch(
     Ok((md, content))
 }
 
-/// Rewrites the source entry with `f` (under the userdb lock); no-op when
-/// `f` returns the entry unchanged.
-fn rewrite_source(
+/// Rewrites the shared passwd-file entry with `f` (under the userdb
+/// lock); no-op when `f` returns the entry unchanged.
+fn rewrite_in_place(
     env: &Env<'_>,
     local: &LocalPart,
     f: impl FnOnce(&Entry) -> Result<Entry, MailboxError>,
@@ -445,18 +457,22 @@ fn rewrite_source(
 }
 
 fn freeze(env: &Env<'_>, local: &LocalPart) -> Result<(), MailboxError> {
-    rewrite_source(env, local, |e| Ok(e.frozen()))
+    Ok(env
+        .source
+        .freeze(&env.source_key(local), env.cfg.migration.fsync)?)
 }
 
 fn thaw(env: &Env<'_>, local: &LocalPart) -> Result<(), MailboxError> {
-    rewrite_source(env, local, |e| Ok(e.thawed()))
+    Ok(env
+        .source
+        .thaw(&env.source_key(local), env.cfg.migration.fsync)?)
 }
 
 fn switch(env: &Env<'_>, local: &LocalPart) -> Result<(), MailboxError> {
     if env.in_place {
-        return rewrite_source(env, local, |e| env.switched_in_place(e, local));
+        return rewrite_in_place(env, local, |e| env.switched_in_place(e, local));
     }
-    let expected = env.target_entry(&env.source_entry(local)?, local)?;
+    let expected = env.target_entry(&env.account(local)?, local)?;
     let line = passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
     let like: &Path = &env.source_db;
     passwd_file::edit(

@@ -17,7 +17,7 @@ use crate::maildir::names::NameError;
 use crate::progress::Progress;
 use crate::report::{MailboxReport, MailboxStatus, Report, now_rfc3339};
 use crate::safe_fs::Dir;
-use crate::userdb::passwd_file::{PasswdFile, UserdbError};
+use crate::userdb::passwd_file::UserdbError;
 
 use folders::SyncContext;
 pub use mailbox::Env;
@@ -103,18 +103,18 @@ pub fn select_mailboxes(env: &Env<'_>) -> Result<Vec<Selected>, RunError> {
     if let Some(list) = &env.job.mailboxes {
         return Ok(list.iter().cloned().map(Ok).collect());
     }
-    let file = PasswdFile::load(&env.source_db).map_err(RunError::Userdb)?;
+    let users = env.source.users().map_err(RunError::Userdb)?;
     Ok(domain_users(
-        &file,
+        users,
         &env.job.domain,
         env.cfg.source.userdb.per_domain(),
     ))
 }
 
-fn domain_users(file: &PasswdFile, domain: &Domain, per_domain: bool) -> Vec<Selected> {
+fn domain_users(users: Vec<String>, domain: &Domain, per_domain: bool) -> Vec<Selected> {
     let suffix = format!("@{domain}");
     let mut out: Vec<Selected> = Vec::new();
-    for user in file.users() {
+    for user in users {
         let local = match user.strip_suffix(&suffix) {
             Some(l) => l,
             None if per_domain && !user.contains('@') => &user,
@@ -217,6 +217,7 @@ pub(crate) fn open_root(what: &'static str, path: &Path) -> Result<(Dir, PathBuf
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::userdb::passwd_file::PasswdFile;
 
     #[test]
     fn domain_users_from_shared_and_per_domain_files() {
@@ -225,7 +226,7 @@ mod tests {
         std::fs::write(&p, "a@x.cz:p\nb@y.cz:p\n../e@x.cz:p\nc@x.cz:p\na@x.cz:q\n").unwrap();
         let f = PasswdFile::load(&p).unwrap();
         let d = Domain::parse("x.cz").unwrap();
-        let got: Vec<String> = domain_users(&f, &d, false)
+        let got: Vec<String> = domain_users(f.users(), &d, false)
             .into_iter()
             .map(|s| match s {
                 Ok(l) => l.to_string(),
@@ -235,7 +236,7 @@ mod tests {
         assert_eq!(got, ["a", "bad ../e@x.cz", "c"]);
         std::fs::write(&p, "a:p\nb@x.cz:p\nz@y.cz:p\n").unwrap();
         let f = PasswdFile::load(&p).unwrap();
-        let got: Vec<_> = domain_users(&f, &d, true)
+        let got: Vec<_> = domain_users(f.users(), &d, true)
             .into_iter()
             .map(|s| s.unwrap().to_string())
             .collect();

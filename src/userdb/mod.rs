@@ -1,4 +1,168 @@
-//! User databases. One file per format; passwd-file is the first.
+//! User databases, one file per format, and the format-neutral view of a
+//! source account the engine works with.
 
+pub mod courier;
 pub mod passwd_file;
 pub mod scheme;
+
+use std::path::{Path, PathBuf};
+
+use passwd_file::{Change, PasswdFile, UserdbError};
+use scheme::CarriedHash;
+
+/// A source account, whatever its userdb format, with the password already
+/// in the Dovecot form that verifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub key: String,
+    pub hash: CarriedHash,
+    pub uid: String,
+    pub gid: String,
+    pub home: String,
+    /// An explicit mail location (`userdb_mail=` / Courier's `mail=`).
+    pub mail: Option<String>,
+    /// Fields carried into the target entry (`userdb_quota_rule=…`, passdb fields).
+    pub extra: Vec<String>,
+    pub refuses_login: bool,
+    pub frozen_by_us: bool,
+}
+
+/// The source userdb of one domain.
+#[derive(Debug, Clone)]
+pub enum SourceDb {
+    PasswdFile {
+        path: PathBuf,
+        default_scheme: String,
+    },
+    Courier {
+        path: PathBuf,
+        makeuserdb: Option<PathBuf>,
+    },
+}
+
+impl SourceDb {
+    pub fn path(&self) -> &Path {
+        match self {
+            SourceDb::PasswdFile { path, .. } | SourceDb::Courier { path, .. } => path,
+        }
+    }
+
+    /// Account names in file order.
+    pub fn users(&self) -> Result<Vec<String>, UserdbError> {
+        match self {
+            SourceDb::PasswdFile { path, .. } => Ok(PasswdFile::load(path)?.users()),
+            SourceDb::Courier { path, .. } => Ok(courier::CourierDb::load(path)?.users()),
+        }
+    }
+
+    /// The account `key`; an unusable password form is an error naming the
+    /// line (never the hash).
+    pub fn account(&self, key: &str) -> Result<Option<Account>, UserdbError> {
+        match self {
+            SourceDb::PasswdFile {
+                path,
+                default_scheme,
+            } => {
+                let Some((_, e)) = PasswdFile::load(path)?.find(key)? else {
+                    return Ok(None);
+                };
+                let src = e.thawed();
+                Ok(Some(Account {
+                    key: key.to_string(),
+                    hash: scheme::carry(&src.password, default_scheme),
+                    uid: src.uid.clone(),
+                    gid: src.gid.clone(),
+                    mail: src.mail().map(String::from),
+                    extra: src.extra_without_location().cloned().collect(),
+                    home: src.home,
+                    refuses_login: e.refuses_login(),
+                    frozen_by_us: e.frozen_by_us(),
+                }))
+            }
+            SourceDb::Courier { path, .. } => {
+                let Some((file, line, e)) = courier::CourierDb::load(path)?.find(key)? else {
+                    return Ok(None);
+                };
+                let bad = |problem: String| UserdbError::BadEntry {
+                    path: file.clone(),
+                    line,
+                    problem: format!("{key}: {problem}"),
+                };
+                let hash = match e.password() {
+                    Some((field, value)) => scheme::carry_courier(field, value)
+                        .map_err(|p| bad(format!("{field}: {p}")))?,
+                    None => scheme::carry("", ""),
+                };
+                let extra = e
+                    .quota_rule()
+                    .map_err(bad)?
+                    .map(|r| format!("userdb_quota_rule={r}"))
+                    .into_iter()
+                    .collect();
+                let field = |k: &str| e.field(k).unwrap_or_default().to_string();
+                Ok(Some(Account {
+                    key: key.to_string(),
+                    hash,
+                    uid: field("uid"),
+                    gid: field("gid"),
+                    home: field("home"),
+                    mail: e.field("mail").filter(|m| !m.is_empty()).map(String::from),
+                    extra,
+                    refuses_login: e.refuses_login(),
+                    frozen_by_us: e.frozen_by_us(),
+                }))
+            }
+        }
+    }
+
+    /// Refuses logins but keeps the account resolvable (mail still arrives).
+    pub fn freeze(&self, key: &str, fsync: bool) -> Result<(), UserdbError> {
+        self.rewrite(key, fsync, true)
+    }
+
+    /// Undoes exactly our freeze.
+    pub fn thaw(&self, key: &str, fsync: bool) -> Result<(), UserdbError> {
+        self.rewrite(key, fsync, false)
+    }
+
+    fn rewrite(&self, key: &str, fsync: bool, freeze: bool) -> Result<(), UserdbError> {
+        match self {
+            SourceDb::PasswdFile { path, .. } => {
+                passwd_file::edit(path, None, fsync, |file: &PasswdFile| {
+                    let Some((no, e)) = file.find(key)? else {
+                        return Err(missing(path, key));
+                    };
+                    let new = if freeze { e.frozen() } else { e.thawed() };
+                    if new == e {
+                        return Ok(None);
+                    }
+                    let line = passwd_file::check_writable(&new).map_err(|problem| {
+                        UserdbError::BadEntry {
+                            path: path.clone(),
+                            line: no,
+                            problem,
+                        }
+                    })?;
+                    Ok(Some(Change::Replace {
+                        user: key.to_string(),
+                        line,
+                    }))
+                })?;
+            }
+            SourceDb::Courier { path, makeuserdb } => {
+                courier::edit(path, key, fsync, makeuserdb.as_deref(), |e| {
+                    Ok::<_, UserdbError>(if freeze { e.frozen() } else { e.thawed() })
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn missing(path: &Path, key: &str) -> UserdbError {
+    UserdbError::BadEntry {
+        path: path.to_path_buf(),
+        line: 0,
+        problem: format!("no entry for {key}"),
+    }
+}

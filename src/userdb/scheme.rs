@@ -63,6 +63,58 @@ pub fn carry(hash: &str, default_scheme: &str) -> CarriedHash {
     }
 }
 
+/// True for a traditional 13-character DES crypt string.
+fn is_des_crypt(hash: &str) -> bool {
+    hash.len() == 13
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+}
+
+/// A Courier authlib password (field name and value) in the Dovecot form
+/// that verifies it. Unlike `carry`, nothing unknown passes through: a
+/// form Dovecot cannot verify is an error, never a silently dead login.
+pub fn carry_courier(field: &str, value: &str) -> Result<CarriedHash, String> {
+    let carried = |scheme: &str, body: &str| CarriedHash {
+        scheme: Some(scheme.to_string()),
+        value: format!("{{{scheme}}}{body}"),
+    };
+    if field == "hmac-md5pw" {
+        // Courier's HMAC-MD5 state is Dovecot's CRAM-MD5 verbatim.
+        return if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(carried("CRAM-MD5", value))
+        } else {
+            Err("hmac-md5pw is not 64 hex digits".into())
+        };
+    }
+    if let Some(rest) = value.strip_prefix('{')
+        && let Some((prefix, body)) = rest.split_once('}')
+    {
+        // Courier matches prefixes case-insensitively (PostfixAdmin writes them lower-case).
+        return match prefix.to_ascii_uppercase().as_str() {
+            "MD5" => Ok(carried("PLAIN-MD5.b64", body)),
+            "MD5RAW" => Ok(carried("PLAIN-MD5", body)),
+            p @ ("SHA" | "SHA256" | "SHA512" | "SSHA") => Ok(carried(p, body)),
+            "CRYPT" => carry_courier_crypt(body),
+            _ => Err(format!("unknown Courier hash form {{{prefix}}}")),
+        };
+    }
+    carry_courier_crypt(value)
+}
+
+/// What Courier hands to libc crypt(): modular crypt strings and DES.
+fn carry_courier_crypt(hash: &str) -> Result<CarriedHash, String> {
+    let scheme = match crypt_scheme(hash) {
+        Some(s) => s,
+        None if is_des_crypt(hash) => "CRYPT",
+        None => return Err("not a hash form Courier or Dovecot can verify".into()),
+    };
+    Ok(CarriedHash {
+        scheme: Some(scheme.to_string()),
+        value: format!("{{{scheme}}}{hash}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
