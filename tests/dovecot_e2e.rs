@@ -600,3 +600,82 @@ fn carried_hashes_verify_in_dovecot() {
     assert_eq!(c.value, format!("{{PLAIN-MD5}}{md5_hex}"));
     assert!(dovecot::verify_hash(&c.value, pw));
 }
+
+/// Every password form Courier stores, made for a known password by the
+/// same algorithms (Python's hashlib and libxcrypt), carried into the
+/// Dovecot form, and checked with `doveadm pw -t`: the right password
+/// verifies, a wrong one does not. Unknown forms are refused.
+#[test]
+fn courier_hash_forms_verify_in_dovecot() {
+    use maildir_migrate::userdb::scheme::carry_courier;
+    if !dovecot::require_dovecot("courier_hash_forms_verify_in_dovecot") {
+        return;
+    }
+    let pw = "Heslo-ř 7";
+    let script = r#"
+import base64, crypt, hashlib, hmac, sys
+pw = sys.argv[1].encode()
+b64 = lambda b: base64.b64encode(b).decode()
+salt = b"\x01\x02\xfe\xff"
+out = {
+  "{MD5}": "{MD5}" + b64(hashlib.md5(pw).digest()),
+  "{md5raw}": "{md5raw}" + hashlib.md5(pw).hexdigest(),
+  "{MD5RAW}": "{MD5RAW}" + hashlib.md5(pw).hexdigest(),
+  "{SHA}": "{SHA}" + b64(hashlib.sha1(pw).digest()),
+  "{SHA256}": "{SHA256}" + b64(hashlib.sha256(pw).digest()),
+  "{SHA512}": "{SHA512}" + b64(hashlib.sha512(pw).digest()),
+  "{SSHA}": "{SSHA}" + b64(hashlib.sha1(pw + salt).digest() + salt),
+  "$1$": crypt.crypt(sys.argv[1], "$1$abcdefgh$"),
+  "$5$": crypt.crypt(sys.argv[1], "$5$abcdefghijklmnop$"),
+  "$6$": crypt.crypt(sys.argv[1], "$6$rounds=6000$abcdefghijklmnop$"),
+  "$y$": crypt.crypt(sys.argv[1], "$y$j9T$fin6lo1Tpld6IeuDhPf.70$"),
+  "$2b$": crypt.crypt(sys.argv[1], "$2b$05$wKW04Tj8kV./a.ZKxqejju"),
+  "DES": crypt.crypt(sys.argv[1], "ab"),
+  "{CRYPT}$6$": "{CRYPT}" + crypt.crypt(sys.argv[1], "$6$saltsalt$"),
+}
+for k, v in out.items():
+    print(k + "\t" + v)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-W", "ignore", "-c", script, pw])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut cases: Vec<(String, String, String)> = text
+        .lines()
+        .map(|l| {
+            let (form, hash) = l.split_once('\t').unwrap();
+            (form.to_string(), "systempw".to_string(), hash.to_string())
+        })
+        .collect();
+    assert_eq!(cases.len(), 14, "{text}");
+    // Courier's hmac-md5pw is the CRAM-MD5 state Dovecot computes itself.
+    let cram = dovecot::hash_password("CRAM-MD5", pw);
+    let hmac = cram.split_once('}').unwrap().1.to_string();
+    cases.push(("hmac-md5pw".into(), "hmac-md5pw".into(), hmac));
+    for (form, field, hash) in &cases {
+        let c = carry_courier(field, hash).unwrap_or_else(|e| panic!("{form}: {e}"));
+        assert!(
+            dovecot::verify_hash(&c.value, pw),
+            "{form}: {} does not verify",
+            c.value
+        );
+        assert!(
+            !dovecot::verify_hash(&c.value, "wrong"),
+            "{form}: {} verifies a wrong password",
+            c.value
+        );
+    }
+    for (field, bad) in [
+        ("systempw", "{FOO}abc"),
+        ("systempw", "plaintext password"),
+        ("hmac-md5pw", "abc"),
+    ] {
+        assert!(carry_courier(field, bad).is_err(), "{bad} must be refused");
+    }
+}
