@@ -411,7 +411,7 @@ fn per_mailbox_failures_do_not_stop_the_job() {
     let (code, report) = h.run_job(&job);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["status"], "failed");
-    assert_eq!(mailbox(&report, JAN)["status"], "done");
+    assert_eq!(mailbox(&report, JAN)["status"], "done", "{report:#}");
     for (user, needle) in [
         ("evil@example.cz", "symlink"),
         ("out@example.cz", "outside source.mail_root"),
@@ -645,4 +645,110 @@ fn a_never_used_mailbox_moves_as_an_empty_one() {
         .into_keys()
         .collect();
     assert_eq!(names, ["cur", "new", "tmp"]);
+}
+
+/// A Courier authlib userdb as the source: the IMAP password (imappw over
+/// systempw) carried in Dovecot's form, the quota as a quota rule, the
+/// Maildir from `mail=`; the old account refuses IMAP/POP3/webmail but
+/// keeps its options for a rollback, and the file stays 0600.
+#[test]
+fn courier_userdb_source() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Host::new("");
+    let courier = h.root.join("userdb");
+    let jan_md = h.old.join("example.cz/jan/Maildir");
+    let eva_home = h.old.join("example.cz/eva");
+    std::fs::write(
+        &courier,
+        format!(
+            "# Courier userdb\n5000=\tjan@example.cz\n\
+             jan@example.cz\tuid=5000|gid=5000|home={}|mail={}|systempw=$1$abcdefgh$zqlK0cLw7wMRRO49PNOrq0|imappw={{MD5RAW}}86a3e678acdcd65f8af49ecde306b979|quota=1000000S,500C|options=disablewebmail=0\n\
+             eva@example.cz\tuid=5000|gid=5000|home={}|systempw={{SSHA}}6YO+9J9IzxY/+l8b0VDxKblp2nv6v104\n\
+             bad@example.cz\tuid=5000|gid=5000|home={}|systempw={{WEIRD}}x\n",
+            h.old.join("example.cz/jan").display(),
+            jan_md.display(),
+            eva_home.display(),
+            h.old.join("example.cz/bad").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&courier, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(&h.config).unwrap().replace(
+        "userdb = \"users.old\"\nuserdb_format = \"passwd-file\"",
+        "userdb = \"userdb\"\nuserdb_format = \"courier-userdb\"",
+    );
+    h.write_config(&config);
+    let inbox = common::fixture::Maildir(jan_md).folder("");
+    inbox.msg(
+        "cur",
+        "1500000000.M1P1.old,S=40:2,S",
+        &body("one", 40),
+        1_500_000_000,
+    );
+
+    let job = h.job("courier", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 1, "bad@ fails, the others move: {report:#}");
+    assert_eq!(mailbox(&report, JAN)["status"], "done", "{report:#}");
+    assert_eq!(mailbox(&report, JAN)["messages"], 1);
+    assert_eq!(mailbox(&report, "eva@example.cz")["status"], "done");
+    let bad = mailbox(&report, "bad@example.cz");
+    assert_eq!(bad["status"], "failed");
+    let err = bad["error"].as_str().unwrap();
+    assert!(
+        err.contains("unknown Courier hash form {WEIRD}") && err.contains("line 5"),
+        "{err}"
+    );
+
+    let new = std::fs::read_to_string(&h.users_new).unwrap();
+    assert!(
+        new.contains("jan@example.cz:{PLAIN-MD5}86a3e678acdcd65f8af49ecde306b979:5000:5000::"),
+        "{new}"
+    );
+    assert!(
+        new.contains("userdb_quota_rule=*:bytes=1000000:messages=500"),
+        "{new}"
+    );
+    assert!(
+        new.contains("eva@example.cz:{SSHA}6YO+9J9IzxY/+l8b0VDxKblp2nv6v104:"),
+        "{new}"
+    );
+    assert!(!new.contains("bad@example.cz"));
+    let old = std::fs::read_to_string(&courier).unwrap();
+    assert!(
+        old.contains("5000=\tjan@example.cz\n"),
+        "reverse line kept: {old}"
+    );
+    assert!(
+        old.contains(
+            "|options=disableimap=1,disablepop3=1,disablewebmail=1|mmfrozen=disablewebmail=0\n"
+        ),
+        "{old}"
+    );
+    assert!(
+        old.contains("bad@example.cz\tuid=5000|gid=5000|home="),
+        "bad@ untouched"
+    );
+    assert!(
+        !old.lines()
+            .any(|l| l.starts_with("bad@") && l.contains("disableimap"))
+    );
+    let mode = std::fs::metadata(&courier).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        h.target_maildir(JAN)
+            .join("cur/1500000000.M1P1.old,S=40:2,S")
+            .exists()
+    );
+
+    // A rerun changes nothing.
+    let before = tree(&h.root);
+    let (_, again) = h.run_job(&job);
+    assert_eq!(mailbox(&again, JAN)["status"], "already_migrated");
+    let after = tree(&h.root);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(std::fs::read_to_string(&courier).unwrap(), old);
 }

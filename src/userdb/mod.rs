@@ -106,7 +106,11 @@ impl SourceDb {
                     uid: field("uid"),
                     gid: field("gid"),
                     home: field("home"),
-                    mail: e.field("mail").filter(|m| !m.is_empty()).map(String::from),
+                    // Courier's `mail=` is a bare Maildir path.
+                    mail: e
+                        .field("mail")
+                        .filter(|m| !m.is_empty())
+                        .map(|m| format!("maildir:{m}")),
                     extra,
                     refuses_login: e.refuses_login(),
                     frozen_by_us: e.frozen_by_us(),
