@@ -55,6 +55,9 @@ pub struct Listing {
     pub new: Vec<OsString>,
     /// Entries that are not regular files (symlinks, FIFOs, directories).
     pub not_files: Vec<PathBuf>,
+    /// Target names that differ from the source's (Courier keywords
+    /// become letters in the flags); absent: the same name.
+    pub renames: HashMap<OsString, OsString>,
 }
 
 impl Listing {
@@ -64,6 +67,11 @@ impl Listing {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The name a source message gets in the target.
+    pub fn target_name<'a>(&'a self, name: &'a OsString) -> &'a OsString {
+        self.renames.get(name).unwrap_or(name)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (usize, &OsString)> {
@@ -106,6 +114,7 @@ pub fn listing_bytes(folder: &Dir, listing: &Listing) -> Result<u64, CopyError> 
     let mut subs: [Option<Dir>; 2] = [None, None];
     let mut total = 0;
     for (sub, name) in listing.iter() {
+        let name = listing.target_name(name);
         total += match filename::size_from_name(name.as_bytes()) {
             Some(s) => s,
             None => {
@@ -201,11 +210,12 @@ pub fn sync_folder(
     }
     let mut to_copy: Vec<(usize, &OsString)> = Vec::new();
     for (sub, name) in source.iter() {
+        let want = source.target_name(name);
         match by_base.remove(filename::base(name.as_bytes())) {
-            Some((tsub, tname)) if tsub == sub && tname == name => {}
+            Some((tsub, tname)) if tsub == sub && tname == want => {}
             Some((tsub, tname)) => {
                 dst.subs[tsub]
-                    .rename_noreplace(tname, &dst.subs[sub], name)
+                    .rename_noreplace(tname, &dst.subs[sub], want)
                     .map_err(at(dst.subs[tsub].child_path(tname)))?;
                 stats.renamed += 1;
             }
@@ -231,7 +241,8 @@ pub fn sync_folder(
                 let Some(src_sub) = &src_subs[sub] else {
                     return Ok(None);
                 };
-                let r = copy_message(src_sub, name, source_uid, &dst.tmp, &dst.subs[sub], opts);
+                let to = source.target_name(name);
+                let r = copy_message(src_sub, name, to, source_uid, &dst.tmp, &dst.subs[sub], opts);
                 if let Ok(Some(bytes)) = r {
                     workers.progress.message_copied(bytes);
                 }
@@ -269,6 +280,7 @@ fn open_sub(folder: &Dir, name: &str) -> Result<Option<Dir>, CopyError> {
 fn copy_message(
     src_dir: &Dir,
     name: &OsStr,
+    to: &OsStr,
     source_uid: u32,
     tmp_dir: &Dir,
     dst_dir: &Dir,
@@ -288,7 +300,7 @@ fn copy_message(
         .create_file(&tmp_name, 0o600)
         .map_err(at(tmp_dir.child_path(&tmp_name)))?;
     let result = (|| {
-        let dst_path = || dst_dir.child_path(name);
+        let dst_path = || dst_dir.child_path(to);
         let n = io::copy(&mut src, &mut dst).map_err(at(dst_path()))?;
         if n != st.st_size as u64 {
             return Err(CopyError::SizeChanged {
@@ -314,7 +326,7 @@ fn copy_message(
             dst.sync_all().map_err(at(dst_path()))?;
         }
         drop(dst);
-        match tmp_dir.rename_noreplace(OsStr::new(&tmp_name), dst_dir, name) {
+        match tmp_dir.rename_noreplace(OsStr::new(&tmp_name), dst_dir, to) {
             Ok(()) => {
                 tracing::debug!(file = %dst_path().display(), bytes = n, "copied");
                 Ok(Some(n))
@@ -375,8 +387,10 @@ pub fn compare(source: &Listing, target: &Listing) -> Mismatch {
             (sub, filename::flags(b).map(<[u8]>::to_vec)),
         )
     };
-    let mut want: HashMap<Vec<u8>, (usize, Option<Vec<u8>>)> =
-        source.iter().map(|(s, n)| key(s, n)).collect();
+    let mut want: HashMap<Vec<u8>, (usize, Option<Vec<u8>>)> = source
+        .iter()
+        .map(|(s, n)| key(s, source.target_name(n)))
+        .collect();
     let mut m = Mismatch::default();
     for (sub, name) in target.iter() {
         let (base, place) = key(sub, name);
@@ -420,6 +434,32 @@ mod tests {
             progress: &Silent,
             stop: &NO_STOP,
         }
+    }
+
+    #[test]
+    fn renamed_targets_are_copied_renamed_and_verified() {
+        let t = tempfile::tempdir().unwrap();
+        let (s, d) = (t.path().join("s"), t.path().join("d"));
+        put(&s, "cur/1.a,S=3:2,S", b"one", 1_500_000_000);
+        put(&s, "cur/2.b:2,", b"two", 1_500_000_001);
+        // An earlier pass copied 2.b before its keyword was known.
+        put(&d, "cur/2.b:2,", b"two", 1_500_000_001);
+        let src = Dir::open_root(&s).unwrap();
+        let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
+        let mut listing = list_messages(&src).unwrap();
+        listing.renames.insert("1.a,S=3:2,S".into(), "1.a,S=3:2,Sa".into());
+        listing.renames.insert("2.b:2,".into(), "2.b:2,b".into());
+        let opts = CopyOptions {
+            owner: None,
+            fsync: false,
+        };
+        let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
+        assert_eq!((st.copied, st.renamed), (1, 1));
+        let got = dst.list().unwrap();
+        assert_eq!(got.cur, ["1.a,S=3:2,Sa", "2.b:2,b"]);
+        assert!(compare(&listing, &got).is_empty());
+        assert!(!compare(&list_messages(&src).unwrap(), &got).is_empty());
+        assert_eq!(listing_bytes(&dst.dir, &listing).unwrap(), 6);
     }
 
     #[test]
@@ -547,7 +587,7 @@ mod tests {
         let l = |cur: &[&str], new: &[&str]| Listing {
             cur: cur.iter().map(OsString::from).collect(),
             new: new.iter().map(OsString::from).collect(),
-            not_files: vec![],
+            ..Listing::default()
         };
         let m = compare(
             &l(&["a:2,S", "b:2,F"], &["c"]),
