@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::classify::Classifier;
 use crate::job::{Domain, LocalPart};
+use crate::maildir::names::NameEncoding;
 use crate::safe_fs::Owner;
 use crate::userdb::scheme::is_scheme_name;
 
@@ -82,6 +83,7 @@ struct RawTarget {
     home: Option<String>,
     uid: Option<u32>,
     gid: Option<u32>,
+    folder_names: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,6 +209,9 @@ pub struct Target {
     pub mail_root: PathBuf,
     pub home: HomeTemplate,
     pub owner: Option<Owner>,
+    /// How folder directory names are stored: modified UTF-7 (Dovecot's
+    /// default) or raw UTF-8 (`mail_location` with `:UTF-8`).
+    pub folder_names: NameEncoding,
 }
 
 #[derive(Debug, Clone)]
@@ -340,6 +345,15 @@ impl Config {
                 "a Courier userdb cannot be rewritten in place; the target must be a passwd-file of its own".into(),
             ));
         }
+        let folder_names = match raw.target.folder_names.as_deref() {
+            None | Some("mutf7") => NameEncoding::Mutf7,
+            Some("utf8") => NameEncoding::Utf8,
+            Some(other) => {
+                return Err(invalid("target.folder_names")(format!(
+                    "{other:?} is neither \"mutf7\" nor \"utf8\""
+                )));
+            }
+        };
         let rescan = raw.daemon.rescan_interval.unwrap_or(30);
         if !(1..=3600).contains(&rescan) {
             return Err(invalid("daemon.rescan_interval")(format!(
@@ -404,6 +418,7 @@ impl Config {
                 home: HomeTemplate::parse(raw.target.home.as_deref().unwrap_or("%d/%n"))
                     .map_err(invalid("target.home"))?,
                 owner,
+                folder_names,
             },
             migration: Migration {
                 threads,
@@ -543,6 +558,10 @@ gid = 5000
                     "mail_root = \"old\"\nmakeuserdb = \"/usr/sbin/makeuserdb\"",
                 ),
                 "source.makeuserdb",
+            ),
+            (
+                format!("{MINIMAL}folder_names = \"latin2\"\n"),
+                "target.folder_names",
             ),
             (
                 format!("{MINIMAL}[daemon]\nsubmit_group = \"no-such-group-x\"\n"),

@@ -242,7 +242,15 @@ pub fn sync_folder(
                     return Ok(None);
                 };
                 let to = source.target_name(name);
-                let r = copy_message(src_sub, name, to, source_uid, &dst.tmp, &dst.subs[sub], opts);
+                let r = copy_message(
+                    src_sub,
+                    name,
+                    to,
+                    source_uid,
+                    &dst.tmp,
+                    &dst.subs[sub],
+                    opts,
+                );
                 if let Ok(Some(bytes)) = r {
                     workers.progress.message_copied(bytes);
                 }
@@ -447,7 +455,9 @@ mod tests {
         let src = Dir::open_root(&s).unwrap();
         let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
         let mut listing = list_messages(&src).unwrap();
-        listing.renames.insert("1.a,S=3:2,S".into(), "1.a,S=3:2,Sa".into());
+        listing
+            .renames
+            .insert("1.a,S=3:2,S".into(), "1.a,S=3:2,Sa".into());
         listing.renames.insert("2.b:2,".into(), "2.b:2,b".into());
         let opts = CopyOptions {
             owner: None,

@@ -679,3 +679,35 @@ for k, v in out.items():
         assert!(carry_courier(field, bad).is_err(), "{bad} must be refused");
     }
 }
+
+/// `[target] folder_names = "utf8"`: folder directories in raw UTF-8 and
+/// `:UTF-8` in the mail location; Dovecot serves the same account.
+#[test]
+fn migration_to_utf8_folder_names() {
+    if !dovecot::require_dovecot("migration_to_utf8_folder_names") {
+        return;
+    }
+    let s = Scenario::prepare("mm-utf8-", "folder_names = \"utf8\"\n");
+    let job = s.dir.join("example-cz.json");
+    fs::write(&job, r#"{"domain": "example.cz", "mode": "move"}"#).unwrap();
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args(["--config", s.config.to_str().unwrap(), "run", "--json"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let jan = s.dir.join("newmail/example.cz/jan/Maildir");
+    assert!(jan.join(".Odeslané").is_dir(), "raw UTF-8 on disk");
+    assert!(!jan.join(".Odeslan&AOk-").exists());
+    let users = fs::read_to_string(&s.users_new).unwrap();
+    assert!(
+        users.contains("userdb_mail=maildir:~/Maildir:UTF-8"),
+        "{users}"
+    );
+    let mailboxes: Vec<&serde_json::Value> =
+        report["mailboxes"].as_array().unwrap().iter().collect();
+    s.check_reports(&mailboxes);
+    s.check_servers();
+}

@@ -18,7 +18,6 @@ use crate::safe_fs::{Dir, FileAttrs, Kind, Owner};
 use super::MailboxError;
 
 /// The target stores folder names in Dovecot's default encoding.
-pub const TARGET_NAMES: NameEncoding = NameEncoding::Mutf7;
 /// A source that keeps renaming files faster than we can copy them.
 const MAX_PASSES_PER_FOLDER: usize = 5;
 /// Control files larger than this are not control files.
@@ -39,8 +38,8 @@ impl SourceFolder {
             .map_or_else(|| "INBOX".to_string(), ToString::to_string)
     }
 
-    fn target_dir(&self) -> Option<String> {
-        self.name.as_ref().map(|n| n.dir_name(TARGET_NAMES))
+    fn target_dir(&self, names: NameEncoding) -> Option<String> {
+        self.name.as_ref().map(|n| n.dir_name(names))
     }
 
     pub fn open(&self, root: &Dir) -> std::io::Result<Dir> {
@@ -146,6 +145,8 @@ pub struct SyncContext<'a> {
     pub classifier: &'a Classifier,
     pub copy: CopyOptions,
     pub workers: Workers<'a>,
+    /// Encoding of the target's folder directory names.
+    pub names: NameEncoding,
 }
 
 impl SyncContext<'_> {
@@ -197,7 +198,7 @@ pub fn sync_mailbox(
                 e,
             )
         })?;
-        let dst_dir = match folder.target_dir() {
+        let dst_dir = match folder.target_dir(ctx.names) {
             None => dst.reopen().map_err(|e| MailboxError::io(dst.path(), e))?,
             Some(name) => {
                 kept_dirs.insert(OsString::from(&name));
@@ -381,7 +382,7 @@ fn carry_subscriptions(
                     .collect();
                 match decoded.and_then(FolderName::from_levels) {
                     Ok(name) if ctx.classifier.classify(&name).is_some() => continue,
-                    Ok(name) => name.storage_levels(TARGET_NAMES),
+                    Ok(name) => name.storage_levels(ctx.names),
                     Err(e) => {
                         out.warnings
                             .push(format!("subscription {:?} dropped: {e}", shown()));

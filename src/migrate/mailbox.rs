@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::copy::TargetFolder;
 use crate::job::{Job, LocalPart, Mode};
 use crate::maildir;
+use crate::maildir::names::NameEncoding;
 use crate::report::{MailboxReport, MailboxStatus};
 use crate::safe_fs::Dir;
 use crate::userdb::passwd_file::{self, Change, Entry, PasswdFile};
@@ -82,6 +83,14 @@ impl<'a> Env<'a> {
         self.cfg.target.userdb.key(local, &self.job.domain)
     }
 
+    /// `userdb_mail=…`; folder names stored in UTF-8 need Dovecot told so.
+    fn target_mail(&self) -> String {
+        match self.cfg.target.folder_names {
+            NameEncoding::Mutf7 => TARGET_MAIL.to_string(),
+            NameEncoding::Utf8 => format!("{TARGET_MAIL}:UTF-8"),
+        }
+    }
+
     fn home_rel(&self, local: &LocalPart) -> Result<PathBuf, MailboxError> {
         self.cfg
             .target
@@ -128,7 +137,7 @@ impl<'a> Env<'a> {
     /// fields (quota rules, passdb fields such as a disabled login).
     fn target_entry(&self, src: &Account, local: &LocalPart) -> Result<Entry, MailboxError> {
         let owner = self.cfg.target.owner;
-        let mut extra = vec![TARGET_MAIL.to_string()];
+        let mut extra = vec![self.target_mail()];
         extra.extend(src.extra.iter().cloned());
         Ok(Entry {
             user: self.target_key(local),
@@ -150,7 +159,7 @@ impl<'a> Env<'a> {
             e.gid = o.gid.to_string();
         }
         e.home = self.home_for_userdb(local)?;
-        let mut extra = vec![TARGET_MAIL.to_string()];
+        let mut extra = vec![self.target_mail()];
         extra.extend(e.extra_without_location().cloned());
         e.extra = extra;
         Ok(e)

@@ -155,6 +155,7 @@ pub fn run_job(
             progress,
             stop,
         },
+        names: cfg.target.folder_names,
     };
     info!(job = job.id.as_str(), domain = %job.domain, mode = %job.mode, mailboxes = selected.len(), "job started");
     progress.job_started(selected.len());
