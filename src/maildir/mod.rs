@@ -1,5 +1,6 @@
 //! Maildir++ on-disk formats and where a user's Maildir lives.
 
+pub mod courier;
 pub mod filename;
 pub mod keywords;
 pub mod names;

@@ -1,0 +1,310 @@
+//! `courierpop3dsizelist` (root Maildir only): Courier's POP3 message list
+//! with sizes and, from version /1 on, POP3 UIDs.
+//!
+//! ```text
+//! v0: no header            lines "<filename> <size>"
+//! /1 <nextuid>             lines "<filename> <size> <uid>"
+//! /2 <nextuid> <uidv>      lines "<filename> <size> <uid>:<uidv>"
+//! /3 <nextuid> <uidv>      lines "<filename> <size> <uid>:<uidv>:<utf8 0|1>"
+//! ```
+//!
+//! The UIDL a POP3 client has seen is derived the way Courier's
+//! `print_uidl` does it, so Dovecot can announce the same one (`P` field of
+//! `dovecot-uidlist`).
+
+use crate::maildir::filename;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pop3Entry {
+    /// The message's base name (the file name up to the first `:`).
+    pub base: Vec<u8>,
+    /// The UIDL Courier announced for it.
+    pub uidl: String,
+    /// 1-based position in the list = Courier's POP3 message order.
+    pub order: u32,
+    /// Courier's POP3 size. Not Dovecot's vsize (see `uiddb::to_uidlist`).
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pop3List {
+    /// 0 (no header) to 3.
+    pub version: u8,
+    pub entries: Vec<Pop3Entry>,
+    /// Lines Courier itself would have ignored, and repeated names.
+    pub skipped: Vec<Pop3Error>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("courierpop3dsizelist line {line}: {problem}")]
+pub struct Pop3Error {
+    pub line: usize,
+    pub problem: String,
+}
+
+fn err(line: usize, problem: impl Into<String>) -> Pop3Error {
+    Pop3Error {
+        line,
+        problem: problem.into(),
+    }
+}
+
+fn num(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+fn shown(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Parses the list. A header that starts with `/` but is not a known
+/// version is an error (the UIDLs cannot be known); unreadable record lines
+/// are skipped and listed, as Courier skips them.
+pub fn parse(data: &[u8]) -> Result<Pop3List, Pop3Error> {
+    let mut lines = data
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+        .peekable();
+    let version = match lines.peek() {
+        Some((_, head)) if head.first() == Some(&b'/') => {
+            let fields: Vec<&[u8]> = head[1..]
+                .split(|&b| b == b' ')
+                .filter(|f| !f.is_empty())
+                .collect();
+            let numeric = |n: usize| fields.len() == n && fields.iter().all(|f| num(f).is_some());
+            let version = match fields.first().map(|v| &v[..]) {
+                Some(b"1") if numeric(2) => 1,
+                Some(v @ (b"2" | b"3")) if numeric(3) => v[0] - b'0',
+                Some(v @ (b"1" | b"2" | b"3")) => {
+                    return Err(err(
+                        1,
+                        format!("broken /{} header {:?}", shown(v), shown(head)),
+                    ));
+                }
+                _ => {
+                    return Err(err(1, format!("unknown version header {:?}", shown(head))));
+                }
+            };
+            lines.next();
+            version
+        }
+        _ => 0,
+    };
+
+    let mut list = Pop3List {
+        version,
+        entries: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (no, line) in lines {
+        if line.is_empty() {
+            continue;
+        }
+        match parse_line(line, version) {
+            Ok((base, size, uid, uidv)) => {
+                if !seen.insert(base.to_vec()) {
+                    list.skipped
+                        .push(err(no, format!("{:?} listed again", shown(base))));
+                    continue;
+                }
+                let order = u32::try_from(list.entries.len() + 1).unwrap_or(u32::MAX);
+                list.entries.push(Pop3Entry {
+                    base: base.to_vec(),
+                    uidl: uidl(base, uid, uidv),
+                    order,
+                    size,
+                });
+            }
+            Err(problem) => list.skipped.push(err(no, problem)),
+        }
+    }
+    Ok(list)
+}
+
+type Fields<'a> = (&'a [u8], u64, u64, u64);
+
+/// Splits from the right like Courier does, so the file name (leftmost)
+/// may in theory contain spaces.
+fn parse_line(line: &[u8], version: u8) -> Result<Fields<'_>, String> {
+    let bad = || format!("unreadable line {:?}", shown(line));
+    let mut parts = line.rsplitn(if version == 0 { 2 } else { 3 }, |&b| b == b' ');
+    let (uid, uidv) = if version == 0 {
+        (0, 0)
+    } else {
+        let ids = parts.next().ok_or_else(bad)?;
+        let mut f = ids.split(|&b| b == b':');
+        let uid = f.next().and_then(num).ok_or_else(bad)?;
+        let uidv = match version {
+            1 => 0,
+            _ => f.next().and_then(num).ok_or_else(bad)?,
+        };
+        // /3 adds a UTF-8 marker; Courier also reads /2 lines in a /3 file.
+        match (version, f.next(), f.next()) {
+            (1, None, _) | (2 | 3, None, _) => {}
+            (3, Some(b"0" | b"1"), None) => {}
+            _ => return Err(bad()),
+        }
+        (uid, uidv)
+    };
+    let size = parts.next().and_then(num).ok_or_else(bad)?;
+    let name = parts.next().ok_or_else(bad)?;
+    let base = filename::base(name);
+    if base.is_empty() || base.contains(&b'/') {
+        return Err(format!("invalid file name {:?}", shown(name)));
+    }
+    Ok((base, size, uid, uidv))
+}
+
+/// Courier's UIDL: `UID<n>-<uidv>`, `UID<n>`, or (no UID, version 0) the
+/// base name with bytes outside `!`..`~` and `'`, `"`, `+` written as
+/// `+XX` (uppercase hex, `%02X` in Courier's pop3dserver.c).
+pub fn uidl(base: &[u8], uid: u64, uidv: u64) -> String {
+    if uid != 0 {
+        return if uidv != 0 {
+            format!("UID{uid}-{uidv}")
+        } else {
+            format!("UID{uid}")
+        };
+    }
+    let mut out = String::with_capacity(base.len());
+    for &b in base {
+        if !(0x21..=0x7e).contains(&b) || matches!(b, b'\'' | b'"' | b'+') {
+            out.push_str(&format!("+{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn uidls(l: &Pop3List) -> Vec<(&[u8], &str, u32, u64)> {
+        l.entries
+            .iter()
+            .map(|e| (&e.base[..], e.uidl.as_str(), e.order, e.size))
+            .collect()
+    }
+
+    #[test]
+    fn version_3() {
+        let l = parse(
+            b"/3 5 1795946000\n\
+              1795946536.M1.vm,S=118:2,S 122 1:1795946000:0\n\
+              1795946537.M2.vm,S=132 140 4:1795946000:1\n\
+              1795946538.M3.vm 99 3:1795946000\n",
+        )
+        .unwrap();
+        assert_eq!(l.version, 3);
+        assert!(l.skipped.is_empty());
+        assert_eq!(
+            uidls(&l),
+            vec![
+                (&b"1795946536.M1.vm,S=118"[..], "UID1-1795946000", 1, 122),
+                (b"1795946537.M2.vm,S=132", "UID4-1795946000", 2, 140),
+                (b"1795946538.M3.vm", "UID3-1795946000", 3, 99),
+            ]
+        );
+    }
+
+    #[test]
+    fn versions_2_and_1() {
+        let l = parse(b"/2 9 777\na:2,S 10 7:777\nb 11 8:0\n").unwrap();
+        assert_eq!(l.version, 2);
+        assert_eq!(
+            uidls(&l),
+            vec![(&b"a"[..], "UID7-777", 1, 10), (b"b", "UID8", 2, 11)]
+        );
+        let l = parse(b"/1 3\nx 5 1\ny 6 2\n").unwrap();
+        assert_eq!(l.version, 1);
+        assert_eq!(
+            uidls(&l),
+            vec![(&b"x"[..], "UID1", 1, 5), (b"y", "UID2", 2, 6)]
+        );
+    }
+
+    #[test]
+    fn version_0_uidl_comes_from_the_name() {
+        let l = parse(b"12.M1.host:2,S 100\n12.a+b'c\"d\xc5\xa1 e.h 7\n").unwrap();
+        assert_eq!(l.version, 0);
+        assert_eq!(
+            uidls(&l),
+            vec![
+                (&b"12.M1.host"[..], "12.M1.host", 1, 100),
+                (
+                    b"12.a+b'c\"d\xc5\xa1 e.h",
+                    "12.a+2Bb+27c+22d+C5+A1+20e.h",
+                    2,
+                    7
+                ),
+            ]
+        );
+        // A UID of 0 in a later version also falls back to the name.
+        assert_eq!(uidl(b"n", 0, 5), "n");
+    }
+
+    #[test]
+    fn bad_lines_are_skipped_bad_headers_fail() {
+        let l = parse(b"/2 9 777\ngood 10 7:777\nnouid 10\nx 1 2:3:4\nx 1 2:3\ngood 5 9:777\n")
+            .unwrap();
+        assert_eq!(l.entries.len(), 2);
+        assert_eq!(l.entries[1].base, b"x");
+        let lines: Vec<usize> = l.skipped.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [3, 4, 6]);
+        assert!(l.skipped[2].problem.contains("again"));
+
+        for (data, text) in [
+            (&b"/4 1 2\n"[..], "unknown version"),
+            (b"/2 1\n", "broken /2"),
+            (b"/1 x\n", "broken /1"),
+            (b"/\n", "unknown version"),
+        ] {
+            let e = parse(data).unwrap_err();
+            assert_eq!(e.line, 1);
+            assert!(e.problem.contains(text), "{e}");
+        }
+        assert!(parse(b"").unwrap().entries.is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn uidls_are_printable_without_spaces(
+            base in proptest::collection::vec(any::<u8>(), 0..40),
+            uid in prop_oneof![Just(0u64), any::<u64>()],
+            uidv in any::<u64>(),
+        ) {
+            let u = uidl(&base, uid, uidv);
+            prop_assert!(u.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{:?}", u);
+        }
+
+        #[test]
+        fn parse_never_panics_and_uidls_are_clean(
+            data in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            if let Ok(l) = parse(&data) {
+                for (i, e) in l.entries.iter().enumerate() {
+                    prop_assert_eq!(e.order as usize, i + 1);
+                    prop_assert!(!e.base.is_empty());
+                    prop_assert!(e.uidl.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+                }
+            }
+        }
+
+        #[test]
+        fn version_0_uidls_are_injective(
+            a in proptest::collection::vec(any::<u8>(), 1..20),
+            b in proptest::collection::vec(any::<u8>(), 1..20),
+        ) {
+            prop_assume!(a != b);
+            prop_assert_ne!(uidl(&a, 0, 0), uidl(&b, 0, 0));
+        }
+    }
+}
