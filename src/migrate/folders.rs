@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::classify::Classifier;
 use crate::copy::{self, CopyOptions, TargetFolder, Workers};
+use crate::maildir::courier::keywords::{Assignment, MergedKeywords};
 use crate::maildir::keywords::Keywords;
 use crate::maildir::names::{FolderName, NameEncoding, decode_level};
 use crate::maildir::uidlist::Uidlist;
@@ -16,8 +17,11 @@ use crate::report::SkippedFolder;
 use crate::safe_fs::{Dir, FileAttrs, Kind, Owner};
 
 use super::MailboxError;
+use super::courier;
 
-/// The target stores folder names in Dovecot's default encoding.
+/// Dovecot's ACL file (converted from `courierimapacl`).
+const DOVECOT_ACL: &str = "dovecot-acl";
+
 /// A source that keeps renaming files faster than we can copy them.
 const MAX_PASSES_PER_FOLDER: usize = 5;
 /// Control files larger than this are not control files.
@@ -208,7 +212,20 @@ pub fn sync_mailbox(
             }
         };
         let target = TargetFolder::open(dst_dir, ctx.copy.owner)?;
-        let listing = sync_folder_until_stable(ctx, &src_dir, uid, &target, &shown)?;
+        // Courier keywords become letters in the names; a Dovecot
+        // keywords file, where one exists, already says what they mean.
+        let courier_keywords = match src_dir.stat_at(maildir::KEYWORDS) {
+            Ok(_) => None,
+            Err(_) => courier::read_keywords(&src_dir, uid, &shown, &mut out.warnings)?,
+        };
+        let (listing, assignment) = sync_folder_until_stable(
+            ctx,
+            &src_dir,
+            uid,
+            &target,
+            &shown,
+            courier_keywords.as_ref(),
+        )?;
         for p in &listing.not_files {
             out.warnings
                 .push(format!("{}: not a regular file; not copied", p.display()));
@@ -226,13 +243,20 @@ pub fn sync_mailbox(
         out.folders += 1;
         out.messages += listing.len() as u64;
         out.bytes += copy::listing_bytes(&target.dir, &listing)?;
+        let present = courier::present_bases(&listing);
         let has_cur = !listing.cur.is_empty();
         drop(listing);
-        carry_folder_files(ctx, &src_dir, uid, &target.dir, folder, has_cur, &mut out)?;
+        let found = FolderFacts {
+            present: &present,
+            has_cur,
+            courier_keywords: assignment,
+        };
+        carry_folder_files(ctx, &src_dir, uid, &target.dir, folder, found, &mut out)?;
     }
     remove_stale_folders(dst, &kept_dirs)?;
     if pass == Pass::Final {
         carry_subscriptions(ctx, src, uid, dst, &mut out)?;
+        courier::root_warnings(src, &mut out.warnings);
     }
     Ok(out)
 }
@@ -243,12 +267,14 @@ fn sync_folder_until_stable(
     uid: u32,
     target: &TargetFolder,
     shown: &str,
-) -> Result<copy::Listing, MailboxError> {
+    courier_keywords: Option<&MergedKeywords>,
+) -> Result<(copy::Listing, Option<Assignment>), MailboxError> {
     for _ in 0..MAX_PASSES_PER_FOLDER {
-        let listing = copy::list_messages(src)?;
+        let mut listing = copy::list_messages(src)?;
+        let assignment = courier_keywords.map(|k| courier::apply_keywords(&mut listing, k));
         let stats = copy::sync_folder(src, &listing, target, uid, &ctx.copy, &ctx.workers)?;
         if stats.vanished == 0 {
-            return Ok(listing);
+            return Ok((listing, assignment));
         }
     }
     Err(MailboxError::Unstable {
@@ -256,7 +282,17 @@ fn sync_folder_until_stable(
     })
 }
 
-/// `dovecot-uidlist`, `dovecot-keywords` and `maildirfolder`; stale index
+/// What the final pass learned about a folder's messages.
+struct FolderFacts<'a> {
+    /// Base names of the messages, in Courier's order.
+    present: &'a [Vec<u8>],
+    has_cur: bool,
+    /// Courier keywords as letters, when the folder had them.
+    courier_keywords: Option<Assignment>,
+}
+
+/// `dovecot-uidlist`, `dovecot-keywords`, `dovecot-acl` and
+/// `maildirfolder`, from Dovecot's files or else Courier's; stale index
 /// files in the target are removed so Dovecot reads the carried uidlist.
 fn carry_folder_files(
     ctx: &SyncContext<'_>,
@@ -264,7 +300,7 @@ fn carry_folder_files(
     uid: u32,
     dst: &Dir,
     folder: &SourceFolder,
-    has_cur: bool,
+    found: FolderFacts<'_>,
     out: &mut MailboxSync,
 ) -> Result<(), MailboxError> {
     let shown = folder.display();
@@ -284,15 +320,28 @@ fn carry_folder_files(
             ));
             None
         }
-        None if has_cur => {
-            out.uids_preserved = false;
-            out.warnings.push(format!(
-                "{shown}: no {}; its messages will get new UIDs",
-                maildir::UIDLIST
-            ));
-            None
-        }
-        None => None,
+        None => match courier::uidlist(
+            src,
+            uid,
+            &shown,
+            found.present,
+            folder.name.is_none(),
+            &mut out.warnings,
+        )? {
+            Some((bytes, preserved)) => {
+                out.uids_preserved &= preserved;
+                Some(bytes)
+            }
+            None if found.has_cur => {
+                out.uids_preserved = false;
+                out.warnings.push(format!(
+                    "{shown}: no {}; its messages will get new UIDs",
+                    maildir::UIDLIST
+                ));
+                None
+            }
+            None => None,
+        },
     };
     put_control(dst, maildir::UIDLIST, uid_bytes, &attrs)?;
 
@@ -306,9 +355,18 @@ fn carry_folder_files(
             ));
             None
         }
-        None => None,
+        None => found.courier_keywords.map(|a| {
+            for (name, n) in &a.dropped {
+                out.warnings.push(format!(
+                    "{shown}: keyword {name:?} ({n} messages) dropped: Dovecot keeps at most 26 per folder"
+                ));
+            }
+            a.keywords.to_bytes()
+        }),
     };
     put_control(dst, maildir::KEYWORDS, kw_bytes, &attrs)?;
+    let acl = courier::acl(src, uid, &shown, &mut out.warnings)?;
+    put_control(dst, DOVECOT_ACL, acl, &attrs)?;
 
     if folder.name.is_some() {
         match dst.create_file(maildir::MAILDIRFOLDER, 0o600) {
@@ -362,7 +420,10 @@ fn carry_subscriptions(
     out: &mut MailboxSync,
 ) -> Result<(), MailboxError> {
     let Some(data) = read_control(src, maildir::SUBSCRIPTIONS, uid)? else {
-        return put_control(dst, maildir::SUBSCRIPTIONS, None, &ctx.attrs());
+        let courier =
+            courier::subscriptions(src, uid, ctx.names, ctx.classifier, &mut out.warnings)?;
+        let bytes = courier.map(|kept| subscriptions::to_v2_bytes(&kept));
+        return put_control(dst, maildir::SUBSCRIPTIONS, bytes, &ctx.attrs());
     };
     let mut kept: Vec<Vec<String>> = Vec::new();
     for entry in subscriptions::parse(&data) {

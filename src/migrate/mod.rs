@@ -1,6 +1,7 @@
 //! Running a job: the per-mailbox protocol (`mailbox`) over every mailbox
 //! the job names, with folder content handled by `folders`.
 
+mod courier;
 pub mod folders;
 pub mod mailbox;
 
