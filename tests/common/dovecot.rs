@@ -79,6 +79,11 @@ const MAX_BASE_DIR_LEN: usize = 70;
 static INSTANCE_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Are `dovecot` and `doveadm` installed?
+/// Dovecot's POP3 server (Debian: dovecot-pop3d).
+pub fn pop3_available() -> bool {
+    Path::new("/usr/lib/dovecot/pop3").exists()
+}
+
 pub fn dovecot_available() -> bool {
     Path::new(DOVECOT_BIN).is_file() && Path::new(DOVEADM_BIN).is_file()
 }
@@ -332,6 +337,8 @@ pub struct Dovecot {
     log_path: PathBuf,
     stderr_path: PathBuf,
     port: u16,
+    /// POP3 listener, when Dovecot's pop3 is installed (dovecot-pop3d).
+    pop3_port: Option<u16>,
     instance: String,
     /// Short base_dir under /tmp when `dir` is too deep for socket paths.
     _short_base: Option<tempfile::TempDir>,
@@ -418,6 +425,7 @@ impl Dovecot {
                 dir: dir.clone(),
                 base_dir: base_dir.clone(),
                 port,
+                pop3_port: pop3_available().then(free_port),
                 instance: instance.clone(),
                 _short_base: None,
             };
@@ -473,7 +481,7 @@ instance_name = {instance}
 base_dir = {base_dir}
 state_dir = {dir}/state
 log_path = {dir}/dovecot.log
-protocols = imap
+protocols = imap{pop3_protocol}
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -518,10 +526,18 @@ service imap-login {{
     port = 0
   }}
 {chroot}}}
-"#,
+{pop3_service}"#,
             instance = self.instance,
             base_dir = self.base_dir.display(),
             port = self.port,
+            pop3_protocol = if self.pop3_port.is_some() { " pop3" } else { "" },
+            pop3_service = match self.pop3_port {
+                Some(p) => format!(
+                    "service pop3-login {{\n  inet_listener pop3 {{\n    address = 127.0.0.1\n    port = {p}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n{}}}\n",
+                    if root { "" } else { "  chroot =\n" }
+                ),
+                None => String::new(),
+            },
             override = if root {
                 String::new()
             } else {
@@ -591,6 +607,11 @@ service imap-login {{
             "no IMAP greeting on 127.0.0.1:{} within {START_TIMEOUT:?} ({last_err})",
             self.port
         ))
+    }
+
+    /// The POP3 port; `None` without dovecot-pop3d.
+    pub fn pop3_port(&self) -> Option<u16> {
+        self.pop3_port
     }
 
     pub fn port(&self) -> u16 {

@@ -12,5 +12,6 @@ pub mod daemon;
 pub mod dovecot;
 pub mod fixture;
 pub mod imap;
+pub mod pop3;
 pub mod scenario;
 pub mod smtp;
