@@ -44,7 +44,10 @@ pub fn uidl(port: u16, user: &str, password: &str) -> Result<Vec<(u32, String)>,
             break;
         }
         let (n, id) = l.split_once(' ').ok_or(format!("bad UIDL line {l:?}"))?;
-        out.push((n.parse().map_err(|_| format!("bad UIDL line {l:?}"))?, id.to_string()));
+        out.push((
+            n.parse().map_err(|_| format!("bad UIDL line {l:?}"))?,
+            id.to_string(),
+        ));
     }
     let _ = w.write_all(b"QUIT\r\n");
     Ok(out)
