@@ -135,7 +135,10 @@ pub fn uidlist(
     };
     let pop3 = match is_root.then(|| read(folder, POP3_LIST, uid)).transpose()? {
         Some(Some(data)) => match pop3::parse(&data) {
-            Ok(l) => Some(l),
+            Ok(mut l) => {
+                l.extend_for(present);
+                Some(l)
+            }
             Err(e) => {
                 warnings.push(format!(
                     "{shown}: {POP3_LIST} line {}: {}; POP3 clients will download again",

@@ -33,6 +33,35 @@ pub struct Pop3List {
     pub entries: Vec<Pop3Entry>,
     /// Lines Courier itself would have ignored, and repeated names.
     pub skipped: Vec<Pop3Error>,
+    /// The header's next POP3 UID and UIDVALIDITY (versions 1 to 3).
+    pub next: Option<(u64, u64)>,
+}
+
+impl Pop3List {
+    /// Adds the messages the list does not know yet, numbered the way
+    /// Courier's pop3d numbers them at the next login: from the header's
+    /// next UID upward in `present` order (file name order).
+    pub fn extend_for(&mut self, present: &[Vec<u8>]) {
+        let known: std::collections::HashSet<Vec<u8>> =
+            self.entries.iter().map(|e| e.base.clone()).collect();
+        for base in present.iter().filter(|b| !known.contains(*b)) {
+            let order = u32::try_from(self.entries.len() + 1).unwrap_or(u32::MAX);
+            let uidl = match &mut self.next {
+                Some((next, uidv)) => {
+                    let u = uidl(base, *next, *uidv);
+                    *next += 1;
+                    u
+                }
+                None => uidl(base, 0, 0),
+            };
+            self.entries.push(Pop3Entry {
+                base: base.clone(),
+                uidl,
+                order,
+                size: 0,
+            });
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +98,7 @@ pub fn parse(data: &[u8]) -> Result<Pop3List, Pop3Error> {
         .enumerate()
         .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
         .peekable();
+    let mut next = None;
     let version = match lines.peek() {
         Some((_, head)) if head.first() == Some(&b'/') => {
             let fields: Vec<&[u8]> = head[1..]
@@ -89,6 +119,8 @@ pub fn parse(data: &[u8]) -> Result<Pop3List, Pop3Error> {
                     return Err(err(1, format!("unknown version header {:?}", shown(head))));
                 }
             };
+            let field = |i: usize| fields.get(i).and_then(|f| num(f)).unwrap_or(0);
+            next = Some((field(1), field(2)));
             lines.next();
             version
         }
@@ -99,6 +131,7 @@ pub fn parse(data: &[u8]) -> Result<Pop3List, Pop3Error> {
         version,
         entries: Vec::new(),
         skipped: Vec::new(),
+        next,
     };
     let mut seen = std::collections::HashSet::new();
     for (no, line) in lines {
@@ -185,6 +218,27 @@ pub fn uidl(base: &[u8], uid: u64, uidv: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_new_to_pop3_are_numbered_like_courier_would() {
+        let mut l = parse(b"/3 7 1795958096
+a:2,S 10 1:1795958096:0
+").unwrap();
+        l.extend_for(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        let got: Vec<_> = l.entries.iter().map(|e| (e.uidl.as_str(), e.order)).collect();
+        assert_eq!(
+            got,
+            [
+                ("UID1-1795958096", 1),
+                ("UID7-1795958096", 2),
+                ("UID8-1795958096", 3)
+            ]
+        );
+        let mut v0 = parse(b"a 10
+").unwrap();
+        v0.extend_for(&[b"b+x".to_vec()]);
+        assert_eq!(v0.entries[1].uidl, "b+2Bx");
+    }
     use proptest::prelude::*;
 
     fn uidls(l: &Pop3List) -> Vec<(&[u8], &str, u32, u64)> {
