@@ -155,7 +155,14 @@ pub fn uidlist(
     let c = uiddb::to_uidlist(db.as_ref(), present, pop3.as_ref(), now());
     warnings.extend(c.warnings.iter().map(|w| format!("{shown}: {w}")));
     // Messages Courier never numbered get fresh UIDs: nothing is lost.
-    let preserved = db.is_some() && c.renumbered.is_empty();
+    // Preserved means no message that had a UID got another one.
+    let preserved = db.as_ref().is_some_and(|db| {
+        let numbered: std::collections::HashSet<&[u8]> =
+            db.records().iter().map(|r| r.base.as_slice()).collect();
+        c.renumbered
+            .iter()
+            .all(|(base, _)| !numbered.contains(base.as_slice()))
+    });
     Ok(Some((c.uidlist.to_bytes(), preserved)))
 }
 

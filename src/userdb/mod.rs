@@ -88,11 +88,13 @@ impl SourceDb {
                     line,
                     problem: format!("{key}: {problem}"),
                 };
-                let hash = match e.password() {
-                    Some((field, value)) => scheme::carry_courier(field, value)
-                        .map_err(|p| bad(format!("{field}: {p}")))?,
-                    None => scheme::carry("", ""),
-                };
+                // No password an IMAP login would accept: never write an
+                // entry without one (or with a form Dovecot cannot check).
+                let (field, value) = e.password().ok_or_else(|| {
+                    bad("no imappw, systempw or hmac-md5pw; nothing Dovecot could verify".into())
+                })?;
+                let hash = scheme::carry_courier(field, value)
+                    .map_err(|p| bad(format!("{field}: {p}")))?;
                 let extra = e
                     .quota_rule()
                     .map_err(bad)?

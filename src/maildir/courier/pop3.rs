@@ -221,11 +221,18 @@ mod tests {
 
     #[test]
     fn messages_new_to_pop3_are_numbered_like_courier_would() {
-        let mut l = parse(b"/3 7 1795958096
+        let mut l = parse(
+            b"/3 7 1795958096
 a:2,S 10 1:1795958096:0
-").unwrap();
+",
+        )
+        .unwrap();
         l.extend_for(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
-        let got: Vec<_> = l.entries.iter().map(|e| (e.uidl.as_str(), e.order)).collect();
+        let got: Vec<_> = l
+            .entries
+            .iter()
+            .map(|e| (e.uidl.as_str(), e.order))
+            .collect();
         assert_eq!(
             got,
             [
@@ -234,8 +241,11 @@ a:2,S 10 1:1795958096:0
                 ("UID8-1795958096", 3)
             ]
         );
-        let mut v0 = parse(b"a 10
-").unwrap();
+        let mut v0 = parse(
+            b"a 10
+",
+        )
+        .unwrap();
         v0.extend_for(&[b"b+x".to_vec()]);
         assert_eq!(v0.entries[1].uidl, "b+2Bx");
     }

@@ -1,0 +1,292 @@
+//! A store made by the real Courier-IMAP 5 (fixtures/courier) migrated and
+//! served by a real Dovecot: every account logs in with its original
+//! password (hashes made by Courier's own tools), and jana's mailbox shows
+//! what Courier reported: folders, UIDVALIDITY, UIDNEXT, UIDs, flags,
+//! keywords, dates, sizes, subscriptions and POP3 UIDLs.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+use common::dovecot::{self, Dovecot};
+use common::imap::ImapClient;
+use common::scenario::owned_dir;
+use serde_json::Value;
+
+const STORE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/courier/store");
+const JANA: &str = "jana@example.cz";
+const PASSWORD: &str = "Secr3t-pass";
+
+fn json(name: &str) -> Value {
+    serde_json::from_slice(&fs::read(Path::new(STORE).join(name)).unwrap()).unwrap()
+}
+
+/// `14-Feb-2019 07:30:00 +0000` → seconds since the epoch.
+fn epoch(date: &str) -> i64 {
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (d, rest) = date.trim().split_once('-').unwrap();
+    let (mon, rest) = rest.split_once('-').unwrap();
+    let (year, rest) = rest.split_once(' ').unwrap();
+    let (time, zone) = rest.split_once(' ').unwrap();
+    let hms: Vec<i64> = time.split(':').map(|x| x.parse().unwrap()).collect();
+    let (y, m, d): (i64, i64, i64) = (
+        year.parse().unwrap(),
+        months.iter().position(|x| *x == mon).unwrap() as i64 + 1,
+        d.trim().parse().unwrap(),
+    );
+    // Days from civil (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let sign = if zone.starts_with('-') { -1 } else { 1 };
+    let zh: i64 = zone[1..3].parse().unwrap();
+    let zm: i64 = zone[3..5].parse().unwrap();
+    days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2] - sign * (zh * 3600 + zm * 60)
+}
+
+fn connect(dc: &Dovecot) -> ImapClient {
+    ImapClient::connect(dc.port()).expect("connect to Dovecot")
+}
+
+#[test]
+fn courier_store_migrates_to_dovecot() {
+    if !dovecot::require_dovecot("courier_store_migrates_to_dovecot") {
+        return;
+    }
+    assert_eq!(epoch("01-Jan-1970 01:00:00 +0100"), 0);
+    let expected = json("expected.json");
+    let hashes = json("hashes.json");
+    let tmp = dovecot::scratch_dir("mm-courier-");
+    let dir = tmp.path();
+    let (old, new) = (dir.join("oldmail"), dir.join("newmail"));
+    owned_dir(&old, 0);
+    owned_dir(&new, 0);
+
+    // The userdb Courier's `userdb` tool wrote, moved into this host, plus
+    // one account per hash Courier's tools made (no Maildir: never used).
+    let mut userdb = fs::read_to_string(Path::new(STORE).join("userdb"))
+        .unwrap()
+        .replace("/srv/mail", old.to_str().unwrap());
+    let mut logins: Vec<(String, String)> = ["jan", "jana", "info", "petr", "marie"]
+        .iter()
+        .map(|u| (format!("{u}@example.cz"), PASSWORD.to_string()))
+        .collect();
+    let mut unusable = Vec::new();
+    for (i, h) in hashes.as_array().unwrap().iter().enumerate() {
+        let user = format!("h{i}@example.cz");
+        let field = h["userdb_field"].as_str().unwrap();
+        userdb.push_str(&format!(
+            "{user}\tuid=5000|gid=5000|home={}|{field}={}\n",
+            old.join(format!("example.cz/h{i}")).display(),
+            h["hash"].as_str().unwrap()
+        ));
+        if field == "hmac-sha1pw" {
+            unusable.push(user);
+        } else {
+            logins.push((user, h["password"].as_str().unwrap().to_string()));
+        }
+    }
+    let userdb_path = dir.join("userdb");
+    fs::write(&userdb_path, &userdb).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&userdb_path, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let jana_home = old.join("example.cz/jana");
+    owned_dir(&jana_home, 0);
+    let tar = std::process::Command::new("tar")
+        .args(["--no-same-owner", "-xzf"])
+        .arg(Path::new(STORE).join("Maildir.tar.gz"))
+        .arg("-C")
+        .arg(&jana_home)
+        .status()
+        .unwrap();
+    assert!(tar.success());
+
+    let owner = if dovecot::running_as_root() {
+        "uid = 5000\ngid = 5000\n"
+    } else {
+        ""
+    };
+    let config = dir.join("config.toml");
+    fs::write(
+        &config,
+        format!(
+            "[source]\nuserdb = \"userdb\"\nuserdb_format = \"courier-userdb\"\nmail_root = \"oldmail\"\n\
+             [target]\nuserdb = \"users.new\"\nuserdb_format = \"passwd-file\"\nmail_root = \"newmail\"\n{owner}"
+        ),
+    )
+    .unwrap();
+    let job = dir.join("courier.json");
+    fs::write(&job, r#"{"domain": "example.cz", "mode": "move"}"#).unwrap();
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args(["--config", config.to_str().unwrap(), "run", "--json"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let mailboxes = report["mailboxes"].as_array().unwrap();
+    let by_user = |u: &str| mailboxes.iter().find(|m| m["user"] == u).unwrap();
+    // Only the accounts whose sole password is HMAC-SHA1 fail, and say why.
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    for m in mailboxes {
+        let user = m["user"].as_str().unwrap();
+        if unusable.iter().any(|u| u == user) {
+            assert_eq!(m["status"], "failed");
+            assert!(
+                m["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("nothing Dovecot could verify"),
+                "{m:#}"
+            );
+        } else {
+            assert_eq!(m["status"], "done", "{m:#}");
+        }
+    }
+    let jana = by_user(JANA);
+    assert_eq!(jana["uids_preserved"], true, "{jana:#}");
+    let skipped: BTreeSet<&str> = common::fixture::column(&jana["skipped_folders"], "name")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        skipped,
+        ["Koš", "Nevyžádaná pošta", "Spam"].into_iter().collect()
+    );
+    // No Courier file reached the target.
+    for e in walkdir::WalkDir::new(&new) {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with("courier"), "{name} copied");
+    }
+    let old_db = fs::read_to_string(&userdb_path).unwrap();
+    let jana_line = old_db.lines().find(|l| l.starts_with("jana@")).unwrap();
+    assert!(jana_line.contains("options=disableimap=1,disablepop3=1,disablewebmail=1"));
+
+    // The new server.
+    let users_new = dir.join("users.new");
+    if dovecot::running_as_root() {
+        let text = fs::read_to_string(&users_new).unwrap();
+        dovecot::write_passwd_file(&users_new, &text);
+    }
+    let dc = Dovecot::start(&dir.join("new-server"), &users_new);
+    for (user, pass) in &logins {
+        let mut c = connect(&dc);
+        c.authenticate_plain(user, pass)
+            .unwrap_or_else(|e| panic!("{user} with its Courier password: {e}\n{}", dc.log()));
+        c.logout().unwrap();
+        let mut c = connect(&dc);
+        assert!(c.authenticate_plain(user, "wrong").is_err(), "{user}");
+    }
+    let mut c = connect(&dc);
+    c.authenticate_plain(JANA, PASSWORD).unwrap();
+    let after = c.snapshot();
+    c.logout().unwrap();
+
+    let mut seen = Vec::new();
+    for f in expected["folders"].as_array().unwrap() {
+        let name = f["name"].as_str().unwrap();
+        if skipped.contains(name) || f["selectable"] == false {
+            continue;
+        }
+        let mb = after
+            .mailbox(name)
+            .unwrap_or_else(|| panic!("{name} missing; Dovecot has {:?}", after.mailbox_names()));
+        seen.push(name);
+        assert_eq!(
+            mb.uidvalidity as u64,
+            f["uidvalidity"].as_u64().unwrap(),
+            "{name}"
+        );
+        let uidnext = f["uidnext_after_courier_scan"]
+            .as_u64()
+            .or(f["uidnext"].as_u64())
+            .unwrap();
+        assert_eq!(mb.uidnext as u64, uidnext, "{name} UIDNEXT");
+        let msgs = f["messages"].as_array().unwrap();
+        assert_eq!(mb.messages.len(), msgs.len(), "{name}: {mb:?}");
+        for m in msgs {
+            let uid = m["uid"]
+                .as_u64()
+                .or(m["courier_assigned_uid_on_next_scan"].as_u64())
+                .unwrap_or_else(|| panic!("{name}: no UID for {m}")) as u32;
+            let got = mb
+                .message(uid)
+                .unwrap_or_else(|| panic!("{name}: UID {uid} missing: {:?}", mb.uids()));
+            let mut want: BTreeSet<String> = BTreeSet::new();
+            for k in ["flags", "keywords"] {
+                want.extend(
+                    m[k].as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_string()),
+                );
+            }
+            assert_eq!(got.flags, want, "{name} UID {uid} flags");
+            assert_eq!(
+                got.size,
+                m["rfc822_size"].as_u64().unwrap(),
+                "{name} UID {uid}"
+            );
+            assert_eq!(
+                epoch(&got.internal_date),
+                m["internaldate_epoch"].as_i64().unwrap(),
+                "{name} UID {uid} date {}",
+                got.internal_date
+            );
+        }
+    }
+    let names: BTreeSet<&str> = after.mailbox_names().into_iter().collect();
+    let wanted: BTreeSet<&str> = seen.iter().copied().collect();
+    assert_eq!(names, wanted, "no extra folders");
+
+    // Subscriptions: Courier's file without INBOX. and the skipped folders.
+    let mut subs: Vec<String> = expected["subscriptions_file"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let s = s.as_str().unwrap();
+            let s = s.strip_prefix("INBOX.").unwrap_or(s);
+            s.split('.')
+                .map(|l| common::imap::mutf7::decode(l).unwrap_or_else(|_| l.to_string()))
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .filter(|s| !skipped.contains(s.as_str()))
+        .collect();
+    subs.sort();
+    assert_eq!(after.subscriptions, subs);
+
+    // POP3: Dovecot gives the UIDLs Courier's pop3d gave (or would give).
+    if let Some(port) = dc.pop3_port() {
+        let got = common::pop3::uidl(port, JANA, PASSWORD).unwrap();
+        let inbox = &expected["folders"][0];
+        assert_eq!(inbox["name"], "INBOX");
+        let want: Vec<&str> = inbox["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["pop3_uidl"].as_str().unwrap())
+            .collect();
+        let got: Vec<&str> = got.iter().map(|(_, u)| u.as_str()).collect();
+        assert_eq!(got, want);
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "dovecot-pop3d is missing on CI"
+        );
+        eprintln!("SKIPPED the POP3 part: dovecot-pop3d is not installed");
+    }
+    let log = dc.log();
+    assert!(
+        !log.contains("Error:") && !log.contains("Fatal:"),
+        "errors in the new server's log:\n{log}"
+    );
+}
