@@ -290,3 +290,73 @@ fn courier_store_migrates_to_dovecot() {
         "errors in the new server's log:\n{log}"
     );
 }
+
+/// Damaged Courier metadata costs only what it described, per folder, and
+/// says so: every message is still copied.
+#[test]
+fn damaged_courier_metadata_falls_back_per_folder() {
+    let h = common::fixture::Host::new("");
+    let home = h.old.join("example.cz/jana");
+    fs::create_dir_all(&home).unwrap();
+    let tar = std::process::Command::new("tar")
+        .args(["--no-same-owner", "-xzf"])
+        .arg(Path::new(STORE).join("Maildir.tar.gz"))
+        .arg("-C")
+        .arg(&home)
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let md = home.join("Maildir");
+    // A truncated uiddb, a garbled keyword list, a garbled subscription line.
+    fs::write(md.join(".Odeslané/courierimapuiddb"), b"1 79595").unwrap();
+    fs::write(md.join("courierimapkeywords/:list"), b"Work\n\nbase:x y\n").unwrap();
+    let mut subs = fs::read(md.join("courierimapsubscribed")).unwrap();
+    subs.extend_from_slice(b"INBOX.\xff\xfe\n");
+    fs::write(md.join("courierimapsubscribed"), subs).unwrap();
+    let userdb = h.root.join("userdb");
+    fs::write(
+        &userdb,
+        format!(
+            "jana@example.cz\tuid=5000|gid=5000|home={}|systempw=$1$abcdefgh$zqlK0cLw7wMRRO49PNOrq0\n",
+            home.display()
+        ),
+    )
+    .unwrap();
+    let config = fs::read_to_string(&h.config).unwrap().replace(
+        "userdb = \"users.old\"\nuserdb_format = \"passwd-file\"",
+        "userdb = \"userdb\"\nuserdb_format = \"courier-userdb\"",
+    );
+    h.write_config(&config);
+    let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    let m = &report["mailboxes"][0];
+    assert_eq!(m["status"], "done");
+    assert_eq!(m["uids_preserved"], false, "Odeslané lost its UIDs");
+    let warnings: Vec<&str> = m["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    let has = |needle: &str| warnings.iter().any(|w| w.contains(needle));
+    assert!(has("Odeslané: courierimapuiddb"), "{warnings:#?}");
+    assert!(has("INBOX: courierimapkeywords/:list"), "{warnings:#?}");
+    assert!(has("subscription"), "{warnings:#?}");
+    // Every message of every kept folder arrived.
+    let expected = json("expected.json");
+    let want: u64 = expected["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| !["Koš", "Spam", "Nevyžádaná pošta"].contains(&f["name"].as_str().unwrap()))
+        .map(|f| f["messages"].as_array().map_or(0, |v| v.len() as u64))
+        .sum();
+    assert_eq!(m["messages"], want);
+    let target = h.target_maildir("jana@example.cz");
+    let uidlist = fs::read_to_string(target.join(".Odeslan&AOk-/dovecot-uidlist"));
+    assert!(uidlist.is_err(), "no uidlist from a broken uiddb");
+    assert!(!target.join("dovecot-keywords").exists());
+    let inbox_uidlist = fs::read_to_string(target.join("dovecot-uidlist")).unwrap();
+    assert!(inbox_uidlist.starts_with("3 V795958065 N"), "{inbox_uidlist}");
+}
