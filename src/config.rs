@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::classify::Classifier;
 use crate::job::{Domain, LocalPart};
+use crate::maildir::Layout;
 use crate::maildir::names::NameEncoding;
 use crate::safe_fs::Owner;
 use crate::userdb::scheme::is_scheme_name;
@@ -72,6 +73,7 @@ struct RawSource {
     mail_root: PathBuf,
     default_scheme: Option<String>,
     makeuserdb: Option<PathBuf>,
+    layout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +86,7 @@ struct RawTarget {
     uid: Option<u32>,
     gid: Option<u32>,
     folder_names: Option<String>,
+    layout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,6 +203,7 @@ pub struct Source {
     pub default_scheme: String,
     /// Courier: rebuilds `userdb.dat` after each edit (authlib reads that).
     pub makeuserdb: Option<PathBuf>,
+    pub layout: Layout,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +216,7 @@ pub struct Target {
     /// How folder directory names are stored: modified UTF-7 (Dovecot's
     /// default) or raw UTF-8 (`mail_location` with `:UTF-8`).
     pub folder_names: NameEncoding,
+    pub layout: Layout,
 }
 
 #[derive(Debug, Clone)]
@@ -409,6 +414,7 @@ impl Config {
                 mail_root: resolve(&raw.source.mail_root),
                 default_scheme,
                 makeuserdb: raw.source.makeuserdb,
+                layout: layout(raw.source.layout.as_deref()).map_err(invalid("source.layout"))?,
             },
             target: Target {
                 userdb: UserdbPath::parse(&resolve_str(&raw.target.userdb))
@@ -419,6 +425,7 @@ impl Config {
                     .map_err(invalid("target.home"))?,
                 owner,
                 folder_names,
+                layout: layout(raw.target.layout.as_deref()).map_err(invalid("target.layout"))?,
             },
             migration: Migration {
                 threads,
@@ -451,6 +458,10 @@ impl Config {
             },
         }
     }
+}
+
+fn layout(s: Option<&str>) -> Result<Layout, String> {
+    s.map_or(Ok(Layout::MaildirPlusPlus), Layout::parse)
 }
 
 /// Removes `.` and resolves `..` textually (config paths need not exist).
@@ -563,6 +574,7 @@ gid = 5000
                 format!("{MINIMAL}folder_names = \"latin2\"\n"),
                 "target.folder_names",
             ),
+            (format!("{MINIMAL}layout = \"mbox\"\n"), "target.layout"),
             (
                 format!("{MINIMAL}[daemon]\nsubmit_group = \"no-such-group-x\"\n"),
                 "daemon.submit_group",

@@ -358,5 +358,8 @@ fn damaged_courier_metadata_falls_back_per_folder() {
     assert!(uidlist.is_err(), "no uidlist from a broken uiddb");
     assert!(!target.join("dovecot-keywords").exists());
     let inbox_uidlist = fs::read_to_string(target.join("dovecot-uidlist")).unwrap();
-    assert!(inbox_uidlist.starts_with("3 V795958065 N"), "{inbox_uidlist}");
+    assert!(
+        inbox_uidlist.starts_with("3 V795958065 N"),
+        "{inbox_uidlist}"
+    );
 }

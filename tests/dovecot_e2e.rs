@@ -711,3 +711,61 @@ fn migration_to_utf8_folder_names() {
     s.check_reports(&mailboxes);
     s.check_servers();
 }
+
+/// An old Dovecot with `LAYOUT=fs` folders, migrated into Maildir++.
+#[test]
+fn migration_from_fs_layout() {
+    if !dovecot::require_dovecot("migration_from_fs_layout") {
+        return;
+    }
+    let s = Scenario::prepare_layout("mm-fs-src-", true, "");
+    let jan_old = s.dir.join("oldmail/example.cz/jan/Maildir");
+    assert!(
+        jan_old.join("Archive/2019/cur").is_dir(),
+        "the old server used fs"
+    );
+    let report = run_scenario_job(&s);
+    let jan = s.dir.join("newmail/example.cz/jan/Maildir");
+    assert!(jan.join(".Archive.2019/cur").is_dir());
+    let mailboxes: Vec<&serde_json::Value> =
+        report["mailboxes"].as_array().unwrap().iter().collect();
+    s.check_reports(&mailboxes);
+    s.check_servers();
+}
+
+/// Maildir++ into a new Dovecot with `LAYOUT=fs`.
+#[test]
+fn migration_to_fs_layout() {
+    if !dovecot::require_dovecot("migration_to_fs_layout") {
+        return;
+    }
+    let s = Scenario::prepare("mm-fs-dst-", "layout = \"fs\"\n");
+    let report = run_scenario_job(&s);
+    let jan = s.dir.join("newmail/example.cz/jan/Maildir");
+    assert!(jan.join("Archive/2019/cur").is_dir());
+    assert!(!jan.join(".Archive.2019").exists());
+    let users = fs::read_to_string(&s.users_new).unwrap();
+    assert!(
+        users.contains("userdb_mail=maildir:~/Maildir:LAYOUT=fs"),
+        "{users}"
+    );
+    let mailboxes: Vec<&serde_json::Value> =
+        report["mailboxes"].as_array().unwrap().iter().collect();
+    s.check_reports(&mailboxes);
+    s.check_servers();
+}
+
+/// Runs the scenario's job with `run --json`; every mailbox must succeed.
+fn run_scenario_job(s: &Scenario) -> serde_json::Value {
+    let job = s.dir.join("example-cz.json");
+    fs::write(&job, r#"{"domain": "example.cz", "mode": "move"}"#).unwrap();
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args(["--config", s.config.to_str().unwrap(), "run", "--json"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    report
+}

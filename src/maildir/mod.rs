@@ -9,6 +9,25 @@ pub mod uidlist;
 
 use std::path::PathBuf;
 
+/// How folders sit below the Maildir root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `.Sent`, `.Archive.2019` (Courier's and Dovecot's default).
+    MaildirPlusPlus,
+    /// `Sent/`, `Archive/2019/` (Dovecot's `LAYOUT=fs`).
+    Fs,
+}
+
+impl Layout {
+    pub fn parse(s: &str) -> Result<Layout, String> {
+        match s {
+            "maildir++" => Ok(Layout::MaildirPlusPlus),
+            "fs" => Ok(Layout::Fs),
+            other => Err(format!("{other:?} is neither \"maildir++\" nor \"fs\"")),
+        }
+    }
+}
+
 pub const UIDLIST: &str = "dovecot-uidlist";
 pub const KEYWORDS: &str = "dovecot-keywords";
 pub const SUBSCRIPTIONS: &str = "subscriptions";
@@ -28,6 +47,7 @@ pub const INDEX_FILES: &[&str] = &[
 /// Names a user's Maildir: `userdb_mail=maildir:PATH[:OPTIONS]` when set,
 /// else `<home>/Maildir`. Returns an absolute path or why it cannot be used.
 pub fn maildir_path(
+    layout: Layout,
     mail: Option<&str>,
     home: &str,
     user: &str,
@@ -56,8 +76,20 @@ pub fn maildir_path(
     let raw_path = parts.next().unwrap_or_default();
     for opt in parts {
         let key = opt.split('=').next().unwrap_or_default();
-        let fine = matches!(key, "INDEX" | "INDEXPVT" | "VOLATILEDIR" | "UTF-8" | "")
-            || opt.eq_ignore_ascii_case("LAYOUT=maildir++");
+        if key == "LAYOUT" {
+            let said = Layout::parse(&opt[7..].to_ascii_lowercase())?;
+            if said != layout {
+                return Err(format!(
+                    "mail location {mail:?} says {opt} but [source] layout is {:?}",
+                    match layout {
+                        Layout::MaildirPlusPlus => "maildir++",
+                        Layout::Fs => "fs",
+                    }
+                ));
+            }
+            continue;
+        }
+        let fine = matches!(key, "INDEX" | "INDEXPVT" | "VOLATILEDIR" | "UTF-8" | "");
         if !fine {
             return Err(format!(
                 "mail location option {opt:?} is not supported (control files or messages would be elsewhere)"
@@ -105,7 +137,14 @@ mod tests {
     use super::*;
 
     fn p(mail: Option<&str>, home: &str) -> Result<PathBuf, String> {
-        maildir_path(mail, home, "Jan@example.cz", "Jan", "example.cz")
+        maildir_path(
+            Layout::MaildirPlusPlus,
+            mail,
+            home,
+            "Jan@example.cz",
+            "Jan",
+            "example.cz",
+        )
     }
 
     #[test]
@@ -126,11 +165,40 @@ mod tests {
     }
 
     #[test]
+    fn layout_option_must_match_the_config() {
+        let fs = maildir_path(
+            Layout::Fs,
+            Some("maildir:~/M:LAYOUT=fs"),
+            "/h",
+            "u",
+            "u",
+            "d",
+        );
+        assert_eq!(fs.unwrap(), PathBuf::from("/h/M"));
+        assert!(
+            maildir_path(
+                Layout::Fs,
+                Some("maildir:~/M:LAYOUT=maildir++"),
+                "/h",
+                "u",
+                "u",
+                "d"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn refused_locations() {
         for (mail, home, needle) in [
             (None, "rel", "absolute"),
             (Some("mdbox:~/mdbox"), "/h", "mdbox"),
-            (Some("maildir:~/M:LAYOUT=fs"), "/h", "LAYOUT=fs"),
+            (
+                Some("maildir:~/M:LAYOUT=fs"),
+                "/h",
+                "layout is \"maildir++\"",
+            ),
+            (Some("maildir:~/M:LAYOUT=mbox"), "/h", "neither"),
             (Some("maildir:~/M:CONTROL=/c"), "/h", "CONTROL"),
             (Some("maildir:%x"), "/h", "variable"),
             (Some("maildir:M"), "/h", "absolute"),

@@ -3,8 +3,9 @@
 //! control files that keep UIDs, keywords and subscriptions).
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use crate::classify::Classifier;
 use crate::copy::{self, CopyOptions, TargetFolder, Workers};
@@ -12,7 +13,7 @@ use crate::maildir::courier::keywords::{Assignment, MergedKeywords};
 use crate::maildir::keywords::Keywords;
 use crate::maildir::names::{FolderName, NameEncoding, decode_level};
 use crate::maildir::uidlist::Uidlist;
-use crate::maildir::{self, subscriptions};
+use crate::maildir::{self, Layout, subscriptions};
 use crate::report::SkippedFolder;
 use crate::safe_fs::{Dir, FileAttrs, Kind, Owner};
 
@@ -31,8 +32,9 @@ const CONTROL_FILE_LIMIT: u64 = 256 << 20;
 pub struct SourceFolder {
     /// `None` for INBOX (the Maildir root itself).
     pub name: Option<FolderName>,
-    /// Directory name in the source (`None` for the root).
-    pub dir: Option<OsString>,
+    /// Directory below the Maildir root (`None` for the root itself):
+    /// `.A.b` in Maildir++, `A/b` in the fs layout.
+    pub dir: Option<PathBuf>,
 }
 
 impl SourceFolder {
@@ -42,13 +44,37 @@ impl SourceFolder {
             .map_or_else(|| "INBOX".to_string(), ToString::to_string)
     }
 
-    fn target_dir(&self, names: NameEncoding) -> Option<String> {
-        self.name.as_ref().map(|n| n.dir_name(names))
+    /// Where the folder goes in the target, relative to its Maildir.
+    fn target_dir(&self, names: NameEncoding, layout: Layout) -> Result<Option<PathBuf>, String> {
+        let Some(n) = &self.name else {
+            return Ok(None);
+        };
+        Ok(Some(match layout {
+            Layout::MaildirPlusPlus => {
+                // `.` separates levels on disk; a name with one (possible in
+                // the fs layout) would come back as another folder.
+                if let Some(l) = n.levels().iter().find(|l| l.contains('.')) {
+                    return Err(format!(
+                        "folder {n:?}: level {l:?} contains '.', which Maildir++ cannot store"
+                    ));
+                }
+                PathBuf::from(n.dir_name(names))
+            }
+            Layout::Fs => {
+                let levels = n.storage_levels(names);
+                if let Some(l) = levels.iter().find(|l| is_reserved_fs_level(l)) {
+                    return Err(format!(
+                        "folder {n:?}: level {l:?} cannot be stored in the fs layout"
+                    ));
+                }
+                levels.iter().collect()
+            }
+        }))
     }
 
     pub fn open(&self, root: &Dir) -> std::io::Result<Dir> {
         match &self.dir {
-            Some(d) => root.open_dir(d),
+            Some(d) => root.open_beneath(d),
             None => root.reopen(),
         }
     }
@@ -61,8 +87,75 @@ pub struct FolderScan {
     pub warnings: Vec<String>,
 }
 
+/// In the fs layout these names are the Maildir's own subdirectories (or
+/// would leave it).
+fn is_reserved_fs_level(l: &str) -> bool {
+    matches!(l, "cur" | "new" | "tmp" | "." | "..") || l.starts_with('.')
+}
+
+/// Folder nesting deeper than this in the fs layout is not followed.
+const MAX_FS_DEPTH: usize = 32;
+
+/// Directories of an fs-layout Maildir: (decoded name, relative path).
+fn fs_folders(
+    dir: &Dir,
+    prefix: &Path,
+    levels: &[String],
+    out: &mut Vec<(FolderName, PathBuf)>,
+    warnings: &mut Vec<String>,
+) -> Result<(), MailboxError> {
+    if levels.len() >= MAX_FS_DEPTH {
+        warnings.push(format!(
+            "{}: nested too deep; not followed",
+            prefix.display()
+        ));
+        return Ok(());
+    }
+    for e in dir.entries().map_err(|e| MailboxError::io(dir.path(), e))? {
+        let raw = e.name.as_bytes();
+        let shown = String::from_utf8_lossy(raw).into_owned();
+        if is_reserved_fs_level(&shown) || crate::maildir::courier::is_courier_file(raw) {
+            continue;
+        }
+        match e.kind {
+            Kind::Dir => {}
+            Kind::Other => {
+                warnings.push(format!(
+                    "{:?} is not a directory (symlink?); not followed",
+                    prefix.join(&e.name).display()
+                ));
+                continue;
+            }
+            Kind::File => continue,
+        }
+        let (level, _) = decode_level(raw).map_err(|err| MailboxError::FolderName {
+            dir: dir.child_path(&e.name),
+            err,
+        })?;
+        let mut name_levels = levels.to_vec();
+        name_levels.push(level);
+        let name = FolderName::from_levels(name_levels.clone()).map_err(|err| {
+            MailboxError::FolderName {
+                dir: dir.child_path(&e.name),
+                err,
+            }
+        })?;
+        let rel = prefix.join(&e.name);
+        let sub = dir
+            .open_dir(&e.name)
+            .map_err(|err| MailboxError::io(&dir.child_path(&e.name), err))?;
+        out.push((name, rel.clone()));
+        fs_folders(&sub, &rel, &name_levels, out, warnings)?;
+    }
+    Ok(())
+}
+
 /// Lists and classifies the folders of a source Maildir.
-pub fn scan(src: &Dir, classifier: &Classifier) -> Result<FolderScan, MailboxError> {
+pub fn scan(
+    src: &Dir,
+    classifier: &Classifier,
+    layout: Layout,
+) -> Result<FolderScan, MailboxError> {
     let io = |e| MailboxError::io(src.path(), e);
     let mut scan = FolderScan {
         copy: vec![SourceFolder {
@@ -71,9 +164,16 @@ pub fn scan(src: &Dir, classifier: &Classifier) -> Result<FolderScan, MailboxErr
         }],
         ..FolderScan::default()
     };
-    let mut seen: HashMap<FolderName, OsString> = HashMap::new();
+    let mut seen: HashMap<FolderName, PathBuf> = HashMap::new();
     let mut found = Vec::new();
+    let mut candidates: Vec<(FolderName, PathBuf)> = Vec::new();
+    if layout == Layout::Fs {
+        fs_folders(src, Path::new(""), &[], &mut candidates, &mut scan.warnings)?;
+    }
     for e in src.entries().map_err(io)? {
+        if layout == Layout::Fs {
+            break;
+        }
         let raw = e.name.as_bytes();
         if raw.first() != Some(&b'.') || raw == b"." || raw == b".." {
             continue;
@@ -94,14 +194,17 @@ pub fn scan(src: &Dir, classifier: &Classifier) -> Result<FolderScan, MailboxErr
             dir: src.child_path(&e.name),
             err,
         })?;
-        if let Some(other) = seen.insert(name.clone(), e.name.clone()) {
+        candidates.push((name, PathBuf::from(&e.name)));
+    }
+    for (name, dir) in candidates {
+        if let Some(other) = seen.insert(name.clone(), dir.clone()) {
             return Err(MailboxError::NameConflict {
                 name: name.to_string(),
-                first: String::from_utf8_lossy(other.as_bytes()).into_owned(),
-                second: shown,
+                first: other.display().to_string(),
+                second: dir.display().to_string(),
             });
         }
-        found.push((name, e.name));
+        found.push((name, dir));
     }
     // Report order: by decoded name, parents before children.
     found.sort();
@@ -114,17 +217,20 @@ pub fn scan(src: &Dir, classifier: &Classifier) -> Result<FolderScan, MailboxErr
             });
             continue;
         }
-        let is_folder = src.open_dir(&dir).is_ok_and(|d| {
+        let is_folder = src.open_beneath(&dir).is_ok_and(|d| {
             copy::SUBDIRS.iter().any(|s| {
                 d.stat_at(s)
                     .is_ok_and(|st| crate::safe_fs::kind_of(&st) == Kind::Dir)
             })
         });
         if !is_folder {
-            scan.warnings.push(format!(
-                "{:?} has no cur/ or new/; not a Maildir folder, not copied",
-                String::from_utf8_lossy(dir.as_bytes())
-            ));
+            // In the fs layout a parent without mail of its own is normal.
+            if layout == Layout::MaildirPlusPlus {
+                scan.warnings.push(format!(
+                    "{:?} has no cur/ or new/; not a Maildir folder, not copied",
+                    dir.display()
+                ));
+            }
             continue;
         }
         scan.copy.push(SourceFolder {
@@ -151,6 +257,7 @@ pub struct SyncContext<'a> {
     pub workers: Workers<'a>,
     /// Encoding of the target's folder directory names.
     pub names: NameEncoding,
+    pub layout: Layout,
 }
 
 impl SyncContext<'_> {
@@ -193,22 +300,27 @@ pub fn sync_mailbox(
         .stat()
         .map_err(|e| MailboxError::io(src.path(), e))?
         .st_uid;
-    let mut kept_dirs: BTreeSet<OsString> = BTreeSet::new();
+    let mut kept_dirs: BTreeSet<PathBuf> = BTreeSet::new();
     for folder in &scan.copy {
         let shown = folder.display();
         let src_dir = folder.open(src).map_err(|e| {
             MailboxError::io(
-                &src.child_path(folder.dir.as_deref().unwrap_or(OsStr::new(""))),
+                &src.path()
+                    .join(folder.dir.as_deref().unwrap_or(Path::new(""))),
                 e,
             )
         })?;
-        let dst_dir = match folder.target_dir(ctx.names) {
+        let rel = folder
+            .target_dir(ctx.names, ctx.layout)
+            .map_err(MailboxError::Conflict)?;
+        let dst_dir = match rel {
             None => dst.reopen().map_err(|e| MailboxError::io(dst.path(), e))?,
-            Some(name) => {
-                kept_dirs.insert(OsString::from(&name));
-                dst.ensure_dir(&name, 0o700, ctx.copy.owner)
-                    .map_err(|e| MailboxError::io(&dst.child_path(&name), e))?
-                    .0
+            Some(rel) => {
+                let d = dst
+                    .ensure_beneath(&rel, 0o700, ctx.copy.owner)
+                    .map_err(|e| MailboxError::io(&dst.path().join(&rel), e))?;
+                kept_dirs.insert(rel);
+                d
             }
         };
         let target = TargetFolder::open(dst_dir, ctx.copy.owner)?;
@@ -253,7 +365,10 @@ pub fn sync_mailbox(
         };
         carry_folder_files(ctx, &src_dir, uid, &target.dir, folder, found, &mut out)?;
     }
-    remove_stale_folders(dst, &kept_dirs)?;
+    match ctx.layout {
+        Layout::MaildirPlusPlus => remove_stale_folders(dst, &kept_dirs)?,
+        Layout::Fs => remove_stale_fs_folders(dst, Path::new(""), &kept_dirs)?,
+    }
     if pass == Pass::Final {
         carry_subscriptions(ctx, src, uid, dst, &mut out)?;
         courier::root_warnings(src, &mut out.warnings);
@@ -368,7 +483,7 @@ fn carry_folder_files(
     let acl = courier::acl(src, uid, &shown, &mut out.warnings)?;
     put_control(dst, DOVECOT_ACL, acl, &attrs)?;
 
-    if folder.name.is_some() {
+    if folder.name.is_some() && ctx.layout == Layout::MaildirPlusPlus {
         match dst.create_file(maildir::MAILDIRFOLDER, 0o600) {
             Ok(f) => crate::safe_fs::apply_attrs(&f, &attrs),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
@@ -399,13 +514,38 @@ fn put_control(
 }
 
 /// Target folders whose source folder is gone (deleted, or now skipped).
-fn remove_stale_folders(dst: &Dir, kept: &BTreeSet<OsString>) -> Result<(), MailboxError> {
+fn remove_stale_folders(dst: &Dir, kept: &BTreeSet<PathBuf>) -> Result<(), MailboxError> {
     let entries = dst.entries().map_err(|e| MailboxError::io(dst.path(), e))?;
     for e in entries {
         let b = e.name.as_bytes();
-        if e.kind == Kind::Dir && b.len() > 1 && b[0] == b'.' && !kept.contains(&e.name) {
+        if e.kind == Kind::Dir && b.len() > 1 && b[0] == b'.' && !kept.contains(Path::new(&e.name))
+        {
             dst.remove_tree(&e.name, 2)
                 .map_err(|err| MailboxError::io(&dst.child_path(&e.name), err))?;
+        }
+    }
+    Ok(())
+}
+
+/// The fs-layout twin: a directory that is neither a kept folder nor the
+/// parent of one goes; cur/new/tmp are the folders' own.
+fn remove_stale_fs_folders(
+    dir: &Dir,
+    prefix: &Path,
+    kept: &BTreeSet<PathBuf>,
+) -> Result<(), MailboxError> {
+    let entries = dir.entries().map_err(|e| MailboxError::io(dir.path(), e))?;
+    for e in entries {
+        if e.kind != Kind::Dir || is_reserved_fs_level(&e.name.to_string_lossy()) {
+            continue;
+        }
+        let rel = prefix.join(&e.name);
+        let io = |err| MailboxError::io(&dir.child_path(&e.name), err);
+        if kept.iter().any(|k| k.starts_with(&rel)) {
+            let sub = dir.open_dir(&e.name).map_err(io)?;
+            remove_stale_fs_folders(&sub, &rel, kept)?;
+        } else {
+            dir.remove_tree(&e.name, MAX_FS_DEPTH + 2).map_err(io)?;
         }
     }
     Ok(())
@@ -538,7 +678,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc", md.join(".Evil")).unwrap();
         std::fs::write(md.join(".hidden-file"), b"").unwrap();
         let c = Classifier::new(&[], &[]);
-        let s = scan(&Dir::open_root(md).unwrap(), &c).unwrap();
+        let s = scan(&Dir::open_root(md).unwrap(), &c, Layout::MaildirPlusPlus).unwrap();
         let copied: Vec<String> = s.copy.iter().map(SourceFolder::display).collect();
         assert_eq!(copied, ["INBOX", "Sent", "Trash 2020"]);
         let skipped: Vec<(&str, &str)> = s
@@ -557,7 +697,53 @@ mod tests {
         assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
 
         std::fs::create_dir_all(md.join(".Koš/cur")).unwrap();
-        let e = scan(&Dir::open_root(md).unwrap(), &c).unwrap_err();
+        let e = scan(&Dir::open_root(md).unwrap(), &c, Layout::MaildirPlusPlus).unwrap_err();
         assert!(matches!(e, MailboxError::NameConflict { .. }), "{e}");
+    }
+
+    #[test]
+    fn fs_layout_scan_and_target_paths() {
+        let t = tempfile::tempdir().unwrap();
+        let md = t.path();
+        for d in [
+            "cur",
+            "Sent/cur",
+            "Archive/2019/cur",
+            "Archive.old/new",
+            "Trash/Deep/cur",
+            "courierimapkeywords",
+            ".hidden/cur",
+        ] {
+            std::fs::create_dir_all(md.join(d)).unwrap();
+        }
+        let c = Classifier::new(&[], &[]);
+        let s = scan(&Dir::open_root(md).unwrap(), &c, Layout::Fs).unwrap();
+        let copied: Vec<String> = s.copy.iter().map(SourceFolder::display).collect();
+        assert_eq!(copied, ["INBOX", "Archive/2019", "Archive.old", "Sent"]);
+        assert_eq!(s.skipped.len(), 2, "Trash and Trash/Deep: {:?}", s.skipped);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let a2019 = &s.copy[1];
+        assert_eq!(a2019.dir.as_deref(), Some(Path::new("Archive/2019")));
+        let fs_path = a2019.target_dir(NameEncoding::Mutf7, Layout::Fs).unwrap();
+        assert_eq!(fs_path.as_deref(), Some(Path::new("Archive/2019")));
+        let pp = a2019
+            .target_dir(NameEncoding::Mutf7, Layout::MaildirPlusPlus)
+            .unwrap();
+        assert_eq!(pp.as_deref(), Some(Path::new(".Archive.2019")));
+        let dotted = &s.copy[2];
+        assert!(
+            dotted
+                .target_dir(NameEncoding::Mutf7, Layout::MaildirPlusPlus)
+                .is_err()
+        );
+        let reserved = SourceFolder {
+            name: Some(FolderName::from_levels(["a", "cur"]).unwrap()),
+            dir: None,
+        };
+        assert!(
+            reserved
+                .target_dir(NameEncoding::Mutf7, Layout::Fs)
+                .is_err()
+        );
     }
 }

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::copy::TargetFolder;
 use crate::job::{Job, LocalPart, Mode};
 use crate::maildir;
+use crate::maildir::Layout;
 use crate::maildir::names::NameEncoding;
 use crate::report::{MailboxReport, MailboxStatus};
 use crate::safe_fs::Dir;
@@ -85,10 +86,14 @@ impl<'a> Env<'a> {
 
     /// `userdb_mail=…`; folder names stored in UTF-8 need Dovecot told so.
     fn target_mail(&self) -> String {
-        match self.cfg.target.folder_names {
-            NameEncoding::Mutf7 => TARGET_MAIL.to_string(),
-            NameEncoding::Utf8 => format!("{TARGET_MAIL}:UTF-8"),
+        let mut m = TARGET_MAIL.to_string();
+        if self.cfg.target.layout == Layout::Fs {
+            m.push_str(":LAYOUT=fs");
         }
+        if self.cfg.target.folder_names == NameEncoding::Utf8 {
+            m.push_str(":UTF-8");
+        }
+        m
     }
 
     fn home_rel(&self, local: &LocalPart) -> Result<PathBuf, MailboxError> {
@@ -173,6 +178,7 @@ impl<'a> Env<'a> {
         local: &LocalPart,
     ) -> Result<(PathBuf, Option<Dir>), MailboxError> {
         let path = maildir::maildir_path(
+            self.cfg.source.layout,
             account.mail.as_deref(),
             &account.home,
             &self.source_key(local),
@@ -266,7 +272,7 @@ pub fn scan_source(
     let (path, dir) = env.open_source_maildir(&a.source, local)?;
     let scanned = match dir {
         Some(d) => {
-            let s = folders::scan(&d, &env.cfg.migration.classifier)?;
+            let s = folders::scan(&d, &env.cfg.migration.classifier, env.cfg.source.layout)?;
             Some((d, s))
         }
         None => None,
@@ -395,7 +401,7 @@ fn copy_and_switch(
     let src_dir = source.as_ref().and_then(|(_, d)| d.as_ref());
     match src_dir {
         Some(src) => {
-            let scan = folders::scan(src, ctx.classifier)?;
+            let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
             folders::sync_mailbox(ctx, src, &md, &scan, Pass::Bulk)?;
         }
         None => {
@@ -409,7 +415,7 @@ fn copy_and_switch(
     freeze(env, local)?;
     let content = match src_dir {
         Some(src) => {
-            let scan = folders::scan(src, ctx.classifier)?;
+            let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
             let sync = folders::sync_mailbox(ctx, src, &md, &scan, Pass::Final)?;
             Some(Content {
                 sync,

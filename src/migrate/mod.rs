@@ -157,6 +157,7 @@ pub fn run_job(
             stop,
         },
         names: cfg.target.folder_names,
+        layout: cfg.target.layout,
     };
     info!(job = job.id.as_str(), domain = %job.domain, mode = %job.mode, mailboxes = selected.len(), "job started");
     progress.job_started(selected.len());

@@ -176,6 +176,12 @@ pub struct Scenario {
 impl Scenario {
     /// Builds the old host; `extra_config` is appended to the config.
     pub fn prepare(prefix: &str, extra_config: &str) -> Scenario {
+        Scenario::prepare_layout(prefix, false, extra_config)
+    }
+
+    /// With `source_fs` the old server stores folders in `LAYOUT=fs`
+    /// (and the config says so).
+    pub fn prepare_layout(prefix: &str, source_fs: bool, extra_config: &str) -> Scenario {
         let tmp = dovecot::scratch_dir(prefix);
         let dir = tmp.path().to_path_buf();
         let root = dovecot::running_as_root();
@@ -198,6 +204,9 @@ impl Scenario {
             owned_dir(&home, OLD_UID);
             fs::set_permissions(home.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
             let mut line = dovecot::passwd_line(user, &hash, OLD_UID, OLD_UID, &home);
+            if source_fs {
+                line = line.replace("maildir:~/Maildir", "maildir:~/Maildir:LAYOUT=fs");
+            }
             if user.starts_with("petra@") {
                 line.push_str(" userdb_quota_rule=*:bytes=2147483648");
             }
@@ -258,7 +267,7 @@ impl Scenario {
         assert_eq!(before[0].mailbox("INBOX").unwrap().messages.len(), 5);
         // A folder stored in raw UTF-8 (as Courier 5 or `:UTF-8` write it):
         // the old Dovecot cannot open it, the new one must.
-        let raw = jan_md.join(".Přílohy");
+        let raw = jan_md.join(if source_fs { "Přílohy" } else { ".Přílohy" });
         for sub in ["cur", "new", "tmp"] {
             owned_dir(&raw.join(sub), OLD_UID);
         }
@@ -286,11 +295,12 @@ impl Scenario {
         // Migrate the domain.
         let users_new = dir.join("users.new");
         let owner = if root { "uid = 5000\ngid = 5000\n" } else { "" };
+        let source_layout = if source_fs { "layout = \"fs\"\n" } else { "" };
         let config = dir.join("config.toml");
         fs::write(
         &config,
         format!(
-            "[source]\nuserdb = \"users.old\"\nuserdb_format = \"passwd-file\"\nmail_root = \"oldmail\"\n\
+            "[source]\nuserdb = \"users.old\"\nuserdb_format = \"passwd-file\"\nmail_root = \"oldmail\"\n{source_layout}\
              [target]\nuserdb = \"users.new\"\nuserdb_format = \"passwd-file\"\nmail_root = \"newmail\"\n{owner}{extra_config}"
         ),
     )
