@@ -420,6 +420,21 @@ impl Dir {
     }
 }
 
+/// Opens (creating 0600, never through a symlink) and exclusively locks a
+/// lock file; the lock lasts as long as the returned file.
+pub fn lock_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    f.lock()?;
+    Ok(f)
+}
+
 /// Mode, owner, mtime and durability for a file written by `write_atomic`.
 #[derive(Debug, Clone)]
 pub struct FileAttrs {

@@ -409,21 +409,7 @@ fn migration_end_to_end() {
         return;
     }
     let s = Scenario::prepare("mm-e2e-", "");
-    let job = s.dir.join("example-cz.json");
-    fs::write(&job, r#"{"domain": "example.cz", "mode": "move"}"#).unwrap();
-    let out = std::process::Command::new(common::fixture::BIN)
-        .args([
-            "--config",
-            s.config.to_str().unwrap(),
-            "run",
-            "--json",
-            job.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let report = run_scenario_job(&s);
     assert_eq!(report["totals"]["mailboxes"], ACCOUNTS.len());
     for m in report["mailboxes"].as_array().unwrap() {
         assert_eq!(m["status"], "done", "{m:#}");
@@ -688,16 +674,7 @@ fn migration_to_utf8_folder_names() {
         return;
     }
     let s = Scenario::prepare("mm-utf8-", "folder_names = \"utf8\"\n");
-    let job = s.dir.join("example-cz.json");
-    fs::write(&job, r#"{"domain": "example.cz", "mode": "move"}"#).unwrap();
-    let out = std::process::Command::new(common::fixture::BIN)
-        .args(["--config", s.config.to_str().unwrap(), "run", "--json"])
-        .arg(&job)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let report = run_scenario_job(&s);
     let jan = s.dir.join("newmail/example.cz/jan/Maildir");
     assert!(jan.join(".Odeslané").is_dir(), "raw UTF-8 on disk");
     assert!(!jan.join(".Odeslan&AOk-").exists());

@@ -9,12 +9,11 @@
 //! then rebuilds `userdb.dat`, which is what authlib actually reads.
 
 use std::ffi::OsString;
-use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::safe_fs::{Dir, FileAttrs, Owner, apply_attrs, split_file_path};
+use crate::safe_fs::{Dir, FileAttrs, Owner, apply_attrs, lock_file, split_file_path};
 use crate::userdb::passwd_file::UserdbError;
 
 /// Options that refuse every login service but keep the account known.
@@ -321,15 +320,7 @@ where
         s
     };
     let lock_path = dir_path.join(with_prefix(".lock."));
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&lock_path)
-        .map_err(io_err(&lock_path))?;
-    lock.lock().map_err(io_err(&lock_path))?;
+    let lock = lock_file(&lock_path).map_err(io_err(&lock_path))?;
 
     // Re-read under the lock: the file is the truth, not our earlier view.
     let current = read_db_file(&path)?;

@@ -7,15 +7,14 @@
 //! change). Hashes never appear in errors or logs.
 
 use std::ffi::OsString;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::sys::time::TimeSpec;
 
-use crate::safe_fs::{Dir, FileAttrs, Owner, split_file_path};
+use crate::safe_fs::{Dir, FileAttrs, Owner, lock_file, split_file_path};
 
 /// Passdb extra field that refuses logins while keeping the user resolvable.
 pub const NOLOGIN: &str = "nologin";
@@ -369,15 +368,7 @@ where
     lock_name.push(name);
     lock_name.push(".lock");
     let lock_path = dir_path.join(&lock_name);
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&lock_path)
-        .map_err(io_err(&lock_path))?;
-    lock.lock().map_err(io_err(&lock_path))?;
+    let lock = lock_file(&lock_path).map_err(io_err(&lock_path))?;
 
     let current = PasswdFile::load(path)?;
     let Some(change) = decide(&current)? else {

@@ -13,6 +13,7 @@
 //! "no keywords". (Dovecot's migration script looks `.N.` files up under
 //! their full name and silently loses them; here they are keyed by base.)
 
+use super::{numbered_lines, shown};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::maildir::keywords::Keywords;
@@ -58,17 +59,10 @@ pub fn is_valid_keyword(name: &[u8]) -> bool {
         })
 }
 
-fn shown(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// Lines without the final empty piece and without a trailing CR each.
 fn lines(data: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
     let body = data.strip_suffix(b"\n").unwrap_or(data);
-    body.split(|&b| b == b'\n')
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
-        .filter(move |_| !data.is_empty())
+    numbered_lines(body).filter(move |_| !data.is_empty())
 }
 
 /// Text that is not UTF-8 or holds NUL bytes is damage (a crash can leave

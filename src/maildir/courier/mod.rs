@@ -11,6 +11,26 @@
 //! * [`acl`]: `courierimapacl` → `dovecot-acl` lines
 
 pub mod acl;
+
+/// A decimal number as Courier writes it (digits only).
+fn num(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// Bytes for an error message.
+fn shown(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Lines with their 1-based numbers, CR before LF dropped.
+fn numbered_lines(data: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    data.split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+}
 pub mod keywords;
 pub mod pop3;
 pub mod subscribed;

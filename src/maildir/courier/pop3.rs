@@ -12,6 +12,7 @@
 //! `print_uidl` does it, so Dovecot can announce the same one (`P` field of
 //! `dovecot-uidlist`).
 
+use super::{num, numbered_lines, shown};
 use crate::maildir::filename;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,26 +79,11 @@ fn err(line: usize, problem: impl Into<String>) -> Pop3Error {
     }
 }
 
-fn num(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(s).ok()?.parse().ok()
-}
-
-fn shown(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// Parses the list. A header that starts with `/` but is not a known
 /// version is an error (the UIDLs cannot be known); unreadable record lines
 /// are skipped and listed, as Courier skips them.
 pub fn parse(data: &[u8]) -> Result<Pop3List, Pop3Error> {
-    let mut lines = data
-        .split(|&b| b == b'\n')
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
-        .peekable();
+    let mut lines = numbered_lines(data).peekable();
     let mut next = None;
     let version = match lines.peek() {
         Some((_, head)) if head.first() == Some(&b'/') => {

@@ -14,6 +14,7 @@
 //! instead of copying: it keeps every UID it can and gives the rest new
 //! ones, and says which.
 
+use super::{num, numbered_lines, shown};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
@@ -73,25 +74,11 @@ impl Uiddb {
     }
 }
 
-fn num(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(s).ok()?.parse().ok()
-}
-
-fn shown(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// Parses a `courierimapuiddb`. A missing, garbled or non-version-1 header
 /// is an error (Courier itself would start over with a new UIDVALIDITY);
 /// unreadable record lines are skipped and listed.
 pub fn parse(data: &[u8]) -> Result<Uiddb, UiddbError> {
-    let mut lines = data
-        .split(|&b| b == b'\n')
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)));
+    let mut lines = numbered_lines(data);
     let (_, head) = lines
         .next()
         .filter(|(_, l)| !l.is_empty())
