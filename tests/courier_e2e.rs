@@ -363,3 +363,98 @@ fn damaged_courier_metadata_falls_back_per_folder() {
         "{inbox_uidlist}"
     );
 }
+
+/// With `makeuserdb` configured, the freeze reaches `userdb.dat`, which is
+/// what authlib reads: Courier's own makeuserdb (from the packages the
+/// fixture builder unpacked) compiles the edited text, checked with gdbmtool.
+#[test]
+fn makeuserdb_publishes_the_freeze_to_authlib() {
+    let root = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/courier-root/root"
+    ));
+    let script = root.join("usr/sbin/makeuserdb");
+    let have_gdbmtool = std::process::Command::new("gdbmtool")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !script.exists() || !have_gdbmtool {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run fixtures/courier/check.py first and install gdbmtool"
+        );
+        eprintln!(
+            "SKIPPED makeuserdb_publishes_the_freeze_to_authlib: run fixtures/courier/check.py (unpacks Courier) and install gdbmtool"
+        );
+        return;
+    }
+    let h = common::fixture::Host::new("");
+    // Courier's script with its helper's path pointed into the unpacked tree.
+    let makedat = root.join("usr/lib/courier/courier-authlib/makedatprog");
+    let patched = h.root.join("makeuserdb.pl");
+    fs::write(
+        &patched,
+        fs::read_to_string(&script).unwrap().replace(
+            "/usr/lib/courier/courier-authlib/makedatprog",
+            makedat.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let wrapper = h.root.join("makeuserdb");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nLD_LIBRARY_PATH={0}/usr/lib/x86_64-linux-gnu:{0}/lib/x86_64-linux-gnu exec perl {1} \"$@\"\n",
+            root.display(),
+            patched.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let userdb = h.root.join("userdb");
+    fs::write(
+        &userdb,
+        fs::read_to_string(Path::new(STORE).join("userdb"))
+            .unwrap()
+            .replace("/srv/mail", h.old.to_str().unwrap()),
+    )
+    .unwrap();
+    fs::set_permissions(&userdb, fs::Permissions::from_mode(0o600)).unwrap();
+    let config = fs::read_to_string(&h.config).unwrap().replace(
+        "userdb = \"users.old\"\nuserdb_format = \"passwd-file\"",
+        &format!(
+            "userdb = \"userdb\"\nuserdb_format = \"courier-userdb\"\nmakeuserdb = \"{}\"",
+            wrapper.display()
+        ),
+    );
+    h.write_config(&config);
+    let job = h.job(
+        "j",
+        r#"{"domain": "example.cz", "mode": "move", "mailboxes": ["jana"]}"#,
+    );
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    let fetch = |key: &str, file: &str| {
+        let out = std::process::Command::new("gdbmtool")
+            .arg(h.root.join(file))
+            .args(["fetch", key])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let jana = fetch("jana@example.cz", "userdb.dat");
+    assert!(
+        jana.contains("options=disableimap=1,disablepop3=1,disablewebmail=1"),
+        "userdb.dat: {jana}"
+    );
+    let jan = fetch("jan@example.cz", "userdb.dat");
+    assert!(
+        jan.contains("uid=5000") && !jan.contains("disableimap"),
+        "{jan}"
+    );
+    assert!(
+        fetch("jana@example.cz", "userdbshadow.dat").contains("systempw="),
+        "passwords stay in the shadow file"
+    );
+}
