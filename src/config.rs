@@ -54,6 +54,71 @@ struct RawConfig {
     daemon: RawDaemon,
     #[serde(default)]
     notify: crate::notify::RawSettings,
+    #[serde(default)]
+    cutover: RawCutover,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCutover {
+    freeze_command: Option<Vec<String>>,
+    freeze_grace: Option<u64>,
+    max_delta_passes: Option<u32>,
+    delta_threshold: Option<u64>,
+}
+
+/// How a mailbox is switched over while it is live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cutover {
+    /// Run right after the old login is refused (e.g. `doveadm kick %u`),
+    /// as an argument vector with `%u`, `%d`, `%n`, `%%` expanded; no shell.
+    pub freeze_command: Vec<String>,
+    /// Wait after the freeze for deliveries already in flight.
+    pub freeze_grace: Duration,
+    /// Passes after the bulk copy while the mailbox is live, until one
+    /// changes at most `delta_threshold` messages.
+    pub max_delta_passes: u32,
+    pub delta_threshold: u64,
+}
+
+impl Cutover {
+    /// The freeze command for one user, `None` when none is configured.
+    pub fn command_for(&self, local: &LocalPart, domain: &Domain) -> Option<Vec<String>> {
+        if self.freeze_command.is_empty() {
+            return None;
+        }
+        Some(
+            self.freeze_command
+                .iter()
+                .map(|a| expand_user(a, local, domain).expect("validated"))
+                .collect(),
+        )
+    }
+}
+
+/// `%u` user@domain, `%d` domain, `%n` local part, `%%` a percent sign.
+fn expand_user(s: &str, local: &LocalPart, domain: &Domain) -> Result<String, String> {
+    let mut out = String::new();
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            Some('u') => out.push_str(&format!("{local}@{domain}")),
+            Some('d') => out.push_str(domain.as_str()),
+            Some('n') => out.push_str(local.as_str()),
+            Some('%') => out.push('%'),
+            other => {
+                return Err(format!(
+                    "unknown variable %{} (use %u, %d, %n or %%)",
+                    other.map(String::from).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -253,6 +318,7 @@ pub struct Config {
     pub daemon: Daemon,
     /// The completion e-mail.
     pub notify: crate::notify::Settings,
+    pub cutover: Cutover,
 }
 
 impl Config {
@@ -359,6 +425,39 @@ impl Config {
                 )));
             }
         };
+        let freeze_command = raw.cutover.freeze_command.unwrap_or_default();
+        if let Some(first) = freeze_command.first()
+            && !first.starts_with('/')
+        {
+            return Err(invalid("cutover.freeze_command")(format!(
+                "{first:?}: the program must be an absolute path (no shell, no PATH search)"
+            )));
+        }
+        let probe = (
+            LocalPart::parse("n").expect("valid"),
+            Domain::parse("d.example").expect("valid"),
+        );
+        for a in &freeze_command {
+            expand_user(a, &probe.0, &probe.1).map_err(invalid("cutover.freeze_command"))?;
+        }
+        let max_delta_passes = raw.cutover.max_delta_passes.unwrap_or(3);
+        if max_delta_passes > 20 {
+            return Err(invalid("cutover.max_delta_passes")(format!(
+                "{max_delta_passes} is more than 20"
+            )));
+        }
+        let freeze_grace = raw.cutover.freeze_grace.unwrap_or(0);
+        if freeze_grace > 600 {
+            return Err(invalid("cutover.freeze_grace")(format!(
+                "{freeze_grace} s is more than 600"
+            )));
+        }
+        let cutover = Cutover {
+            freeze_command,
+            freeze_grace: Duration::from_secs(freeze_grace),
+            max_delta_passes,
+            delta_threshold: raw.cutover.delta_threshold.unwrap_or(100),
+        };
         let rescan = raw.daemon.rescan_interval.unwrap_or(30);
         if !(1..=3600).contains(&rescan) {
             return Err(invalid("daemon.rescan_interval")(format!(
@@ -395,6 +494,7 @@ impl Config {
                 }
             })?;
         Ok(Config {
+            cutover,
             notify,
             daemon: Daemon {
                 submit_group,
@@ -575,6 +675,14 @@ gid = 5000
                 "target.folder_names",
             ),
             (format!("{MINIMAL}layout = \"mbox\"\n"), "target.layout"),
+            (
+                format!("{MINIMAL}[cutover]\nfreeze_command = [\"doveadm\", \"kick\", \"%u\"]\n"),
+                "absolute path",
+            ),
+            (
+                format!("{MINIMAL}[cutover]\nfreeze_command = [\"/bin/x\", \"%x\"]\n"),
+                "unknown variable",
+            ),
             (
                 format!("{MINIMAL}[daemon]\nsubmit_group = \"no-such-group-x\"\n"),
                 "daemon.submit_group",

@@ -148,6 +148,7 @@ struct RawJob {
     mode: Mode,
     mailboxes: Option<Vec<String>>,
     notify: Option<String>,
+    cutover: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +159,9 @@ pub struct Job {
     /// `None`: every mailbox of the domain in the source userdb.
     pub mailboxes: Option<Vec<LocalPart>>,
     pub notify: Option<String>,
+    /// `false`: a pre-sync (bulk and delta passes only; both logins stay
+    /// as they are, and a later job copies just the rest).
+    pub cutover: bool,
 }
 
 impl Job {
@@ -221,6 +225,7 @@ impl Job {
             mode: raw.mode,
             mailboxes,
             notify: raw.notify,
+            cutover: raw.cutover.unwrap_or(true),
         })
     }
 }

@@ -63,6 +63,7 @@ pub fn plan(
         mode: Mode::Move,
         mailboxes,
         notify: None,
+        cutover: false,
     };
     let env = Env::open(cfg, &job)?;
     let mut out = Plan {

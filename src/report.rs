@@ -21,6 +21,9 @@ pub enum MailboxStatus {
     Done,
     /// A previous run completed it; nothing was changed.
     AlreadyMigrated,
+    /// Copied ahead of the cutover (`"cutover": false`); still served by
+    /// the old side.
+    Presynced,
     Failed,
 }
 

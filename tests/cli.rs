@@ -764,3 +764,88 @@ fn courier_userdb_source() {
     );
     assert_eq!(std::fs::read_to_string(&courier).unwrap(), old);
 }
+
+/// `"cutover": false` copies ahead and touches no login; repeating it
+/// copies only what is new; the real job then switches with the freeze
+/// command run for the user (argument vector, no shell).
+#[test]
+fn presync_then_cutover_with_a_freeze_command() {
+    let h = Host::new("");
+    let args_file = h.root.join("freeze-args");
+    let script = h.root.join("kick.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s|' \"$@\" >> {}\n",
+            args_file.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = std::fs::read_to_string(&h.config).unwrap();
+    h.write_config(&format!(
+        "{cfg}[cutover]\nfreeze_command = [\"{}\", \"kick\", \"%u\", \"100%%\"]\nfreeze_grace = 1\n",
+        script.display()
+    ));
+    let inbox = h.add_user(JAN, HASH_6, "").folder("");
+    inbox.msg(
+        "cur",
+        "1500000000.M1P1.old:2,S",
+        &body("one", 40),
+        1_500_000_000,
+    );
+    let old_users = std::fs::read_to_string(&h.users_old).unwrap();
+
+    let pre = h.job(
+        "pre",
+        r#"{"domain": "example.cz", "mode": "move", "cutover": false}"#,
+    );
+    let (code, report) = h.run_job(&pre);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(mailbox(&report, JAN)["status"], "presynced");
+    let md = h.target_maildir(JAN);
+    assert!(md.join("cur/1500000000.M1P1.old:2,S").exists());
+    assert!(
+        md.join(".maildir-migrate-partial").exists(),
+        "still ours to finish"
+    );
+    assert_eq!(std::fs::read_to_string(&h.users_old).unwrap(), old_users);
+    assert!(!h.users_new.exists());
+    assert!(!args_file.exists(), "no freeze in a pre-sync");
+
+    // New mail and a flag change meanwhile; a second pre-sync picks them up.
+    inbox.msg(
+        "new",
+        "1500000100.M2P1.old",
+        &body("two", 40),
+        1_500_000_100,
+    );
+    std::fs::rename(
+        inbox.0.join("cur/1500000000.M1P1.old:2,S"),
+        inbox.0.join("cur/1500000000.M1P1.old:2,FS"),
+    )
+    .unwrap();
+    let (_, report) = h.run_job(&pre);
+    assert_eq!(mailbox(&report, JAN)["status"], "presynced");
+    assert!(md.join("new/1500000100.M2P1.old").exists());
+    assert!(md.join("cur/1500000000.M1P1.old:2,FS").exists());
+    assert!(!md.join("cur/1500000000.M1P1.old:2,S").exists());
+
+    let started = std::time::Instant::now();
+    let full = h.job("full", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&full);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(mailbox(&report, JAN)["status"], "done");
+    assert_eq!(mailbox(&report, JAN)["messages"], 2);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "freeze_grace waited"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&args_file).unwrap(),
+        "kick|jan@example.cz|100%|"
+    );
+    assert!(!md.join(".maildir-migrate-partial").exists());
+    assert!(std::fs::read_to_string(&h.users_new).unwrap().contains(JAN));
+}

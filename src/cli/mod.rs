@@ -101,6 +101,9 @@ enum Command {
         /// Job id (A-Z a-z 0-9 . _ -, up to 64); default: generated.
         #[arg(long)]
         id: Option<String>,
+        /// Copy ahead only ("cutover": false): both logins stay as they are.
+        #[arg(long)]
+        presync: bool,
     },
     /// Show the queue, the running job's progress and the last finished jobs.
     Status {
@@ -222,6 +225,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             mailboxes,
             notify,
             id,
+            presync,
         } => {
             let cfg = load_config(cli.config)?;
             let spool = Spool::open(&cfg.spool_dir).map_err(spool_failure)?;
@@ -239,6 +243,9 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             }
             if let Some(n) = notify {
                 job["notify"] = serde_json::json!(n);
+            }
+            if presync {
+                job["cutover"] = serde_json::json!(false);
             }
             let text = serde_json::to_string_pretty(&job).expect("serialisable") + "\n";
             spool.submit(&id, &text).map_err(spool_failure)?;
@@ -506,6 +513,7 @@ fn print_report(report: &Report, json: bool) {
                 continue;
             }
             MailboxStatus::Failed => "FAILED",
+            MailboxStatus::Presynced => "presynced",
         };
         println!(
             "  {:<32} {:<16} {:>7} messages {:>10} in {} folders{}",

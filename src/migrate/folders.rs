@@ -244,6 +244,8 @@ pub fn scan(
 /// What a pass over a whole mailbox found and did.
 #[derive(Debug, Default, Clone)]
 pub struct MailboxSync {
+    /// Messages copied, renamed or removed in the target by this pass.
+    pub changes: u64,
     pub folders: u64,
     pub messages: u64,
     pub bytes: u64,
@@ -330,7 +332,7 @@ pub fn sync_mailbox(
             Ok(_) => None,
             Err(_) => courier::read_keywords(&src_dir, uid, &shown, &mut out.warnings)?,
         };
-        let (listing, assignment) = sync_folder_until_stable(
+        let (listing, assignment, changes) = sync_folder_until_stable(
             ctx,
             &src_dir,
             uid,
@@ -338,6 +340,7 @@ pub fn sync_mailbox(
             &shown,
             courier_keywords.as_ref(),
         )?;
+        out.changes += changes;
         for p in &listing.not_files {
             out.warnings
                 .push(format!("{}: not a regular file; not copied", p.display()));
@@ -383,13 +386,15 @@ fn sync_folder_until_stable(
     target: &TargetFolder,
     shown: &str,
     courier_keywords: Option<&MergedKeywords>,
-) -> Result<(copy::Listing, Option<Assignment>), MailboxError> {
+) -> Result<(copy::Listing, Option<Assignment>, u64), MailboxError> {
+    let mut changes = 0;
     for _ in 0..MAX_PASSES_PER_FOLDER {
         let mut listing = copy::list_messages(src)?;
         let assignment = courier_keywords.map(|k| courier::apply_keywords(&mut listing, k));
         let stats = copy::sync_folder(src, &listing, target, uid, &ctx.copy, &ctx.workers)?;
+        changes += stats.copied + stats.renamed + stats.removed;
         if stats.vanished == 0 {
-            return Ok((listing, assignment));
+            return Ok((listing, assignment, changes));
         }
     }
     Err(MailboxError::Unstable {

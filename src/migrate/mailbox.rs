@@ -343,7 +343,8 @@ fn run(
         State::Pending => {}
     }
     let (md, content) = match copy_and_switch(env, ctx, local, &a, &rel_home) {
-        Ok(done) => done,
+        Ok(Outcome::Presynced) => return Ok((MailboxStatus::Presynced, None)),
+        Ok(Outcome::Switched(md, content)) => (md, content),
         // Not switched: the old login comes back (a no-op if never frozen).
         Err(e) => {
             return Err(match thaw(env, local) {
@@ -365,13 +366,21 @@ fn run(
 
 /// Steps 2-5: claim the target, bulk pass, freeze, final pass with
 /// verification, switch. Returns the target Maildir and what was copied.
+/// Where `copy_and_switch` stopped.
+enum Outcome {
+    /// A pre-sync job: copied, both logins untouched, marker kept.
+    Presynced,
+    /// The target Maildir and what was copied.
+    Switched(Dir, Option<Content>),
+}
+
 fn copy_and_switch(
     env: &Env<'_>,
     ctx: &SyncContext<'_>,
     local: &LocalPart,
     a: &Assessment,
     rel_home: &Path,
-) -> Result<(Dir, Option<Content>), MailboxError> {
+) -> Result<Outcome, MailboxError> {
     let source = match env.job.mode {
         Mode::Move => Some(env.open_source_maildir(&a.source, local)?),
         Mode::Recreate => None,
@@ -401,8 +410,18 @@ fn copy_and_switch(
     let src_dir = source.as_ref().and_then(|(_, d)| d.as_ref());
     match src_dir {
         Some(src) => {
-            let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
-            folders::sync_mailbox(ctx, src, &md, &scan, Pass::Bulk)?;
+            // Bulk pass, then delta passes while the mailbox is live, so
+            // the frozen final pass has little left to do.
+            let cut = &env.cfg.cutover;
+            let mut passes = 0;
+            loop {
+                let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
+                let changes = folders::sync_mailbox(ctx, src, &md, &scan, Pass::Bulk)?.changes;
+                if changes <= cut.delta_threshold || passes >= cut.max_delta_passes {
+                    break;
+                }
+                passes += 1;
+            }
         }
         None => {
             TargetFolder::open(
@@ -412,8 +431,15 @@ fn copy_and_switch(
         }
     }
 
+    if !env.job.cutover {
+        return Ok(Outcome::Presynced);
+    }
     freeze(env, local)?;
-    let content = match src_dir {
+    let after_freeze = freeze_command(env, local);
+    if !env.cfg.cutover.freeze_grace.is_zero() {
+        std::thread::sleep(env.cfg.cutover.freeze_grace);
+    }
+    let mut content = match src_dir {
         Some(src) => {
             let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
             let sync = folders::sync_mailbox(ctx, src, &md, &scan, Pass::Final)?;
@@ -434,8 +460,33 @@ fn copy_and_switch(
         }),
         None => None,
     };
+    if let Some(c) = &mut content {
+        c.sync.warnings.extend(after_freeze);
+    }
     switch(env, local)?;
-    Ok((md, content))
+    Ok(Outcome::Switched(md, content))
+}
+
+/// Runs `[cutover] freeze_command` for the user (no shell). Its failure is
+/// reported, not fatal: the login is already refused.
+fn freeze_command(env: &Env<'_>, local: &LocalPart) -> Vec<String> {
+    let Some(argv) = env.cfg.cutover.command_for(local, &env.job.domain) else {
+        return Vec::new();
+    };
+    let out = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Vec::new(),
+        Ok(o) => vec![format!(
+            "freeze command {:?} failed ({}): {}",
+            argv[0],
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )],
+        Err(e) => vec![format!("freeze command {:?} could not run: {e}", argv[0])],
+    }
 }
 
 /// Rewrites the shared passwd-file entry with `f` (under the userdb

@@ -518,6 +518,8 @@ impl Values {
             for m in &r.mailboxes {
                 match m.status {
                     MailboxStatus::Done | MailboxStatus::AlreadyMigrated => migrated += 1,
+                    // A pre-sync moved nobody yet.
+                    MailboxStatus::Presynced => {}
                     MailboxStatus::Failed => {
                         failed += 1;
                         let why = m.error.as_deref().unwrap_or("unknown error");
