@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::job::{Domain, Job};
+use crate::migrate::verify::Verification;
 use crate::migrate::{self, RunError};
 use crate::notify;
 use crate::progress::Progress;
@@ -102,7 +103,7 @@ impl Progress for Tracker {
 
 /// How a job's worker thread ended.
 enum JobResult {
-    Ran(Report),
+    Ran(Report, Option<Verification>),
     /// Stopped on request; stays in `active/` and resumes next start.
     Interrupted,
     Failed(String),
@@ -111,7 +112,7 @@ enum JobResult {
 impl From<Result<Report, RunError>> for JobResult {
     fn from(r: Result<Report, RunError>) -> JobResult {
         match r {
-            Ok(report) => JobResult::Ran(report),
+            Ok(report) => JobResult::Ran(report, None),
             Err(RunError::Interrupted) => JobResult::Interrupted,
             Err(e) => JobResult::Failed(e.to_string()),
         }
@@ -451,6 +452,7 @@ impl Daemon {
             run_secs: 0,
             resumed: false,
             report: None,
+            verify: None,
             notification: None,
         };
         if let Err(e) = self.spool.finish(entry, &record) {
@@ -484,12 +486,24 @@ impl Daemon {
             move || {
                 // A panic is a failed job, not a job that runs forever.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    migrate::run_job(&cfg, &job, &*tracker, &stop)
+                    let mut r = JobResult::from(migrate::run_job(&cfg, &job, &*tracker, &stop));
+                    // The job is checked against the source before it is
+                    // filed; a pre-sync has nothing to verify yet.
+                    if let JobResult::Ran(_, v) = &mut r
+                        && job.cutover
+                    {
+                        *v = migrate::verify::verify(
+                            &cfg,
+                            job.domain.clone(),
+                            job.mailboxes.clone(),
+                        )
+                        .ok();
+                    }
+                    r
                 }))
-                .map_or_else(
-                    |_| JobResult::Failed("internal error (panic); see the log".into()),
-                    JobResult::from,
-                );
+                .unwrap_or_else(|_| {
+                    JobResult::Failed("internal error (panic); see the log".into())
+                });
                 let _ = tx.send(Msg::Finished { id, result });
             }
         };
@@ -522,16 +536,20 @@ impl Daemon {
             return;
         };
         let _ = run.handle.join();
-        let (report, error) = match result {
+        let (report, verification, mut error) = match result {
             JobResult::Interrupted => {
                 info!(job = %id, "job interrupted; it stays in active/ and resumes at the next start");
                 return;
             }
-            JobResult::Ran(r) => (Some(r), None),
-            JobResult::Failed(e) => (None, Some(e)),
+            JobResult::Ran(r, v) => (Some(r), v, None),
+            JobResult::Failed(e) => (None, None, Some(e)),
         };
+        if verification.as_ref().is_some_and(|v| !v.ok) {
+            error =
+                Some("verify found differences between source and target; see \"verify\"".into());
+        }
         let status = match &report {
-            Some(r) if r.status == JobStatus::Done => RecordStatus::Done,
+            Some(r) if r.status == JobStatus::Done && error.is_none() => RecordStatus::Done,
             _ => RecordStatus::Failed,
         };
         let t = now();
@@ -548,6 +566,7 @@ impl Daemon {
             run_secs: (t - run.first_started).max(0) as u64,
             resumed: run.resumed,
             report,
+            verify: verification,
             notification: None,
         };
         if let Some(to) = &run.job.notify {

@@ -151,6 +151,9 @@ pub struct JobRecord {
     pub resumed: bool,
     /// Engine report (absent when the job never ran).
     pub report: Option<Report>,
+    /// The source/target comparison run after the job.
+    #[serde(default)]
+    pub verify: Option<crate::migrate::verify::Verification>,
     /// Outcome of the completion e-mail; `None` when the job names no address.
     pub notification: Option<serde_json::Value>,
 }
@@ -642,6 +645,7 @@ mod tests {
             run_secs: 0,
             resumed: false,
             report: None,
+            verify: None,
             notification: None,
         };
         let p = s.finish(&active[0], &rec).unwrap();

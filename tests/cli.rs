@@ -849,3 +849,51 @@ fn presync_then_cutover_with_a_freeze_command() {
     assert!(!md.join(".maildir-migrate-partial").exists());
     assert!(std::fs::read_to_string(&h.users_new).unwrap().contains(JAN));
 }
+
+/// `verify` finds a migrated domain equal, and names each kind of damage.
+#[test]
+fn verify_compares_source_and_target() {
+    let h = Host::new("");
+    populate_jan(&h);
+    let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    let verify = |h: &Host| {
+        let out = h.run(&["verify", "--domain", "example.cz", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code().unwrap(), v)
+    };
+    let (code, v) = verify(&h);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["ok"], true);
+    assert!(
+        v["mailboxes"][0]["messages"].as_u64().unwrap() >= 5,
+        "{v:#}"
+    );
+
+    // Damage the target four ways.
+    let md = h.target_maildir(JAN);
+    std::fs::remove_file(md.join("new/1500000200.M3P1.old")).unwrap();
+    std::fs::rename(
+        md.join(".Odeslan&AOk-/cur/1500001000.M5P1.old,S=30:2,S"),
+        md.join(".Odeslan&AOk-/cur/1500001000.M5P1.old,S=30:2,FS"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(md.join(".Stray/cur")).unwrap();
+    let users = std::fs::read_to_string(&h.users_new).unwrap();
+    std::fs::write(&h.users_new, users.replace("$6$saltsalt$", "$6$other$")).unwrap();
+    let (code, v) = verify(&h);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["ok"], false);
+    let problems = v["mailboxes"][0]["problems"].to_string();
+    for needle in [
+        "INBOX: 1 missing",
+        "Odeslané: 0 missing (e.g. \\\"\\\"), 0 extra (e.g. \\\"\\\"), 1 with other flags",
+        ".Stray",
+        "password hash differs",
+    ] {
+        assert!(problems.contains(needle), "{needle} not in {problems}");
+    }
+    assert!(!problems.contains("$6$"), "no hash in the output");
+}

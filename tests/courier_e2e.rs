@@ -169,6 +169,23 @@ fn courier_store_migrates_to_dovecot() {
     let jana_line = old_db.lines().find(|l| l.starts_with("jana@")).unwrap();
     assert!(jana_line.contains("options=disableimap=1,disablepop3=1,disablewebmail=1"));
 
+    // verify agrees for the migrated accounts (Courier keywords included).
+    let v = std::process::Command::new(common::fixture::BIN)
+        .args(["--config", config.to_str().unwrap(), "verify", "--json"])
+        .args([
+            "--domain",
+            "example.cz",
+            "--mailbox",
+            "jana",
+            "--mailbox",
+            "jan",
+        ])
+        .output()
+        .unwrap();
+    let verdict: Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(v.status.code(), Some(0), "{verdict:#}");
+    assert_eq!(verdict["mailboxes"][0]["messages"], 17, "{verdict:#}");
+
     // The new server.
     let users_new = dir.join("users.new");
     if dovecot::running_as_root() {

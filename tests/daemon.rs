@@ -142,6 +142,7 @@ fn daemon_migrates_and_notifies() {
     let b = wait_record(&spool_dir, "done", "via-submit", &d);
     for r in [&a, &b] {
         assert_eq!(r["status"], "done", "{r:#}");
+        assert_eq!(r["verify"]["ok"], true, "verified after the job: {r:#}");
         assert_eq!(r["error"], serde_json::Value::Null);
         assert!(r["queue_wait_secs"].is_u64() && r["run_secs"].is_u64());
     }

@@ -76,6 +76,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare source and target of a migrated domain, writing nothing.
+    ///
+    /// Exit status: 0 everything equal, 1 some mailbox differs (see the
+    /// problems), 64 usage, 74 I/O error, 78 bad configuration.
+    Verify {
+        /// The domain to check.
+        #[arg(long)]
+        domain: String,
+        /// Only these mailboxes (local parts); default: every mailbox of the domain.
+        #[arg(long = "mailbox", value_name = "LOCAL")]
+        mailboxes: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work through the spool queue until SIGTERM (run it under systemd).
     ///
     /// Exit status: 0 stopped on request, 74 I/O error, 75 another daemon
@@ -200,18 +215,48 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             init_logging(None);
             let cfg = load_config(cli.config)?;
             let domain = Domain::parse(&domain).map_err(|e| Failure(exit::USAGE, e))?;
-            let mailboxes = if mailboxes.is_empty() {
-                None
-            } else {
-                let parsed: Result<Vec<_>, _> =
-                    mailboxes.iter().map(|m| LocalPart::parse(m)).collect();
-                Some(parsed.map_err(|e| Failure(exit::USAGE, e))?)
-            };
+            let mailboxes = parse_locals(mailboxes)?;
             let plan = plan::plan(&cfg, domain, mailboxes)?;
             print_plan(&plan, json);
             Ok(exit::OK)
         }
         Command::Demo { dir, fixtures } => demo::run(&dir, &fixtures),
+        Command::Verify {
+            domain,
+            mailboxes,
+            json,
+        } => {
+            init_logging(None);
+            let cfg = load_config(cli.config)?;
+            let domain = Domain::parse(&domain).map_err(|e| Failure(exit::USAGE, e))?;
+            let mailboxes = parse_locals(mailboxes)?;
+            let v = migrate::verify::verify(&cfg, domain, mailboxes)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("serialisable")
+                );
+            } else {
+                for m in &v.mailboxes {
+                    println!(
+                        "  {:<32} {:<8} {} folders, {} messages",
+                        m.user,
+                        if m.ok { "equal" } else { "DIFFERS" },
+                        m.folders,
+                        m.messages
+                    );
+                    for p in &m.problems {
+                        println!("      {p}");
+                    }
+                }
+                println!(
+                    "domain {}: {}",
+                    v.domain,
+                    if v.ok { "equal" } else { "DIFFERS" }
+                );
+            }
+            Ok(if v.ok { exit::OK } else { exit::PARTIAL })
+        }
         Command::Daemon => {
             init_logging(None);
             let path = config_path(cli.config);
@@ -260,6 +305,15 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
     }
+}
+
+/// `--mailbox` values; none means every mailbox of the domain.
+fn parse_locals(mailboxes: Vec<String>) -> Result<Option<Vec<LocalPart>>, Failure> {
+    if mailboxes.is_empty() {
+        return Ok(None);
+    }
+    let parsed: Result<Vec<_>, _> = mailboxes.iter().map(|m| LocalPart::parse(m)).collect();
+    Ok(Some(parsed.map_err(|e| Failure(exit::USAGE, e))?))
 }
 
 fn spool_failure(e: SpoolError) -> Failure {

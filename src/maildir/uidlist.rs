@@ -57,6 +57,10 @@ fn parse_uid(s: &[u8], line: usize) -> Result<u32, UidlistError> {
 }
 
 impl Uidlist {
+    pub fn uid_validity(&self) -> u32 {
+        self.uid_validity
+    }
+
     /// The next UID Dovecot will assign: never below the last UID + 1.
     pub fn next_uid(&self) -> u32 {
         let after_last = self.records.last().map_or(1, |r| r.uid.saturating_add(1));

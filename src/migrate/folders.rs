@@ -45,7 +45,11 @@ impl SourceFolder {
     }
 
     /// Where the folder goes in the target, relative to its Maildir.
-    fn target_dir(&self, names: NameEncoding, layout: Layout) -> Result<Option<PathBuf>, String> {
+    pub(crate) fn target_dir(
+        &self,
+        names: NameEncoding,
+        layout: Layout,
+    ) -> Result<Option<PathBuf>, String> {
         let Some(n) = &self.name else {
             return Ok(None);
         };

@@ -40,7 +40,7 @@ pub struct Env<'a> {
     pub in_place: bool,
     source_root: Dir,
     source_root_path: PathBuf,
-    target_root: Dir,
+    pub(crate) target_root: Dir,
     target_root_path: PathBuf,
 }
 
@@ -76,11 +76,11 @@ impl<'a> Env<'a> {
         })
     }
 
-    fn source_key(&self, local: &LocalPart) -> String {
+    pub(crate) fn source_key(&self, local: &LocalPart) -> String {
         self.cfg.source.userdb.key(local, &self.job.domain)
     }
 
-    fn target_key(&self, local: &LocalPart) -> String {
+    pub(crate) fn target_key(&self, local: &LocalPart) -> String {
         self.cfg.target.userdb.key(local, &self.job.domain)
     }
 
@@ -96,7 +96,7 @@ impl<'a> Env<'a> {
         m
     }
 
-    fn home_rel(&self, local: &LocalPart) -> Result<PathBuf, MailboxError> {
+    pub(crate) fn home_rel(&self, local: &LocalPart) -> Result<PathBuf, MailboxError> {
         self.cfg
             .target
             .home
@@ -123,14 +123,14 @@ impl<'a> Env<'a> {
         }
     }
 
-    fn account(&self, local: &LocalPart) -> Result<Account, MailboxError> {
+    pub(crate) fn account(&self, local: &LocalPart) -> Result<Account, MailboxError> {
         self.source
             .account(&self.source_key(local))?
             .ok_or_else(|| self.not_in_source(local))
     }
 
     /// The shared passwd-file entry (in-place mode only).
-    fn passwd_entry(&self, local: &LocalPart) -> Result<Entry, MailboxError> {
+    pub(crate) fn passwd_entry(&self, local: &LocalPart) -> Result<Entry, MailboxError> {
         match PasswdFile::load(&self.source_db)?.find(&self.source_key(local))? {
             Some((_, e)) => Ok(e),
             None => Err(self.not_in_source(local)),
@@ -140,7 +140,11 @@ impl<'a> Env<'a> {
     /// The entry written to a separate target userdb: the hash unchanged
     /// but explicitly prefixed, the new home, and the source's other
     /// fields (quota rules, passdb fields such as a disabled login).
-    fn target_entry(&self, src: &Account, local: &LocalPart) -> Result<Entry, MailboxError> {
+    pub(crate) fn target_entry(
+        &self,
+        src: &Account,
+        local: &LocalPart,
+    ) -> Result<Entry, MailboxError> {
         let owner = self.cfg.target.owner;
         let mut extra = vec![self.target_mail()];
         extra.extend(src.extra.iter().cloned());
@@ -172,7 +176,7 @@ impl<'a> Env<'a> {
 
     /// The source Maildir, opened without following any symlink below the
     /// source mail root. `Ok(None)`: it does not exist (never used).
-    fn open_source_maildir(
+    pub(crate) fn open_source_maildir(
         &self,
         account: &Account,
         local: &LocalPart,
