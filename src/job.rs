@@ -165,6 +165,18 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job that only looks (for `plan` and `verify`): never run, no e-mail.
+    pub fn inspection(id: &str, domain: Domain, mailboxes: Option<Vec<LocalPart>>) -> Job {
+        Job {
+            id: JobId::parse(id).expect("a valid fixed id"),
+            domain,
+            mode: Mode::Move,
+            mailboxes,
+            notify: None,
+            cutover: true,
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Job, JobError> {
         let text = std::fs::read_to_string(path).map_err(|source| JobError::Read {
             path: path.to_path_buf(),

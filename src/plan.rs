@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::copy;
-use crate::job::{Domain, Job, JobId, LocalPart, Mode};
+use crate::job::{Domain, Job, LocalPart};
 use crate::migrate::mailbox::{self, State};
 use crate::migrate::{Env, MailboxError, RunError, select_mailboxes};
 use crate::report::SkippedFolder;
@@ -57,14 +57,7 @@ pub fn plan(
     domain: Domain,
     mailboxes: Option<Vec<LocalPart>>,
 ) -> Result<Plan, RunError> {
-    let job = Job {
-        id: JobId::parse("plan").expect("valid id"),
-        domain,
-        mode: Mode::Move,
-        mailboxes,
-        notify: None,
-        cutover: false,
-    };
+    let job = Job::inspection("plan", domain, mailboxes);
     let env = Env::open(cfg, &job)?;
     let mut out = Plan {
         domain: job.domain.to_string(),

@@ -66,12 +66,8 @@ enum Command {
     },
     /// Show what a job would do, writing nothing.
     Plan {
-        /// The domain to look at.
-        #[arg(long)]
-        domain: String,
-        /// Only these mailboxes (local parts); default: every mailbox of the domain.
-        #[arg(long = "mailbox", value_name = "LOCAL")]
-        mailboxes: Vec<String>,
+        #[command(flatten)]
+        target: DomainArgs,
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
@@ -81,12 +77,8 @@ enum Command {
     /// Exit status: 0 everything equal, 1 some mailbox differs (see the
     /// problems), 64 usage, 74 I/O error, 78 bad configuration.
     Verify {
-        /// The domain to check.
-        #[arg(long)]
-        domain: String,
-        /// Only these mailboxes (local parts); default: every mailbox of the domain.
-        #[arg(long = "mailbox", value_name = "LOCAL")]
-        mailboxes: Vec<String>,
+        #[command(flatten)]
+        target: DomainArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -138,6 +130,29 @@ enum Command {
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/demo"))]
         fixtures: PathBuf,
     },
+}
+
+/// A domain, optionally narrowed to some of its mailboxes.
+#[derive(Debug, clap::Args)]
+struct DomainArgs {
+    /// The domain.
+    #[arg(long)]
+    domain: String,
+    /// Only these mailboxes (local parts); default: every mailbox of the domain.
+    #[arg(long = "mailbox", value_name = "LOCAL")]
+    mailboxes: Vec<String>,
+}
+
+impl DomainArgs {
+    fn parse(self) -> Result<(Domain, Option<Vec<LocalPart>>), Failure> {
+        let domain = Domain::parse(&self.domain).map_err(|e| Failure(exit::USAGE, e))?;
+        if self.mailboxes.is_empty() {
+            return Ok((domain, None));
+        }
+        let parsed: Result<Vec<_>, _> =
+            self.mailboxes.iter().map(|m| LocalPart::parse(m)).collect();
+        Ok((domain, Some(parsed.map_err(|e| Failure(exit::USAGE, e))?)))
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -207,29 +222,19 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 exit::PARTIAL
             })
         }
-        Command::Plan {
-            domain,
-            mailboxes,
-            json,
-        } => {
+        Command::Plan { target, json } => {
             init_logging(None);
             let cfg = load_config(cli.config)?;
-            let domain = Domain::parse(&domain).map_err(|e| Failure(exit::USAGE, e))?;
-            let mailboxes = parse_locals(mailboxes)?;
+            let (domain, mailboxes) = target.parse()?;
             let plan = plan::plan(&cfg, domain, mailboxes)?;
             print_plan(&plan, json);
             Ok(exit::OK)
         }
         Command::Demo { dir, fixtures } => demo::run(&dir, &fixtures),
-        Command::Verify {
-            domain,
-            mailboxes,
-            json,
-        } => {
+        Command::Verify { target, json } => {
             init_logging(None);
             let cfg = load_config(cli.config)?;
-            let domain = Domain::parse(&domain).map_err(|e| Failure(exit::USAGE, e))?;
-            let mailboxes = parse_locals(mailboxes)?;
+            let (domain, mailboxes) = target.parse()?;
             let v = migrate::verify::verify(&cfg, domain, mailboxes)?;
             if json {
                 println!(
@@ -305,15 +310,6 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
     }
-}
-
-/// `--mailbox` values; none means every mailbox of the domain.
-fn parse_locals(mailboxes: Vec<String>) -> Result<Option<Vec<LocalPart>>, Failure> {
-    if mailboxes.is_empty() {
-        return Ok(None);
-    }
-    let parsed: Result<Vec<_>, _> = mailboxes.iter().map(|m| LocalPart::parse(m)).collect();
-    Ok(Some(parsed.map_err(|e| Failure(exit::USAGE, e))?))
 }
 
 fn spool_failure(e: SpoolError) -> Failure {

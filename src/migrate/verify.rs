@@ -14,7 +14,7 @@ use super::folders::{self, SourceFolder};
 use super::{Env, MailboxError, RunError, courier, select_mailboxes};
 use crate::config::Config;
 use crate::copy::{self, Listing};
-use crate::job::{Domain, Job, JobId, LocalPart, Mode};
+use crate::job::{Domain, Job, LocalPart};
 use crate::maildir::uidlist::Uidlist;
 use crate::maildir::{self, filename};
 use crate::safe_fs::Dir;
@@ -43,14 +43,7 @@ pub fn verify(
     domain: Domain,
     mailboxes: Option<Vec<LocalPart>>,
 ) -> Result<Verification, RunError> {
-    let job = Job {
-        id: JobId::parse("verify").expect("valid id"),
-        domain,
-        mode: Mode::Move,
-        mailboxes,
-        notify: None,
-        cutover: true,
-    };
+    let job = Job::inspection("verify", domain, mailboxes);
     let env = Env::open(cfg, &job)?;
     let mut out = Vec::new();
     for sel in select_mailboxes(&env)? {
