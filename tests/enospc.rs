@@ -1,0 +1,108 @@
+//! A target filesystem that runs full: the job fails with a clear error,
+//! the source is untouched, and once there is room a re-run completes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::fixture::{Host, body, tree};
+
+/// A size-limited tmpfs, unmounted when dropped (also on panic).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_target_fails_cleanly_and_a_rerun_completes() {
+    let h = Host::new("");
+    let Some(fs) = Tmpfs::mount(&h.new, "400k") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must be able to mount a tmpfs"
+        );
+        eprintln!(
+            "SKIPPED a_full_target_fails_cleanly_and_a_rerun_completes: cannot mount tmpfs (not root?)"
+        );
+        return;
+    };
+    for m in 0..3 {
+        let inbox = h
+            .add_user(&format!("u{m}@full.cz"), "{PLAIN}x", "")
+            .folder("");
+        for i in 0..60 {
+            inbox.msg(
+                "cur",
+                &format!("{}.M{i}P{m}.h:2,S", 1_600_000_000 + i),
+                &body(&format!("u{m}-{i}"), 8000),
+                1_600_000_000 + i as i64,
+            );
+        }
+    }
+    let source_before = tree(&h.old);
+    let users_before = std::fs::read_to_string(&h.users_old).unwrap();
+    let job = h.job("j", r#"{"domain": "full.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 1, "{report:#}");
+    let failed: Vec<&serde_json::Value> = report["mailboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["status"] == "failed")
+        .collect();
+    assert!(!failed.is_empty(), "{report:#}");
+    for m in &failed {
+        let e = m["error"].as_str().unwrap();
+        assert!(e.contains("No space left on device"), "{e}");
+        // The failed mailbox keeps its old login.
+        let user = m["user"].as_str().unwrap();
+        let line = users_before.lines().find(|l| l.starts_with(user)).unwrap();
+        let now = std::fs::read_to_string(&h.users_old).unwrap();
+        assert!(now.contains(line), "{user} must keep its old entry");
+    }
+    assert!(tree(&h.old) == source_before, "the source is untouched");
+
+    fs.resize("20m");
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    let out = h.run(&["verify", "--domain", "full.cz"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(tree(&h.old) == source_before);
+    drop(fs);
+}
