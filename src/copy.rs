@@ -283,6 +283,43 @@ fn open_sub(folder: &Dir, name: &str) -> Result<Option<Dir>, CopyError> {
     }
 }
 
+impl TargetFolder {
+    /// Moves one message here under its own name (same subdirectory): a
+    /// durable copy first, then the source file is removed. `Ok(None)` when
+    /// it is gone or the target already has that name.
+    pub fn take(
+        &self,
+        src_sub: &Dir,
+        sub: usize,
+        name: &OsStr,
+        source_uid: u32,
+        opts: &CopyOptions,
+    ) -> Result<Option<u64>, CopyError> {
+        let durable = CopyOptions {
+            fsync: true,
+            ..*opts
+        };
+        let n = copy_message(
+            src_sub,
+            name,
+            name,
+            source_uid,
+            &self.tmp,
+            &self.subs[sub],
+            &durable,
+        )?;
+        if n.is_some() {
+            self.subs[sub]
+                .sync()
+                .map_err(at(self.subs[sub].path().to_path_buf()))?;
+            src_sub
+                .unlink_if_exists(name)
+                .map_err(at(src_sub.child_path(name)))?;
+        }
+        Ok(n)
+    }
+}
+
 /// Copies one message; `Ok(None)` when the source file is gone (renamed
 /// or expunged since the listing).
 fn copy_message(

@@ -897,3 +897,78 @@ fn verify_compares_source_and_target() {
     }
     assert!(!problems.contains("$6$"), "no hash in the output");
 }
+
+/// `sweep` moves mail delivered to the old Maildir after the switch, and
+/// only that: a message the user deleted in the new store stays deleted.
+#[test]
+fn sweep_moves_late_mail_exactly_once() {
+    let h = Host::new("");
+    let md = h.add_user(JAN, HASH_6, "");
+    let inbox = md.folder("");
+    let sent = md.folder(".Sent");
+    inbox.msg(
+        "cur",
+        "1500000000.M1P1.old:2,S",
+        &body("one", 40),
+        1_500_000_000,
+    );
+    inbox.msg(
+        "cur",
+        "1500000001.M2P1.old:2,S",
+        &body("two", 40),
+        1_500_000_001,
+    );
+    sent.msg(
+        "cur",
+        "1500000002.M3P1.old:2,S",
+        &body("sent", 40),
+        1_500_000_002,
+    );
+    let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
+    assert_eq!(h.run_job(&job).0, 0);
+    let target = h.target_maildir(JAN);
+
+    // After the switch: the user deletes one message in the new store, an
+    // agent with a cached location delivers two late messages to the old one.
+    std::fs::remove_file(target.join("cur/1500000001.M2P1.old:2,S")).unwrap();
+    inbox.msg(
+        "new",
+        "1700000000.M9P9.late",
+        &body("late", 40),
+        1_700_000_000,
+    );
+    sent.msg(
+        "cur",
+        "1700000001.M8P8.late:2,S",
+        &body("late sent", 40),
+        1_700_000_001,
+    );
+
+    let out = h.run(&["sweep", "--domain", "example.cz", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["moved"], 2, "{s:#}");
+    assert!(target.join("new/1700000000.M9P9.late").exists());
+    assert!(target.join(".Sent/cur/1700000001.M8P8.late:2,S").exists());
+    assert!(
+        !inbox.0.join("new/1700000000.M9P9.late").exists(),
+        "moved, not copied"
+    );
+    assert!(
+        !target.join("cur/1500000001.M2P1.old:2,S").exists(),
+        "a message deleted in the new store does not come back"
+    );
+    // Late mail gets a UID from Dovecot: it is not in the carried uidlist.
+    let uidlist = std::fs::read_to_string(target.join("dovecot-uidlist")).unwrap_or_default();
+    assert!(!uidlist.contains("late"));
+
+    // Again: nothing left to move.
+    let out = h.run(&["sweep", "--domain", "example.cz", "--json"]);
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["moved"], 0, "{s:#}");
+}

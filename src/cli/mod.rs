@@ -83,6 +83,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move mail delivered to the old Maildirs after the switch into the new ones.
+    ///
+    /// Exit status: 0 swept (see the report), 64 usage, 74 I/O error, 78
+    /// bad configuration.
+    Sweep {
+        #[command(flatten)]
+        target: DomainArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work through the spool queue until SIGTERM (run it under systemd).
     ///
     /// Exit status: 0 stopped on request, 74 I/O error, 75 another daemon
@@ -231,6 +242,27 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Demo { dir, fixtures } => demo::run(&dir, &fixtures),
+        Command::Sweep { target, json } => {
+            init_logging(None);
+            let cfg = load_config(cli.config)?;
+            let (domain, mailboxes) = target.parse()?;
+            let s = migrate::sweep::sweep(&cfg, domain, mailboxes)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).expect("serialisable")
+                );
+            } else {
+                for m in &s.mailboxes {
+                    println!("  {:<32} {} late messages moved", m.user, m.moved);
+                    for p in &m.problems {
+                        println!("      {p}");
+                    }
+                }
+                println!("domain {}: {} late messages moved", s.domain, s.moved);
+            }
+            Ok(exit::OK)
+        }
         Command::Verify { target, json } => {
             init_logging(None);
             let cfg = load_config(cli.config)?;

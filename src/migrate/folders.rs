@@ -250,6 +250,9 @@ pub fn scan(
 pub struct MailboxSync {
     /// Messages copied, renamed or removed in the target by this pass.
     pub changes: u64,
+    /// Final pass: each source folder (its dir, "" for INBOX) with the
+    /// base names it held, for the sweep to tell late mail from old.
+    pub manifest: Vec<(String, Vec<Vec<u8>>)>,
     pub folders: u64,
     pub messages: u64,
     pub bytes: u64,
@@ -267,7 +270,7 @@ pub struct SyncContext<'a> {
 }
 
 impl SyncContext<'_> {
-    fn attrs(&self) -> FileAttrs {
+    pub(crate) fn attrs(&self) -> FileAttrs {
         FileAttrs {
             mode: 0o600,
             owner: self.copy.owner,
@@ -363,6 +366,14 @@ pub fn sync_mailbox(
         out.messages += listing.len() as u64;
         out.bytes += copy::listing_bytes(&target.dir, &listing)?;
         let present = courier::present_bases(&listing);
+        out.manifest.push((
+            folder
+                .dir
+                .as_ref()
+                .map(|d| d.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            present.clone(),
+        ));
         let has_cur = !listing.cur.is_empty();
         drop(listing);
         let found = FolderFacts {

@@ -447,6 +447,7 @@ fn copy_and_switch(
         Some(src) => {
             let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
             let sync = folders::sync_mailbox(ctx, src, &md, &scan, Pass::Final)?;
+            super::sweep::write_manifest(&md, &sync, &ctx.attrs())?;
             Some(Content {
                 sync,
                 skipped: scan.skipped,

@@ -4,6 +4,7 @@
 mod courier;
 pub mod folders;
 pub mod mailbox;
+pub mod sweep;
 pub mod verify;
 
 use std::io;
