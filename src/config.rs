@@ -65,6 +65,7 @@ struct RawCutover {
     freeze_grace: Option<u64>,
     max_delta_passes: Option<u32>,
     delta_threshold: Option<u64>,
+    sweep_delay: Option<u64>,
 }
 
 /// How a mailbox is switched over while it is live.
@@ -79,6 +80,8 @@ pub struct Cutover {
     /// changes at most `delta_threshold` messages.
     pub max_delta_passes: u32,
     pub delta_threshold: u64,
+    /// The daemon sweeps a domain this long after its job (`None`: never).
+    pub sweep_delay: Option<Duration>,
 }
 
 impl Cutover {
@@ -457,6 +460,10 @@ impl Config {
             freeze_grace: Duration::from_secs(freeze_grace),
             max_delta_passes,
             delta_threshold: raw.cutover.delta_threshold.unwrap_or(100),
+            sweep_delay: match raw.cutover.sweep_delay.unwrap_or(600) {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
         };
         let rescan = raw.daemon.rescan_interval.unwrap_or(30);
         if !(1..=3600).contains(&rescan) {

@@ -20,14 +20,16 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::job::{Domain, Job};
+use crate::job::{Domain, Job, LocalPart};
+use crate::migrate::sweep::Sweep;
 use crate::migrate::verify::Verification;
 use crate::migrate::{self, RunError};
 use crate::notify;
 use crate::progress::Progress;
 use crate::report::{JobStatus, Report, rfc3339};
 use crate::spool::{
-    Entry, JobRecord, Lock, Place, ProgressFile, RecordStatus, Rejected, Spool, SpoolError, Trust,
+    Entry, JobRecord, Lock, Place, ProgressFile, RecordStatus, Rejected, Spool, SpoolError,
+    SweepDue, Trust,
 };
 
 /// A stop request must end the process within this (systemd waits longer).
@@ -68,6 +70,11 @@ enum Msg {
     Notified {
         record: PathBuf,
         outcome: notify::Outcome,
+    },
+    Swept {
+        schedule: std::ffi::OsString,
+        due: SweepDue,
+        result: Result<Sweep, String>,
     },
 }
 
@@ -140,6 +147,8 @@ struct Daemon {
     notifiers: usize,
     stop: Arc<AtomicBool>,
     stopping: bool,
+    /// Schedules whose sweep is running.
+    sweeping: std::collections::HashSet<std::ffi::OsString>,
     /// Last STATUS= sent to systemd (sent again only when it changes).
     last_status: String,
 }
@@ -201,6 +210,7 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), DaemonError> {
         notifiers: 0,
         stop,
         stopping: false,
+        sweeping: std::collections::HashSet::new(),
         last_status: String::new(),
     };
     d.schedule();
@@ -338,6 +348,53 @@ impl Daemon {
                 self.record_notification(&record, outcome);
                 false
             }
+            Msg::Swept {
+                schedule,
+                due,
+                result,
+            } => {
+                self.sweeping.remove(&schedule);
+                match result {
+                    Ok(s) => {
+                        info!(domain = %due.domain, moved = s.moved, "sweep finished");
+                        if let Err(e) = self.spool.sweep_done(&schedule, &due, s) {
+                            error!("cannot record the sweep: {e}");
+                        }
+                    }
+                    // Kept scheduled: the next rescan tries again.
+                    Err(e) => error!(domain = %due.domain, "sweep failed: {e}"),
+                }
+                false
+            }
+        }
+    }
+
+    /// Starts the sweeps that are due, each in its own thread.
+    fn start_sweeps(&mut self) {
+        for (schedule, due) in self.spool.due_sweeps(now()) {
+            if !self.sweeping.insert(schedule.clone()) {
+                continue;
+            }
+            let (cfg, tx) = (Arc::clone(&self.cfg), self.tx.clone());
+            let spawned = thread::Builder::new().name("sweep".into()).spawn(move || {
+                let result = (|| {
+                    let domain = Domain::parse(&due.domain)?;
+                    let mailboxes = due
+                        .mailboxes
+                        .as_ref()
+                        .map(|v| v.iter().map(|m| LocalPart::parse(m)).collect())
+                        .transpose()?;
+                    migrate::sweep::sweep(&cfg, domain, mailboxes).map_err(|e| e.to_string())
+                })();
+                let _ = tx.send(Msg::Swept {
+                    schedule,
+                    due,
+                    result,
+                });
+            });
+            if let Err(e) = spawned {
+                error!("cannot start a sweep: {e}");
+            }
         }
     }
 
@@ -397,6 +454,7 @@ impl Daemon {
                 Err(e) => error!("cannot list the spool: {e}"),
             }
         }
+        self.start_sweeps();
         for entry in queue {
             if self.running.len() >= self.cfg.daemon.max_parallel_jobs {
                 break;
@@ -454,6 +512,7 @@ impl Daemon {
             report: None,
             verify: None,
             notification: None,
+            sweeps: Vec::new(),
         };
         if let Err(e) = self.spool.finish(entry, &record) {
             error!("cannot move the refused job to failed/: {e}");
@@ -568,6 +627,7 @@ impl Daemon {
             report,
             verify: verification,
             notification: None,
+            sweeps: Vec::new(),
         };
         if let Some(to) = &run.job.notify {
             record.notification = Some(serde_json::json!({ "status": "pending", "to": to }));
@@ -582,6 +642,27 @@ impl Daemon {
                 return;
             }
         };
+        if run.job.cutover
+            && record.report.is_some()
+            && let Some(delay) = self.cfg.cutover.sweep_delay
+        {
+            let due = SweepDue {
+                record: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                domain: run.job.domain.to_string(),
+                mailboxes: run
+                    .job
+                    .mailboxes
+                    .as_ref()
+                    .map(|v| v.iter().map(ToString::to_string).collect()),
+                due: t + delay.as_secs() as i64,
+            };
+            if let Err(e) = self.spool.schedule_sweep(&due) {
+                error!(job = %id, "cannot schedule the sweep: {e}");
+            }
+        }
         if let Some(to) = run.job.notify.clone() {
             self.send_notification(path, to, record);
         }

@@ -23,6 +23,19 @@ const LOCK_FILE: &str = "daemon.pid";
 const JOB_SUFFIX: &str = ".json";
 const REPORT_SUFFIX: &str = ".report.json";
 const PROGRESS_SUFFIX: &str = ".progress";
+const SWEEP_SUFFIX: &str = ".sweep.json";
+
+/// A sweep the daemon owes a finished job (kept beside its record, so a
+/// restart keeps the schedule).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepDue {
+    /// The record the sweep's result is added to (a file name in `done/`).
+    pub record: String,
+    pub domain: String,
+    pub mailboxes: Option<Vec<String>>,
+    /// Unix time when it is due.
+    pub due: i64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -156,6 +169,9 @@ pub struct JobRecord {
     pub verify: Option<crate::migrate::verify::Verification>,
     /// Outcome of the completion e-mail; `None` when the job names no address.
     pub notification: Option<serde_json::Value>,
+    /// Late-delivery sweeps run after the job.
+    #[serde(default)]
+    pub sweeps: Vec<crate::migrate::sweep::Sweep>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -491,6 +507,49 @@ impl Spool {
         Ok(incoming.child_path(&name))
     }
 
+    /// Schedules a sweep for the finished job whose record is `record`.
+    pub fn schedule_sweep(&self, s: &SweepDue) -> Result<(), SpoolError> {
+        let dir = self.dir(Place::Done);
+        let base = s.record.strip_suffix(REPORT_SUFFIX).unwrap_or(&s.record);
+        write_record(dir, OsStr::new(&format!("{base}{SWEEP_SUFFIX}")), s)
+    }
+
+    /// Sweeps that are due at `now`, with the file that schedules each.
+    pub fn due_sweeps(&self, now: i64) -> Vec<(OsString, SweepDue)> {
+        let dir = self.dir(Place::Done);
+        let Ok(entries) = dir.entries() else {
+            return Vec::new();
+        };
+        entries
+            .into_iter()
+            .filter(|e| e.name.as_bytes().ends_with(SWEEP_SUFFIX.as_bytes()))
+            .filter_map(|e| {
+                let s: SweepDue = serde_json::from_slice(&read_small(dir, &e.name)?).ok()?;
+                (s.due <= now).then_some((e.name, s))
+            })
+            .collect()
+    }
+
+    /// Adds a sweep's result to its record and drops the schedule.
+    pub fn sweep_done(
+        &self,
+        schedule: &OsStr,
+        due: &SweepDue,
+        result: crate::migrate::sweep::Sweep,
+    ) -> Result<(), SpoolError> {
+        let dir = self.dir(Place::Done);
+        let name = OsStr::new(&due.record);
+        if let Some(data) = read_small(dir, name)
+            && let Ok(mut record) = serde_json::from_slice::<JobRecord>(&data)
+        {
+            record.sweeps.push(result);
+            write_record(dir, name, &record)?;
+        }
+        dir.unlink_if_exists(schedule)
+            .map_err(at(dir.child_path(schedule)))?;
+        Ok(())
+    }
+
     pub fn write_progress(&self, p: &ProgressFile) -> Result<(), SpoolError> {
         let dir = self.dir(Place::Active);
         let name = OsString::from(format!("{}{PROGRESS_SUFFIX}", p.id));
@@ -647,6 +706,7 @@ mod tests {
             report: None,
             verify: None,
             notification: None,
+            sweeps: Vec::new(),
         };
         let p = s.finish(&active[0], &rec).unwrap();
         assert!(p.ends_with("done/j1.report.json"));

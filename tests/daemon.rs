@@ -26,7 +26,8 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 fn spool_config(spool: &Path, smtp: &str, daemon: Option<&str>) -> String {
     format!(
         "spool_dir = \"{}\"\n[daemon]\n{}\n\
-         [notify]\nsmtp = \"{smtp}\"\nfrom = \"migrace@hosting.example\"\nretries = 1\nretry_delay_secs = 1\ntimeout_secs = 5\n",
+         [notify]\nsmtp = \"{smtp}\"\nfrom = \"migrace@hosting.example\"\nretries = 1\nretry_delay_secs = 1\ntimeout_secs = 5\n\
+         [cutover]\nsweep_delay = 0\n",
         spool.display(),
         daemon.unwrap_or("rescan_interval = 1")
     )
@@ -620,4 +621,52 @@ fn parallel_jobs_never_share_a_domain() {
         finished("a-big") < started("b-big"),
         "same domain waited:\n{log}"
     );
+}
+
+/// `sweep_delay` after a job the daemon moves mail that still arrived in
+/// the old Maildir into the new one and records it in the job's report.
+#[test]
+fn the_daemon_sweeps_late_mail_after_the_delay() {
+    let (h, spool) = spool_host(&closed_port());
+    let cfg = fs::read_to_string(&h.config)
+        .unwrap()
+        .replace("sweep_delay = 0", "sweep_delay = 2");
+    fs::write(&h.config, cfg).unwrap();
+    let inbox = h.add_user("jan@a.cz", "{PLAIN}x", "").folder("");
+    inbox.msg(
+        "cur",
+        "1600000000.M1P1.h:2,S",
+        &body("old", 100),
+        1_600_000_000,
+    );
+    let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
+    drop_job(
+        &spool.join("incoming"),
+        "j",
+        r#"{"domain":"a.cz","mode":"move"}"#,
+    );
+    wait_record(&spool, "done", "j", &d);
+    assert!(
+        spool.join("done/j.sweep.json").exists(),
+        "the schedule is on disk"
+    );
+    // Delivered to the old Maildir after the switch.
+    inbox.msg(
+        "new",
+        "1700000000.M2P2.late",
+        &body("late", 100),
+        1_700_000_000,
+    );
+    let r = wait_until("the sweep", Duration::from_secs(20), || {
+        let r = record(&spool.join("done/j.report.json"));
+        (r["sweeps"].as_array().is_some_and(|s| !s.is_empty())).then_some(r)
+    });
+    assert_eq!(r["sweeps"][0]["moved"], 1, "{r:#}");
+    assert!(
+        h.target_maildir("jan@a.cz")
+            .join("new/1700000000.M2P2.late")
+            .exists()
+    );
+    assert!(!inbox.0.join("new/1700000000.M2P2.late").exists());
+    assert!(!spool.join("done/j.sweep.json").exists(), "done once");
 }
