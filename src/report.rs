@@ -46,6 +46,9 @@ pub struct MailboxReport {
     pub uids_preserved: bool,
     /// Things a sysadmin should know that did not fail the mailbox.
     pub warnings: Vec<String>,
+    /// How long the user could not log in: from the freeze to the switch.
+    #[serde(default)]
+    pub freeze_ms: Option<u64>,
 }
 
 impl MailboxReport {
@@ -60,6 +63,7 @@ impl MailboxReport {
             skipped_folders: Vec::new(),
             uids_preserved: false,
             warnings: Vec::new(),
+            freeze_ms: None,
         }
     }
 

@@ -68,7 +68,12 @@ fn changes_while_copying_all_arrive_exactly_once() {
         v
     };
     assert_eq!(names(&inbox.0), names(&h.target_maildir("busy@live.cz")));
-    eprintln!("{ops} writer operations during the job; target equals source");
+    let freeze = &report["mailboxes"][0]["freeze_ms"];
+    assert!(
+        freeze.as_u64().unwrap() >= 1000,
+        "includes the 1 s grace: {freeze}"
+    );
+    eprintln!("{ops} writer operations during the job; target equals source; freeze {freeze} ms");
 }
 
 /// Delivers, flags and expunges in turn until the old entry says nologin

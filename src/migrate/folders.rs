@@ -250,6 +250,8 @@ pub fn scan(
 pub struct MailboxSync {
     /// Messages copied, renamed or removed in the target by this pass.
     pub changes: u64,
+    /// From the freeze to the switch (set by the mailbox protocol).
+    pub freeze_ms: Option<u64>,
     /// Final pass: each source folder (its dir, "" for INBOX) with the
     /// base names it held, for the sweep to tell late mail from old.
     pub manifest: Vec<(String, Vec<Vec<u8>>)>,
@@ -312,13 +314,23 @@ pub fn sync_mailbox(
     let mut kept_dirs: BTreeSet<PathBuf> = BTreeSet::new();
     for folder in &scan.copy {
         let shown = folder.display();
-        let src_dir = folder.open(src).map_err(|e| {
-            MailboxError::io(
-                &src.path()
-                    .join(folder.dir.as_deref().unwrap_or(Path::new(""))),
-                e,
-            )
-        })?;
+        let src_dir = match folder.open(src) {
+            Ok(d) => d,
+            // Deleted by the user since the scan: gone here too (the
+            // target copy is removed below as a stale folder).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && folder.name.is_some() => {
+                out.warnings
+                    .push(format!("{shown}: deleted in the source during the pass"));
+                continue;
+            }
+            Err(e) => {
+                return Err(MailboxError::io(
+                    &src.path()
+                        .join(folder.dir.as_deref().unwrap_or(Path::new(""))),
+                    e,
+                ));
+            }
+        };
         let rel = folder
             .target_dir(ctx.names, ctx.layout)
             .map_err(MailboxError::Conflict)?;
@@ -719,6 +731,51 @@ mod tests {
         std::fs::create_dir_all(md.join(".Koš/cur")).unwrap();
         let e = scan(&Dir::open_root(md).unwrap(), &c, Layout::MaildirPlusPlus).unwrap_err();
         assert!(matches!(e, MailboxError::NameConflict { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_folder_deleted_during_a_pass_is_dropped_not_fatal() {
+        use crate::copy::{CopyOptions, Workers};
+        use std::sync::atomic::AtomicBool;
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("s"), t.path().join("d"));
+        for d in ["cur", ".Keep/cur", ".Gone/cur"] {
+            std::fs::create_dir_all(src.join(d)).unwrap();
+        }
+        std::fs::write(src.join(".Gone/cur/1.x:2,S"), b"x").unwrap();
+        std::fs::create_dir_all(dst.join(".Gone/cur")).unwrap();
+        let c = Classifier::new(&[], &[]);
+        let s_dir = Dir::open_root(&src).unwrap();
+        let scan = scan(&s_dir, &c, Layout::MaildirPlusPlus).unwrap();
+        std::fs::remove_dir_all(src.join(".Gone")).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let stop = AtomicBool::new(false);
+        let ctx = SyncContext {
+            classifier: &c,
+            copy: CopyOptions {
+                owner: None,
+                fsync: false,
+            },
+            workers: Workers {
+                pool: &pool,
+                progress: &crate::progress::Silent,
+                stop: &stop,
+            },
+            names: NameEncoding::Mutf7,
+            layout: Layout::MaildirPlusPlus,
+        };
+        let d_dir = Dir::open_root(&dst).unwrap();
+        let out = sync_mailbox(&ctx, &s_dir, &d_dir, &scan, Pass::Final).unwrap();
+        assert!(
+            out.warnings.iter().any(|w| w.contains("Gone: deleted")),
+            "{:?}",
+            out.warnings
+        );
+        assert!(dst.join(".Keep/cur").is_dir());
+        assert!(!dst.join(".Gone").exists(), "the target follows the source");
     }
 
     #[test]

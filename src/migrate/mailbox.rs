@@ -309,6 +309,7 @@ pub fn migrate(env: &Env<'_>, ctx: &SyncContext<'_>, local: &LocalPart) -> Mailb
                 report.bytes = c.sync.bytes;
                 report.folders = c.sync.folders;
                 report.uids_preserved = c.sync.uids_preserved;
+                report.freeze_ms = c.sync.freeze_ms;
                 report.warnings = c.sync.warnings;
                 report.skipped_folders = c.skipped;
             } else {
@@ -439,6 +440,7 @@ fn copy_and_switch(
         return Ok(Outcome::Presynced);
     }
     freeze(env, local)?;
+    let frozen_at = std::time::Instant::now();
     let after_freeze = freeze_command(env, local);
     if !env.cfg.cutover.freeze_grace.is_zero() {
         std::thread::sleep(env.cfg.cutover.freeze_grace);
@@ -465,10 +467,11 @@ fn copy_and_switch(
         }),
         None => None,
     };
+    switch(env, local)?;
     if let Some(c) = &mut content {
         c.sync.warnings.extend(after_freeze);
+        c.sync.freeze_ms = Some(frozen_at.elapsed().as_millis() as u64);
     }
-    switch(env, local)?;
     Ok(Outcome::Switched(md, content))
 }
 
