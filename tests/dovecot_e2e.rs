@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use common::dovecot::{self, Dovecot};
 use common::imap::{self, mutf7};
-use common::scenario::{ACCOUNTS, Scenario, connect, message, owned_dir};
+use common::scenario::{ACCOUNTS, OLD_UID, Scenario, connect, message, owned_dir};
 
 const USER1: &str = "alice@example.cz";
 /// ASCII, but with `"` and `\` so LOGIN has to escape it in a quoted string.
@@ -745,4 +745,65 @@ fn run_scenario_job(s: &Scenario) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(out.status.code(), Some(0), "{report:#}");
     report
+}
+
+/// After the switch an agent still delivers to jan's old Maildir; the sweep
+/// moves it, and the new Dovecot shows it as a new message above the
+/// carried UIDNEXT while every carried UID stays as it was.
+#[test]
+fn swept_late_mail_appears_in_dovecot_with_a_new_uid() {
+    if !dovecot::require_dovecot("swept_late_mail_appears_in_dovecot_with_a_new_uid") {
+        return;
+    }
+    let s = Scenario::prepare("mm-sweep-", "");
+    run_scenario_job(&s);
+    let (user, pass, _, _) = ACCOUNTS[0];
+    let old_md = s.dir.join("oldmail/example.cz/jan/Maildir");
+    let late = message("pozdní pošta", "late");
+    let name = format!("1800000000.M1P1.mx,S={}", late.len());
+    fs::write(old_md.join("tmp").join(&name), &late).unwrap();
+    if dovecot::running_as_root() {
+        std::os::unix::fs::chown(old_md.join("tmp").join(&name), Some(OLD_UID), Some(OLD_UID))
+            .unwrap();
+    }
+    fs::rename(
+        old_md.join("tmp").join(&name),
+        old_md.join("new").join(&name),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args(["--config", s.config.to_str().unwrap(), "sweep", "--json"])
+        .args(["--domain", "example.cz"])
+        .output()
+        .unwrap();
+    let sweep: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(sweep["moved"], 1, "{sweep:#}");
+
+    let new = Dovecot::start(&s.dir.join("new-server"), &s.users_new);
+    let mut c = connect(&new);
+    c.authenticate_plain(user, pass).unwrap();
+    let after = c.snapshot();
+    c.logout().unwrap();
+    let before = s.before[0].mailbox("INBOX").unwrap();
+    let inbox = after.mailbox("INBOX").unwrap();
+    assert_eq!(inbox.uidvalidity, before.uidvalidity);
+    assert_eq!(inbox.messages.len(), before.messages.len() + 1);
+    for m in &before.messages {
+        let got = inbox.message(m.uid).expect("carried UID kept");
+        assert_eq!(got.body, m.body);
+    }
+    let extra: Vec<_> = inbox
+        .messages
+        .iter()
+        .filter(|m| before.message(m.uid).is_none())
+        .collect();
+    assert_eq!(extra.len(), 1);
+    assert!(
+        extra[0].uid >= before.uidnext,
+        "{} < {}",
+        extra[0].uid,
+        before.uidnext
+    );
+    assert_eq!(extra[0].body, late);
 }
