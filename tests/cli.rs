@@ -972,3 +972,100 @@ fn sweep_moves_late_mail_exactly_once() {
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["moved"], 0, "{s:#}");
 }
+
+/// A source folder the tool may not read (run as an ordinary user): that
+/// mailbox fails naming the folder and keeps its old login; the others
+/// move; nothing in the source changes.
+#[test]
+fn an_unreadable_source_folder_fails_only_its_mailbox() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED an_unreadable_source_folder_fails_only_its_mailbox: needs root to switch to nobody"
+        );
+        return;
+    }
+    let h = Host::new("");
+    let locked = h.add_user(JAN, "{PLAIN}x", "");
+    locked.folder("").msg(
+        "cur",
+        "1500000000.M1P1.old:2,S",
+        &body("one", 40),
+        1_500_000_000,
+    );
+    locked.folder(".Secret").msg(
+        "cur",
+        "1500000001.M2P1.old:2,S",
+        &body("two", 40),
+        1_500_000_001,
+    );
+    h.add_user("eva@example.cz", "{PLAIN}y", "").folder("").msg(
+        "cur",
+        "1500000002.M3P1.old:2,S",
+        &body("three", 40),
+        1_500_000_002,
+    );
+    let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
+    // Everything belongs to nobody, who then runs the job.
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&h.root)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let mut p = h.root.clone();
+    while let Some(parent) = p.parent() {
+        // Let nobody reach the host directory.
+        let mode = std::fs::metadata(parent).unwrap().mode();
+        if mode & 0o001 == 0 {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode | 0o001))
+                .unwrap();
+        }
+        p = parent.to_path_buf();
+    }
+    let secret = locked.0.join(".Secret");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let before = tree(&h.old);
+    let users_before = std::fs::read_to_string(&h.users_old).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(common::fixture::BIN)
+        .arg("--config")
+        .arg(&h.config)
+        .args(["run", "--json"])
+        .arg(&job)
+        .env("MAILDIR_MIGRATE_LOG", "warn")
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let jan = mailbox(&report, JAN);
+    assert_eq!(jan["status"], "failed");
+    let err = jan["error"].as_str().unwrap();
+    assert!(
+        err.contains(".Secret") && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert_eq!(mailbox(&report, "eva@example.cz")["status"], "done");
+    let now = std::fs::read_to_string(&h.users_old).unwrap();
+    let jan_line = users_before.lines().find(|l| l.starts_with(JAN)).unwrap();
+    assert!(
+        now.contains(&format!("{jan_line}\n")),
+        "jan keeps his old login"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let after = tree(&h.old);
+    let differ: Vec<_> = before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(v) && !k.ends_with(".Secret"))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(differ.is_empty(), "source changed: {differ:?}");
+}

@@ -221,12 +221,22 @@ pub fn scan(
             });
             continue;
         }
-        let is_folder = src.open_beneath(&dir).is_ok_and(|d| {
-            copy::SUBDIRS.iter().any(|s| {
-                d.stat_at(s)
-                    .is_ok_and(|st| crate::safe_fs::kind_of(&st) == Kind::Dir)
-            })
-        });
+        // A folder we cannot read fails the mailbox: skipping it would
+        // lose its mail without anyone noticing.
+        let unreadable = |e: std::io::Error| MailboxError::io(&src.path().join(&dir), e);
+        let d = match src.open_beneath(&dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // just deleted
+            Err(e) => return Err(unreadable(e)),
+        };
+        let mut is_folder = false;
+        for s in copy::SUBDIRS {
+            match d.stat_at(s) {
+                Ok(st) => is_folder |= crate::safe_fs::kind_of(&st) == Kind::Dir,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(unreadable(e)),
+            }
+        }
         if !is_folder {
             // In the fs layout a parent without mail of its own is normal.
             if layout == Layout::MaildirPlusPlus {
