@@ -26,7 +26,7 @@ use crate::migrate::verify::Verification;
 use crate::migrate::{self, RunError};
 use crate::notify;
 use crate::progress::Progress;
-use crate::report::{JobStatus, Report, rfc3339};
+use crate::report::{JobStatus, MailboxReport, MailboxStatus, Report, rfc3339};
 use crate::spool::{
     Entry, JobRecord, Lock, Place, ProgressFile, RecordStatus, Rejected, Spool, SpoolError,
     SweepDue, Trust,
@@ -87,6 +87,7 @@ struct Tracker {
     messages: AtomicU64,
     bytes: AtomicU64,
     current: Mutex<String>,
+    finished: Mutex<Vec<MailboxReport>>,
 }
 
 impl Progress for Tracker {
@@ -100,11 +101,15 @@ impl Progress for Tracker {
         self.messages.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
-    fn mailbox_finished(&self, _user: &str, ok: bool) {
+    fn mailbox_finished(&self, report: &MailboxReport) {
         self.done.fetch_add(1, Ordering::Relaxed);
-        if !ok {
+        if report.status == MailboxStatus::Failed {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
+        self.finished
+            .lock()
+            .expect("not poisoned")
+            .push(report.clone());
     }
 }
 
@@ -522,13 +527,21 @@ impl Daemon {
     fn start(&mut self, entry: Entry, job: Job, resumed: bool) {
         let id = job.id.as_str().to_string();
         let started = now();
-        let first_started = if resumed {
-            self.spool
-                .read_progress(&id)
-                .map_or(started, |p| p.first_started)
+        let checkpoint = if resumed {
+            self.spool.read_progress(&id)
         } else {
-            started
+            None
         };
+        let first_started = checkpoint.as_ref().map_or(started, |p| p.first_started);
+        let done_before: Vec<MailboxReport> = checkpoint
+            .map(|p| p.finished)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.status == MailboxStatus::Done)
+            .collect();
+        if !done_before.is_empty() {
+            info!(job = %id, mailboxes = done_before.len(), "resuming after the checkpoint");
+        }
         if resumed {
             info!(job = %id, "resuming a job interrupted by a stop or crash");
         }
@@ -545,7 +558,13 @@ impl Daemon {
             move || {
                 // A panic is a failed job, not a job that runs forever.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let mut r = JobResult::from(migrate::run_job(&cfg, &job, &*tracker, &stop));
+                    let mut r = JobResult::from(migrate::run_job(
+                        &cfg,
+                        &job,
+                        &*tracker,
+                        &stop,
+                        &done_before,
+                    ));
                     // The job is checked against the source before it is
                     // filed; a pre-sync has nothing to verify yet.
                     if let JobResult::Ran(_, v) = &mut r
@@ -594,6 +613,10 @@ impl Daemon {
         let Some(run) = self.running.remove(id) else {
             return;
         };
+        if matches!(result, JobResult::Interrupted) {
+            // The checkpoint the resumed run starts from.
+            self.publish_one(&run);
+        }
         let _ = run.handle.join();
         let (report, verification, mut error) = match result {
             JobResult::Interrupted => {
@@ -754,6 +777,7 @@ impl Daemon {
             messages: t.messages.load(Ordering::Relaxed),
             bytes: t.bytes.load(Ordering::Relaxed),
             current: t.current.lock().expect("not poisoned").clone(),
+            finished: t.finished.lock().expect("not poisoned").clone(),
         };
         if let Err(e) = self.spool.write_progress(&p) {
             warn!("cannot write progress: {e}");

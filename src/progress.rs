@@ -7,7 +7,7 @@ pub trait Progress: Sync {
     fn mailbox_started(&self, _user: &str) {}
     /// One message file was written to the target.
     fn message_copied(&self, _bytes: u64) {}
-    fn mailbox_finished(&self, _user: &str, _ok: bool) {}
+    fn mailbox_finished(&self, _report: &crate::report::MailboxReport) {}
 }
 
 /// Reports nothing.

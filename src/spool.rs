@@ -198,6 +198,10 @@ pub struct ProgressFile {
     pub messages: u64,
     pub bytes: u64,
     pub current: String,
+    /// Checkpoint: mailboxes this job has finished, with their reports; a
+    /// resumed job does not touch them again.
+    #[serde(default)]
+    pub finished: Vec<crate::report::MailboxReport>,
 }
 
 pub struct Spool {

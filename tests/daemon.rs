@@ -386,7 +386,13 @@ fn large_host(mailboxes: usize, per_mailbox: usize) -> (Host, PathBuf) {
 
 /// Interrupts a large job with `interrupt`, restarts, and checks that the
 /// job completes exactly once with nothing missing and nothing doubled.
-fn interrupted_job_completes_exactly_once(interrupt: impl FnOnce(&mut DaemonProc)) {
+/// `checkpointed`: a stop writes the checkpoint, so the resumed job's
+/// report carries every mailbox's counts (after kill -9 the last second of
+/// progress may be missing, and such a mailbox reports already_migrated).
+fn interrupted_job_completes_exactly_once(
+    checkpointed: bool,
+    interrupt: impl FnOnce(&mut DaemonProc),
+) {
     let (mailboxes, per) = (4, 6000);
     let (h, spool) = large_host(mailboxes, per);
     let log = h.root.join("daemon.log");
@@ -400,7 +406,13 @@ fn interrupted_job_completes_exactly_once(interrupt: impl FnOnce(&mut DaemonProc
     wait_until("copying under way", JOB_TIMEOUT, || {
         let p = fs::read(spool.join("active/big.progress")).ok()?;
         let p: serde_json::Value = serde_json::from_slice(&p).ok()?;
-        (p["messages"].as_u64()? >= 1500).then_some(())
+        // With a checkpoint to prove, stop after a whole mailbox is done.
+        let far_enough = if checkpointed {
+            p["mailboxes_done"].as_u64()? >= 1
+        } else {
+            p["messages"].as_u64()? >= 1500
+        };
+        far_enough.then_some(())
     });
     let st = status_json(&h.config);
     let running = &st["running"][0];
@@ -434,6 +446,15 @@ fn interrupted_job_completes_exactly_once(interrupt: impl FnOnce(&mut DaemonProc
         "{statuses:?}"
     );
     assert!(statuses.contains(&"done"), "{statuses:?}");
+    if checkpointed {
+        assert!(statuses.iter().all(|s| *s == "done"), "{statuses:?}");
+        assert_eq!(r["report"]["totals"]["messages"], (mailboxes * per) as u64);
+        assert!(
+            d.log().contains("resuming after the checkpoint"),
+            "{}",
+            d.log()
+        );
+    }
     assert_eq!(
         names_in(&spool.join("done")),
         ["big.json", "big.report.json"]
@@ -466,7 +487,7 @@ fn interrupted_job_completes_exactly_once(interrupt: impl FnOnce(&mut DaemonProc
 
 #[test]
 fn sigterm_mid_job_then_restart_completes_exactly_once() {
-    interrupted_job_completes_exactly_once(|d| {
+    interrupted_job_completes_exactly_once(true, |d| {
         let (code, took) = d.stop();
         eprintln!("SIGTERM to exit: {took:?}");
         assert_eq!(code.code(), Some(0), "{}", d.log());
@@ -481,7 +502,7 @@ fn sigterm_mid_job_then_restart_completes_exactly_once() {
 
 #[test]
 fn kill_9_mid_job_then_restart_completes_exactly_once() {
-    interrupted_job_completes_exactly_once(|d| {
+    interrupted_job_completes_exactly_once(false, |d| {
         d.signal(Signal::SIGKILL);
         let (code, _) = d.wait_exit(Duration::from_secs(10));
         assert_eq!(code.code(), None, "killed by a signal");

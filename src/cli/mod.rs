@@ -499,7 +499,7 @@ impl Progress for Bar {
         self.messages.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
-    fn mailbox_finished(&self, _user: &str, _ok: bool) {
+    fn mailbox_finished(&self, _report: &crate::report::MailboxReport) {
         self.bar.inc(1);
     }
 }
@@ -508,11 +508,17 @@ fn run_with_progress(cfg: &Config, job: &Job, show_bar: bool) -> Result<Report, 
     let stop = stop_on_signals()?;
     if !show_bar {
         init_logging(None);
-        return Ok(migrate::run_job(cfg, job, &crate::progress::Silent, &stop)?);
+        return Ok(migrate::run_job(
+            cfg,
+            job,
+            &crate::progress::Silent,
+            &stop,
+            &[],
+        )?);
     }
     let bar = Bar::new();
     init_logging(Some(bar.bar.clone()));
-    let report = migrate::run_job(cfg, job, &bar, &stop);
+    let report = migrate::run_job(cfg, job, &bar, &stop, &[]);
     bar.bar.finish_and_clear();
     Ok(report?)
 }

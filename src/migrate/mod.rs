@@ -133,11 +133,15 @@ fn domain_users(users: Vec<String>, domain: &Domain, per_domain: bool) -> Vec<Se
 
 /// Runs a job and returns its report. When `stop` is set, files in flight
 /// finish, the current mailbox is rolled back and `Interrupted` returned.
+/// `resumed`: mailboxes an interrupted run of this job already finished
+/// (the daemon's checkpoint); they are not touched again and keep their
+/// reports.
 pub fn run_job(
     cfg: &Config,
     job: &Job,
     progress: &dyn Progress,
     stop: &AtomicBool,
+    resumed: &[MailboxReport],
 ) -> Result<Report, RunError> {
     let started = now_rfc3339();
     let env = Env::open(cfg, job)?;
@@ -173,8 +177,14 @@ pub fn run_job(
             Ok(local) => {
                 let user = format!("{local}@{}", job.domain);
                 progress.mailbox_started(&user);
-                let r = mailbox::migrate(&env, &ctx, &local);
-                progress.mailbox_finished(&user, r.status != MailboxStatus::Failed);
+                let r = match resumed
+                    .iter()
+                    .find(|r| r.user == user && r.status == MailboxStatus::Done)
+                {
+                    Some(done) => done.clone(),
+                    None => mailbox::migrate(&env, &ctx, &local),
+                };
+                progress.mailbox_finished(&r);
                 r
             }
             Err((user, why)) => MailboxReport::failed(user, why),
