@@ -807,3 +807,141 @@ fn swept_late_mail_appears_in_dovecot_with_a_new_uid() {
     );
     assert_eq!(extra[0].body, late);
 }
+
+/// The live cutover through a real Dovecot: while the job copies, a writer
+/// delivers to jan's old INBOX, flags and expunges until the freeze; after
+/// the switch one more message arrives there and the sweep moves it. The
+/// new server then shows exactly the old store's final messages with their
+/// latest flags, and the messages that had UIDs keep them.
+#[test]
+fn live_changes_and_late_mail_arrive_exactly_once_in_dovecot() {
+    if !dovecot::require_dovecot("live_changes_and_late_mail_arrive_exactly_once_in_dovecot") {
+        return;
+    }
+    let s = Scenario::prepare("mm-live-", "\n[cutover]\nfreeze_grace = 1\n");
+    let inbox = s.dir.join("oldmail/example.cz/jan/Maildir");
+    let root = dovecot::running_as_root();
+    let own = |p: &Path| {
+        if root {
+            std::os::unix::fs::chown(p, Some(OLD_UID), Some(OLD_UID)).unwrap();
+        }
+    };
+    // Enough mail that the copy is still running when the writer starts.
+    for i in 0..3000 {
+        let p = inbox.join(format!("cur/{}.M{i}P7.bulk:2,S", 1_650_000_000 + i));
+        fs::write(&p, message(&format!("bulk {i}"), &format!("bulk body {i}"))).unwrap();
+        own(&p);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, inbox, users) = (stop.clone(), inbox.clone(), s.dir.join("users.old"));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let frozen = fs::read_to_string(&users).is_ok_and(|t| {
+                    t.lines()
+                        .any(|l| l.starts_with("jan@") && l.contains("nologin"))
+                });
+                if frozen {
+                    break;
+                }
+                let i = n * 7 % 3000;
+                let cur = |flags: &str| {
+                    inbox.join(format!("cur/{}.M{i}P7.bulk:2,{flags}", 1_650_000_000 + i))
+                };
+                match n % 3 {
+                    0 => {
+                        let name = format!("1700000000.M{n}P8.live");
+                        let tmp = inbox.join("tmp").join(&name);
+                        fs::write(
+                            &tmp,
+                            message(&format!("live {n}"), &format!("live body {n}")),
+                        )
+                        .unwrap();
+                        if root {
+                            std::os::unix::fs::chown(&tmp, Some(OLD_UID), Some(OLD_UID)).unwrap();
+                        }
+                        fs::rename(&tmp, inbox.join("new").join(&name)).unwrap();
+                    }
+                    1 => {
+                        let _ = fs::rename(cur("S"), cur("FS"));
+                    }
+                    _ => {
+                        let _ = fs::remove_file(cur("S"));
+                    }
+                }
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            n
+        })
+    };
+    run_scenario_job(&s);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let ops = writer.join().unwrap();
+    assert!(ops > 10, "the writer ran during the job ({ops} operations)");
+
+    // After the switch: one late delivery, then the sweep.
+    let late = inbox.join("new/1800000000.M1P9.late");
+    fs::write(&late, message("late", "late body")).unwrap();
+    own(&late);
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args(["--config", s.config.to_str().unwrap(), "sweep", "--json"])
+        .args(["--domain", "example.cz", "--mailbox", "jan"])
+        .output()
+        .unwrap();
+    let sweep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sweep["moved"], 1, "{sweep:#}");
+
+    // Expected: every bulk and live message still in the old INBOX, by body,
+    // with its flags; the late one unread.
+    let mut want: Vec<(String, BTreeSet<String>)> = Vec::new();
+    for sub in ["cur", "new"] {
+        for e in fs::read_dir(inbox.join(sub)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            if !name.contains(".bulk") && !name.contains(".live") {
+                continue;
+            }
+            let body = fs::read(inbox.join(sub).join(&name)).unwrap();
+            let info = name.split_once(":2,").map_or("", |(_, f)| f);
+            let mut f = BTreeSet::new();
+            if info.contains('F') {
+                f.insert("\\Flagged".to_string());
+            }
+            if info.contains('S') {
+                f.insert("\\Seen".to_string());
+            }
+            want.push((String::from_utf8(body).unwrap(), f));
+        }
+    }
+    want.push((
+        String::from_utf8(message("late", "late body")).unwrap(),
+        BTreeSet::new(),
+    ));
+    want.sort();
+
+    let new = Dovecot::start(&s.dir.join("new-server"), &s.users_new);
+    let mut c = connect(&new);
+    c.authenticate_plain(ACCOUNTS[0].0, ACCOUNTS[0].1).unwrap();
+    let after = c.snapshot();
+    c.logout().unwrap();
+    let inbox_after = after.mailbox("INBOX").unwrap();
+    let before = s.before[0].mailbox("INBOX").unwrap();
+    for m in &before.messages {
+        let got = inbox_after.message(m.uid).expect("a carried UID is kept");
+        assert_eq!((&got.flags, &got.body), (&m.flags, &m.body));
+    }
+    let mut got: Vec<(String, BTreeSet<String>)> = inbox_after
+        .messages
+        .iter()
+        .filter(|m| before.message(m.uid).is_none())
+        .map(|m| (String::from_utf8(m.body.clone()).unwrap(), m.flags.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), want.len(), "exactly once each");
+    assert!(got == want, "bodies and latest flags differ");
+    eprintln!(
+        "{ops} writer operations; {} messages match in Dovecot",
+        got.len()
+    );
+}
