@@ -501,24 +501,8 @@ impl Daemon {
 
     fn reject(&mut self, entry: &Entry, why: String) {
         warn!(file = %entry.name.to_string_lossy(), "job refused: {why}");
-        let t = now();
-        let record = JobRecord {
-            id: entry.base(),
-            file: entry.name.to_string_lossy().into_owned(),
-            status: RecordStatus::Failed,
-            domain: None,
-            error: Some(why),
-            submitted: rfc3339(entry.submitted),
-            started: None,
-            finished: rfc3339(t),
-            queue_wait_secs: (t - entry.submitted).max(0) as u64,
-            run_secs: 0,
-            resumed: false,
-            report: None,
-            verify: None,
-            notification: None,
-            sweeps: Vec::new(),
-        };
+        let mut record = JobRecord::new(entry, entry.base(), RecordStatus::Failed, now());
+        record.error = Some(why);
         if let Err(e) = self.spool.finish(entry, &record) {
             error!("cannot move the refused job to failed/: {e}");
         }
@@ -635,23 +619,15 @@ impl Daemon {
             _ => RecordStatus::Failed,
         };
         let t = now();
-        let mut record = JobRecord {
-            id: id.to_string(),
-            file: run.entry.name.to_string_lossy().into_owned(),
-            status,
-            domain: Some(run.job.domain.to_string()),
-            error,
-            submitted: rfc3339(run.entry.submitted),
-            started: Some(rfc3339(run.first_started)),
-            finished: rfc3339(t),
-            queue_wait_secs: (run.first_started - run.entry.submitted).max(0) as u64,
-            run_secs: (t - run.first_started).max(0) as u64,
-            resumed: run.resumed,
-            report,
-            verify: verification,
-            notification: None,
-            sweeps: Vec::new(),
-        };
+        let mut record = JobRecord::new(&run.entry, id.to_string(), status, t);
+        record.domain = Some(run.job.domain.to_string());
+        record.error = error;
+        record.started = Some(rfc3339(run.first_started));
+        record.queue_wait_secs = (run.first_started - run.entry.submitted).max(0) as u64;
+        record.run_secs = (t - run.first_started).max(0) as u64;
+        record.resumed = run.resumed;
+        record.report = report;
+        record.verify = verification;
         if let Some(to) = &run.job.notify {
             record.notification = Some(serde_json::json!({ "status": "pending", "to": to }));
         }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobError, JobId};
-use crate::report::Report;
+use crate::report::{Report, rfc3339};
 use crate::safe_fs::{Dir, FileAttrs, Kind};
 
 /// Larger job files are refused unread.
@@ -172,6 +172,30 @@ pub struct JobRecord {
     /// Late-delivery sweeps run after the job.
     #[serde(default)]
     pub sweeps: Vec<crate::migrate::sweep::Sweep>,
+}
+
+impl JobRecord {
+    /// A record for `entry`, finished at `finished` (unix time), that never
+    /// started; callers fill in what the job did.
+    pub fn new(entry: &Entry, id: String, status: RecordStatus, finished: i64) -> JobRecord {
+        JobRecord {
+            id,
+            file: entry.name.to_string_lossy().into_owned(),
+            status,
+            domain: None,
+            error: None,
+            submitted: rfc3339(entry.submitted),
+            started: None,
+            finished: rfc3339(finished),
+            queue_wait_secs: (finished - entry.submitted).max(0) as u64,
+            run_secs: 0,
+            resumed: false,
+            report: None,
+            verify: None,
+            notification: None,
+            sweeps: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -647,7 +671,6 @@ fn free_base(dir: &Dir, base: &str) -> Result<String, SpoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::rfc3339;
     use std::os::unix::fs::PermissionsExt;
 
     fn spool() -> (tempfile::TempDir, Spool) {
@@ -695,23 +718,8 @@ mod tests {
         assert!(!s.claim(&list[0]).unwrap());
         let active = s.list(Place::Active).unwrap();
         assert_eq!(active[0].name, "j1.json");
-        let rec = JobRecord {
-            id: "j1".into(),
-            file: "j1.json".into(),
-            status: RecordStatus::Done,
-            domain: Some("a.cz".into()),
-            error: None,
-            submitted: rfc3339(0),
-            started: None,
-            finished: rfc3339(1),
-            queue_wait_secs: 0,
-            run_secs: 0,
-            resumed: false,
-            report: None,
-            verify: None,
-            notification: None,
-            sweeps: Vec::new(),
-        };
+        let mut rec = JobRecord::new(&active[0], "j1".into(), RecordStatus::Done, 1);
+        rec.domain = Some("a.cz".into());
         let p = s.finish(&active[0], &rec).unwrap();
         assert!(p.ends_with("done/j1.report.json"));
         assert!(s.path().join("done/j1.json").exists());
