@@ -1,0 +1,428 @@
+#!/usr/bin/env python3
+"""One-command benchmark: maildir-migrate against rsync, cp and doveadm backup.
+
+    python3 bench/run.py [--users N] [--messages-per-user N] [--threads N]
+                         [--data DIR] [--only NAME[,NAME...]] [--regen]
+
+See bench/README.md. Standard library only (Python 3.11).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
+sys.path.insert(0, HERE)
+import gen  # noqa: E402
+
+BIN = os.path.join(REPO, "target", "release", "maildir-migrate")
+TIME = "/usr/bin/time"
+
+CONTENDERS = [
+    "maildir-migrate",
+    "rsync",
+    "cp",
+    "rsync-fsync",
+    "doveadm-backup",
+    "rsync-noop",
+    "maildir-migrate-noop",
+]
+LABELS = {
+    "maildir-migrate": "maildir-migrate run (move)",
+    "rsync": "rsync -a",
+    "cp": "cp -a",
+    "rsync-fsync": "rsync -a --fsync",
+    "doveadm-backup": "doveadm backup (per user)",
+    "rsync-noop": "rsync -a, no-op re-run",
+    "maildir-migrate-noop": "maildir-migrate presync, no-op re-run",
+}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def is_root():
+    return os.geteuid() == 0
+
+
+def ensure_time():
+    if os.path.exists(TIME):
+        return
+    if not is_root():
+        sys.exit(f"{TIME} is missing; install the 'time' package")
+    log("installing the 'time' package")
+    sh(["apt-get", "install", "-y", "-q", "time"], stdout=subprocess.DEVNULL)
+
+
+def drop_caches(notes):
+    os.sync()
+    if is_root():
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+            return True
+        except OSError as e:
+            notes.add(f"could not drop caches ({e}); runs are warm-cache")
+            return False
+    notes.add("not root: page cache not dropped, runs are warm-cache")
+    return False
+
+
+def rmtree(path):
+    if os.path.lexists(path):
+        shutil.rmtree(path)
+
+
+def count_messages(root):
+    """Message files in cur/ and new/ directories below ROOT."""
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = os.path.basename(dirpath)
+        if base in ("cur", "new"):
+            n += len(filenames)
+            dirnames[:] = []
+    return n
+
+
+def parse_time_v(path):
+    out = {}
+    with open(path) as f:
+        text = f.read()
+    m = re.search(r"User time \(seconds\): ([\d.]+)", text)
+    u = float(m.group(1)) if m else 0.0
+    m = re.search(r"System time \(seconds\): ([\d.]+)", text)
+    s = float(m.group(1)) if m else 0.0
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    out["cpu_s"] = u + s
+    out["user_s"] = u
+    out["sys_s"] = s
+    out["max_rss_mib"] = int(m.group(1)) / 1024 if m else None
+    m = re.search(r"Exit status: (\d+)", text)
+    out["exit_status"] = int(m.group(1)) if m else None
+    return out
+
+
+def timed(name, argv, corpus, notes, env=None):
+    """Run ARGV under /usr/bin/time -v after dropping caches."""
+    logs = os.path.join(corpus, "logs")
+    os.makedirs(logs, exist_ok=True)
+    tfile = os.path.join(logs, f"{name}.time")
+    lfile = os.path.join(logs, f"{name}.log")
+    cold = drop_caches(notes)
+    with open(lfile, "wb") as lf:
+        t0 = time.monotonic()
+        p = subprocess.run([TIME, "-v", "-o", tfile] + argv, stdout=lf, stderr=subprocess.STDOUT,
+                           cwd=corpus, env=env)
+        wall = time.monotonic() - t0
+    r = parse_time_v(tfile)
+    r["wall_s"] = wall
+    r["cold_cache"] = cold
+    r["returncode"] = p.returncode
+    r["log"] = lfile
+    if p.returncode != 0:
+        raise RuntimeError(f"{name}: exit {p.returncode}, see {lfile}")
+    return r
+
+
+# --- contenders --------------------------------------------------------------
+
+
+def restore_userdb(corpus):
+    shutil.copy2(os.path.join(corpus, "users.old.pristine"), os.path.join(corpus, "users.old"))
+    for f in ("users.new", ".users.new.lock", ".users.old.lock"):
+        p = os.path.join(corpus, f)
+        if os.path.lexists(p):
+            os.unlink(p)
+
+
+def fresh_newmail(corpus):
+    rmtree(os.path.join(corpus, "newmail"))
+    os.makedirs(os.path.join(corpus, "newmail"))
+
+
+def run_mm(c, notes):
+    restore_userdb(c)
+    fresh_newmail(c)
+    r = timed("maildir-migrate", [BIN, "--config", f"{c}/config.toml", "run", "--no-progress",
+                                  f"{c}/job.json"], c, notes)
+    r["target"] = os.path.join(c, "newmail")
+    return r
+
+
+def run_mm_noop(c, notes):
+    restore_userdb(c)
+    fresh_newmail(c)
+    argv = [BIN, "--config", f"{c}/config.toml", "run", "--no-progress", f"{c}/presync.json"]
+    log("  (untimed) first pre-sync")
+    with open(os.path.join(c, "logs", "maildir-migrate-noop.first.log"), "wb") as lf:
+        sh(argv, stdout=lf, stderr=subprocess.STDOUT, cwd=c)
+    r = timed("maildir-migrate-noop", argv, c, notes)
+    r["target"] = os.path.join(c, "newmail")
+    return r
+
+
+def tgt(c, name):
+    return os.path.join(c, "targets", name)
+
+
+def run_rsync(c, notes):
+    d = tgt(c, "rsync")
+    rmtree(d)
+    os.makedirs(os.path.dirname(d), exist_ok=True)
+    r = timed("rsync", ["rsync", "-a", f"{c}/oldmail/", f"{d}/"], c, notes)
+    open(os.path.join(c, "targets", ".rsync.complete"), "w").close()
+    r["target"] = d
+    return r
+
+
+def run_rsync_noop(c, notes):
+    d = tgt(c, "rsync")
+    marker = os.path.join(c, "targets", ".rsync.complete")
+    if not (os.path.isdir(d) and os.path.exists(marker)):
+        log("  (untimed) first rsync -a")
+        rmtree(d)
+        os.makedirs(os.path.dirname(d), exist_ok=True)
+        sh(["rsync", "-a", f"{c}/oldmail/", f"{d}/"])
+        open(marker, "w").close()
+    r = timed("rsync-noop", ["rsync", "-a", f"{c}/oldmail/", f"{d}/"], c, notes)
+    r["target"] = d
+    return r
+
+
+def run_cp(c, notes):
+    d = tgt(c, "cp")
+    rmtree(d)
+    os.makedirs(os.path.dirname(d), exist_ok=True)
+    r = timed("cp", ["cp", "-a", f"{c}/oldmail", d], c, notes)
+    r["target"] = d
+    return r
+
+
+def run_rsync_fsync(c, notes):
+    d = tgt(c, "rsync-fsync")
+    rmtree(d)
+    os.makedirs(os.path.dirname(d), exist_ok=True)
+    r = timed("rsync-fsync", ["rsync", "-a", "--fsync", f"{c}/oldmail/", f"{d}/"], c, notes)
+    r["target"] = d
+    return r
+
+
+DOVEADM_CONF = """\
+# private doveadm configuration for the benchmark (no Dovecot server needed)
+mail_location = maildir:~/Maildir
+mail_uid = {uid}
+mail_gid = {gid}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {corpus}/users.old
+}}
+userdb {{
+  driver = passwd-file
+  args = {corpus}/users.old
+}}
+ssl = no
+log_path = {corpus}/logs/doveadm.log
+"""
+
+
+def run_doveadm(c, notes):
+    """doveadm backup, one user after the other.
+
+    `doveadm -u USER` needs a running auth service (auth-userdb socket), so
+    instead each user is run as a mail process without a userdb lookup:
+    USER and HOME in the environment, mail_uid/mail_gid from the config.
+    dsync writes index files, moves new/ to cur/ and rewrites dovecot-uidlist
+    in the *source*, so it reads a hard-linked copy of the source tree (with
+    real copies of the uidlists), made before the timed run.
+    """
+    if not shutil.which("doveadm"):
+        raise NotRun("doveadm not installed")
+    m = json.load(open(os.path.join(c, "manifest.json")))
+    conf = os.path.join(c, "doveadm.conf")
+    os.makedirs(os.path.join(c, "logs"), exist_ok=True)
+    with open(conf, "w") as f:
+        f.write(DOVEADM_CONF.format(uid=gen.UID, gid=gen.GID, corpus=c))
+    src = os.path.join(c, "dsync-src")
+    rmtree(src)
+    sh(["cp", "-al", f"{c}/oldmail", src])
+    for dirpath, _, filenames in os.walk(src):
+        if "dovecot-uidlist" in filenames:
+            p = os.path.join(dirpath, "dovecot-uidlist")
+            data = open(p, "rb").read()
+            os.unlink(p)
+            with open(p, "wb") as f:
+                f.write(data)
+            os.chown(p, gen.UID, gen.GID)
+    d = tgt(c, "doveadm-backup")
+    rmtree(d)
+    os.makedirs(d)
+    os.chown(d, gen.UID, gen.GID)
+    script = os.path.join(c, "doveadm-backup.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\nset -e\n")
+        for u in m["users"]:
+            home = f"{src}/{gen.DOMAIN}/{u}"
+            f.write(
+                f"env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME='{home}' USER='{u}@{gen.DOMAIN}' "
+                f"doveadm -c '{conf}' backup maildir:'{d}/{u}/Maildir'\n"
+            )
+    try:
+        r = timed("doveadm-backup", ["sh", script], c, notes)
+    finally:
+        rmtree(src)
+    r["target"] = d
+    return r
+
+
+class NotRun(Exception):
+    pass
+
+
+RUNNERS = {
+    "maildir-migrate": run_mm,
+    "rsync": run_rsync,
+    "cp": run_cp,
+    "rsync-fsync": run_rsync_fsync,
+    "doveadm-backup": run_doveadm,
+    "rsync-noop": run_rsync_noop,
+    "maildir-migrate-noop": run_mm_noop,
+}
+
+# --- main --------------------------------------------------------------------
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="maildir-migrate benchmark")
+    ap.add_argument("--users", type=int, default=20)
+    ap.add_argument("--messages-per-user", type=int, default=5000)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 4)
+    ap.add_argument("--data", default="/work/bench-data")
+    ap.add_argument("--only", action="append", default=[],
+                    help="contender(s) to run, comma-separated or repeated: " + ", ".join(CONTENDERS))
+    ap.add_argument("--regen", action="store_true", help="regenerate the corpus even if it matches")
+    a = ap.parse_args()
+
+    only = [x for o in a.only for x in o.split(",") if x]
+    for x in only:
+        if x not in RUNNERS:
+            sys.exit(f"unknown contender {x!r}; choose from {', '.join(CONTENDERS)}")
+    selected = [x for x in CONTENDERS if not only or x in only]
+
+    ensure_time()
+    log("building the release binary")
+    sh(["cargo", "build", "--release", "-q"], cwd=REPO)
+
+    c = os.path.abspath(a.data)
+    mpath = os.path.join(c, "manifest.json")
+    manifest = None
+    if not a.regen and os.path.exists(mpath) and os.path.exists(os.path.join(c, "users.old.pristine")):
+        m = json.load(open(mpath))
+        if (m.get("seed") == gen.SEED and len(m["users"]) == a.users
+                and m["messages_per_user"] == a.messages_per_user):
+            manifest = m
+            log(f"reusing the corpus in {c}")
+    if manifest is None:
+        log(f"generating {a.users} x {a.messages_per_user} messages in {c}")
+        t0 = time.monotonic()
+        manifest = gen.generate(c, a.users, a.messages_per_user, a.threads, quiet=True)
+        shutil.copy2(os.path.join(c, "users.old"), os.path.join(c, "users.old.pristine"))
+        log(f"  generated in {time.monotonic() - t0:.1f} s")
+    gen.write_config(c, a.threads)
+    manifest["threads"] = a.threads
+    msgs, nbytes = manifest["messages"], manifest["bytes"]
+    log(f"corpus: {msgs} messages, {nbytes / 1e6:.1f} MB, threads = {a.threads}")
+
+    notes = set()
+    results = {}
+    for name in selected:
+        log(f"running {name}: {LABELS[name]}")
+        try:
+            r = RUNNERS[name](c, notes)
+        except NotRun as e:
+            results[name] = {"status": "not run", "reason": str(e)}
+            log(f"  not run: {e}")
+            continue
+        except (RuntimeError, subprocess.CalledProcessError, OSError) as e:
+            results[name] = {"status": "failed", "reason": str(e)}
+            log(f"  FAILED: {e}")
+            continue
+        found = count_messages(r["target"])
+        r["messages_in_target"] = found
+        r["status"] = "ok" if found == msgs else "ok (message count differs)"
+        r["messages_per_s"] = msgs / r["wall_s"]
+        r["mb_per_s"] = nbytes / 1e6 / r["wall_s"]
+        results[name] = r
+        log(f"  {r['wall_s']:.2f} s wall, {found}/{msgs} messages in the target")
+        # free the disk, except the targets later runs reuse
+        if name not in ("rsync", "rsync-noop") and "target" in r:
+            if name.startswith("maildir-migrate"):
+                fresh_newmail(c)
+                restore_userdb(c)
+            else:
+                rmtree(r["target"])
+    rmtree(os.path.join(c, "targets"))
+
+    def ratio(name, base):
+        r, b = results.get(name, {}), results.get(base, {})
+        if "wall_s" in r and "wall_s" in b and b["wall_s"] > 0:
+            return r["wall_s"] / b["wall_s"]
+        return None
+
+    for name, r in results.items():
+        if "wall_s" in r:
+            r["ratio_vs_rsync"] = ratio(name, "rsync-noop" if name.endswith("-noop") else "rsync")
+
+    hdr = f"{'contender':40} {'wall s':>8} {'msg/s':>9} {'MB/s':>8} {'RSS MiB':>8} {'CPU s':>7} {'x rsync':>8}"
+    lines = [
+        f"corpus: {len(manifest['users'])} users x {manifest['messages_per_user']} messages = "
+        f"{msgs} messages, {nbytes / 1e6:.1f} MB; threads = {a.threads}; nproc = {os.cpu_count()}",
+        hdr,
+        "-" * len(hdr),
+    ]
+    for name in selected:
+        r = results[name]
+        if "wall_s" not in r:
+            lines.append(f"{LABELS[name]:40} {r['status']}: {r['reason']}")
+            continue
+        lines.append(
+            f"{LABELS[name]:40} {r['wall_s']:8.2f} {r['messages_per_s']:9.0f} {r['mb_per_s']:8.1f} "
+            f"{fmt(r['max_rss_mib'], '8.1f')} {r['cpu_s']:7.2f} {fmt(r.get('ratio_vs_rsync'), '8.2f')}"
+            + ("" if r["status"] == "ok" else f"  [{r['messages_in_target']} messages in target]")
+        )
+    lines.append("x rsync: wall time / wall time of rsync -a (no-op rows: / rsync -a no-op re-run)")
+    for n in sorted(notes):
+        lines.append("note: " + n)
+    print("\n".join(lines))
+
+    out = {
+        "corpus": {k: manifest[k] for k in ("seed", "domain", "messages_per_user", "messages", "bytes")}
+        | {"users": len(manifest["users"]), "dir": c},
+        "threads": a.threads,
+        "nproc": os.cpu_count(),
+        "notes": sorted(notes),
+        "results": results,
+        "table": lines,
+    }
+    with open(os.path.join(c, "results.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    log(f"results written to {c}/results.json")
+
+
+if __name__ == "__main__":
+    main()
