@@ -4,7 +4,7 @@
 //! UIDVALIDITY kept); and the userdb entry (the source's hash, the new home).
 //! Reads only.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -255,11 +255,11 @@ fn check_folder(
                     .ok()
                     .flatten()
                     .and_then(|d| Uidlist::parse(&d).ok());
-                let had_uid = |base: &[u8]| {
-                    src_list
-                        .as_ref()
-                        .is_none_or(|l| l.records.iter().any(|r| filename::base(&r.name) == base))
-                };
+                // A set, not a scan per message: folders hold 100k messages.
+                let numbered: Option<HashSet<&[u8]>> = src_list
+                    .as_ref()
+                    .map(|l| l.records.iter().map(|r| filename::base(&r.name)).collect());
+                let had_uid = |base: &[u8]| numbered.as_ref().is_none_or(|n| n.contains(base));
                 let unlisted = got
                     .iter()
                     .map(|(_, n)| filename::base(n.as_bytes()))
