@@ -248,10 +248,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             let (domain, mailboxes) = target.parse()?;
             let s = migrate::sweep::sweep(&cfg, domain, mailboxes)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&s).expect("serialisable")
-                );
+                print_json(&s);
             } else {
                 for m in &s.mailboxes {
                     println!("  {:<32} {} late messages moved", m.user, m.moved);
@@ -269,10 +266,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             let (domain, mailboxes) = target.parse()?;
             let v = migrate::verify::verify(&cfg, domain, mailboxes)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).expect("serialisable")
-                );
+                print_json(&v);
             } else {
                 for m in &v.mailboxes {
                     println!(
@@ -364,9 +358,17 @@ fn generated_id(domain: &Domain) -> JobId {
     JobId::parse(id.trim_end_matches('.')).expect("time and domain are valid id characters")
 }
 
+/// Machine-readable output for `--json`.
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serialisable")
+    );
+}
+
 fn print_status(s: &crate::status::Status, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(s).expect("serialisable"));
+        print_json(s);
         return;
     }
     match &s.daemon_pid {
@@ -577,10 +579,7 @@ fn init_logging(bar: Option<ProgressBar>) {
 
 fn print_report(report: &Report, json: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(report).expect("serialisable")
-        );
+        print_json(report);
         return;
     }
     println!(
@@ -639,10 +638,7 @@ fn print_report(report: &Report, json: bool) {
 
 fn print_plan(plan: &Plan, json: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(plan).expect("serialisable")
-        );
+        print_json(plan);
         return;
     }
     println!(
