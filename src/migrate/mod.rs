@@ -114,6 +114,27 @@ pub fn select_mailboxes(env: &Env<'_>) -> Result<Vec<Selected>, RunError> {
     ))
 }
 
+/// A user and what happened to its mailbox (the error as text).
+pub(crate) type PerMailbox<T> = (String, Result<T, String>);
+
+/// Runs `f` for every mailbox a read-only command covers and pairs each
+/// user with the outcome (a name that cannot be used is an error too).
+pub(crate) fn each_mailbox<T>(
+    env: &Env<'_>,
+    mut f: impl FnMut(&LocalPart) -> Result<T, MailboxError>,
+) -> Result<Vec<PerMailbox<T>>, RunError> {
+    Ok(select_mailboxes(env)?
+        .into_iter()
+        .map(|sel| match sel {
+            Ok(local) => (
+                format!("{local}@{}", env.job.domain),
+                f(&local).map_err(|e| e.to_string()),
+            ),
+            Err((user, why)) => (user, Err(why)),
+        })
+        .collect())
+}
+
 fn domain_users(users: Vec<String>, domain: &Domain, per_domain: bool) -> Vec<Selected> {
     let suffix = format!("@{domain}");
     let mut out: Vec<Selected> = Vec::new();

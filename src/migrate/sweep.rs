@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::folders::{self, MailboxSync};
 use super::mailbox::{self, State};
-use super::{Env, MailboxError, RunError, select_mailboxes};
+use super::{Env, MailboxError, RunError, each_mailbox};
 use crate::config::Config;
 use crate::copy::{self, CopyOptions, TargetFolder};
 use crate::job::{Domain, Job, LocalPart};
@@ -116,25 +116,17 @@ pub fn sweep(
 ) -> Result<Sweep, RunError> {
     let job = Job::inspection("sweep", domain, mailboxes);
     let env = Env::open(cfg, &job)?;
-    let mut out = Vec::new();
-    for sel in select_mailboxes(&env)? {
-        let (user, result) = match sel {
-            Ok(local) => (
-                format!("{local}@{}", job.domain),
-                sweep_mailbox(&env, &local),
-            ),
-            Err((user, why)) => (user, Err(MailboxError::Conflict(why))),
-        };
-        let (moved, problems) = match result {
-            Ok((n, p)) => (n, p),
-            Err(e) => (0, vec![e.to_string()]),
-        };
-        out.push(SweptMailbox {
-            user,
-            moved,
-            problems,
-        });
-    }
+    let out: Vec<SweptMailbox> = each_mailbox(&env, |local| sweep_mailbox(&env, local))?
+        .into_iter()
+        .map(|(user, r)| {
+            let (moved, problems) = r.unwrap_or_else(|e| (0, vec![e]));
+            SweptMailbox {
+                user,
+                moved,
+                problems,
+            }
+        })
+        .collect();
     Ok(Sweep {
         domain: job.domain.to_string(),
         at: now_rfc3339(),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::folders::{self, SourceFolder};
-use super::{Env, MailboxError, RunError, courier, select_mailboxes};
+use super::{Env, MailboxError, RunError, courier, each_mailbox};
 use crate::config::Config;
 use crate::copy::{self, Listing};
 use crate::job::{Domain, Job, LocalPart};
@@ -45,34 +45,35 @@ pub fn verify(
 ) -> Result<Verification, RunError> {
     let job = Job::inspection("verify", domain, mailboxes);
     let env = Env::open(cfg, &job)?;
-    let mut out = Vec::new();
-    for sel in select_mailboxes(&env)? {
-        let check = match sel {
-            Ok(local) => {
-                let user = format!("{local}@{}", job.domain);
-                let mut c = MailboxCheck {
-                    user,
-                    ok: false,
-                    folders: 0,
-                    messages: 0,
-                    problems: Vec::new(),
-                };
-                if let Err(e) = check_mailbox(&env, &local, &mut c) {
-                    c.problems.push(e.to_string());
-                }
-                c.ok = c.problems.is_empty();
-                c
-            }
-            Err((user, why)) => MailboxCheck {
-                user,
+    let checks = each_mailbox(&env, |local| {
+        let mut c = MailboxCheck {
+            user: String::new(),
+            ok: false,
+            folders: 0,
+            messages: 0,
+            problems: Vec::new(),
+        };
+        // What was found before an error stays in the report.
+        if let Err(e) = check_mailbox(&env, local, &mut c) {
+            c.problems.push(e.to_string());
+        }
+        Ok(c)
+    })?;
+    let out: Vec<MailboxCheck> = checks
+        .into_iter()
+        .map(|(user, r)| {
+            let mut c = r.unwrap_or_else(|why| MailboxCheck {
+                user: String::new(),
                 ok: false,
                 folders: 0,
                 messages: 0,
                 problems: vec![why],
-            },
-        };
-        out.push(check);
-    }
+            });
+            c.user = user;
+            c.ok = c.problems.is_empty();
+            c
+        })
+        .collect();
     Ok(Verification {
         domain: job.domain.to_string(),
         ok: out.iter().all(|c| c.ok),
