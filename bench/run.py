@@ -177,13 +177,19 @@ def tgt(c, name):
     return os.path.join(c, "targets", name)
 
 
-def run_rsync(c, notes):
-    d = tgt(c, "rsync")
+def copy_into_fresh_target(name, c, notes, argv):
+    """Times `argv(target)` into an empty target directory."""
+    d = tgt(c, name)
     rmtree(d)
     os.makedirs(os.path.dirname(d), exist_ok=True)
-    r = timed("rsync", ["rsync", "-a", f"{c}/oldmail/", f"{d}/"], c, notes)
-    open(os.path.join(c, "targets", ".rsync.complete"), "w").close()
+    r = timed(name, argv(d), c, notes)
     r["target"] = d
+    return r
+
+
+def run_rsync(c, notes):
+    r = copy_into_fresh_target("rsync", c, notes, lambda d: ["rsync", "-a", f"{c}/oldmail/", f"{d}/"])
+    open(os.path.join(c, "targets", ".rsync.complete"), "w").close()
     return r
 
 
@@ -202,21 +208,13 @@ def run_rsync_noop(c, notes):
 
 
 def run_cp(c, notes):
-    d = tgt(c, "cp")
-    rmtree(d)
-    os.makedirs(os.path.dirname(d), exist_ok=True)
-    r = timed("cp", ["cp", "-a", f"{c}/oldmail", d], c, notes)
-    r["target"] = d
-    return r
+    return copy_into_fresh_target("cp", c, notes, lambda d: ["cp", "-a", f"{c}/oldmail", d])
 
 
 def run_rsync_fsync(c, notes):
-    d = tgt(c, "rsync-fsync")
-    rmtree(d)
-    os.makedirs(os.path.dirname(d), exist_ok=True)
-    r = timed("rsync-fsync", ["rsync", "-a", "--fsync", f"{c}/oldmail/", f"{d}/"], c, notes)
-    r["target"] = d
-    return r
+    return copy_into_fresh_target(
+        "rsync-fsync", c, notes, lambda d: ["rsync", "-a", "--fsync", f"{c}/oldmail/", f"{d}/"]
+    )
 
 
 DOVEADM_CONF = """\
