@@ -87,7 +87,8 @@ def write_config(out, threads):
             'userdb = "users.new"\nuserdb_format = "passwd-file"\nmail_root = "newmail"\n'
             'home = "%d/%n"\n\n'
             "[migration]\n"
-            f"threads = {threads}\nfsync = true\n"
+            + ("" if threads is None else f"threads = {threads}\n")
+            + "fsync = true\n"
         )
     with open(os.path.join(out, "job.json"), "w") as f:
         json.dump({"domain": DOMAIN, "mode": "move"}, f)
@@ -97,8 +98,6 @@ def write_config(out, threads):
 
 def generate(out, users=20, messages_per_user=5000, threads=None, quiet=False):
     out = os.path.abspath(out)
-    if threads is None:
-        threads = os.cpu_count() or 4
     if os.path.exists(out):
         shutil.rmtree(out)
     os.makedirs(out)

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::classify::Classifier;
+use crate::copy::SyncMethod;
 use crate::job::{Domain, LocalPart};
 use crate::maildir::Layout;
 use crate::maildir::names::NameEncoding;
@@ -162,6 +163,7 @@ struct RawTarget {
 struct RawMigration {
     threads: Option<usize>,
     fsync: Option<bool>,
+    sync: Option<String>,
     #[serde(default)]
     skip_folders: Vec<String>,
     #[serde(default)]
@@ -291,6 +293,7 @@ pub struct Target {
 pub struct Migration {
     pub threads: usize,
     pub fsync: bool,
+    pub sync: SyncMethod,
     pub classifier: Classifier,
 }
 
@@ -537,6 +540,15 @@ impl Config {
             migration: Migration {
                 threads,
                 fsync: raw.migration.fsync.unwrap_or(true),
+                sync: match raw.migration.sync.as_deref() {
+                    None | Some("batch") => SyncMethod::Batch,
+                    Some("per-file") => SyncMethod::PerFile,
+                    Some(other) => {
+                        return Err(invalid("migration.sync")(format!(
+                            "{other:?} is neither \"batch\" nor \"per-file\""
+                        )));
+                    }
+                },
                 classifier: Classifier::new(
                     &raw.migration.skip_folders,
                     &raw.migration.keep_folders,

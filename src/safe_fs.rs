@@ -16,7 +16,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat, renameat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, futimens, mkdirat};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, linkat, unlinkat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, linkat, syncfs, unlinkat};
 
 /// Numeric owner applied to everything written into a target tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +319,50 @@ impl Dir {
         )
         .map_err(io)?;
         Ok(File::from(fd))
+    }
+
+    /// Creates an unnamed file here (`O_TMPFILE`): it has no name until
+    /// `link_anonymous` gives it one, and vanishes if we crash first.
+    /// `Ok(None)` where the filesystem cannot do that (NFS, old kernels).
+    pub fn create_anonymous(&self, mode: u32) -> io::Result<Option<File>> {
+        match openat(
+            self.fd.as_fd(),
+            ".",
+            OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(mode),
+        ) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(Errno::EOPNOTSUPP) | Err(Errno::EISDIR) | Err(Errno::EINVAL) => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Names a file made by `create_anonymous` (in this directory) `to`,
+    /// never replacing anything: an existing `to` is `AlreadyExists`.
+    pub fn link_anonymous(&self, f: &File, to: &OsStr) -> io::Result<()> {
+        let to = plain_name(to)?;
+        match linkat(f.as_fd(), "", self.fd.as_fd(), to, AtFlags::AT_EMPTY_PATH) {
+            Ok(()) => Ok(()),
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc does not.
+            Err(Errno::ENOENT) | Err(Errno::EPERM) => {
+                use std::os::fd::AsRawFd;
+                let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
+                linkat(
+                    nix::fcntl::AT_FDCWD,
+                    proc_path.as_str(),
+                    self.fd.as_fd(),
+                    to,
+                    AtFlags::AT_SYMLINK_FOLLOW,
+                )
+                .map_err(io)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Writes back everything dirty on this directory's filesystem.
+    pub fn sync_filesystem(&self) -> io::Result<()> {
+        syncfs(self.fd.as_fd()).map_err(io)
     }
 
     /// Renames `from` (here) to `to` (in `dest`) unless `to` exists; an

@@ -768,6 +768,7 @@ mod tests {
             copy: CopyOptions {
                 owner: None,
                 fsync: false,
+                sync: crate::copy::SyncMethod::Batch,
             },
             workers: Workers {
                 pool: &pool,

@@ -177,6 +177,7 @@ pub fn run_job(
         copy: CopyOptions {
             owner: cfg.target.owner,
             fsync: cfg.migration.fsync,
+            sync: cfg.migration.sync,
         },
         workers: Workers {
             pool: &pool,

@@ -161,6 +161,7 @@ fn sweep_mailbox(env: &Env<'_>, local: &LocalPart) -> Result<(u64, Vec<String>),
     let opts = CopyOptions {
         owner: env.cfg.target.owner,
         fsync: env.cfg.migration.fsync,
+        sync: env.cfg.migration.sync,
     };
     let scan = folders::scan(&src, &env.cfg.migration.classifier, env.cfg.source.layout)?;
     let (mut moved, mut problems) = (0, Vec::new());
