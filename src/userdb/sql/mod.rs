@@ -872,7 +872,13 @@ impl SqlDb {
         };
         match (result, finish) {
             (Ok(v), Ok(())) => Ok(v),
-            (Ok(_), Err(e)) => Err(self.failed(kind, Some(user), e, &[])),
+            (Ok(_), Err(e)) => {
+                let e = Failure {
+                    message: format!("COMMIT: {}", e.message),
+                    ..e
+                };
+                Err(self.failed(kind, Some(user), e, &[]))
+            }
             (Err(e), Ok(())) => Err(e),
             (Err(e), Err(_)) => {
                 // A connection that cannot roll back is not reused.
