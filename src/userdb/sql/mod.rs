@@ -41,7 +41,9 @@
 //! fails every login with "Unknown scheme", whatever `default_pass_scheme`
 //! says, because a value starting with `{` is never given the default
 //! scheme. `active` is left alone: Postfix keeps delivering. [`SqlDb::unlock`]
-//! strips exactly that prefix. `modified` is not touched by either, so a
+//! strips exactly that prefix. (With a `password_noscheme` field the whole
+//! stored value is a plaintext, locked or not: no marker can help there, and
+//! the lock opens nothing new.) `modified` is not touched by either, so a
 //! lock and unlock leave the row byte for byte as it was.
 //!
 //! # Custom queries
