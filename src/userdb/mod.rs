@@ -4,6 +4,7 @@
 pub mod courier;
 pub mod passwd_file;
 pub mod scheme;
+pub mod sql;
 
 use std::path::{Path, PathBuf};
 
