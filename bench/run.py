@@ -366,7 +366,7 @@ def main():
     gen.write_config(c, a.threads)
     manifest["threads"] = a.threads
     msgs, nbytes = manifest["messages"], manifest["bytes"]
-    log(f"corpus: {msgs} messages, {nbytes / 1e6:.1f} MB, threads = {a.threads or "default"}")
+    log(f"corpus: {msgs} messages, {nbytes / 1e6:.1f} MB, threads = {a.threads or 'default'}")
 
     notes = set()
     results = {}
@@ -411,7 +411,7 @@ def main():
     hdr = f"{'contender':40} {'wall s':>8} {'msg/s':>9} {'MB/s':>8} {'RSS MiB':>8} {'CPU s':>7} {'x rsync':>8}"
     lines = [
         f"corpus: {len(manifest['users'])} users x {manifest['messages_per_user']} messages = "
-        f"{msgs} messages, {nbytes / 1e6:.1f} MB; threads = {a.threads or "default"}; nproc = {os.cpu_count()}",
+        f"{msgs} messages, {nbytes / 1e6:.1f} MB; threads = {a.threads or 'default'}; nproc = {os.cpu_count()}",
         hdr,
         "-" * len(hdr),
     ]
