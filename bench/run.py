@@ -168,41 +168,51 @@ def restore_userdb(corpus):
             os.unlink(p)
 
 
+def fresh_dir(corpus, name):
+    """A target directory never used before. Removing a used one and
+    writing it again would put the new files next to just-deleted inodes
+    (see SETTLE_S); all targets are removed when the benchmark ends."""
+    d = os.path.join(corpus, "targets", f"{name}-{time.time_ns()}")
+    os.makedirs(d)
+    return d
+
+
 def fresh_newmail(corpus):
-    rmtree(os.path.join(corpus, "newmail"))
-    os.makedirs(os.path.join(corpus, "newmail"))
+    """Points newmail (config.toml's target mail_root) at a fresh directory."""
+    link = os.path.join(corpus, "newmail")
+    if os.path.islink(link):
+        os.unlink(link)
+    else:
+        rmtree(link)
+    d = fresh_dir(corpus, "maildir-migrate")
+    os.symlink(d, link)
+    return d
 
 
 def run_mm(c, notes):
     restore_userdb(c)
-    fresh_newmail(c)
+    d = fresh_newmail(c)
     r = timed("maildir-migrate", [BIN, "--config", f"{c}/config.toml", "run", "--no-progress",
                                   f"{c}/job.json"], c, notes)
-    r["target"] = os.path.join(c, "newmail")
+    r["target"] = d
     return r
 
 
 def run_mm_noop(c, notes):
     restore_userdb(c)
-    fresh_newmail(c)
+    d = fresh_newmail(c)
     argv = [BIN, "--config", f"{c}/config.toml", "run", "--no-progress", f"{c}/presync.json"]
     log("  (untimed) first pre-sync")
     with open(os.path.join(c, "logs", "maildir-migrate-noop.first.log"), "wb") as lf:
         sh(argv, stdout=lf, stderr=subprocess.STDOUT, cwd=c)
     r = timed("maildir-migrate-noop", argv, c, notes)
-    r["target"] = os.path.join(c, "newmail")
+    r["target"] = d
     return r
-
-
-def tgt(c, name):
-    return os.path.join(c, "targets", name)
 
 
 def copy_into_fresh_target(name, c, notes, argv):
     """Times `argv(target)` into an empty target directory."""
-    d = tgt(c, name)
-    rmtree(d)
-    os.makedirs(os.path.dirname(d), exist_ok=True)
+    d = fresh_dir(c, name)
     r = timed(name, argv(d), c, notes)
     r["target"] = d
     return r
@@ -210,19 +220,18 @@ def copy_into_fresh_target(name, c, notes, argv):
 
 def run_rsync(c, notes):
     r = copy_into_fresh_target("rsync", c, notes, lambda d: ["rsync", "-a", f"{c}/oldmail/", f"{d}/"])
-    open(os.path.join(c, "targets", ".rsync.complete"), "w").close()
+    with open(os.path.join(c, "targets", ".rsync.complete"), "w") as f:
+        f.write(r["target"])
     return r
 
 
 def run_rsync_noop(c, notes):
-    d = tgt(c, "rsync")
     marker = os.path.join(c, "targets", ".rsync.complete")
-    if not (os.path.isdir(d) and os.path.exists(marker)):
+    d = open(marker).read() if os.path.exists(marker) else ""
+    if not os.path.isdir(d):
         log("  (untimed) first rsync -a")
-        rmtree(d)
-        os.makedirs(os.path.dirname(d), exist_ok=True)
+        d = fresh_dir(c, "rsync")
         sh(["rsync", "-a", f"{c}/oldmail/", f"{d}/"])
-        open(marker, "w").close()
     r = timed("rsync-noop", ["rsync", "-a", f"{c}/oldmail/", f"{d}/"], c, notes)
     r["target"] = d
     return r
@@ -284,9 +293,7 @@ def run_doveadm(c, notes):
             with open(p, "wb") as f:
                 f.write(data)
             os.chown(p, gen.UID, gen.GID)
-    d = tgt(c, "doveadm-backup")
-    rmtree(d)
-    os.makedirs(d)
+    d = fresh_dir(c, "doveadm-backup")
     os.chown(d, gen.UID, gen.GID)
     script = os.path.join(c, "doveadm-backup.sh")
     with open(script, "w") as f:
@@ -370,6 +377,8 @@ def main():
 
     notes = set()
     results = {}
+    # Targets of an interrupted run; the first timed run waits for this.
+    rmtree(os.path.join(c, "targets"))
     for name in selected:
         log(f"running {name}: {LABELS[name]}")
         try:
@@ -389,13 +398,10 @@ def main():
         r["mb_per_s"] = nbytes / 1e6 / r["wall_s"]
         results[name] = r
         log(f"  {r['wall_s']:.2f} s wall, {found}/{msgs} messages in the target")
-        # free the disk, except the targets later runs reuse
-        if name not in ("rsync", "rsync-noop") and "target" in r:
-            if name.startswith("maildir-migrate"):
-                fresh_newmail(c)
-                restore_userdb(c)
-            else:
-                rmtree(r["target"])
+    restore_userdb(c)
+    link = os.path.join(c, "newmail")
+    if os.path.islink(link):
+        os.unlink(link)
     rmtree(os.path.join(c, "targets"))
 
     def ratio(name, base):

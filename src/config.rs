@@ -14,6 +14,7 @@ use crate::maildir::Layout;
 use crate::maildir::names::NameEncoding;
 use crate::safe_fs::Owner;
 use crate::userdb::scheme::is_scheme_name;
+use crate::userdb::sql::{CustomQueries, SqlSchema, SqlSettings};
 
 pub const DEFAULT_PATH: &str = "/etc/maildir-migrate/config.toml";
 pub const ENV_VAR: &str = "MAILDIR_MIGRATE_CONFIG";
@@ -41,6 +42,19 @@ pub enum UserdbFormat {
     PasswdFile,
     /// Courier authlib's userdb text (a file or a directory); source only.
     CourierUserdb,
+    /// PostgreSQL or MySQL/MariaDB (`userdb` is a URL).
+    Sql,
+}
+
+/// The `[source.queries]` / `[target.queries]` of a custom SQL schema.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueries {
+    list_query: String,
+    user_query: String,
+    insert_query: String,
+    update_location_query: String,
+    update_password_query: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +157,9 @@ struct RawSource {
     default_scheme: Option<String>,
     makeuserdb: Option<PathBuf>,
     layout: Option<String>,
+    password_file: Option<PathBuf>,
+    schema: Option<String>,
+    queries: Option<RawQueries>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +173,9 @@ struct RawTarget {
     gid: Option<u32>,
     folder_names: Option<String>,
     layout: Option<String>,
+    password_file: Option<PathBuf>,
+    schema: Option<String>,
+    queries: Option<RawQueries>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +229,104 @@ impl UserdbPath {
             format!("{local}@{domain}")
         }
     }
+}
+
+/// Where a side's accounts live: a file (template) or an SQL database.
+#[derive(Debug, Clone)]
+pub enum Userdb {
+    File(UserdbPath),
+    Sql(Box<SqlSettings>),
+}
+
+impl Userdb {
+    /// The user field of a domain's mailbox (SQL: the full address).
+    pub fn key(&self, local: &LocalPart, domain: &Domain) -> String {
+        match self {
+            Userdb::File(p) => p.key(local, domain),
+            Userdb::Sql(_) => format!("{local}@{domain}"),
+        }
+    }
+
+    pub fn per_domain(&self) -> bool {
+        matches!(self, Userdb::File(p) if p.per_domain())
+    }
+
+    /// The file of `domain`, or the database URL (without password).
+    pub fn describe(&self, domain: &Domain) -> String {
+        match self {
+            Userdb::File(p) => p.for_domain(domain).display().to_string(),
+            Userdb::Sql(s) => s.url.to_string(),
+        }
+    }
+
+    fn parse(
+        side: &'static str,
+        raw: RawUserdb<'_>,
+        resolve: impl Fn(&Path) -> PathBuf,
+    ) -> Result<Userdb, (&'static str, String)> {
+        let key = |k: &'static str| -> &'static str {
+            match (side, k) {
+                ("source", "userdb") => "source.userdb",
+                ("source", "password_file") => "source.password_file",
+                ("source", "schema") => "source.schema",
+                ("target", "userdb") => "target.userdb",
+                ("target", "password_file") => "target.password_file",
+                _ => "target.schema",
+            }
+        };
+        let bad = |k: &'static str| move |problem: String| (k, problem);
+        if raw.format != UserdbFormat::Sql {
+            if raw.password_file.is_some() || raw.schema.is_some() || raw.queries.is_some() {
+                return Err(bad(key("schema"))(
+                    "password_file, schema and queries are for userdb_format = \"sql\"".into(),
+                ));
+            }
+            let path = resolve(Path::new(raw.userdb))
+                .to_string_lossy()
+                .into_owned();
+            return Ok(Userdb::File(
+                UserdbPath::parse(&path).map_err(bad(key("userdb")))?,
+            ));
+        }
+        let schema = match (raw.schema.unwrap_or("postfixadmin"), raw.queries) {
+            ("postfixadmin", None) => SqlSchema::PostfixAdmin,
+            ("custom", Some(q)) => SqlSchema::Custom(CustomQueries {
+                list_query: q.list_query.clone(),
+                user_query: q.user_query.clone(),
+                insert_query: q.insert_query.clone(),
+                update_location_query: q.update_location_query.clone(),
+                update_password_query: q.update_password_query.clone(),
+            }),
+            ("postfixadmin", Some(_)) => {
+                return Err(bad(key("schema"))(
+                    "queries are only read with schema = \"custom\"".into(),
+                ));
+            }
+            ("custom", None) => {
+                return Err(bad(key("schema"))(format!(
+                    "schema = \"custom\" needs a [{side}.queries] table"
+                )));
+            }
+            (other, _) => {
+                return Err(bad(key("schema"))(format!(
+                    "{other:?} is neither \"postfixadmin\" nor \"custom\""
+                )));
+            }
+        };
+        let password_file = raw.password_file.map(&resolve);
+        SqlSettings::parse(raw.userdb, password_file.as_deref(), schema)
+            .map(|s| Userdb::Sql(Box::new(s)))
+            .map_err(|e| (key("userdb"), e.to_string()))
+    }
+}
+
+/// The userdb keys of one side, borrowed from the raw config.
+struct RawUserdb<'a> {
+    userdb: &'a str,
+    format: UserdbFormat,
+    password_file: Option<&'a Path>,
+    schema: Option<&'a str>,
+    queries: Option<&'a RawQueries>,
 }
 
 /// `home` relative to the target mail root, with `%d`, `%n`, `%u`, `%%`.
@@ -265,7 +383,7 @@ impl HomeTemplate {
 
 #[derive(Debug, Clone)]
 pub struct Source {
-    pub userdb: UserdbPath,
+    pub userdb: Userdb,
     pub userdb_format: UserdbFormat,
     pub mail_root: PathBuf,
     /// Scheme of bare hashes that are not crypt strings (`scheme=` of the
@@ -278,7 +396,7 @@ pub struct Source {
 
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub userdb: UserdbPath,
+    pub userdb: Userdb,
     pub userdb_format: UserdbFormat,
     pub mail_root: PathBuf,
     pub home: HomeTemplate,
@@ -397,13 +515,13 @@ impl Config {
                 )));
             }
         }
-        if raw.target.userdb_format != UserdbFormat::PasswdFile {
+        if raw.target.userdb_format == UserdbFormat::CourierUserdb {
             return Err(invalid("target.userdb_format")(
-                "the new Dovecot's userdb must be \"passwd-file\"".into(),
+                "the new Dovecot's userdb must be \"passwd-file\" or \"sql\"".into(),
             ));
         }
         match (&raw.source.makeuserdb, raw.source.userdb_format) {
-            (Some(_), UserdbFormat::PasswdFile) => {
+            (Some(_), UserdbFormat::PasswdFile | UserdbFormat::Sql) => {
                 return Err(invalid("source.makeuserdb")(
                     "only for userdb_format = \"courier-userdb\"".into(),
                 ));
@@ -503,6 +621,48 @@ impl Config {
                     problem,
                 }
             })?;
+        let source_userdb = Userdb::parse(
+            "source",
+            RawUserdb {
+                userdb: &raw.source.userdb,
+                format: raw.source.userdb_format,
+                password_file: raw.source.password_file.as_deref(),
+                schema: raw.source.schema.as_deref(),
+                queries: raw.source.queries.as_ref(),
+            },
+            resolve,
+        )
+        .map_err(|(k, p)| invalid(k)(p))?;
+        let target_userdb = Userdb::parse(
+            "target",
+            RawUserdb {
+                userdb: &raw.target.userdb,
+                format: raw.target.userdb_format,
+                password_file: raw.target.password_file.as_deref(),
+                schema: raw.target.schema.as_deref(),
+                queries: raw.target.queries.as_ref(),
+            },
+            resolve,
+        )
+        .map_err(|(k, p)| invalid(k)(p))?;
+        if let (Userdb::Sql(s), Userdb::Sql(t)) = (&source_userdb, &target_userdb)
+            && same_database(s, t)
+            && resolve(&raw.source.mail_root) != resolve(&raw.target.mail_root)
+        {
+            // The services read `maildir` relative to one base: rows
+            // already switched and rows not yet switched must share it.
+            return Err(invalid("target.mail_root")(
+                "one SQL database for source and target (in place) needs one mail_root for both; give the new Maildirs their own home (e.g. home = \"v2/%d/%n\")".into(),
+            ));
+        }
+        if matches!(source_userdb, Userdb::Sql(_))
+            && matches!(target_userdb, Userdb::File(_))
+            && owner.is_none()
+        {
+            return Err(invalid("target.uid")(
+                "an SQL source has no uid/gid to carry; set target.uid and target.gid".into(),
+            ));
+        }
         Ok(Config {
             cutover,
             notify,
@@ -518,8 +678,7 @@ impl Config {
                     .unwrap_or(Path::new("/var/spool/maildir-migrate")),
             ),
             source: Source {
-                userdb: UserdbPath::parse(&resolve_str(&raw.source.userdb))
-                    .map_err(invalid("source.userdb"))?,
+                userdb: source_userdb,
                 userdb_format: raw.source.userdb_format,
                 mail_root: resolve(&raw.source.mail_root),
                 default_scheme,
@@ -527,8 +686,7 @@ impl Config {
                 layout: layout(raw.source.layout.as_deref()).map_err(invalid("source.layout"))?,
             },
             target: Target {
-                userdb: UserdbPath::parse(&resolve_str(&raw.target.userdb))
-                    .map_err(invalid("target.userdb"))?,
+                userdb: target_userdb,
                 userdb_format: raw.target.userdb_format,
                 mail_root: resolve(&raw.target.mail_root),
                 home: HomeTemplate::parse(raw.target.home.as_deref().unwrap_or("%d/%n"))
@@ -557,26 +715,52 @@ impl Config {
         })
     }
 
-    /// True when source and target share one userdb file for `domain`
-    /// (the entry is rewritten in place).
+    /// True when source and target share one userdb file for `domain`, or
+    /// one SQL database (the entry is rewritten in place).
     pub fn in_place(&self, domain: &Domain) -> bool {
-        self.source.userdb.for_domain(domain) == self.target.userdb.for_domain(domain)
+        match (&self.source.userdb, &self.target.userdb) {
+            (Userdb::File(s), Userdb::File(t)) => s.for_domain(domain) == t.for_domain(domain),
+            (Userdb::Sql(s), Userdb::Sql(t)) => same_database(s, t),
+            _ => false,
+        }
     }
 
     /// The source userdb of `domain`.
     pub fn source_db(&self, domain: &Domain) -> crate::userdb::SourceDb {
-        let path = self.source.userdb.for_domain(domain);
+        let path = match &self.source.userdb {
+            Userdb::Sql(settings) => {
+                return crate::userdb::SourceDb::Sql {
+                    settings: settings.clone(),
+                    default_scheme: self.source.default_scheme.clone(),
+                    mail_root: self.source.mail_root.clone(),
+                };
+            }
+            Userdb::File(p) => p.for_domain(domain),
+        };
         match self.source.userdb_format {
-            UserdbFormat::PasswdFile => crate::userdb::SourceDb::PasswdFile {
-                path,
-                default_scheme: self.source.default_scheme.clone(),
-            },
             UserdbFormat::CourierUserdb => crate::userdb::SourceDb::Courier {
                 path,
                 makeuserdb: self.source.makeuserdb.clone(),
             },
+            _ => crate::userdb::SourceDb::PasswdFile {
+                path,
+                default_scheme: self.source.default_scheme.clone(),
+            },
         }
     }
+}
+
+/// One database: same server, database and schema (whoever logs in).
+fn same_database(a: &SqlSettings, b: &SqlSettings) -> bool {
+    let place = |s: &SqlSettings| {
+        (
+            s.url.driver,
+            s.url.host.clone(),
+            s.url.port,
+            s.url.dbname.clone(),
+        )
+    };
+    place(a) == place(b) && a.schema == b.schema
 }
 
 fn layout(s: Option<&str>) -> Result<Layout, String> {
@@ -621,13 +805,10 @@ gid = 5000
         assert_eq!(c.source.mail_root, Path::new("/etc/mm/old"));
         assert_eq!(c.target.mail_root, Path::new("/etc/new"));
         let d = Domain::parse("example.cz").unwrap();
+        assert_eq!(c.source.userdb.describe(&d), "/etc/mm/users.old");
         assert_eq!(
-            c.source.userdb.for_domain(&d),
-            Path::new("/etc/mm/users.old")
-        );
-        assert_eq!(
-            c.target.userdb.for_domain(&d),
-            Path::new("/etc/dovecot/passwd/example.cz")
+            c.target.userdb.describe(&d),
+            "/etc/dovecot/passwd/example.cz"
         );
         let jan = LocalPart::parse("jan").unwrap();
         assert_eq!(c.source.userdb.key(&jan, &d), "jan@example.cz");
@@ -728,5 +909,88 @@ gid = 5000
         let t = MINIMAL.replace("/etc/dovecot/passwd/%d", "users.old");
         let c = Config::parse(Path::new("/x/c.toml"), &t).unwrap();
         assert!(c.in_place(&Domain::parse("a.cz").unwrap()));
+    }
+
+    const SQL: &str = r#"
+[source]
+userdb = "postgresql://postfix@127.0.0.1/postfix"
+userdb_format = "sql"
+mail_root = "/var/vmail"
+[target]
+userdb = "mysql://postfix@db2:3307/postfix"
+userdb_format = "sql"
+mail_root = "/srv/vmail"
+"#;
+
+    #[test]
+    fn sql_userdbs_are_checked() {
+        let p = Path::new("/c.toml");
+        let c = Config::parse(p, SQL).unwrap();
+        let d = Domain::parse("a.cz").unwrap();
+        assert!(!c.in_place(&d));
+        assert_eq!(
+            c.source.userdb.describe(&d),
+            "postgresql://postfix@127.0.0.1:5432/postfix"
+        );
+        assert_eq!(
+            c.target.userdb.key(&LocalPart::parse("jan").unwrap(), &d),
+            "jan@a.cz"
+        );
+        let same = SQL
+            .replace(
+                "mysql://postfix@db2:3307/postfix",
+                "postgresql://other@127.0.0.1:5432/postfix",
+            )
+            .replace("/srv/vmail", "/var/vmail");
+        assert!(Config::parse(p, &same).unwrap().in_place(&d));
+        let custom = format!(
+            "{}\nschema = \"custom\"\n[target.queries]\nlist_query = \"SELECT u FROM m WHERE d = %{{domain}}\"\n\
+             user_query = \"SELECT * FROM m WHERE u = %{{username}}\"\n\
+             insert_query = \"INSERT INTO m VALUES (%{{username}}, %{{password}}, %{{maildir}})\"\n\
+             update_location_query = \"UPDATE m SET maildir = %{{maildir}}, password = %{{password}} WHERE u = %{{username}} AND maildir = %{{old_maildir}} AND password = %{{old_password}}\"\n\
+             update_password_query = \"UPDATE m SET password = %{{password}} WHERE u = %{{username}} AND password = %{{old_password}}\"\n",
+            SQL.trim_end()
+        );
+        Config::parse(p, &custom).unwrap();
+        let cases = [
+            (SQL.replace("/var/vmail", "/x"), ""),
+            (
+                same.replace("/var/vmail\"\n[target]", "/other\"\n[target]"),
+                "one mail_root",
+            ),
+            (SQL.replace("postgresql://", "oracle://"), "unknown scheme"),
+            (format!("{SQL}schema = \"mailcow\"\n"), "target.schema"),
+            (format!("{SQL}schema = \"custom\"\n"), "[target.queries]"),
+            (
+                custom.replace(
+                    " AND password = %{old_password}\"\nupdate_password",
+                    "\"\nupdate_password",
+                ),
+                "old_password",
+            ),
+            (
+                MINIMAL.replace(
+                    "mail_root = \"old\"",
+                    "mail_root = \"old\"\nschema = \"postfixadmin\"",
+                ),
+                "userdb_format = \"sql\"",
+            ),
+            (
+                SQL.replace(
+                    "mysql://postfix@db2:3307/postfix\"\nuserdb_format = \"sql",
+                    "/etc/users\"\nuserdb_format = \"passwd-file",
+                ),
+                "target.uid",
+            ),
+        ];
+        for (text, want) in cases {
+            let r = Config::parse(p, &text);
+            if want.is_empty() {
+                r.unwrap();
+                continue;
+            }
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(want), "{want:?} not in {e:?}");
+        }
     }
 }

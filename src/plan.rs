@@ -61,9 +61,9 @@ pub fn plan(
     let env = Env::open(cfg, &job)?;
     let mut out = Plan {
         domain: job.domain.to_string(),
-        in_place: env.in_place,
-        source_userdb: env.source_db.display().to_string(),
-        target_userdb: env.target_db.display().to_string(),
+        in_place: env.target.in_place(),
+        source_userdb: env.source.describe(),
+        target_userdb: env.target.describe(),
         mailboxes: Vec::new(),
         messages: 0,
         bytes: 0,

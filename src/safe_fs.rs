@@ -436,9 +436,7 @@ impl Dir {
     /// owner set, data written and synced, renamed over, directory synced.
     pub fn write_atomic(&self, name: &OsStr, data: &[u8], attrs: &FileAttrs) -> io::Result<()> {
         let name = plain_name(name)?;
-        let mut tmp = OsString::from(".");
-        tmp.push(name);
-        tmp.push(".maildir-migrate.tmp");
+        let tmp = atomic_tmp_name(name);
         self.unlink_if_exists(&tmp)?;
         let result = (|| {
             let mut f = self.create_file(&tmp, attrs.mode)?;
@@ -477,6 +475,14 @@ pub fn lock_file(path: &Path) -> io::Result<File> {
         .open(path)?;
     f.lock()?;
     Ok(f)
+}
+
+/// The temporary name `write_atomic` writes `name` under before renaming.
+pub fn atomic_tmp_name(name: &OsStr) -> OsString {
+    let mut tmp = OsString::from(".");
+    tmp.push(name);
+    tmp.push(".maildir-migrate.tmp");
+    tmp
 }
 
 /// Mode, owner, mtime and durability for a file written by `write_atomic`.

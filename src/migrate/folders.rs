@@ -679,13 +679,18 @@ pub fn claim_target(
 }
 
 /// An existing target Maildir may be written into when an earlier run of
-/// ours left its marker, or when it holds nothing but empty cur/new/tmp.
+/// ours left its marker, or when it holds nothing but empty cur/new/tmp
+/// (and perhaps the marker's temporary file: a run killed while writing it).
 pub fn claimable(md: &Dir) -> Result<bool, MailboxError> {
     let entries = md.entries().map_err(|e| MailboxError::io(md.path(), e))?;
+    let marker_tmp = crate::safe_fs::atomic_tmp_name(OsStr::new(OWNER_MARKER));
     let mut empty = true;
     for e in entries {
         if e.name == OWNER_MARKER && e.kind == Kind::File {
             return Ok(true);
+        }
+        if e.name == marker_tmp && e.kind == Kind::File {
+            continue;
         }
         let sub = matches!(e.name.to_str(), Some("cur" | "new" | "tmp")) && e.kind == Kind::Dir;
         empty = empty
@@ -702,6 +707,23 @@ pub fn claimable(md: &Dir) -> Result<bool, MailboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_maildir_left_by_a_killed_claim_is_claimable_others_are_not() {
+        let t = tempfile::tempdir().unwrap();
+        let md = t.path().join("Maildir");
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(md.join(sub)).unwrap();
+        }
+        let tmp = crate::safe_fs::atomic_tmp_name(OsStr::new(OWNER_MARKER));
+        std::fs::write(md.join(&tmp), "job j\n").unwrap();
+        assert!(claimable(&Dir::open_root(&md).unwrap()).unwrap());
+        std::fs::write(md.join("cur/1.a:2,S"), "mail").unwrap();
+        assert!(!claimable(&Dir::open_root(&md).unwrap()).unwrap());
+        std::fs::remove_file(md.join("cur/1.a:2,S")).unwrap();
+        std::fs::write(md.join("subscriptions"), "INBOX\n").unwrap();
+        assert!(!claimable(&Dir::open_root(&md).unwrap()).unwrap());
+    }
 
     #[test]
     fn scan_classifies_and_refuses_conflicts() {

@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
+use crate::config::Userdb;
 use crate::copy::TargetFolder;
 use crate::job::{Job, LocalPart, Mode};
 use crate::maildir;
@@ -22,6 +23,7 @@ use crate::maildir::names::NameEncoding;
 use crate::report::{MailboxReport, MailboxStatus};
 use crate::safe_fs::Dir;
 use crate::userdb::passwd_file::{self, Change, Entry, PasswdFile};
+use crate::userdb::sql::{self, MailboxRow, SqlSettings};
 use crate::userdb::{Account, SourceDb};
 
 use super::folders::{self, FolderScan, MailboxSync, OWNER_MARKER, Pass, SyncContext};
@@ -30,14 +32,41 @@ use super::{MailboxError, RunError, open_root};
 /// The mail location written for every migrated user.
 const TARGET_MAIL: &str = "userdb_mail=maildir:~/Maildir";
 
+/// Where a migrated mailbox's login is written.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// A new entry in a separate passwd-file.
+    PasswdFile(PathBuf),
+    /// The source passwd-file's entry, rewritten to the new home.
+    PasswdFileInPlace(PathBuf),
+    /// A new row in a separate SQL database.
+    Sql(Box<SqlSettings>),
+    /// The source SQL row, given the new `maildir`.
+    SqlInPlace(Box<SqlSettings>),
+}
+
+impl Placement {
+    pub fn in_place(&self) -> bool {
+        matches!(
+            self,
+            Placement::PasswdFileInPlace(_) | Placement::SqlInPlace(_)
+        )
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Placement::PasswdFile(p) | Placement::PasswdFileInPlace(p) => p.display().to_string(),
+            Placement::Sql(s) | Placement::SqlInPlace(s) => s.url.to_string(),
+        }
+    }
+}
+
 /// Everything a job needs that does not change per mailbox.
 pub struct Env<'a> {
     pub cfg: &'a Config,
     pub job: &'a Job,
     pub source: SourceDb,
-    pub source_db: PathBuf,
-    pub target_db: PathBuf,
-    pub in_place: bool,
+    pub target: Placement,
     source_root: Dir,
     source_root_path: PathBuf,
     pub(crate) target_root: Dir,
@@ -49,26 +78,21 @@ impl<'a> Env<'a> {
         let (source_root, source_root_path) = open_root("source.mail_root", &cfg.source.mail_root)?;
         let (target_root, target_root_path) = open_root("target.mail_root", &cfg.target.mail_root)?;
         let source = cfg.source_db(&job.domain);
-        let source_db = source.path().to_path_buf();
-        if let Err(e) = std::fs::metadata(&source_db) {
-            return Err(RunError::Userdb(
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    passwd_file::UserdbError::Missing { path: source_db }
-                } else {
-                    passwd_file::UserdbError::Io {
-                        path: source_db,
-                        source: e,
-                    }
-                },
-            ));
-        }
+        source.check_reachable().map_err(RunError::Userdb)?;
+        let target = match (&cfg.target.userdb, cfg.in_place(&job.domain)) {
+            (Userdb::File(p), false) => Placement::PasswdFile(p.for_domain(&job.domain)),
+            (Userdb::File(p), true) => Placement::PasswdFileInPlace(p.for_domain(&job.domain)),
+            (Userdb::Sql(s), false) => {
+                sql::with_retry(s, |_| Ok(())).map_err(|e| RunError::Userdb(e.into()))?;
+                Placement::Sql(s.clone())
+            }
+            (Userdb::Sql(s), true) => Placement::SqlInPlace(s.clone()),
+        };
         Ok(Env {
             cfg,
             job,
-            target_db: cfg.target.userdb.for_domain(&job.domain),
-            in_place: cfg.in_place(&job.domain),
+            target,
             source,
-            source_db,
             source_root,
             source_root_path,
             target_root,
@@ -119,8 +143,71 @@ impl<'a> Env<'a> {
     fn not_in_source(&self, local: &LocalPart) -> MailboxError {
         MailboxError::NotInSource {
             user: self.source_key(local),
-            path: self.source_db.clone(),
+            db: self.source.describe(),
         }
+    }
+
+    /// An SQL row's `maildir` for the new Maildir, relative to the target
+    /// mail root (the row names the Maildir itself).
+    fn target_maildir_rel(&self, local: &LocalPart) -> Result<String, MailboxError> {
+        Ok(format!(
+            "{}/Maildir/",
+            self.home_rel(local)?.to_string_lossy()
+        ))
+    }
+
+    /// The row written to a separate SQL target: the carried hash (with
+    /// its `{SCHEME}` prefix), the new maildir, the quota in bytes.
+    pub(crate) fn target_row(
+        &self,
+        src: &Account,
+        local: &LocalPart,
+    ) -> Result<MailboxRow, MailboxError> {
+        Ok(MailboxRow {
+            username: self.target_key(local),
+            password: src.hash.value.clone(),
+            name: src.name.clone(),
+            maildir: self.target_maildir_rel(local)?,
+            quota_bytes: quota_bytes(&src.extra).map_err(MailboxError::Conflict)?,
+            local_part: local.to_string(),
+            domain: self.job.domain.to_string(),
+            active: src.active,
+        })
+    }
+
+    /// What verify compares in the target's login: the hash and the
+    /// location (passwd-file: home; SQL: maildir), expected and actual.
+    pub(crate) fn target_login(
+        &self,
+        src: &Account,
+        local: &LocalPart,
+    ) -> Result<(Login, Option<Login>), MailboxError> {
+        Ok(match &self.target {
+            Placement::PasswdFile(path) => {
+                let e = self.target_entry(src, local)?;
+                let actual = PasswdFile::load(path)?.find(&e.user)?.map(|(_, a)| a);
+                (Login::of_entry(&e), actual.as_ref().map(Login::of_entry))
+            }
+            Placement::PasswdFileInPlace(_) => {
+                let current = self.passwd_entry(local)?;
+                let e = self.switched_in_place(&current, local)?;
+                (Login::of_entry(&e), Some(Login::of_entry(&current)))
+            }
+            Placement::Sql(s) => {
+                let r = self.target_row(src, local)?;
+                let actual = sql::with_retry(s, |db| db.mailbox(&r.username))?;
+                (Login::of_row(&r), actual.as_ref().map(Login::of_row))
+            }
+            Placement::SqlInPlace(s) => {
+                let expected = Login {
+                    password: src.hash.value.clone(),
+                    location: self.target_maildir_rel(local)?,
+                };
+                let key = self.source_key(local);
+                let actual = sql::with_retry(s, |db| db.mailbox(&key))?;
+                (expected, actual.as_ref().map(Login::of_row))
+            }
+        })
     }
 
     pub(crate) fn account(&self, local: &LocalPart) -> Result<Account, MailboxError> {
@@ -131,7 +218,15 @@ impl<'a> Env<'a> {
 
     /// The shared passwd-file entry (in-place mode only).
     pub(crate) fn passwd_entry(&self, local: &LocalPart) -> Result<Entry, MailboxError> {
-        match PasswdFile::load(&self.source_db)?.find(&self.source_key(local))? {
+        let path = match &self.target {
+            Placement::PasswdFileInPlace(p) => p,
+            _ => {
+                return Err(MailboxError::Conflict(
+                    "not a passwd-file rewritten in place".into(),
+                ));
+            }
+        };
+        match PasswdFile::load(path)?.find(&self.source_key(local))? {
             Some((_, e)) => Ok(e),
             None => Err(self.not_in_source(local)),
         }
@@ -218,6 +313,68 @@ impl<'a> Env<'a> {
     }
 }
 
+/// A login's hash and location, as verify compares them.
+pub(crate) struct Login {
+    pub password: String,
+    /// passwd-file: the home; SQL: the maildir column.
+    pub location: String,
+}
+
+impl Login {
+    fn of_entry(e: &Entry) -> Login {
+        Login {
+            password: e.password.clone(),
+            location: e.home.clone(),
+        }
+    }
+
+    fn of_row(r: &MailboxRow) -> Login {
+        Login {
+            password: r.password.clone(),
+            location: r.maildir.clone(),
+        }
+    }
+}
+
+/// The quota in bytes (0 = unlimited) of `userdb_quota_rule=*:bytes=N` or
+/// `*:storage=N[k|M|G|T]` (Dovecot's storage unit is KiB); other rules
+/// have no place in a `quota` column and are refused, not dropped.
+fn quota_bytes(extra: &[String]) -> Result<u64, String> {
+    let Some(rule) = extra
+        .iter()
+        .find_map(|f| f.strip_prefix("userdb_quota_rule="))
+    else {
+        return Ok(0);
+    };
+    let parse = |v: &str, unit: u64| {
+        let (digits, mult) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+            None => (v, unit),
+            Some((i, _)) => (
+                &v[..i],
+                match &v[i..] {
+                    "B" | "b" => 1,
+                    "k" | "K" => 1 << 10,
+                    "M" => 1 << 20,
+                    "G" => 1 << 30,
+                    "T" => 1 << 40,
+                    _ => return None,
+                },
+            ),
+        };
+        digits.parse::<u64>().ok()?.checked_mul(mult)
+    };
+    let bytes = if let Some(v) = rule.strip_prefix("*:bytes=") {
+        parse(v, 1)
+    } else if let Some(v) = rule.strip_prefix("*:storage=") {
+        parse(v, 1 << 10)
+    } else {
+        None
+    };
+    bytes.ok_or_else(|| {
+        format!("quota rule {rule:?} cannot be written to the SQL target's quota column")
+    })
+}
+
 /// Where a mailbox stands before this run touches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
@@ -237,27 +394,51 @@ pub struct Assessment {
 pub fn assess(env: &Env<'_>, local: &LocalPart) -> Result<Assessment, MailboxError> {
     let source = env.account(local)?;
     let scheme = source.hash.scheme.clone();
-    let state = if env.in_place {
-        let current = env.passwd_entry(local)?;
-        let switched = env.switched_in_place(&current, local)?;
-        passwd_file::check_writable(&switched).map_err(MailboxError::Conflict)?;
-        if switched == current {
-            State::AlreadyMigrated
-        } else {
-            State::Pending
+    let state = match &env.target {
+        Placement::PasswdFileInPlace(_) => {
+            let current = env.passwd_entry(local)?;
+            let switched = env.switched_in_place(&current, local)?;
+            passwd_file::check_writable(&switched).map_err(MailboxError::Conflict)?;
+            if switched == current {
+                State::AlreadyMigrated
+            } else {
+                State::Pending
+            }
         }
-    } else {
-        let expected = env.target_entry(&source, local)?;
-        passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
-        match PasswdFile::load(&env.target_db)?.find(&expected.user)? {
-            Some((_, e)) if e == expected && source.refuses_login => State::AlreadyMigrated,
-            Some((_, e)) if e == expected => State::Pending,
-            Some((line, _)) => State::Conflict(format!(
-                "{} line {line} already has a different entry for {}; not overwriting it",
-                env.target_db.display(),
-                expected.user
-            )),
-            None => State::Pending,
+        Placement::PasswdFile(path) => {
+            let expected = env.target_entry(&source, local)?;
+            passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
+            match PasswdFile::load(path)?.find(&expected.user)? {
+                Some((_, e)) if e == expected && source.refuses_login => State::AlreadyMigrated,
+                Some((_, e)) if e == expected => State::Pending,
+                Some((line, _)) => State::Conflict(format!(
+                    "{} line {line} already has a different entry for {}; not overwriting it",
+                    path.display(),
+                    expected.user
+                )),
+                None => State::Pending,
+            }
+        }
+        Placement::SqlInPlace(_) => {
+            if source.sql_maildir.as_deref() == Some(&env.target_maildir_rel(local)?)
+                && !source.refuses_login
+            {
+                State::AlreadyMigrated
+            } else {
+                State::Pending
+            }
+        }
+        Placement::Sql(s) => {
+            let expected = env.target_row(&source, local)?;
+            match sql::with_retry(s, |db| db.mailbox(&expected.username))? {
+                Some(r) if r == expected && source.refuses_login => State::AlreadyMigrated,
+                Some(r) if r == expected => State::Pending,
+                Some(_) => State::Conflict(format!(
+                    "{} already has a different row for {}; not overwriting it",
+                    s.url, expected.username
+                )),
+                None => State::Pending,
+            }
         }
     };
     Ok(Assessment {
@@ -467,7 +648,7 @@ fn copy_and_switch(
         }),
         None => None,
     };
-    switch(env, local)?;
+    switch(env, local, &a.source)?;
     if let Some(c) = &mut content {
         c.sync.warnings.extend(after_freeze);
         c.sync.freeze_ms = Some(frozen_at.elapsed().as_millis() as u64);
@@ -501,32 +682,28 @@ fn freeze_command(env: &Env<'_>, local: &LocalPart) -> Vec<String> {
 /// lock); no-op when `f` returns the entry unchanged.
 fn rewrite_in_place(
     env: &Env<'_>,
+    path: &Path,
     local: &LocalPart,
     f: impl FnOnce(&Entry) -> Result<Entry, MailboxError>,
 ) -> Result<(), MailboxError> {
     let key = env.source_key(local);
-    passwd_file::edit(
-        &env.source_db,
-        None,
-        env.cfg.migration.fsync,
-        |file: &PasswdFile| {
-            let Some((_, current)) = file.find(&key)? else {
-                return Err(MailboxError::NotInSource {
-                    user: key.clone(),
-                    path: env.source_db.clone(),
-                });
-            };
-            let new = f(&current)?;
-            if new == current {
-                return Ok(None);
-            }
-            let line = passwd_file::check_writable(&new).map_err(MailboxError::Conflict)?;
-            Ok(Some(Change::Replace {
+    passwd_file::edit(path, None, env.cfg.migration.fsync, |file: &PasswdFile| {
+        let Some((_, current)) = file.find(&key)? else {
+            return Err(MailboxError::NotInSource {
                 user: key.clone(),
-                line,
-            }))
-        },
-    )
+                db: path.display().to_string(),
+            });
+        };
+        let new = f(&current)?;
+        if new == current {
+            return Ok(None);
+        }
+        let line = passwd_file::check_writable(&new).map_err(MailboxError::Conflict)?;
+        Ok(Some(Change::Replace {
+            user: key.clone(),
+            line,
+        }))
+    })
     .map(drop)
 }
 
@@ -542,22 +719,41 @@ fn thaw(env: &Env<'_>, local: &LocalPart) -> Result<(), MailboxError> {
         .thaw(&env.source_key(local), env.cfg.migration.fsync)?)
 }
 
-fn switch(env: &Env<'_>, local: &LocalPart) -> Result<(), MailboxError> {
-    if env.in_place {
-        return rewrite_in_place(env, local, |e| env.switched_in_place(e, local));
-    }
+fn switch(env: &Env<'_>, local: &LocalPart, source: &Account) -> Result<(), MailboxError> {
+    let path = match &env.target {
+        Placement::PasswdFileInPlace(path) => {
+            return rewrite_in_place(env, path, local, |e| env.switched_in_place(e, local));
+        }
+        Placement::SqlInPlace(s) => {
+            let key = env.source_key(local);
+            let old = source.sql_maildir.clone().unwrap_or_default();
+            let new = env.target_maildir_rel(local)?;
+            sql::with_retry(s, |db| db.update_location(&key, &old, &new))?;
+            return Ok(());
+        }
+        Placement::Sql(s) => {
+            let row = env.target_row(&env.account(local)?, local)?;
+            sql::with_retry(s, |db| db.insert(&row))?;
+            return Ok(());
+        }
+        Placement::PasswdFile(path) => path,
+    };
     let expected = env.target_entry(&env.account(local)?, local)?;
     let line = passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
-    let like: &Path = &env.source_db;
+    // A new file takes the source file's owner and mode.
+    let like = match &env.source {
+        SourceDb::PasswdFile { path, .. } | SourceDb::Courier { path, .. } => Some(path.as_path()),
+        SourceDb::Sql { .. } => None,
+    };
     passwd_file::edit(
-        &env.target_db,
-        Some(like),
+        path,
+        like,
         env.cfg.migration.fsync,
         |file: &PasswdFile| match file.find(&expected.user)? {
             Some((_, e)) if e == expected => Ok(None),
             Some((no, _)) => Err(MailboxError::Conflict(format!(
                 "{} line {no} already has a different entry for {}; not overwriting it",
-                env.target_db.display(),
+                path.display(),
                 expected.user
             ))),
             None => Ok(Some(Change::Append(line))),

@@ -33,9 +33,11 @@ pub enum MailboxError {
     #[error(transparent)]
     Userdb(#[from] UserdbError),
     #[error(transparent)]
+    Sql(#[from] crate::userdb::sql::SqlError),
+    #[error(transparent)]
     Copy(#[from] CopyError),
-    #[error("no entry for {user} in {}", path.display())]
-    NotInSource { user: String, path: PathBuf },
+    #[error("no entry for {user} in {db}")]
+    NotInSource { user: String, db: String },
     #[error("{0}")]
     Conflict(String),
     #[error("source Maildir: {0}")]
@@ -90,6 +92,8 @@ impl RunError {
         match self {
             RunError::Root { source, .. } if source.kind() == io::ErrorKind::NotFound => 78,
             RunError::Userdb(UserdbError::Missing { .. } | UserdbError::Symlink { .. }) => 78,
+            // A database that is down or restarting: try again later.
+            RunError::Userdb(UserdbError::Sql(e)) if e.is_transient() => 75,
             // EX_TEMPFAIL: try again later.
             RunError::Interrupted => 75,
             _ => 74,
@@ -106,7 +110,10 @@ pub fn select_mailboxes(env: &Env<'_>) -> Result<Vec<Selected>, RunError> {
     if let Some(list) = &env.job.mailboxes {
         return Ok(list.iter().cloned().map(Ok).collect());
     }
-    let users = env.source.users().map_err(RunError::Userdb)?;
+    let users = env
+        .source
+        .users(env.job.domain.as_str())
+        .map_err(RunError::Userdb)?;
     Ok(domain_users(
         users,
         &env.job.domain,

@@ -18,7 +18,6 @@ use crate::job::{Domain, Job, LocalPart};
 use crate::maildir::uidlist::Uidlist;
 use crate::maildir::{self, filename};
 use crate::safe_fs::Dir;
-use crate::userdb::passwd_file::PasswdFile;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MailboxCheck {
@@ -94,29 +93,22 @@ fn check_mailbox(
     c: &mut MailboxCheck,
 ) -> Result<(), MailboxError> {
     let account = env.account(local)?;
-    let expected = env.target_entry(&account, local)?;
-    let actual = if env.in_place {
-        Some(env.passwd_entry(local)?)
-    } else {
-        PasswdFile::load(&env.target_db)?
-            .find(&expected.user)?
-            .map(|(_, e)| e)
-    };
+    let (expected, actual) = env.target_login(&account, local)?;
     match actual {
         None => c.problems.push(format!(
             "no entry for {} in {}",
-            expected.user,
-            env.target_db.display()
+            env.target_key(local),
+            env.target.describe()
         )),
-        Some(e) => {
-            if hash_body(&e.password) != hash_body(&account.hash.value) {
+        Some(got) => {
+            if hash_body(&got.password) != hash_body(&expected.password) {
                 c.problems
                     .push("the target password hash differs from the source's".into());
             }
-            if e.home != expected.home {
+            if got.location != expected.location {
                 c.problems.push(format!(
-                    "target home is {:?}, expected {:?}",
-                    e.home, expected.home
+                    "target location is {:?}, expected {:?}",
+                    got.location, expected.location
                 ));
             }
         }

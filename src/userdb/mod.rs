@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use passwd_file::{Change, PasswdFile, UserdbError};
 use scheme::CarriedHash;
+use sql::SqlSettings;
 
 /// A source account, whatever its userdb format, with the password already
 /// in the Dovecot form that verifies it.
@@ -26,6 +27,12 @@ pub struct Account {
     pub extra: Vec<String>,
     pub refuses_login: bool,
     pub frozen_by_us: bool,
+    /// Display name (gecos, or an SQL row's `name`).
+    pub name: String,
+    /// Whether mail is delivered (an SQL row's `active`; files: always).
+    pub active: bool,
+    /// An SQL row's `maildir`, as stored (relative to the mail root).
+    pub sql_maildir: Option<String>,
 }
 
 /// The source userdb of one domain.
@@ -39,20 +46,52 @@ pub enum SourceDb {
         path: PathBuf,
         makeuserdb: Option<PathBuf>,
     },
+    Sql {
+        settings: Box<SqlSettings>,
+        default_scheme: String,
+        /// What the rows' relative `maildir` is relative to.
+        mail_root: PathBuf,
+    },
 }
 
 impl SourceDb {
-    pub fn path(&self) -> &Path {
+    /// The file, or the database URL (without password).
+    pub fn describe(&self) -> String {
         match self {
-            SourceDb::PasswdFile { path, .. } | SourceDb::Courier { path, .. } => path,
+            SourceDb::PasswdFile { path, .. } | SourceDb::Courier { path, .. } => {
+                path.display().to_string()
+            }
+            SourceDb::Sql { settings, .. } => settings.url.to_string(),
         }
     }
 
-    /// Account names in file order.
-    pub fn users(&self) -> Result<Vec<String>, UserdbError> {
+    /// Fails when the userdb cannot be read at all (missing file, no
+    /// database connection), before any mailbox is touched.
+    pub fn check_reachable(&self) -> Result<(), UserdbError> {
+        let path = match self {
+            SourceDb::Sql { settings, .. } => {
+                return Ok(sql::with_retry(settings, |_| Ok(()))?);
+            }
+            SourceDb::PasswdFile { path, .. } | SourceDb::Courier { path, .. } => path,
+        };
+        match std::fs::metadata(path) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(UserdbError::Missing { path: path.clone() })
+            }
+            Err(source) => Err(UserdbError::Io {
+                path: path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Account names in file order (SQL: the domain's, sorted).
+    pub fn users(&self, domain: &str) -> Result<Vec<String>, UserdbError> {
         match self {
             SourceDb::PasswdFile { path, .. } => Ok(PasswdFile::load(path)?.users()),
             SourceDb::Courier { path, .. } => Ok(courier::CourierDb::load(path)?.users()),
+            SourceDb::Sql { settings, .. } => Ok(sql::with_retry(settings, |db| db.users(domain))?),
         }
     }
 
@@ -75,9 +114,12 @@ impl SourceDb {
                     gid: src.gid.clone(),
                     mail: src.mail().map(String::from),
                     extra: src.extra_without_location().cloned().collect(),
+                    name: src.gecos.clone(),
                     home: src.home,
                     refuses_login: e.refuses_login(),
                     frozen_by_us: e.frozen_by_us(),
+                    active: true,
+                    sql_maildir: None,
                 }))
             }
             SourceDb::Courier { path, .. } => {
@@ -117,6 +159,40 @@ impl SourceDb {
                     extra,
                     refuses_login: e.refuses_login(),
                     frozen_by_us: e.frozen_by_us(),
+                    name: String::new(),
+                    active: true,
+                    sql_maildir: None,
+                }))
+            }
+            SourceDb::Sql {
+                settings,
+                default_scheme,
+                mail_root,
+            } => {
+                let Some(row) = sql::with_retry(settings, |db| db.mailbox(key))? else {
+                    return Ok(None);
+                };
+                // The Maildir is the row's directory itself (Postfix's
+                // virtual_mailbox_base + maildir), not a subdirectory of it.
+                let maildir = mail_root.join(row.maildir.trim_start_matches('/'));
+                let maildir = maildir.to_string_lossy().into_owned();
+                let locked = sql::is_locked(&row);
+                Ok(Some(Account {
+                    key: key.to_string(),
+                    hash: scheme::carry(&row.for_target(default_scheme).password, default_scheme),
+                    uid: String::new(),
+                    gid: String::new(),
+                    mail: Some(format!("maildir:{maildir}")),
+                    home: maildir,
+                    extra: (row.quota_bytes > 0)
+                        .then(|| format!("userdb_quota_rule=*:bytes={}", row.quota_bytes))
+                        .into_iter()
+                        .collect(),
+                    refuses_login: locked,
+                    frozen_by_us: locked,
+                    name: row.name,
+                    active: row.active,
+                    sql_maildir: Some(row.maildir),
                 }))
             }
         }
@@ -160,6 +236,14 @@ impl SourceDb {
                 courier::edit(path, key, fsync, makeuserdb.as_deref(), |e| {
                     Ok::<_, UserdbError>(if freeze { e.frozen() } else { e.thawed() })
                 })?;
+            }
+            SourceDb::Sql { settings, .. } => {
+                sql::with_retry(
+                    settings,
+                    |db| {
+                        if freeze { db.lock(key) } else { db.unlock(key) }
+                    },
+                )?;
             }
         }
         Ok(())

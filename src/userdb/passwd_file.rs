@@ -44,6 +44,8 @@ pub enum UserdbError {
         line: usize,
         problem: String,
     },
+    #[error(transparent)]
+    Sql(#[from] super::sql::SqlError),
 }
 
 /// One parsed line. Fields are kept as text; nothing is normalised, so an

@@ -328,6 +328,19 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// Where a private Dovecot finds its users.
+pub enum Auth {
+    PasswdFile(PathBuf),
+    /// A PostfixAdmin-style SQL passdb and userdb: Dovecot's `driver` and
+    /// `connect`, the SQL expression of the home (the Maildir), the uid.
+    Sql {
+        driver: &'static str,
+        connect: String,
+        home: String,
+        uid: u32,
+    },
+}
+
 /// A running private Dovecot; stopped (and waited for) on drop.
 pub struct Dovecot {
     child: Option<Child>,
@@ -355,14 +368,23 @@ impl Dovecot {
     /// See the module docs for the permissions the passwd-file and the
     /// directories need.
     pub fn start(dir: &Path, passwd_file: &Path) -> Dovecot {
+        Dovecot::start_with(dir, Auth::PasswdFile(passwd_file.to_path_buf()))
+    }
+
+    /// Like `start`, with the users in `auth`.
+    pub fn start_with(dir: &Path, auth: Auth) -> Dovecot {
         assert!(
             dovecot_available(),
             "Dovecot is not installed (use require_dovecot first)"
         );
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let dir = fs::canonicalize(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let passwd_file = fs::canonicalize(passwd_file)
-            .unwrap_or_else(|e| panic!("passwd-file {}: {e}", passwd_file.display()));
+        let auth = match auth {
+            Auth::PasswdFile(p) => Auth::PasswdFile(
+                fs::canonicalize(&p).unwrap_or_else(|e| panic!("passwd-file {}: {e}", p.display())),
+            ),
+            sql => sql,
+        };
         let root = running_as_root();
 
         // Mail and auth processes run as other users: they must get through `dir`.
@@ -373,7 +395,9 @@ impl Dovecot {
         if root {
             let (uid, gid) =
                 system_user("dovecot").expect("user dovecot missing (install dovecot-core)");
-            if let Err(e) = accessible_by(&passwd_file, uid, gid) {
+            if let Auth::PasswdFile(passwd_file) = &auth
+                && let Err(e) = accessible_by(passwd_file, uid, gid)
+            {
                 panic!(
                     "Dovecot's auth process (user dovecot) cannot read the passwd-file: {e}.\n\
                      It needs root:dovecot 0640 (see write_passwd_file) and o+x on every \
@@ -429,7 +453,7 @@ impl Dovecot {
                 instance: instance.clone(),
                 _short_base: None,
             };
-            fs::write(&dc.conf, dc.config_text(&passwd_file, root)).expect("write dovecot.conf");
+            fs::write(&dc.conf, dc.config_text(&auth, root)).expect("write dovecot.conf");
             let _ = fs::remove_file(&dc.log_path);
             let stderr = fs::File::create(&dc.stderr_path).expect("create dovecot.stderr");
             let child = Command::new(DOVECOT_BIN)
@@ -471,9 +495,41 @@ impl Dovecot {
         panic!("Dovecot did not start: {last_failure}");
     }
 
-    fn config_text(&self, passwd_file: &Path, root: bool) -> String {
+    fn config_text(&self, auth: &Auth, root: bool) -> String {
         let dir = self.dir.display();
-        let passwd = passwd_file.display();
+        let (passdb, userdb) = match auth {
+            Auth::PasswdFile(p) => (
+                format!(
+                    "  driver = passwd-file\n  args = scheme=CRYPT username_format=%u {}\n",
+                    p.display()
+                ),
+                format!(
+                    "  driver = passwd-file\n  args = username_format=%u {}\n",
+                    p.display()
+                ),
+            ),
+            Auth::Sql {
+                driver,
+                connect,
+                home,
+                uid,
+            } => {
+                let ext = self.dir.join("dovecot-sql.conf.ext");
+                // PostfixAdmin's documented queries; the row's maildir is
+                // the Maildir itself, so mail lives in the home.
+                fs::write(
+                    &ext,
+                    format!(
+                        "driver = {driver}\nconnect = {connect}\ndefault_pass_scheme = CRYPT\n\
+                         password_query = SELECT username AS user, password FROM mailbox WHERE username = '%u' AND active = '1'\n\
+                         user_query = SELECT {home} AS home, 'maildir:~/' AS mail, {uid} AS uid, {uid} AS gid FROM mailbox WHERE username = '%u' AND active = '1'\n"
+                    ),
+                )
+                .expect("write dovecot-sql.conf.ext");
+                let args = format!("  driver = sql\n  args = {}\n", ext.display());
+                (args.clone(), args)
+            }
+        };
         let mut c = format!(
             r#"# Private test instance written by tests/common/dovecot.rs.
 # Deliberately self-contained: /etc/dovecot/conf.d is not included.
@@ -505,13 +561,9 @@ first_valid_uid = 1
 first_valid_gid = 1
 mail_location = maildir:~/Maildir
 passdb {{
-  driver = passwd-file
-  args = scheme=CRYPT username_format=%u {passwd}
-}}
+{passdb}}}
 userdb {{
-  driver = passwd-file
-  args = username_format=%u {passwd}
-{override}}}
+{userdb}{override}}}
 namespace inbox {{
   separator = /
   prefix =

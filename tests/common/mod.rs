@@ -15,3 +15,4 @@ pub mod imap;
 pub mod pop3;
 pub mod scenario;
 pub mod smtp;
+pub mod sqldb;

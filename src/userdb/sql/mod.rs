@@ -1118,3 +1118,20 @@ fn differing(a: &MailboxRow, b: &MailboxRow) -> String {
     }
     format!("{} differ", d.join(", "))
 }
+
+/// Runs `f` on a new connection; a transient failure (lost connection,
+/// deadlock, server restart) is retried once on another. Every write is
+/// one transaction, so the failed attempt committed nothing.
+pub fn with_retry<T>(
+    settings: &SqlSettings,
+    mut f: impl FnMut(&mut SqlDb) -> Result<T, SqlError>,
+) -> Result<T, SqlError> {
+    let mut attempt = || SqlDb::connect(settings).and_then(|mut db| f(&mut db));
+    match attempt() {
+        Err(e) if e.is_transient() => {
+            tracing::warn!("{e}; retrying once");
+            attempt()
+        }
+        r => r,
+    }
+}
