@@ -384,3 +384,154 @@ fn dovecot_with_its_sql_driver_serves_the_migrated_users() {
         login(&old, other, pw).unwrap_or_else(|e| panic!("{engine:?} {other}: {e}"));
     }
 }
+
+/// A TCP relay in front of a database server that can cut every
+/// connection passing through it at once.
+struct Relay {
+    port: u16,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    /// Connections cut while open.
+    cuts: std::sync::atomic::AtomicUsize,
+}
+
+impl Relay {
+    fn start(upstream: u16) -> Relay {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let kept = conns.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                {
+                    let mut k = kept.lock().unwrap();
+                    k.push(client.try_clone().unwrap());
+                    k.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay {
+            port,
+            conns,
+            cuts: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn cut(&self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            if s.shutdown(std::net::Shutdown::Both).is_ok() {
+                self.cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// `url` with the server's port replaced by the relay's.
+    fn url(&self, url: &str) -> String {
+        url.replace(":5432/", &format!(":{}/", self.port))
+            .replace(":3306/", &format!(":{}/", self.port))
+    }
+}
+
+#[test]
+fn connections_cut_mid_job_never_leave_two_logins() {
+    if !dovecot::require_dovecot("connections_cut_mid_job_never_leave_two_logins") {
+        return;
+    }
+    for engine in ENGINES {
+        let h = Host::new("");
+        let (src, _) = source(&h, engine, 200);
+        let dst = TestDb::create(engine, "dst");
+        dst.add_domain("a.cz");
+        let upstream = match engine {
+            Engine::Postgres => 5432,
+            Engine::Mariadb => 3306,
+        };
+        let (rs, rd) = (Relay::start(upstream), Relay::start(upstream));
+        sql_config(&h, &src, &dst, "newmail", "%d/%n");
+        let cfg = std::fs::read_to_string(&h.config)
+            .unwrap()
+            .replace(&src.url(), &rs.url(&src.url()))
+            .replace(&dst.url(), &rd.url(&dst.url()));
+        h.write_config(&cfg);
+        let others_before = src.mailboxes("b.cz");
+        let job = h.job("j", r#"{"domain": "a.cz", "mode": "move"}"#);
+        let mut failures = 0;
+        for round in 0..4 {
+            let mut child = Command::new(BIN)
+                .arg("--config")
+                .arg(&h.config)
+                .args(["run", "--json"])
+                .arg(&job)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut k = 0u64;
+            while child.try_wait().unwrap().is_none() {
+                // Pseudo-random cuts, closer together each round.
+                k = k
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407 + round);
+                let gap = 1 + (k >> 58) * 40 / 63 / (round + 1);
+                std::thread::sleep(Duration::from_millis(gap));
+                rs.cut();
+                rd.cut();
+            }
+            let out = child.wait_with_output().unwrap();
+            if let Ok(report) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                failures += column(&report["mailboxes"], "status")
+                    .iter()
+                    .filter(|s| **s == "failed")
+                    .count();
+            }
+            // Whatever was cut: never a new row while the old login works.
+            for (user, ..) in USERS {
+                let target = dst.rows(&format!(
+                    "SELECT username FROM mailbox WHERE username = '{user}'"
+                ));
+                let old = src.rows(&format!(
+                    "SELECT password FROM mailbox WHERE username = '{user}'"
+                ));
+                let locked = old[0][0].starts_with("{MAILDIR-MIGRATE-LOCKED}");
+                assert!(
+                    target.is_empty() || locked,
+                    "{engine:?} round {round}: {user} has two working logins"
+                );
+            }
+        }
+        let cuts = rs.cuts.load(std::sync::atomic::Ordering::Relaxed)
+            + rd.cuts.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!("{engine:?}: {cuts} connection ends cut, {failures} mailbox failures");
+        assert!(cuts > 0, "{engine:?}: the relay carried no connection");
+        // Without cuts, a re-run completes everything exactly once.
+        let report = expect_code(&h, &job, 0);
+        assert!(
+            column(&report["mailboxes"], "status")
+                .iter()
+                .all(|s| *s == "done" || *s == "already_migrated"),
+            "{report:#}"
+        );
+        assert_eq!(dst.rows("SELECT username FROM mailbox").len(), USERS.len());
+        assert_eq!(src.mailboxes("b.cz"), others_before);
+        let out = h.run(&["verify", "--domain", "a.cz"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}

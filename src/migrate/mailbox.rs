@@ -531,6 +531,7 @@ fn run(
     let (md, content) = match copy_and_switch(env, ctx, local, &a, &rel_home) {
         Ok(Outcome::Presynced) => return Ok((MailboxStatus::Presynced, None)),
         Ok(Outcome::Switched(md, content)) => (md, content),
+        Err(e @ MailboxError::SwitchUnknown(_)) => return Err(e),
         // Not switched: the old login comes back (a no-op if never frozen).
         Err(e) => {
             return Err(match thaw(env, local) {
@@ -719,6 +720,15 @@ fn thaw(env: &Env<'_>, local: &LocalPart) -> Result<(), MailboxError> {
         .thaw(&env.source_key(local), env.cfg.migration.fsync)?)
 }
 
+/// A transient failure of the switch's transaction: it may have committed.
+fn unknown(e: sql::SqlError) -> MailboxError {
+    if e.is_transient() {
+        MailboxError::SwitchUnknown(e)
+    } else {
+        e.into()
+    }
+}
+
 fn switch(env: &Env<'_>, local: &LocalPart, source: &Account) -> Result<(), MailboxError> {
     let path = match &env.target {
         Placement::PasswdFileInPlace(path) => {
@@ -728,12 +738,12 @@ fn switch(env: &Env<'_>, local: &LocalPart, source: &Account) -> Result<(), Mail
             let key = env.source_key(local);
             let old = source.sql_maildir.clone().unwrap_or_default();
             let new = env.target_maildir_rel(local)?;
-            sql::with_retry(s, |db| db.update_location(&key, &old, &new))?;
+            sql::with_retry(s, |db| db.update_location(&key, &old, &new)).map_err(unknown)?;
             return Ok(());
         }
         Placement::Sql(s) => {
             let row = env.target_row(&env.account(local)?, local)?;
-            sql::with_retry(s, |db| db.insert(&row))?;
+            sql::with_retry(s, |db| db.insert(&row)).map_err(unknown)?;
             return Ok(());
         }
         Placement::PasswdFile(path) => path,

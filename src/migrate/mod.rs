@@ -34,6 +34,13 @@ pub enum MailboxError {
     Userdb(#[from] UserdbError),
     #[error(transparent)]
     Sql(#[from] crate::userdb::sql::SqlError),
+    /// The connection broke around the commit of the new login: it may be
+    /// live, so the old one stays refused (two working logins would be
+    /// worse than none until the job runs again).
+    #[error(
+        "{0}; the new login may or may not have been written, so the old login stays refused until the job runs again"
+    )]
+    SwitchUnknown(crate::userdb::sql::SqlError),
     #[error(transparent)]
     Copy(#[from] CopyError),
     #[error("no entry for {user} in {db}")]
