@@ -93,6 +93,27 @@ fn sql_config(h: &Host, src: &TestDb, dst: &TestDb, target_root: &str, home: &st
     ));
 }
 
+/// A source as `source` makes it and an empty separate target database
+/// (with a.cz's domain row), configured as a separate-database move.
+fn separate(h: &Host, engine: Engine, per_user: usize) -> (TestDb, Vec<String>, TestDb) {
+    let (src, hashes) = source(h, engine, per_user);
+    let dst = TestDb::create(engine, "dst");
+    dst.add_domain("a.cz");
+    sql_config(h, &src, &dst, "newmail", "%d/%n");
+    (src, hashes, dst)
+}
+
+fn assert_verifies(h: &Host) -> std::process::Output {
+    let out = h.run(&["verify", "--domain", "a.cz"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
 fn expect_code(h: &Host, job: &Path, code: i32) -> serde_json::Value {
     let (got, report) = h.run_job(job);
     assert_eq!(got, code, "{report:#}");
@@ -106,10 +127,7 @@ fn a_domain_moves_to_a_separate_database() {
     }
     for engine in ENGINES {
         let h = Host::new("");
-        let (src, hashes) = source(&h, engine, 3);
-        let dst = TestDb::create(engine, "dst");
-        dst.add_domain("a.cz");
-        sql_config(&h, &src, &dst, "newmail", "%d/%n");
+        let (src, hashes, dst) = separate(&h, engine, 3);
         let others_before = src.mailboxes("b.cz");
         let a_before = src.mailboxes("a.cz");
 
@@ -167,13 +185,7 @@ fn a_domain_moves_to_a_separate_database() {
         );
         assert_eq!(dst.mailboxes("a.cz"), dst_before);
         assert_eq!(src.mailboxes("a.cz"), a_after);
-        let out = h.run(&["verify", "--domain", "a.cz"]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let out = assert_verifies(&h);
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         for hash in &hashes {
@@ -227,10 +239,7 @@ fn a_killed_run_resumes_to_the_same_result() {
     }
     for engine in ENGINES {
         let h = Host::new("");
-        let (src, _) = source(&h, engine, 1500);
-        let dst = TestDb::create(engine, "dst");
-        dst.add_domain("a.cz");
-        sql_config(&h, &src, &dst, "newmail", "%d/%n");
+        let (src, _, dst) = separate(&h, engine, 1500);
         let job = h.job("j", r#"{"domain": "a.cz", "mode": "move"}"#);
         let mut child = Command::new(BIN)
             .arg("--config")
@@ -275,13 +284,7 @@ fn a_killed_run_resumes_to_the_same_result() {
         let locked = src
             .rows("SELECT count(*) FROM mailbox WHERE password LIKE '{MAILDIR-MIGRATE-LOCKED}%'");
         assert_eq!(locked[0][0], USERS.len().to_string());
-        let out = h.run(&["verify", "--domain", "a.cz"]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert_verifies(&h);
     }
 }
 
@@ -452,15 +455,12 @@ fn connections_cut_mid_job_never_leave_two_logins() {
     }
     for engine in ENGINES {
         let h = Host::new("");
-        let (src, _) = source(&h, engine, 200);
-        let dst = TestDb::create(engine, "dst");
-        dst.add_domain("a.cz");
+        let (src, _, dst) = separate(&h, engine, 200);
         let upstream = match engine {
             Engine::Postgres => 5432,
             Engine::Mariadb => 3306,
         };
         let (rs, rd) = (Relay::start(upstream), Relay::start(upstream));
-        sql_config(&h, &src, &dst, "newmail", "%d/%n");
         let cfg = std::fs::read_to_string(&h.config)
             .unwrap()
             .replace(&src.url(), &rs.url(&src.url()))
@@ -526,12 +526,6 @@ fn connections_cut_mid_job_never_leave_two_logins() {
         );
         assert_eq!(dst.rows("SELECT username FROM mailbox").len(), USERS.len());
         assert_eq!(src.mailboxes("b.cz"), others_before);
-        let out = h.run(&["verify", "--domain", "a.cz"]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert_verifies(&h);
     }
 }
