@@ -379,8 +379,6 @@ type StagedBatch<'d, 'l> = (Vec<Option<Staged<'d>>>, &'l [(usize, &'l OsString)]
 struct Staged<'a> {
     file: StagedFile<'a>,
     bytes: u64,
-    /// Where the source was (for messages naming it).
-    source: PathBuf,
 }
 
 enum StagedFile<'a> {
@@ -454,7 +452,6 @@ impl TargetFolder {
         Ok(Some(Staged {
             file: file.unwrap_or(StagedFile::Anonymous(dst)),
             bytes: n,
-            source: src_dir.child_path(name),
         }))
     }
 
@@ -501,7 +498,7 @@ impl TargetFolder {
         };
         match r {
             Ok(()) => {
-                tracing::debug!(file = %d.child_path(to).display(), from = %s.source.display(), bytes = s.bytes, "copied");
+                tracing::debug!(file = %d.child_path(to).display(), bytes = s.bytes, "copied");
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
