@@ -238,54 +238,73 @@ fn a_killed_run_resumes_to_the_same_result() {
         return;
     }
     for engine in ENGINES {
-        let h = Host::new("");
-        let (src, _, dst) = separate(&h, engine, 1500);
-        let job = h.job("j", r#"{"domain": "a.cz", "mode": "move"}"#);
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&h.config)
-            .args(["run", "--json"])
-            .arg(&job)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Killed as soon as the first mailbox switched.
-        let started = Instant::now();
-        while dst.rows("SELECT username FROM mailbox").is_empty() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no mailbox switched"
-            );
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        for in_place in [false, true] {
+            killed_and_resumed(engine, in_place);
         }
-        let _ = child.kill();
-        child.wait().unwrap();
-        let switched = dst.rows("SELECT username FROM mailbox").len();
-        assert!(
-            switched < USERS.len(),
-            "{engine:?}: the kill came too late ({switched})"
-        );
-
-        let report = expect_code(&h, &job, 0);
-        let statuses = column(&report["mailboxes"], "status");
-        assert_eq!(
-            statuses
-                .iter()
-                .filter(|s| **s == "already_migrated")
-                .count(),
-            switched,
-            "{report:#}"
-        );
-        assert_eq!(dst.rows("SELECT username FROM mailbox").len(), USERS.len());
-        let locked = src
-            .rows("SELECT count(*) FROM mailbox WHERE password LIKE '{MAILDIR-MIGRATE-LOCKED}%'");
-        assert_eq!(locked[0][0], USERS.len().to_string());
-        assert_verifies(&h);
     }
+}
+
+/// Kills a job (SIGKILL) as soon as its first mailbox switched, then runs
+/// it again: every mailbox ends switched exactly once.
+fn killed_and_resumed(engine: Engine, in_place: bool) {
+    let h = Host::new("");
+    let (src, _, dst) = separate(&h, engine, 1500);
+    // Switched rows: new rows in the target, or rows moved to v2/ in place.
+    let (db, switched_sql) = if in_place {
+        sql_config(&h, &src, &src, "oldmail", "v2/%d/%n");
+        (
+            &src,
+            "SELECT username FROM mailbox WHERE maildir LIKE 'v2/%'",
+        )
+    } else {
+        (&dst, "SELECT username FROM mailbox")
+    };
+    let job = h.job("j", r#"{"domain": "a.cz", "mode": "move"}"#);
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&h.config)
+        .args(["run", "--json"])
+        .arg(&job)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while db.rows(switched_sql).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no mailbox switched"
+        );
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+    let switched = db.rows(switched_sql).len();
+    let mode = if in_place { "in place" } else { "separate" };
+    assert!(
+        switched < USERS.len(),
+        "{engine:?} {mode}: the kill came too late ({switched})"
+    );
+
+    let report = expect_code(&h, &job, 0);
+    let statuses = column(&report["mailboxes"], "status");
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == "already_migrated")
+            .count(),
+        switched,
+        "{engine:?} {mode}: {report:#}"
+    );
+    assert_eq!(db.rows(switched_sql).len(), USERS.len());
+    let locked =
+        src.rows("SELECT count(*) FROM mailbox WHERE password LIKE '{MAILDIR-MIGRATE-LOCKED}%'");
+    let want_locked = if in_place { 0 } else { USERS.len() };
+    assert_eq!(locked[0][0], want_locked.to_string(), "{engine:?} {mode}");
+    assert_verifies(&h);
 }
 
 fn sql_dovecot(dir: &Path, db: &TestDb, root: &Path, uid: u32) -> Dovecot {
