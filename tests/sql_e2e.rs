@@ -114,6 +114,19 @@ fn assert_verifies(h: &Host) -> std::process::Output {
     out
 }
 
+/// `run --json JOB` in the background (the report on a pipe).
+fn spawn_run(h: &Host, job: &Path) -> std::process::Child {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(&h.config)
+        .args(["run", "--json"])
+        .arg(job)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn expect_code(h: &Host, job: &Path, code: i32) -> serde_json::Value {
     let (got, report) = h.run_job(job);
     assert_eq!(got, code, "{report:#}");
@@ -260,15 +273,7 @@ fn killed_and_resumed(engine: Engine, in_place: bool) {
         (&dst, "SELECT username FROM mailbox")
     };
     let job = h.job("j", r#"{"domain": "a.cz", "mode": "move"}"#);
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&h.config)
-        .args(["run", "--json"])
-        .arg(&job)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&h, &job);
     let started = Instant::now();
     while db.rows(switched_sql).is_empty() {
         assert!(
@@ -489,15 +494,7 @@ fn connections_cut_mid_job_never_leave_two_logins() {
         let job = h.job("j", r#"{"domain": "a.cz", "mode": "move"}"#);
         let mut failures = 0;
         for round in 0..4 {
-            let mut child = Command::new(BIN)
-                .arg("--config")
-                .arg(&h.config)
-                .args(["run", "--json"])
-                .arg(&job)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let mut child = spawn_run(&h, &job);
             let mut k = 0u64;
             while child.try_wait().unwrap().is_none() {
                 // Pseudo-random cuts, closer together each round.
