@@ -29,9 +29,12 @@ const TMP_PREFIX: &str = "maildir-migrate.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", crate::shown::path(path))]
     Io { path: PathBuf, source: io::Error },
-    #[error("{}: file changed size while being copied ({expected} → {got} bytes)", path.display())]
+    #[error(
+        "{}: file changed size while being copied ({expected} → {got} bytes)",
+        crate::shown::path(path)
+    )]
     SizeChanged {
         path: PathBuf,
         expected: u64,
@@ -498,7 +501,7 @@ impl TargetFolder {
         };
         match r {
             Ok(()) => {
-                tracing::debug!(file = %d.child_path(to).display(), bytes = s.bytes, "copied");
+                tracing::debug!(file = %crate::shown::path(&d.child_path(to)), bytes = s.bytes, "copied");
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),

@@ -9,14 +9,14 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", crate::shown::path(path))]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}: {message}", path.display())]
+    #[error("{}: {message}", crate::shown::path(path))]
     Parse { path: PathBuf, message: String },
-    #[error("{}: {problem}", path.display())]
+    #[error("{}: {problem}", crate::shown::path(path))]
     Invalid { path: PathBuf, problem: String },
 }
 

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod safe_fs;
+pub mod shown;
 pub mod spool;
 pub mod status;
 pub mod userdb;

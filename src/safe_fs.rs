@@ -122,7 +122,10 @@ impl Dir {
                 _ => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        format!("path {} is not a plain relative path", rel.display()),
+                        format!(
+                            "path {} is not a plain relative path",
+                            crate::shown::path(rel)
+                        ),
                     ));
                 }
             }
@@ -164,7 +167,10 @@ impl Dir {
                 _ => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        format!("path {} is not a plain relative path", rel.display()),
+                        format!(
+                            "path {} is not a plain relative path",
+                            crate::shown::path(rel)
+                        ),
                     ));
                 }
             }
@@ -204,7 +210,7 @@ impl Dir {
                 io::ErrorKind::PermissionDenied,
                 format!(
                     "{} belongs to uid {}, not to the mailbox owner (uid {uid}); refusing to copy it",
-                    self.child_path(name).display(),
+                    crate::shown::path(&self.child_path(name)),
                     st.st_uid
                 ),
             ));
@@ -273,7 +279,10 @@ impl Dir {
         if kind_of(&st) != Kind::File {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{} is not a regular file", self.child_path(name).display()),
+                format!(
+                    "{} is not a regular file",
+                    crate::shown::path(&self.child_path(name))
+                ),
             ));
         }
         Ok((File::from(fd), st))
@@ -298,7 +307,7 @@ impl Dir {
                 io::ErrorKind::InvalidData,
                 format!(
                     "{} is larger than {} bytes",
-                    self.child_path(name).display(),
+                    crate::shown::path(&self.child_path(name)),
                     limit
                 ),
             ));
@@ -419,7 +428,7 @@ impl Dir {
                 Kind::Dir => {
                     return Err(io::Error::other(format!(
                         "{} is nested deeper than expected; not removing it",
-                        sub.child_path(&e.name).display()
+                        crate::shown::path(&sub.child_path(&e.name))
                     )));
                 }
                 _ => sub.unlink(&e.name)?,

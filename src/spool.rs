@@ -39,13 +39,16 @@ pub struct SweepDue {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", crate::shown::path(path))]
     Io { path: PathBuf, source: io::Error },
-    #[error("spool {}: {problem}", path.display())]
+    #[error("spool {}: {problem}", crate::shown::path(path))]
     Unsafe { path: PathBuf, problem: String },
-    #[error("another daemon already runs on spool {} (pid {pid})", path.display())]
+    #[error(
+        "another daemon already runs on spool {} (pid {pid})",
+        crate::shown::path(path)
+    )]
     Locked { path: PathBuf, pid: String },
-    #[error("job id {id} is already used ({})", path.display())]
+    #[error("job id {id} is already used ({})", crate::shown::path(path))]
     Duplicate { id: String, path: PathBuf },
     #[error(transparent)]
     Job(#[from] JobError),

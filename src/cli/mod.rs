@@ -555,8 +555,9 @@ fn init_logging(bar: Option<ProgressBar>) {
     }
     impl Drop for Line {
         fn drop(&mut self) {
+            // Names from mail users reach log lines: one event, one line.
             let out = |buf: &[u8]| {
-                let _ = std::io::stderr().write_all(buf);
+                let _ = std::io::stderr().write_all(&crate::shown::log_line(buf));
             };
             match &self.bar {
                 Some(b) => b.suspend(|| out(&self.buf)),

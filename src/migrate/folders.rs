@@ -111,7 +111,7 @@ fn fs_folders(
     if levels.len() >= MAX_FS_DEPTH {
         warnings.push(format!(
             "{}: nested too deep; not followed",
-            prefix.display()
+            crate::shown::path(prefix)
         ));
         return Ok(());
     }
@@ -125,8 +125,8 @@ fn fs_folders(
             Kind::Dir => {}
             Kind::Other => {
                 warnings.push(format!(
-                    "{:?} is not a directory (symlink?); not followed",
-                    prefix.join(&e.name).display()
+                    "\"{}\" is not a directory (symlink?); not followed",
+                    crate::shown::path(&prefix.join(&e.name))
                 ));
                 continue;
             }
@@ -371,8 +371,10 @@ pub fn sync_mailbox(
         )?;
         out.changes += changes;
         for p in &listing.not_files {
-            out.warnings
-                .push(format!("{}: not a regular file; not copied", p.display()));
+            out.warnings.push(format!(
+                "{}: not a regular file; not copied",
+                crate::shown::path(p)
+            ));
         }
         if pass == Pass::Bulk {
             continue;

@@ -291,7 +291,7 @@ impl<'a> Env<'a> {
             .ok_or_else(|| {
                 MailboxError::Location(format!(
                     "{} is outside source.mail_root {}",
-                    path.display(),
+                    crate::shown::path(&path),
                     self.cfg.source.mail_root.display()
                 ))
             })?;
@@ -305,7 +305,7 @@ impl<'a> Env<'a> {
             {
                 Err(MailboxError::Location(format!(
                     "{} is or passes through a symlink or a non-directory; refusing to follow it",
-                    path.display()
+                    crate::shown::path(&path)
                 )))
             }
             Err(e) => Err(MailboxError::io(&path, e)),
@@ -578,8 +578,8 @@ fn copy_and_switch(
     {
         return Err(MailboxError::Conflict(format!(
             "source Maildir {} and target Maildir {} overlap",
-            src_path.display(),
-            target_md_path.display()
+            crate::shown::path(src_path),
+            crate::shown::path(&target_md_path)
         )));
     }
     let owner = env.cfg.target.owner;

@@ -28,7 +28,7 @@ pub use mailbox::Env;
 /// Why one mailbox could not be migrated. The job goes on with the others.
 #[derive(Debug, thiserror::Error)]
 pub enum MailboxError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", crate::shown::path(path))]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Userdb(#[from] UserdbError),
@@ -49,7 +49,7 @@ pub enum MailboxError {
     Conflict(String),
     #[error("source Maildir: {0}")]
     Location(String),
-    #[error("{}: {err}", dir.display())]
+    #[error("{}: {err}", crate::shown::path(dir))]
     FolderName { dir: PathBuf, err: NameError },
     #[error("folders {first:?} and {second:?} both decode to {name:?}")]
     NameConflict {
@@ -57,7 +57,10 @@ pub enum MailboxError {
         first: String,
         second: String,
     },
-    #[error("{} exists and was not created by maildir-migrate; not writing into it", path.display())]
+    #[error(
+        "{} exists and was not created by maildir-migrate; not writing into it",
+        crate::shown::path(path)
+    )]
     TargetNotOurs { path: PathBuf },
     #[error("verification of folder {folder:?} failed: {mismatch}")]
     Verify { folder: String, mismatch: Mismatch },
@@ -77,7 +80,7 @@ impl MailboxError {
 /// What stops a whole job before any mailbox is touched.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}: {source}", crate::shown::path(path))]
     Root {
         what: &'static str,
         path: PathBuf,

@@ -119,7 +119,7 @@ fn check_mailbox(
         Ok(d) => d,
         Err(e) => {
             c.problems
-                .push(format!("target Maildir {}: {e}", rel.display()));
+                .push(format!("target Maildir {}: {e}", crate::shown::path(&rel)));
             return Ok(());
         }
     };

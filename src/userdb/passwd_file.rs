@@ -23,22 +23,28 @@ pub const FREEZE_REASON: &str = "reason=mailbox-migrated";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserdbError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", crate::shown::path(path))]
     Io { path: PathBuf, source: io::Error },
-    #[error("{}: does not exist", path.display())]
+    #[error("{}: does not exist", crate::shown::path(path))]
     Missing { path: PathBuf },
-    #[error("{}: is a symlink; point the configuration at the file itself", path.display())]
+    #[error(
+        "{}: is a symlink; point the configuration at the file itself",
+        crate::shown::path(path)
+    )]
     Symlink { path: PathBuf },
-    #[error("{}: user {user} exists more than once (lines {first} and {second})", path.display())]
+    #[error(
+        "{}: user {user} exists more than once (lines {first} and {second})",
+        crate::shown::path(path)
+    )]
     Duplicate {
         path: PathBuf,
         user: String,
         first: usize,
         second: usize,
     },
-    #[error("{}: line {line} is not valid UTF-8", path.display())]
+    #[error("{}: line {line} is not valid UTF-8", crate::shown::path(path))]
     NotUtf8 { path: PathBuf, line: usize },
-    #[error("{}: line {line}: {problem}", path.display())]
+    #[error("{}: line {line}: {problem}", crate::shown::path(path))]
     BadEntry {
         path: PathBuf,
         line: usize,
