@@ -18,6 +18,9 @@ use crate::userdb::sql::{CustomQueries, SqlSchema, SqlSettings};
 
 pub const DEFAULT_PATH: &str = "/etc/maildir-migrate/config.toml";
 pub const ENV_VAR: &str = "MAILDIR_MIGRATE_CONFIG";
+/// Late mail is swept within a year of its job or not at all (and the
+/// schedule's arithmetic stays far from overflowing).
+const MAX_SWEEP_DELAY: u64 = 365 * 24 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -71,6 +74,24 @@ struct RawConfig {
     notify: crate::notify::RawSettings,
     #[serde(default)]
     cutover: RawCutover,
+    #[serde(default)]
+    verify: RawVerify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    doveadm: Option<PathBuf>,
+    doveadm_config: Option<PathBuf>,
+}
+
+/// `verify` through the new server itself, when configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifySettings {
+    /// `doveadm` of the new Dovecot (`None`: only the files are compared).
+    pub doveadm: Option<PathBuf>,
+    /// Its configuration (`-c`); `None`: doveadm's own default.
+    pub doveadm_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,20 +135,36 @@ impl Cutover {
     }
 }
 
-/// `%u` user@domain, `%d` domain, `%n` local part, `%%` a percent sign.
+/// `%u` user@domain, `%d` domain, `%n` local part, `%%` a percent sign:
+/// the one expander of the configuration's user templates.
 fn expand_user(s: &str, local: &LocalPart, domain: &Domain) -> Result<String, String> {
     let mut out = String::new();
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
+    for piece in pieces(s)? {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Var('u') => out.push_str(&format!("{local}@{domain}")),
+            Piece::Var('d') => out.push_str(domain.as_str()),
+            Piece::Var(_) => out.push_str(local.as_str()),
         }
-        match it.next() {
-            Some('u') => out.push_str(&format!("{local}@{domain}")),
-            Some('d') => out.push_str(domain.as_str()),
-            Some('n') => out.push_str(local.as_str()),
-            Some('%') => out.push('%'),
+    }
+    Ok(out)
+}
+
+/// A template cut into literal text and `%` variables.
+enum Piece<'a> {
+    Text(&'a str),
+    Var(char),
+}
+
+fn pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(p) = rest.find('%') {
+        out.push(Piece::Text(&rest[..p]));
+        let mut after = rest[p + 1..].chars();
+        match after.next() {
+            Some('%') => out.push(Piece::Text("%")),
+            Some(v @ ('u' | 'd' | 'n')) => out.push(Piece::Var(v)),
             other => {
                 return Err(format!(
                     "unknown variable %{} (use %u, %d, %n or %%)",
@@ -135,7 +172,9 @@ fn expand_user(s: &str, local: &LocalPart, domain: &Domain) -> Result<String, St
                 ));
             }
         }
+        rest = after.as_str();
     }
+    out.push(Piece::Text(rest));
     Ok(out)
 }
 
@@ -176,11 +215,13 @@ struct RawTarget {
     password_file: Option<PathBuf>,
     schema: Option<String>,
     queries: Option<RawQueries>,
+    auth_username_format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMigration {
+    max_message_size: Option<u64>,
     threads: Option<usize>,
     fsync: Option<bool>,
     sync: Option<String>,
@@ -335,6 +376,20 @@ pub struct HomeTemplate(String);
 
 impl HomeTemplate {
     fn parse(s: &str) -> Result<HomeTemplate, String> {
+        let vars: Vec<char> = pieces(s)?
+            .into_iter()
+            .filter_map(|p| match p {
+                Piece::Var(v) => Some(v),
+                Piece::Text(_) => None,
+            })
+            .collect();
+        // Homes of two mailboxes (of any two domains) must never coincide.
+        if !vars.contains(&'u') && !(vars.contains(&'d') && vars.contains(&'n')) {
+            return Err(
+                "must contain %d and %n (or %u), or mailboxes of different domains would share a home"
+                    .into(),
+            );
+        }
         let t = HomeTemplate(s.to_string());
         let probe = t.expand(
             &LocalPart::parse("n").expect("valid"),
@@ -350,34 +405,11 @@ impl HomeTemplate {
         {
             return Err("must be a plain relative path without '.' or '..'".into());
         }
-        if !s.contains("%n") && !s.contains("%u") {
-            return Err("must contain %n or %u, or every mailbox would share one home".into());
-        }
         Ok(t)
     }
 
     pub fn expand(&self, local: &LocalPart, domain: &Domain) -> Result<PathBuf, String> {
-        let mut out = String::new();
-        let mut it = self.0.chars();
-        while let Some(c) = it.next() {
-            if c != '%' {
-                out.push(c);
-                continue;
-            }
-            match it.next() {
-                Some('d') => out.push_str(domain.as_str()),
-                Some('n') => out.push_str(local.as_str()),
-                Some('u') => out.push_str(&format!("{local}@{domain}")),
-                Some('%') => out.push('%'),
-                other => {
-                    return Err(format!(
-                        "unknown variable %{} (use %d, %n, %u or %%)",
-                        other.map(String::from).unwrap_or_default()
-                    ));
-                }
-            }
-        }
-        Ok(PathBuf::from(out))
+        expand_user(&self.0, local, domain).map(PathBuf::from)
     }
 }
 
@@ -405,10 +437,16 @@ pub struct Target {
     /// default) or raw UTF-8 (`mail_location` with `:UTF-8`).
     pub folder_names: NameEncoding,
     pub layout: Layout,
+    /// Whether the new Dovecot lower-cases logins before its lookup
+    /// (`auth_username_format = %Lu`, its default) or keeps them (`%u`).
+    pub lowercase_logins: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct Migration {
+    /// A larger message fails its mailbox (a sparse or runaway file would
+    /// otherwise become that many real blocks in the target).
+    pub max_message_size: u64,
     pub threads: usize,
     pub fsync: bool,
     pub sync: SyncMethod,
@@ -443,6 +481,7 @@ pub struct Config {
     /// The completion e-mail.
     pub notify: crate::notify::Settings,
     pub cutover: Cutover,
+    pub verify: VerifySettings,
 }
 
 impl Config {
@@ -583,6 +622,11 @@ impl Config {
             delta_threshold: raw.cutover.delta_threshold.unwrap_or(100),
             sweep_delay: match raw.cutover.sweep_delay.unwrap_or(600) {
                 0 => None,
+                s if s > MAX_SWEEP_DELAY => {
+                    return Err(invalid("cutover.sweep_delay")(format!(
+                        "{s} s is more than {MAX_SWEEP_DELAY} s (a year)"
+                    )));
+                }
                 s => Some(Duration::from_secs(s)),
             },
         };
@@ -663,7 +707,20 @@ impl Config {
                 "an SQL source has no uid/gid to carry; set target.uid and target.gid".into(),
             ));
         }
+        if matches!(target_userdb, Userdb::Sql(_)) && owner.is_none() {
+            // The new Dovecot's user_query names the owner, not the row:
+            // the tree must be given exactly that uid/gid.
+            return Err(invalid("target.uid")(
+                "an SQL target's rows carry no uid/gid; set target.uid and target.gid to what the new Dovecot's user_query returns".into(),
+            ));
+        }
+        let (source_root, target_root) = (
+            resolve(&raw.source.mail_root),
+            resolve(&raw.target.mail_root),
+        );
+        check_roots(&source_root, &target_root).map_err(|(k, p)| invalid(k)(p))?;
         Ok(Config {
+            verify: verify_settings(raw.verify, &resolve).map_err(invalid("verify.doveadm"))?,
             cutover,
             notify,
             daemon: Daemon {
@@ -680,7 +737,7 @@ impl Config {
             source: Source {
                 userdb: source_userdb,
                 userdb_format: raw.source.userdb_format,
-                mail_root: resolve(&raw.source.mail_root),
+                mail_root: source_root,
                 default_scheme,
                 makeuserdb: raw.source.makeuserdb,
                 layout: layout(raw.source.layout.as_deref()).map_err(invalid("source.layout"))?,
@@ -688,14 +745,31 @@ impl Config {
             target: Target {
                 userdb: target_userdb,
                 userdb_format: raw.target.userdb_format,
-                mail_root: resolve(&raw.target.mail_root),
+                mail_root: target_root,
                 home: HomeTemplate::parse(raw.target.home.as_deref().unwrap_or("%d/%n"))
                     .map_err(invalid("target.home"))?,
                 owner,
                 folder_names,
                 layout: layout(raw.target.layout.as_deref()).map_err(invalid("target.layout"))?,
+                lowercase_logins: match raw.target.auth_username_format.as_deref() {
+                    None | Some("%Lu") => true,
+                    Some("%u") => false,
+                    Some(other) => {
+                        return Err(invalid("target.auth_username_format")(format!(
+                            "{other:?} is neither \"%Lu\" (Dovecot's default) nor \"%u\""
+                        )));
+                    }
+                },
             },
             migration: Migration {
+                max_message_size: match raw.migration.max_message_size.unwrap_or(1 << 30) {
+                    n if n < 1024 => {
+                        return Err(invalid("migration.max_message_size")(format!(
+                            "{n} bytes is less than 1024"
+                        )));
+                    }
+                    n => n,
+                },
                 threads,
                 fsync: raw.migration.fsync.unwrap_or(true),
                 sync: match raw.migration.sync.as_deref() {
@@ -761,6 +835,56 @@ fn same_database(a: &SqlSettings, b: &SqlSettings) -> bool {
         )
     };
     place(a) == place(b) && a.schema == b.schema
+}
+
+/// Neither mail root may be `/`, nor hold the other one: the job walks
+/// and writes below them and must never meet the other side there. (One
+/// root for both is fine: each mailbox's own Maildirs are checked apart.)
+fn check_roots(source: &Path, target: &Path) -> Result<(), (&'static str, String)> {
+    for (key, root) in [("source.mail_root", source), ("target.mail_root", target)] {
+        if root.parent().is_none() {
+            return Err((
+                key,
+                "must not be / (give the directory of the mail store)".into(),
+            ));
+        }
+    }
+    if source != target {
+        for ((key, outer), inner) in [
+            (("source.mail_root", source), target),
+            (("target.mail_root", target), source),
+        ] {
+            if inner.starts_with(outer) {
+                return Err((
+                    key,
+                    format!(
+                        "{} contains the other side's mail root {}; keep the two stores apart",
+                        outer.display(),
+                        inner.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn verify_settings(
+    raw: RawVerify,
+    resolve: &impl Fn(&Path) -> PathBuf,
+) -> Result<VerifySettings, String> {
+    if let Some(p) = &raw.doveadm
+        && !p.is_absolute()
+    {
+        return Err(format!("{}: must be an absolute path", p.display()));
+    }
+    if raw.doveadm.is_none() && raw.doveadm_config.is_some() {
+        return Err("doveadm_config is only used with doveadm".into());
+    }
+    Ok(VerifySettings {
+        doveadm: raw.doveadm,
+        doveadm_config: raw.doveadm_config.as_deref().map(resolve),
+    })
 }
 
 fn layout(s: Option<&str>) -> Result<Layout, String> {
@@ -846,7 +970,33 @@ gid = 5000
                 "only %d",
             ),
             (format!("{MINIMAL}home = \"../%n\"\n"), "target.home"),
-            (format!("{MINIMAL}home = \"%d\"\n"), "%n or %u"),
+            (format!("{MINIMAL}home = \"%d\"\n"), "%d and %n"),
+            (format!("{MINIMAL}home = \"%n\"\n"), "%d and %n"),
+            (format!("{MINIMAL}home = \"%d/%%n\"\n"), "%d and %n"),
+            (
+                MINIMAL.replace("mail_root = \"../new\"", "mail_root = \"/\""),
+                "target.mail_root: must not be /",
+            ),
+            (
+                MINIMAL.replace("mail_root = \"../new\"", "mail_root = \"old/v2\""),
+                "source.mail_root: /etc/mm/old contains",
+            ),
+            (
+                format!("{MINIMAL}[cutover]\nsweep_delay = 9223372036854775807\n"),
+                "cutover.sweep_delay",
+            ),
+            (
+                format!("{MINIMAL}[migration]\nmax_message_size = 10\n"),
+                "migration.max_message_size",
+            ),
+            (
+                format!("{MINIMAL}auth_username_format = \"%n\"\n"),
+                "target.auth_username_format",
+            ),
+            (
+                format!("{MINIMAL}[verify]\ndoveadm = \"doveadm\"\n"),
+                "verify.doveadm",
+            ),
             (format!("{MINIMAL}home = \"%x/%n\"\n"), "unknown variable"),
             (
                 format!("{MINIMAL}[migration]\nthreads = 0\n"),
@@ -898,8 +1048,10 @@ gid = 5000
             ("[source\n".to_string(), "line 1"),
         ];
         for (text, needle) in cases {
-            let e = Config::parse(p, &text).unwrap_err().to_string();
-            assert!(e.starts_with("/c.toml: "), "{e}");
+            let e = Config::parse(Path::new("/etc/mm/c.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("/etc/mm/c.toml: "), "{e}");
             assert!(e.contains(needle), "{needle}: {e}");
         }
     }
@@ -920,6 +1072,8 @@ mail_root = "/var/vmail"
 userdb = "mysql://postfix@db2:3307/postfix"
 userdb_format = "sql"
 mail_root = "/srv/vmail"
+uid = 5000
+gid = 5000
 "#;
 
     #[test]
@@ -979,8 +1133,13 @@ mail_root = "/srv/vmail"
                 SQL.replace(
                     "mysql://postfix@db2:3307/postfix\"\nuserdb_format = \"sql",
                     "/etc/users\"\nuserdb_format = \"passwd-file",
-                ),
+                )
+                .replace("uid = 5000\ngid = 5000\n", ""),
                 "target.uid",
+            ),
+            (
+                SQL.replace("uid = 5000\ngid = 5000\n", ""),
+                "rows carry no uid/gid",
             ),
         ];
         for (text, want) in cases {
