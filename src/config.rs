@@ -789,6 +789,16 @@ impl Config {
         })
     }
 
+    /// How message files are written (each mailbox then gets its owner).
+    pub fn copy_options(&self) -> crate::copy::CopyOptions {
+        crate::copy::CopyOptions {
+            owner: self.target.owner,
+            fsync: self.migration.fsync,
+            sync: self.migration.sync,
+            max_message_size: self.migration.max_message_size,
+        }
+    }
+
     /// True when source and target share one userdb file for `domain`, or
     /// one SQL database (the entry is rewritten in place).
     pub fn in_place(&self, domain: &Domain) -> bool {
@@ -953,7 +963,6 @@ gid = 5000
 
     #[test]
     fn errors_name_the_file_and_the_problem() {
-        let p = Path::new("/c.toml");
         let cases = [
             (format!("{MINIMAL}\nbogus = 1\n"), "unknown field"),
             (

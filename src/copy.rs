@@ -43,6 +43,12 @@ pub enum CopyError {
     /// A stop was requested (SIGTERM); files already copied are complete.
     #[error("interrupted by a stop request")]
     Interrupted,
+    #[error(
+        "{}: {} bytes is more than migration.max_message_size ({max} bytes)",
+        crate::shown::path(path),
+        size
+    )]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
 }
 
 fn at(path: PathBuf) -> impl FnOnce(io::Error) -> CopyError {
@@ -54,6 +60,9 @@ pub struct CopyOptions {
     pub owner: Option<Owner>,
     pub fsync: bool,
     pub sync: SyncMethod,
+    /// A bigger message is refused (a sparse file would become that many
+    /// real blocks in the target).
+    pub max_message_size: u64,
 }
 
 /// How copied files are made durable before they get their final names.
@@ -102,8 +111,13 @@ impl Listing {
 }
 
 /// Lists `cur/` and `new/` of a folder; a missing subdirectory is empty.
+/// Two files with one base name (one message's identity) are two messages
+/// to Dovecot: it keeps the first under that name and gives the other a
+/// new name and UID. So does this listing, as a rename: the first (in
+/// order of inode, which a flag change keeps) keeps the base.
 pub fn list_messages(folder: &Dir) -> Result<Listing, CopyError> {
     let mut l = Listing::default();
+    let mut inodes: HashMap<OsString, u64> = HashMap::new();
     for (i, sub) in SUBDIRS.iter().enumerate() {
         let d = match folder.open_dir(sub) {
             Ok(d) => d,
@@ -116,7 +130,10 @@ pub fn list_messages(folder: &Dir) -> Result<Listing, CopyError> {
                 return Ok(());
             }
             match e.kind {
-                Kind::File => names.push(e.name),
+                Kind::File => {
+                    inodes.insert(e.name.clone(), e.ino);
+                    names.push(e.name);
+                }
                 _ => l.not_files.push(d.child_path(&e.name)),
             }
             Ok(())
@@ -124,31 +141,87 @@ pub fn list_messages(folder: &Dir) -> Result<Listing, CopyError> {
         .map_err(at(d.path().to_path_buf()))?;
         names.sort_unstable();
     }
+    rename_duplicates(&mut l, &inodes);
     Ok(l)
 }
 
-/// Total size of a listing's messages in `folder`: `,S=` from the name,
-/// else a stat (Dovecot and Courier names carry `S=`, so this rarely stats).
-pub fn listing_bytes(folder: &Dir, listing: &Listing) -> Result<u64, CopyError> {
+/// Gives every message but the lowest-inode one of a shared base name a
+/// base of its own, derived from its inode so every pass picks the same.
+fn rename_duplicates(l: &mut Listing, inodes: &HashMap<OsString, u64>) {
+    let mut by_base: HashMap<&[u8], Vec<&OsString>> = HashMap::new();
+    for (_, name) in l.iter() {
+        by_base
+            .entry(filename::base(name.as_bytes()))
+            .or_default()
+            .push(name);
+    }
+    let mut renames = Vec::new();
+    for (base, mut names) in by_base.into_iter().filter(|(_, n)| n.len() > 1) {
+        names.sort_by_key(|n| (inodes.get(*n).copied().unwrap_or(u64::MAX), *n));
+        for name in &names[1..] {
+            let ino = inodes.get(*name).copied().unwrap_or_default();
+            let info = &name.as_bytes()[base.len()..];
+            renames.push(((*name).clone(), filename::with_new_base(base, ino, info)));
+        }
+    }
+    for (from, to) in renames {
+        l.renames
+            .insert(from, OsStr::from_bytes(&to).to_os_string());
+    }
+}
+
+/// Which folder a listing's sizes are read in: the source one (its own
+/// names) or the target one (the names the messages got there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Target,
+}
+
+/// Each message of a listing with its size: `,S=` from the name, else a
+/// stat (Dovecot and Courier names carry `S=`, so this rarely stats).
+pub fn message_sizes<'a>(
+    folder: &Dir,
+    listing: &'a Listing,
+    side: Side,
+) -> Result<Vec<(usize, &'a OsString, u64)>, CopyError> {
     let mut subs: [Option<Dir>; 2] = [None, None];
-    let mut total = 0;
+    let mut out = Vec::with_capacity(listing.len());
     for (sub, name) in listing.iter() {
-        let name = listing.target_name(name);
-        total += match filename::size_from_name(name.as_bytes()) {
+        let here = match side {
+            Side::Source => name,
+            Side::Target => listing.target_name(name),
+        };
+        let size = match filename::size_from_name(here.as_bytes()) {
             Some(s) => s,
             None => {
                 if subs[sub].is_none() {
                     subs[sub] = open_sub(folder, SUBDIRS[sub])?;
                 }
-                let path = || folder.child_path(SUBDIRS[sub]).join(name);
+                let path = || folder.child_path(SUBDIRS[sub]).join(here);
                 let d = subs[sub]
                     .as_ref()
                     .ok_or_else(|| at(path())(io::Error::from(io::ErrorKind::NotFound)))?;
-                d.stat_at(name).map_err(at(path()))?.st_size as u64
+                match d.stat_at(here) {
+                    Ok(st) => st.st_size as u64,
+                    // Gone since the listing (a flag change): the next
+                    // pass sees it under its new name.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(at(path())(e)),
+                }
             }
         };
+        out.push((sub, name, size));
     }
-    Ok(total)
+    Ok(out)
+}
+
+/// Total size of a listing's messages in `folder` (saturating: sizes come
+/// from names, which a mail user can make up).
+pub fn listing_bytes(folder: &Dir, listing: &Listing, side: Side) -> Result<u64, CopyError> {
+    Ok(message_sizes(folder, listing, side)?
+        .into_iter()
+        .fold(0u64, |t, (_, _, size)| t.saturating_add(size)))
 }
 
 /// What one pass over a folder did.
@@ -278,7 +351,7 @@ pub fn sync_folder(
     let mut to_copy: Vec<(usize, &OsString)> = Vec::new();
     for (sub, name) in source.iter() {
         let want = source.target_name(name);
-        match by_base.remove(filename::base(name.as_bytes())) {
+        match by_base.remove(filename::base(want.as_bytes())) {
             Some((tsub, tname)) if tsub == sub && tname == want => {}
             Some((tsub, tname)) => {
                 dst.subs[tsub]
@@ -426,8 +499,15 @@ impl TargetFolder {
             Err(e) => return Err(at(src_dir.child_path(name))(e)),
         };
         let dst_path = || self.subs[sub].child_path(name);
-        let (dst, file) = self.create_staging(sub)?;
         let size = st.st_size as u64;
+        if size > opts.max_message_size {
+            return Err(CopyError::TooLarge {
+                path: src_dir.child_path(name),
+                size,
+                max: opts.max_message_size,
+            });
+        }
+        let (dst, file) = self.create_staging(sub)?;
         let n = copy_data(&src, &dst, size).map_err(at(dst_path()))?;
         if n != size {
             return Err(CopyError::SizeChanged {
@@ -654,6 +734,15 @@ mod tests {
 
     static NO_STOP: AtomicBool = AtomicBool::new(false);
 
+    fn opts(fsync: bool, sync: SyncMethod) -> CopyOptions {
+        CopyOptions {
+            owner: None,
+            fsync,
+            sync,
+            max_message_size: 1 << 30,
+        }
+    }
+
     fn workers(pool: &rayon::ThreadPool) -> Workers<'_> {
         Workers {
             pool,
@@ -677,18 +766,14 @@ mod tests {
             .renames
             .insert("1.a,S=3:2,S".into(), "1.a,S=3:2,Sa".into());
         listing.renames.insert("2.b:2,".into(), "2.b:2,b".into());
-        let opts = CopyOptions {
-            owner: None,
-            fsync: false,
-            sync: SyncMethod::Batch,
-        };
+        let opts = opts(false, SyncMethod::Batch);
         let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
         assert_eq!((st.copied, st.renamed), (1, 1));
         let got = dst.list().unwrap();
         assert_eq!(got.cur, ["1.a,S=3:2,Sa", "2.b:2,b"]);
         assert!(compare(&listing, &got).is_empty());
         assert!(!compare(&list_messages(&src).unwrap(), &got).is_empty());
-        assert_eq!(listing_bytes(&dst.dir, &listing).unwrap(), 6);
+        assert_eq!(listing_bytes(&dst.dir, &listing, Side::Target).unwrap(), 6);
     }
 
     #[test]
@@ -706,11 +791,7 @@ mod tests {
             stop: &stop,
             ..workers(&pool)
         };
-        let opts = CopyOptions {
-            owner: None,
-            fsync: false,
-            sync: SyncMethod::Batch,
-        };
+        let opts = opts(false, SyncMethod::Batch);
         let e = sync_folder(&src, &listing, &dst, me(), &opts, &w).unwrap_err();
         assert!(matches!(e, CopyError::Interrupted), "{e}");
         assert!(dst.list().unwrap().is_empty());
@@ -751,11 +832,7 @@ mod tests {
         let listing = list_messages(&src).unwrap();
         assert_eq!(listing.len(), 3);
         assert_eq!(listing.not_files.len(), 1);
-        let opts = CopyOptions {
-            owner: None,
-            fsync: true,
-            sync: SyncMethod::Batch,
-        };
+        let opts = opts(true, SyncMethod::Batch);
         let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
         assert_eq!(
             (st.copied, st.renamed, st.removed, st.vanished),
@@ -802,11 +879,7 @@ mod tests {
             std::fs::create_dir_all(&d).unwrap();
             let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
             dst.anonymous.store(anonymous, Ordering::Relaxed);
-            let opts = CopyOptions {
-                owner: None,
-                fsync: true,
-                sync,
-            };
+            let opts = opts(true, sync);
             let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
             assert_eq!(st.copied, n as u64, "{sync:?} {anonymous}");
             assert!(compare(&listing, &dst.list().unwrap()).is_empty());
@@ -831,15 +904,49 @@ mod tests {
         for anonymous in [true, false] {
             let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
             dst.anonymous.store(anonymous, Ordering::Relaxed);
-            let opts = CopyOptions {
-                owner: None,
-                fsync: true,
-                sync: SyncMethod::Batch,
-            };
+            let opts = opts(true, SyncMethod::Batch);
             assert!(sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).is_err());
             assert!(dst.list().unwrap().is_empty());
             assert_eq!(std::fs::read_dir(d.join("tmp")).unwrap().count(), 0);
         }
+    }
+
+    /// Two files with one base name are two messages: both arrive, the
+    /// second under a base of its own, and a second pass changes nothing
+    /// (it used to fail the mailbox with ENOENT).
+    #[test]
+    fn two_files_with_one_base_are_both_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let (s, d) = (t.path().join("s"), t.path().join("d"));
+        put(&s, "cur/1.a,S=3:2,S", b"one", 1_500_000_000);
+        put(&s, "cur/1.a,S=3:2,F", b"two", 1_500_000_001);
+        std::fs::create_dir_all(&d).unwrap();
+        let src = Dir::open_root(&s).unwrap();
+        let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
+        for pass in 0..2 {
+            let listing = list_messages(&src).unwrap();
+            assert_eq!(listing.renames.len(), 1, "{listing:?}");
+            let st = sync_folder(
+                &src,
+                &listing,
+                &dst,
+                me(),
+                &opts(false, SyncMethod::Batch),
+                &workers(&pool()),
+            )
+            .unwrap();
+            assert_eq!(st.copied, if pass == 0 { 2 } else { 0 }, "pass {pass}");
+            assert!(compare(&listing, &dst.list().unwrap()).is_empty());
+        }
+        let got = dst.list().unwrap().cur;
+        assert_eq!(got.len(), 2, "{got:?}");
+        let bodies: std::collections::BTreeSet<Vec<u8>> = got
+            .iter()
+            .map(|n| std::fs::read(d.join("cur").join(n)).unwrap())
+            .collect();
+        assert_eq!(bodies.len(), 2, "both bodies arrived");
+        assert!(got.iter().any(|n| n.as_bytes().starts_with(b"1.a,S=3:2,")));
+        assert!(got.iter().any(|n| n.as_bytes().starts_with(b"1.a-dup")));
     }
 
     #[test]
@@ -852,11 +959,7 @@ mod tests {
         let listing = list_messages(&src).unwrap();
         std::fs::rename(s.join("cur/1.a:2,S"), s.join("cur/1.a:2,RS")).unwrap();
         let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
-        let opts = CopyOptions {
-            owner: None,
-            fsync: false,
-            sync: SyncMethod::Batch,
-        };
+        let opts = opts(false, SyncMethod::Batch);
         let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
         assert_eq!((st.copied, st.vanished), (0, 1));
     }
@@ -874,11 +977,7 @@ mod tests {
         let src = Dir::open_root(&s).unwrap();
         let listing = list_messages(&src).unwrap();
         let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
-        let opts = CopyOptions {
-            owner: None,
-            fsync: false,
-            sync: SyncMethod::Batch,
-        };
+        let opts = opts(false, SyncMethod::Batch);
         let e = sync_folder(&src, &listing, &dst, 0, &opts, &workers(&pool())).unwrap_err();
         assert!(e.to_string().contains("belongs to uid 4242"), "{e}");
         assert!(dst.list().unwrap().is_empty());

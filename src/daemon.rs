@@ -115,7 +115,9 @@ impl Progress for Tracker {
 
 /// How a job's worker thread ended.
 enum JobResult {
-    Ran(Report, Option<Verification>),
+    /// The report, and the verification after it (none after a pre-sync;
+    /// a verify that could not run is an error, never a pass).
+    Ran(Report, Option<Result<Verification, String>>),
     /// Stopped on request; stays in `active/` and resumes next start.
     Interrupted,
     Failed(String),
@@ -128,6 +130,45 @@ impl From<Result<Report, RunError>> for JobResult {
             Err(RunError::Interrupted) => JobResult::Interrupted,
             Err(e) => JobResult::Failed(e.to_string()),
         }
+    }
+}
+
+/// How a finished job is filed.
+#[derive(Debug)]
+struct Verdict {
+    status: RecordStatus,
+    report: Option<Report>,
+    verification: Option<Verification>,
+    /// Why the job failed as a whole.
+    error: Option<String>,
+}
+
+impl Verdict {
+    /// `None` for an interrupted job (it is not filed). Done means every
+    /// mailbox done and a verification that ran and found nothing.
+    fn of(result: JobResult) -> Option<Verdict> {
+        let (report, verification, mut error) = match result {
+            JobResult::Interrupted => return None,
+            JobResult::Ran(r, Some(Err(e))) => {
+                (Some(r), None, Some(format!("verify could not run: {e}")))
+            }
+            JobResult::Ran(r, v) => (Some(r), v.and_then(Result::ok), None),
+            JobResult::Failed(e) => (None, None, Some(e)),
+        };
+        if verification.as_ref().is_some_and(|v| !v.ok) {
+            error =
+                Some("verify found differences between source and target; see \"verify\"".into());
+        }
+        let status = match &report {
+            Some(r) if r.status == JobStatus::Done && error.is_none() => RecordStatus::Done,
+            _ => RecordStatus::Failed,
+        };
+        Some(Verdict {
+            status,
+            report,
+            verification,
+            error,
+        })
     }
 }
 
@@ -554,12 +595,14 @@ impl Daemon {
                     if let JobResult::Ran(_, v) = &mut r
                         && job.cutover
                     {
-                        *v = migrate::verify::verify(
-                            &cfg,
-                            job.domain.clone(),
-                            job.mailboxes.clone(),
-                        )
-                        .ok();
+                        *v = Some(
+                            migrate::verify::verify(
+                                &cfg,
+                                job.domain.clone(),
+                                job.mailboxes.clone(),
+                            )
+                            .map_err(|e| e.to_string()),
+                        );
                     }
                     r
                 }))
@@ -602,21 +645,15 @@ impl Daemon {
             self.publish_one(&run);
         }
         let _ = run.handle.join();
-        let (report, verification, mut error) = match result {
-            JobResult::Interrupted => {
-                info!(job = %id, "job interrupted; it stays in active/ and resumes at the next start");
-                return;
-            }
-            JobResult::Ran(r, v) => (Some(r), v, None),
-            JobResult::Failed(e) => (None, None, Some(e)),
-        };
-        if verification.as_ref().is_some_and(|v| !v.ok) {
-            error =
-                Some("verify found differences between source and target; see \"verify\"".into());
-        }
-        let status = match &report {
-            Some(r) if r.status == JobStatus::Done && error.is_none() => RecordStatus::Done,
-            _ => RecordStatus::Failed,
+        let Some(Verdict {
+            status,
+            report,
+            verification,
+            error,
+        }) = Verdict::of(result)
+        else {
+            info!(job = %id, "job interrupted; it stays in active/ and resumes at the next start");
+            return;
         };
         let t = now();
         let mut record = JobRecord::new(&run.entry, id.to_string(), status, t);
@@ -758,5 +795,40 @@ impl Daemon {
         if let Err(e) = self.spool.write_progress(&p) {
             warn!("cannot write progress: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Mode;
+
+    fn done_report() -> Report {
+        Report::finish(
+            "j".into(),
+            "a.cz".into(),
+            Mode::Move,
+            Vec::new(),
+            "t".into(),
+        )
+    }
+
+    /// A verify that could not run must never let a job be filed as done
+    /// (it used to be filed done with `verify: null`).
+    #[test]
+    fn a_verify_that_errors_fails_the_job() {
+        let v = Verdict::of(JobResult::Ran(done_report(), Some(Err("boom".into())))).unwrap();
+        assert_eq!(v.status, RecordStatus::Failed);
+        assert_eq!(v.error.as_deref(), Some("verify could not run: boom"));
+        let ok = Verification {
+            domain: "a.cz".into(),
+            ok: true,
+            mailboxes: Vec::new(),
+        };
+        let v = Verdict::of(JobResult::Ran(done_report(), Some(Ok(ok)))).unwrap();
+        assert_eq!(v.status, RecordStatus::Done);
+        let presync = Verdict::of(JobResult::Ran(done_report(), None)).unwrap();
+        assert_eq!(presync.status, RecordStatus::Done);
+        assert!(Verdict::of(JobResult::Interrupted).is_none());
     }
 }

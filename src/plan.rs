@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::copy;
 use crate::job::{Domain, Job, LocalPart};
 use crate::migrate::mailbox::{self, State};
-use crate::migrate::{Env, MailboxError, RunError, select_mailboxes};
+use crate::migrate::{Env, MailboxError, Named, RunError, select_mailboxes};
 use crate::report::SkippedFolder;
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,7 +70,7 @@ pub fn plan(
     };
     for sel in select_mailboxes(&env)? {
         let mp = match sel {
-            Ok(local) => plan_mailbox(&env, &local),
+            Ok(named) => plan_mailbox(&env, &named),
             Err((user, why)) => MailboxPlan {
                 problems: vec![why],
                 ..empty(user, PlanStatus::Error)
@@ -99,17 +99,21 @@ fn empty(user: String, status: PlanStatus) -> MailboxPlan {
     }
 }
 
-fn plan_mailbox(env: &Env<'_>, local: &LocalPart) -> MailboxPlan {
-    let mut p = empty(format!("{local}@{}", env.job.domain), PlanStatus::Pending);
-    if let Err(e) = fill(env, local, &mut p) {
+fn plan_mailbox(env: &Env<'_>, named: &Named) -> MailboxPlan {
+    let mut p = empty(
+        format!("{}@{}", named.local, env.job.domain),
+        PlanStatus::Pending,
+    );
+    if let Err(e) = fill(env, named, &mut p) {
         p.status = PlanStatus::Error;
         p.problems.push(e.to_string());
     }
     p
 }
 
-fn fill(env: &Env<'_>, local: &LocalPart, p: &mut MailboxPlan) -> Result<(), MailboxError> {
-    let a = mailbox::assess(env, local)?;
+fn fill(env: &Env<'_>, named: &Named, p: &mut MailboxPlan) -> Result<(), MailboxError> {
+    let a = mailbox::assess(env, named)?;
+    p.user.clone_from(&a.mailbox.user);
     p.hash_scheme = a.scheme.clone();
     match &a.state {
         State::AlreadyMigrated => {
@@ -122,14 +126,14 @@ fn fill(env: &Env<'_>, local: &LocalPart, p: &mut MailboxPlan) -> Result<(), Mai
         }
         State::Pending => {}
     }
-    let (target, claimable) = mailbox::target_status(env, local)?;
+    let (target, claimable) = mailbox::target_status(env, &a.mailbox)?;
     p.target_maildir = Some(target.display().to_string());
     if claimable == Some(false) {
         p.status = PlanStatus::Conflict;
         p.problems
             .push(MailboxError::TargetNotOurs { path: target }.to_string());
     }
-    let (source, scanned) = mailbox::scan_source(env, &a, local)?;
+    let (source, scanned) = mailbox::scan_source(env, &a)?;
     p.source_maildir = Some(source.display().to_string());
     let Some((dir, scan)) = scanned else {
         p.warnings.push(
@@ -142,7 +146,7 @@ fn fill(env: &Env<'_>, local: &LocalPart, p: &mut MailboxPlan) -> Result<(), Mai
     for f in &scan.copy {
         let fdir = f.open(&dir).map_err(|e| MailboxError::io(dir.path(), e))?;
         let listing = copy::list_messages(&fdir)?;
-        let bytes = copy::listing_bytes(&fdir, &listing)?;
+        let bytes = copy::listing_bytes(&fdir, &listing, copy::Side::Source)?;
         p.messages += listing.len() as u64;
         p.bytes += bytes;
         p.folders.push(FolderPlan {

@@ -37,6 +37,8 @@ pub enum Kind {
 pub struct Entry {
     pub name: OsString,
     pub kind: Kind,
+    /// The inode number, as the directory lists it.
+    pub ino: u64,
 }
 
 /// An open directory plus the path it was reached by (for messages only;
@@ -259,6 +261,7 @@ impl Dir {
             f(Entry {
                 name: name.to_os_string(),
                 kind,
+                ino: ent.ino(),
             })?;
         }
         Ok(())
@@ -286,6 +289,27 @@ impl Dir {
             ));
         }
         Ok((File::from(fd), st))
+    }
+
+    /// Gives the regular file `name` (never a link's target) an owner and
+    /// a mode, through a descriptor of that very file.
+    pub fn set_owner_and_mode(&self, name: &OsStr, owner: Owner, mode: u32) -> io::Result<()> {
+        let (f, _) = self.open_file(name)?;
+        apply_attrs(
+            &f,
+            &FileAttrs {
+                mode,
+                owner: Some(owner),
+                mtime: None,
+                fsync: false,
+            },
+        )
+    }
+
+    /// Bytes an unprivileged writer may still use on this filesystem.
+    pub fn available_bytes(&self) -> io::Result<u64> {
+        let st = nix::sys::statvfs::fstatvfs(&self.fd).map_err(io)?;
+        Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
     }
 
     /// Reads a whole small regular file owned by `uid`; `Ok(None)` when it
@@ -446,9 +470,25 @@ impl Dir {
     pub fn write_atomic(&self, name: &OsStr, data: &[u8], attrs: &FileAttrs) -> io::Result<()> {
         let name = plain_name(name)?;
         let tmp = atomic_tmp_name(name);
-        self.unlink_if_exists(&tmp)?;
+        let result = self.write_new(&tmp, data, attrs).and_then(|()| {
+            self.rename_replace(&tmp, self, name)?;
+            if attrs.fsync {
+                self.sync()?;
+            }
+            Ok(())
+        });
+        if result.is_err() {
+            let _ = self.unlink_if_exists(&tmp);
+        }
+        result
+    }
+
+    /// Writes `data` as a new file `name` (a leftover of that name is
+    /// replaced) with `attrs`; on failure nothing is left under `name`.
+    pub fn write_new(&self, name: &OsStr, data: &[u8], attrs: &FileAttrs) -> io::Result<()> {
+        self.unlink_if_exists(name)?;
         let result = (|| {
-            let mut f = self.create_file(&tmp, attrs.mode)?;
+            let mut f = self.create_file(name, attrs.mode)?;
             apply_attrs(&f, attrs)?;
             f.write_all(data)?;
             if let Some(mtime) = attrs.mtime {
@@ -457,15 +497,10 @@ impl Dir {
             if attrs.fsync {
                 f.sync_all()?;
             }
-            drop(f);
-            self.rename_replace(&tmp, self, name)?;
-            if attrs.fsync {
-                self.sync()?;
-            }
             Ok(())
         })();
         if result.is_err() {
-            let _ = self.unlink_if_exists(&tmp);
+            let _ = self.unlink_if_exists(name);
         }
         result
     }

@@ -51,6 +51,22 @@ impl fmt::Display for Shown<'_> {
     }
 }
 
+/// Binary units with one decimal: "512 B", "12.3 MiB".
+pub fn bytes_human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // 1023.95 would print as "1024.0"; move up a unit instead.
+    while v >= 1023.95 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// One log line as written: every control character escaped except the
 /// final newline, so each event stays exactly one line.
 pub fn log_line(line: &[u8]) -> Vec<u8> {
@@ -116,6 +132,16 @@ mod tests {
             log_line(b"\x1b[1mINFO\x1b[0m x\nfake line\n"),
             b"\x1b[1mINFO\x1b[0m x\\nfake line\n"
         );
+    }
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(bytes_human(0), "0 B");
+        assert_eq!(bytes_human(1023), "1023 B");
+        assert_eq!(bytes_human(1536), "1.5 KiB");
+        assert_eq!(bytes_human(1_048_575), "1.0 MiB");
+        assert_eq!(bytes_human(12_900_000), "12.3 MiB");
+        assert_eq!(bytes_human(u64::MAX), "16.0 EiB");
     }
 
     proptest! {

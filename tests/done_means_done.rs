@@ -238,7 +238,7 @@ fn unusable_roots_and_userdbs_are_config_errors() {
         ),
         (
             base.replace("mail_root = \"newmail\"", "mail_root = \"oldmail/new\""),
-            "target.mail_root",
+            "source.mail_root",
         ),
         (
             base.replace("mail_root = \"newmail\"", "mail_root = \"afile\""),

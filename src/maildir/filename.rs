@@ -26,6 +26,21 @@ pub fn flags(name: &[u8]) -> Option<&[u8]> {
     })
 }
 
+/// A name for the second of two messages that share `base`: a base of
+/// its own made from `id` (stable across passes), without the `,S=`/`,W=`
+/// sizes of the other message's name, and the same info part (`info`
+/// starts at the `:` or is empty).
+pub fn with_new_base(base: &[u8], id: u64, info: &[u8]) -> Vec<u8> {
+    let head = match base.iter().position(|&b| b == b',') {
+        Some(p) => &base[..p],
+        None => base,
+    };
+    let mut out = head.to_vec();
+    out.extend_from_slice(format!("-dup{id}").as_bytes());
+    out.extend_from_slice(info);
+    out
+}
+
 /// The physical size from a `,S=<n>` field in the base, when present.
 pub fn size_from_name(name: &[u8]) -> Option<u64> {
     let b = base(name);
@@ -57,6 +72,15 @@ mod tests {
         assert_eq!(flags(b"x:1,foo"), None);
         assert_eq!(size_from_name(b"x,W=5"), None);
         assert_eq!(size_from_name(b"x,S=12:2,S=99"), Some(12));
+    }
+
+    #[test]
+    fn a_duplicate_gets_a_base_of_its_own() {
+        let n = with_new_base(b"1700000000.M1P1.host,S=20", 77, b":2,S");
+        assert_eq!(n, b"1700000000.M1P1.host-dup77:2,S");
+        assert_eq!(base(&n), b"1700000000.M1P1.host-dup77");
+        assert_eq!(size_from_name(&n), None);
+        assert_eq!(with_new_base(b"x", 1, b""), b"x-dup1");
     }
 
     #[test]

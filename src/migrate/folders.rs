@@ -282,6 +282,25 @@ pub struct SyncContext<'a> {
 }
 
 impl SyncContext<'_> {
+    /// The same context writing everything as `owner` (each mailbox's
+    /// target belongs to the uid/gid its new entry names).
+    pub(crate) fn for_owner(&self, owner: Owner) -> SyncContext<'_> {
+        SyncContext {
+            classifier: self.classifier,
+            copy: CopyOptions {
+                owner: Some(owner),
+                ..self.copy
+            },
+            workers: Workers {
+                pool: self.workers.pool,
+                progress: self.workers.progress,
+                stop: self.workers.stop,
+            },
+            names: self.names,
+            layout: self.layout,
+        }
+    }
+
     pub(crate) fn attrs(&self) -> FileAttrs {
         FileAttrs {
             mode: 0o600,
@@ -388,7 +407,11 @@ pub fn sync_mailbox(
         }
         out.folders += 1;
         out.messages += listing.len() as u64;
-        out.bytes += copy::listing_bytes(&target.dir, &listing)?;
+        out.bytes = out.bytes.saturating_add(copy::listing_bytes(
+            &target.dir,
+            &listing,
+            copy::Side::Target,
+        )?);
         let present = courier::present_bases(&listing);
         out.manifest.push((
             folder
@@ -654,24 +677,24 @@ pub const OWNER_MARKER: &str = ".maildir-migrate-partial";
 
 pub fn claim_target(
     home: &Dir,
-    owner: Option<Owner>,
+    owner: Owner,
     marker_text: &str,
+    user: &str,
     fsync: bool,
 ) -> Result<Dir, MailboxError> {
     let (md, created) = home
-        .ensure_dir("Maildir", 0o700, owner)
+        .ensure_dir("Maildir", crate::migrate::ownership::DIR_MODE, Some(owner))
         .map_err(|e| MailboxError::io(&home.child_path("Maildir"), e))?;
-    if !created && !claimable(&md)? {
+    if !created && !claimable(&md, user)? {
         return Err(MailboxError::TargetNotOurs {
             path: md.path().to_path_buf(),
         });
     }
     // A re-run of the same job finds its own marker: no rewrite (and no
     // fsync), which is most of a no-op pre-sync's cost.
-    let uid = owner.map_or_else(|| nix::unistd::geteuid().as_raw(), |o| o.uid);
     if !created
         && md
-            .read_file(OWNER_MARKER, 4096, uid)
+            .read_file(OWNER_MARKER, 4096, owner.uid)
             .is_ok_and(|m| m.as_deref() == Some(marker_text.as_bytes()))
     {
         return Ok(md);
@@ -681,7 +704,7 @@ pub fn claim_target(
         marker_text.as_bytes(),
         &FileAttrs {
             mode: 0o600,
-            owner,
+            owner: Some(owner),
             mtime: None,
             fsync,
         },
@@ -691,15 +714,17 @@ pub fn claim_target(
 }
 
 /// An existing target Maildir may be written into when an earlier run of
-/// ours left its marker, or when it holds nothing but empty cur/new/tmp
-/// (and perhaps the marker's temporary file: a run killed while writing it).
-pub fn claimable(md: &Dir) -> Result<bool, MailboxError> {
+/// ours left its marker for this same user, or when it holds nothing but
+/// empty cur/new/tmp (and perhaps the marker's temporary file: a run killed
+/// while writing it). A marker naming another user is someone else's
+/// partial copy, never ours to finish.
+pub fn claimable(md: &Dir, user: &str) -> Result<bool, MailboxError> {
     let entries = md.entries().map_err(|e| MailboxError::io(md.path(), e))?;
     let marker_tmp = crate::safe_fs::atomic_tmp_name(OsStr::new(OWNER_MARKER));
     let mut empty = true;
     for e in entries {
         if e.name == OWNER_MARKER && e.kind == Kind::File {
-            return Ok(true);
+            return marker_names(md, user);
         }
         if e.name == marker_tmp && e.kind == Kind::File {
             continue;
@@ -716,6 +741,76 @@ pub fn claimable(md: &Dir) -> Result<bool, MailboxError> {
     Ok(empty)
 }
 
+/// Whether the marker in `md` was left for `user`.
+fn marker_names(md: &Dir, user: &str) -> Result<bool, MailboxError> {
+    let uid = md
+        .stat()
+        .map_err(|e| MailboxError::io(md.path(), e))?
+        .st_uid;
+    let text = md
+        .read_file(OWNER_MARKER, 4096, uid)
+        .map_err(|e| MailboxError::io(&md.child_path(OWNER_MARKER), e))?
+        .unwrap_or_default();
+    let wanted = format!("user {user}");
+    Ok(text.split(|&b| b == b'\n').any(|l| l == wanted.as_bytes()))
+}
+
+/// Bytes the first pass will copy into `dst` (what it lacks of `src`),
+/// refusing a message over `max`: a mailbox that cannot be finished fails
+/// before anything is copied. Sizes come from `,S=` where a name has one
+/// (the copy itself refuses a file bigger than `max` whatever its name).
+pub fn bytes_to_copy(
+    ctx: &SyncContext<'_>,
+    src: &Dir,
+    dst: &Dir,
+    scan: &FolderScan,
+    max: u64,
+) -> Result<u64, MailboxError> {
+    let mut need = 0u64;
+    for folder in &scan.copy {
+        let Ok(src_dir) = folder.open(src) else {
+            continue;
+        };
+        let listing = copy::list_messages(&src_dir)?;
+        let there: std::collections::HashSet<Vec<u8>> = folder
+            .target_dir(ctx.names, ctx.layout)
+            .map_err(MailboxError::Conflict)?
+            .map_or_else(|| dst.reopen(), |rel| dst.open_beneath(&rel))
+            .ok()
+            .and_then(|d| copy::list_messages(&d).ok())
+            .map(|l| {
+                l.iter()
+                    .map(|(_, n)| crate::maildir::filename::base(n.as_bytes()).to_vec())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (sub, name, mut size) in copy::message_sizes(&src_dir, &listing, copy::Side::Source)? {
+            let path = || src_dir.child_path(copy::SUBDIRS[sub]).join(name);
+            if size > max {
+                // A name can claim any size; only the file's own counts.
+                size = src_dir
+                    .open_dir(copy::SUBDIRS[sub])
+                    .and_then(|d| d.stat_at(name))
+                    .map_err(|e| MailboxError::io(&path(), e))?
+                    .st_size as u64;
+            }
+            if size > max {
+                return Err(copy::CopyError::TooLarge {
+                    path: path(),
+                    size,
+                    max,
+                }
+                .into());
+            }
+            let target = listing.target_name(name);
+            if !there.contains(crate::maildir::filename::base(target.as_bytes())) {
+                need = need.saturating_add(size);
+            }
+        }
+    }
+    Ok(need)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,12 +824,19 @@ mod tests {
         }
         let tmp = crate::safe_fs::atomic_tmp_name(OsStr::new(OWNER_MARKER));
         std::fs::write(md.join(&tmp), "job j\n").unwrap();
-        assert!(claimable(&Dir::open_root(&md).unwrap()).unwrap());
+        assert!(claimable(&Dir::open_root(&md).unwrap(), "j@a.cz").unwrap());
         std::fs::write(md.join("cur/1.a:2,S"), "mail").unwrap();
-        assert!(!claimable(&Dir::open_root(&md).unwrap()).unwrap());
+        assert!(!claimable(&Dir::open_root(&md).unwrap(), "j@a.cz").unwrap());
         std::fs::remove_file(md.join("cur/1.a:2,S")).unwrap();
+        let with_marker = |user: &str| {
+            std::fs::write(md.join(OWNER_MARKER), format!("job j\nuser {user}\n")).unwrap();
+            claimable(&Dir::open_root(&md).unwrap(), "j@a.cz").unwrap()
+        };
+        assert!(with_marker("j@a.cz"));
+        assert!(!with_marker("eva@b.cz"), "another user's partial copy");
+        std::fs::remove_file(md.join(OWNER_MARKER)).unwrap();
         std::fs::write(md.join("subscriptions"), "INBOX\n").unwrap();
-        assert!(!claimable(&Dir::open_root(&md).unwrap()).unwrap());
+        assert!(!claimable(&Dir::open_root(&md).unwrap(), "j@a.cz").unwrap());
     }
 
     #[test]
@@ -803,6 +905,7 @@ mod tests {
                 owner: None,
                 fsync: false,
                 sync: crate::copy::SyncMethod::Batch,
+                max_message_size: 1 << 30,
             },
             workers: Workers {
                 pool: &pool,

@@ -1,16 +1,23 @@
 //! The per-mailbox protocol:
 //!
-//! 1. assess: read both userdb entries; done already, conflicting, or pending;
+//! 1. assess: resolve the mailbox against its source entry (its exact
+//!    name, owner and home), read the target's; done already,
+//!    conflicting, or pending — and refuse early what could not finish;
 //! 2. bulk pass: copy the content while the mailbox is live;
 //! 3. freeze: the source entry refuses logins (`nologin`), stays resolvable;
-//! 4. delta pass with verification;
-//! 5. switch: target entry written (or the shared entry rewritten);
+//! 4. final pass with verification, the manifest, owner and modes of the
+//!    whole target asserted;
+//! 5. switch: target entry written (or the shared entry rewritten), then
+//!    both userdbs read back (a writer that ignores our lock may have
+//!    undone the freeze);
 //! 6. drop the "partial copy" marker from the target Maildir.
 //!
-//! A failure after the freeze thaws the source entry again, so a failed
-//! mailbox keeps its old login and gets no target entry. Every step is
-//! idempotent, so re-running a job completes whatever was left.
+//! A failure (or a panic) before the switch thaws the source entry again,
+//! so a failed mailbox keeps its old login and gets no target entry.
+//! Every step is idempotent, so re-running a job completes whatever was
+//! left.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
@@ -21,13 +28,13 @@ use crate::maildir;
 use crate::maildir::Layout;
 use crate::maildir::names::NameEncoding;
 use crate::report::{MailboxReport, MailboxStatus};
-use crate::safe_fs::Dir;
+use crate::safe_fs::{Dir, Owner};
 use crate::userdb::passwd_file::{self, Change, Entry, PasswdFile};
 use crate::userdb::sql::{self, MailboxRow, SqlSettings};
 use crate::userdb::{Account, SourceDb};
 
 use super::folders::{self, FolderScan, MailboxSync, OWNER_MARKER, Pass, SyncContext};
-use super::{MailboxError, RunError, open_root};
+use super::{MailboxError, Named, RunError, manifest, open_root, ownership};
 
 /// The mail location written for every migrated user.
 const TARGET_MAIL: &str = "userdb_mail=maildir:~/Maildir";
@@ -61,6 +68,28 @@ impl Placement {
     }
 }
 
+/// One mailbox resolved against its source entry: named exactly as the
+/// source spells it, with the owner and home its target gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    /// The local part as the source spells it (paths, `%n`).
+    pub local: LocalPart,
+    /// `local@domain` as the source spells it (reports, target keys).
+    pub user: String,
+    pub source_key: String,
+    pub target_key: String,
+    /// The uid/gid the new entry names; everything in the target is theirs.
+    pub owner: Owner,
+    /// The home, relative to the target mail root.
+    pub home_rel: PathBuf,
+}
+
+impl Mailbox {
+    pub fn maildir_rel(&self) -> PathBuf {
+        self.home_rel.join("Maildir")
+    }
+}
+
 /// Everything a job needs that does not change per mailbox.
 pub struct Env<'a> {
     pub cfg: &'a Config,
@@ -70,7 +99,7 @@ pub struct Env<'a> {
     source_root: Dir,
     source_root_path: PathBuf,
     pub(crate) target_root: Dir,
-    target_root_path: PathBuf,
+    pub(crate) target_root_path: PathBuf,
 }
 
 impl<'a> Env<'a> {
@@ -78,9 +107,15 @@ impl<'a> Env<'a> {
         let (source_root, source_root_path) = open_root("source.mail_root", &cfg.source.mail_root)?;
         let (target_root, target_root_path) = open_root("target.mail_root", &cfg.target.mail_root)?;
         let source = cfg.source_db(&job.domain);
-        source.check_reachable().map_err(RunError::Userdb)?;
+        source
+            .check_reachable()
+            .map_err(|e| RunError::userdb("source.userdb", e))?;
         let target = match (&cfg.target.userdb, cfg.in_place(&job.domain)) {
-            (Userdb::File(p), false) => Placement::PasswdFile(p.for_domain(&job.domain)),
+            (Userdb::File(p), false) => {
+                let path = p.for_domain(&job.domain);
+                check_target_file(&path)?;
+                Placement::PasswdFile(path)
+            }
             (Userdb::File(p), true) => Placement::PasswdFileInPlace(p.for_domain(&job.domain)),
             (Userdb::Sql(s), false) => {
                 sql::with_retry(s, |_| Ok(())).map_err(|e| RunError::Userdb(e.into()))?;
@@ -100,12 +135,80 @@ impl<'a> Env<'a> {
         })
     }
 
-    pub(crate) fn source_key(&self, local: &LocalPart) -> String {
-        self.cfg.source.userdb.key(local, &self.job.domain)
+    /// Reads the source entry of `named` and settles the mailbox's exact
+    /// name (a case-insensitive database finds `MIXED` for `mixed`), its
+    /// owner and its home.
+    pub(crate) fn resolve(&self, named: &Named) -> Result<(Mailbox, Account), MailboxError> {
+        let account =
+            self.source
+                .account(&named.source_key)?
+                .ok_or_else(|| MailboxError::NotInSource {
+                    user: named.source_key.clone(),
+                    db: self.source.describe(),
+                })?;
+        let domain = &self.job.domain;
+        let (local, user) = if self.cfg.source.userdb.per_domain() {
+            (named.local.clone(), format!("{}@{domain}", named.local))
+        } else {
+            let (l, d) = account.key.rsplit_once('@').ok_or_else(|| {
+                MailboxError::Conflict(format!(
+                    "source entry {:?} is not an address",
+                    crate::shown::text(&account.key)
+                ))
+            })?;
+            if !d.eq_ignore_ascii_case(domain.as_str()) {
+                return Err(MailboxError::Conflict(format!(
+                    "source entry {:?} belongs to another domain than {domain}",
+                    crate::shown::text(&account.key)
+                )));
+            }
+            let local = LocalPart::parse(l).map_err(MailboxError::Conflict)?;
+            (local, account.key.clone())
+        };
+        let target_key = match &self.cfg.target.userdb {
+            Userdb::File(p) if p.per_domain() => local.to_string(),
+            _ => user.clone(),
+        };
+        let home_rel = self
+            .cfg
+            .target
+            .home
+            .expand(&local, domain)
+            .map_err(MailboxError::Conflict)?;
+        let owner = self.owner_for(&account)?;
+        let mailbox = Mailbox {
+            local,
+            user,
+            source_key: account.key.clone(),
+            target_key,
+            owner,
+            home_rel,
+        };
+        Ok((mailbox, account))
     }
 
-    pub(crate) fn target_key(&self, local: &LocalPart) -> String {
-        self.cfg.target.userdb.key(local, &self.job.domain)
+    /// The uid/gid of the new entry: the configured ones, else the source
+    /// entry's. This run must be able to give files to them.
+    fn owner_for(&self, account: &Account) -> Result<Owner, MailboxError> {
+        let owner = match self.cfg.target.owner {
+            Some(o) => o,
+            None => Owner {
+                uid: id_of(&account.uid, "uid", |n| {
+                    nix::unistd::User::from_name(n).map(|u| u.map(|u| u.uid.as_raw()))
+                })?,
+                gid: id_of(&account.gid, "gid", |n| {
+                    nix::unistd::Group::from_name(n).map(|g| g.map(|g| g.gid.as_raw()))
+                })?,
+            },
+        };
+        let me = nix::unistd::geteuid();
+        if !me.is_root() && owner.uid != me.as_raw() {
+            return Err(MailboxError::Conflict(format!(
+                "the new entry names uid {}, but this run (uid {me}) cannot give files to another user; run as root or set target.uid/gid",
+                owner.uid
+            )));
+        }
+        Ok(owner)
     }
 
     /// `userdb_mail=…`; folder names stored in UTF-8 need Dovecot told so.
@@ -120,40 +223,21 @@ impl<'a> Env<'a> {
         m
     }
 
-    pub(crate) fn home_rel(&self, local: &LocalPart) -> Result<PathBuf, MailboxError> {
-        self.cfg
-            .target
-            .home
-            .expand(local, &self.job.domain)
-            .map_err(MailboxError::Conflict)
-    }
-
     /// The home as Dovecot will see it (the configured root, not the
     /// symlink-resolved one).
-    fn home_for_userdb(&self, local: &LocalPart) -> Result<String, MailboxError> {
-        Ok(self
-            .cfg
+    fn home_for_userdb(&self, mb: &Mailbox) -> String {
+        self.cfg
             .target
             .mail_root
-            .join(self.home_rel(local)?)
+            .join(&mb.home_rel)
             .to_string_lossy()
-            .into_owned())
-    }
-
-    fn not_in_source(&self, local: &LocalPart) -> MailboxError {
-        MailboxError::NotInSource {
-            user: self.source_key(local),
-            db: self.source.describe(),
-        }
+            .into_owned()
     }
 
     /// An SQL row's `maildir` for the new Maildir, relative to the target
     /// mail root (the row names the Maildir itself).
-    fn target_maildir_rel(&self, local: &LocalPart) -> Result<String, MailboxError> {
-        Ok(format!(
-            "{}/Maildir/",
-            self.home_rel(local)?.to_string_lossy()
-        ))
+    fn target_maildir_rel(&self, mb: &Mailbox) -> String {
+        format!("{}/Maildir/", mb.home_rel.to_string_lossy())
     }
 
     /// The row written to a separate SQL target: the carried hash (with
@@ -161,15 +245,15 @@ impl<'a> Env<'a> {
     pub(crate) fn target_row(
         &self,
         src: &Account,
-        local: &LocalPart,
+        mb: &Mailbox,
     ) -> Result<MailboxRow, MailboxError> {
         Ok(MailboxRow {
-            username: self.target_key(local),
+            username: mb.target_key.clone(),
             password: src.hash.value.clone(),
             name: src.name.clone(),
-            maildir: self.target_maildir_rel(local)?,
+            maildir: self.target_maildir_rel(mb),
             quota_bytes: quota_bytes(&src.extra).map_err(MailboxError::Conflict)?,
-            local_part: local.to_string(),
+            local_part: mb.local.to_string(),
             domain: self.job.domain.to_string(),
             active: src.active,
         })
@@ -180,44 +264,37 @@ impl<'a> Env<'a> {
     pub(crate) fn target_login(
         &self,
         src: &Account,
-        local: &LocalPart,
+        mb: &Mailbox,
     ) -> Result<(Login, Option<Login>), MailboxError> {
         Ok(match &self.target {
             Placement::PasswdFile(path) => {
-                let e = self.target_entry(src, local)?;
+                let e = self.target_entry(src, mb);
                 let actual = PasswdFile::load(path)?.find(&e.user)?.map(|(_, a)| a);
                 (Login::of_entry(&e), actual.as_ref().map(Login::of_entry))
             }
             Placement::PasswdFileInPlace(_) => {
-                let current = self.passwd_entry(local)?;
-                let e = self.switched_in_place(&current, local)?;
+                let current = self.passwd_entry(mb)?;
+                let e = self.switched_in_place(&current, mb);
                 (Login::of_entry(&e), Some(Login::of_entry(&current)))
             }
             Placement::Sql(s) => {
-                let r = self.target_row(src, local)?;
+                let r = self.target_row(src, mb)?;
                 let actual = sql::with_retry(s, |db| db.mailbox(&r.username))?;
                 (Login::of_row(&r), actual.as_ref().map(Login::of_row))
             }
             Placement::SqlInPlace(s) => {
                 let expected = Login {
                     password: src.hash.value.clone(),
-                    location: self.target_maildir_rel(local)?,
+                    location: self.target_maildir_rel(mb),
                 };
-                let key = self.source_key(local);
-                let actual = sql::with_retry(s, |db| db.mailbox(&key))?;
+                let actual = sql::with_retry(s, |db| db.mailbox(&mb.source_key))?;
                 (expected, actual.as_ref().map(Login::of_row))
             }
         })
     }
 
-    pub(crate) fn account(&self, local: &LocalPart) -> Result<Account, MailboxError> {
-        self.source
-            .account(&self.source_key(local))?
-            .ok_or_else(|| self.not_in_source(local))
-    }
-
     /// The shared passwd-file entry (in-place mode only).
-    pub(crate) fn passwd_entry(&self, local: &LocalPart) -> Result<Entry, MailboxError> {
+    pub(crate) fn passwd_entry(&self, mb: &Mailbox) -> Result<Entry, MailboxError> {
         let path = match &self.target {
             Placement::PasswdFileInPlace(p) => p,
             _ => {
@@ -226,62 +303,62 @@ impl<'a> Env<'a> {
                 ));
             }
         };
-        match PasswdFile::load(path)?.find(&self.source_key(local))? {
+        match PasswdFile::load(path)?.find(&mb.source_key)? {
             Some((_, e)) => Ok(e),
-            None => Err(self.not_in_source(local)),
+            None => Err(MailboxError::NotInSource {
+                user: mb.source_key.clone(),
+                db: path.display().to_string(),
+            }),
         }
     }
 
     /// The entry written to a separate target userdb: the hash unchanged
-    /// but explicitly prefixed, the new home, and the source's other
-    /// fields (quota rules, passdb fields such as a disabled login).
-    pub(crate) fn target_entry(
-        &self,
-        src: &Account,
-        local: &LocalPart,
-    ) -> Result<Entry, MailboxError> {
+    /// but explicitly prefixed, the new home, the source's uid/gid (or the
+    /// configured ones) and its other fields (quota rules, passdb fields
+    /// such as a disabled login).
+    pub(crate) fn target_entry(&self, src: &Account, mb: &Mailbox) -> Entry {
         let owner = self.cfg.target.owner;
         let mut extra = vec![self.target_mail()];
         extra.extend(src.extra.iter().cloned());
-        Ok(Entry {
-            user: self.target_key(local),
+        Entry {
+            user: mb.target_key.clone(),
             password: src.hash.value.clone(),
             uid: owner.map_or(src.uid.clone(), |o| o.uid.to_string()),
             gid: owner.map_or(src.gid.clone(), |o| o.gid.to_string()),
             gecos: String::new(),
-            home: self.home_for_userdb(local)?,
+            home: self.home_for_userdb(mb),
             shell: String::new(),
             extra,
-        })
+        }
     }
 
     /// The shared entry rewritten to the new location, hash untouched.
-    fn switched_in_place(&self, current: &Entry, local: &LocalPart) -> Result<Entry, MailboxError> {
+    fn switched_in_place(&self, current: &Entry, mb: &Mailbox) -> Entry {
         let mut e = current.thawed();
         if let Some(o) = self.cfg.target.owner {
             e.uid = o.uid.to_string();
             e.gid = o.gid.to_string();
         }
-        e.home = self.home_for_userdb(local)?;
+        e.home = self.home_for_userdb(mb);
         let mut extra = vec![self.target_mail()];
         extra.extend(e.extra_without_location().cloned());
         e.extra = extra;
-        Ok(e)
+        e
     }
 
-    /// The source Maildir, opened without following any symlink below the
-    /// source mail root. `Ok(None)`: it does not exist (never used).
+    /// The source Maildir named by the source entry, opened without
+    /// following any symlink below the source mail root.
     pub(crate) fn open_source_maildir(
         &self,
         account: &Account,
-        local: &LocalPart,
-    ) -> Result<(PathBuf, Option<Dir>), MailboxError> {
+        mb: &Mailbox,
+    ) -> Result<OldMaildir, MailboxError> {
         let path = maildir::maildir_path(
             self.cfg.source.layout,
             account.mail.as_deref(),
             &account.home,
-            &self.source_key(local),
-            local.as_str(),
+            &mb.source_key,
+            mb.local.as_str(),
             self.job.domain.as_str(),
         )
         .map_err(MailboxError::Location)?;
@@ -294,22 +371,101 @@ impl<'a> Env<'a> {
                     crate::shown::path(&path),
                     self.cfg.source.mail_root.display()
                 ))
-            })?;
-        let resolved = self.source_root_path.join(rel);
-        match self.source_root.open_beneath(rel) {
-            Ok(d) => Ok((resolved, Some(d))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((resolved, None)),
+            })?
+            .to_path_buf();
+        self.open_old_maildir(&rel)
+    }
+
+    /// The old Maildir at `rel` below the source mail root. `dir: None`:
+    /// it does not exist (never used).
+    pub(crate) fn open_old_maildir(&self, rel: &Path) -> Result<OldMaildir, MailboxError> {
+        let path = self.source_root_path.join(rel);
+        let dir = match self.source_root.open_beneath(rel) {
+            Ok(d) => Some(d),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e)
                 if e.raw_os_error() == Some(nix::libc::ELOOP)
                     || e.raw_os_error() == Some(nix::libc::ENOTDIR) =>
             {
-                Err(MailboxError::Location(format!(
+                return Err(MailboxError::Location(format!(
                     "{} is or passes through a symlink or a non-directory; refusing to follow it",
                     crate::shown::path(&path)
-                )))
+                )));
             }
-            Err(e) => Err(MailboxError::io(&path, e)),
+            Err(e) => return Err(MailboxError::io(&path, e)),
+        };
+        Ok(OldMaildir {
+            path,
+            rel: rel.to_path_buf(),
+            dir,
+        })
+    }
+
+    /// Whether the new Dovecot, which looks up the login as typed (or
+    /// lower-cased, with its default `auth_username_format = %Lu`), finds
+    /// `key` in the target userdb.
+    fn target_finds(&self, key: &str) -> Result<bool, MailboxError> {
+        if !self.cfg.target.lowercase_logins || key.to_lowercase() == key {
+            return Ok(true);
         }
+        Ok(match &self.target {
+            // A passwd-file compares bytes.
+            Placement::PasswdFile(_) | Placement::PasswdFileInPlace(_) => false,
+            Placement::Sql(s) | Placement::SqlInPlace(s) => {
+                sql::with_retry(s, |db| db.folds_case())?
+            }
+        })
+    }
+}
+
+/// A source Maildir: where it is (for messages) and, if it exists, open.
+pub(crate) struct OldMaildir {
+    pub path: PathBuf,
+    /// Below the source mail root (kept in the manifest).
+    pub rel: PathBuf,
+    pub dir: Option<Dir>,
+}
+
+/// A numeric uid/gid field, or a name the system resolves; never 0.
+fn id_of(
+    field: &str,
+    what: &str,
+    by_name: impl Fn(&str) -> nix::Result<Option<u32>>,
+) -> Result<u32, MailboxError> {
+    let id = match field.parse::<u32>() {
+        Ok(n) => Some(n),
+        Err(_) if field.is_empty() => None,
+        Err(_) => by_name(field).ok().flatten(),
+    };
+    match id {
+        Some(0) => Err(MailboxError::Conflict(format!(
+            "the source entry's {what} is 0, which Dovecot refuses; set target.uid/gid"
+        ))),
+        Some(n) => Ok(n),
+        None => Err(MailboxError::Conflict(format!(
+            "the source entry's {what} {:?} is not a number or a known name; set target.uid/gid",
+            crate::shown::text(field)
+        ))),
+    }
+}
+
+/// A separate passwd-file target must be a regular file (or not exist yet)
+/// in an existing directory.
+fn check_target_file(path: &Path) -> Result<(), RunError> {
+    let bad = |problem: String| RunError::Config {
+        key: "target.userdb",
+        problem: format!("{}: {problem}", path.display()),
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(bad("is not a regular file".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match path.parent().map(std::fs::metadata) {
+                Some(Ok(m)) if m.is_dir() => Ok(()),
+                _ => Err(bad("its directory does not exist".into())),
+            }
+        }
+        Err(e) => Err(bad(e.to_string())),
     }
 }
 
@@ -371,7 +527,10 @@ fn quota_bytes(extra: &[String]) -> Result<u64, String> {
         None
     };
     bytes.ok_or_else(|| {
-        format!("quota rule {rule:?} cannot be written to the SQL target's quota column")
+        format!(
+            "quota rule {:?} cannot be written to the SQL target's quota column",
+            crate::shown::text(rule)
+        )
     })
 }
 
@@ -383,30 +542,45 @@ pub enum State {
     Conflict(String),
 }
 
-/// A read-only look at one mailbox (shared by `run` and `plan`).
+/// A read-only look at one mailbox (shared by `run`, `plan`, `verify`
+/// and `sweep`).
 pub struct Assessment {
+    pub mailbox: Mailbox,
     pub source: Account,
     pub state: State,
     /// The scheme recognised for the carried hash (`None`: empty field).
     pub scheme: Option<String>,
 }
 
-pub fn assess(env: &Env<'_>, local: &LocalPart) -> Result<Assessment, MailboxError> {
-    let source = env.account(local)?;
+/// Resolves `named` and says where it stands. What could not be finished
+/// (an entry the freeze could not write back, a name the new Dovecot
+/// would not find) is an error here, before anything is copied or locked.
+pub fn assess(env: &Env<'_>, named: &Named) -> Result<Assessment, MailboxError> {
+    let (mb, source) = env.resolve(named)?;
     let scheme = source.hash.scheme.clone();
+    if !env.target_finds(&mb.target_key)? {
+        return Err(MailboxError::Conflict(format!(
+            "the new Dovecot looks up {:?} (auth_username_format %Lu), and {} compares names case-sensitively, so it would never find {:?}; rename the account in the source first (or set target.auth_username_format = \"%u\" if the new Dovecot keeps the case)",
+            mb.target_key.to_lowercase(),
+            env.target.describe(),
+            mb.target_key
+        )));
+    }
     let state = match &env.target {
         Placement::PasswdFileInPlace(_) => {
-            let current = env.passwd_entry(local)?;
-            let switched = env.switched_in_place(&current, local)?;
+            let current = env.passwd_entry(&mb)?;
+            let switched = env.switched_in_place(&current, &mb);
             passwd_file::check_writable(&switched).map_err(MailboxError::Conflict)?;
             if switched == current {
                 State::AlreadyMigrated
             } else {
+                env.source.check_freezable(&mb.source_key)?;
                 State::Pending
             }
         }
         Placement::PasswdFile(path) => {
-            let expected = env.target_entry(&source, local)?;
+            env.source.check_freezable(&mb.source_key)?;
+            let expected = env.target_entry(&source, &mb);
             passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
             match PasswdFile::load(path)?.find(&expected.user)? {
                 Some((_, e)) if e == expected && source.refuses_login => State::AlreadyMigrated,
@@ -420,7 +594,7 @@ pub fn assess(env: &Env<'_>, local: &LocalPart) -> Result<Assessment, MailboxErr
             }
         }
         Placement::SqlInPlace(_) => {
-            if source.sql_maildir.as_deref() == Some(&env.target_maildir_rel(local)?)
+            if source.sql_maildir.as_deref() == Some(&env.target_maildir_rel(&mb))
                 && !source.refuses_login
             {
                 State::AlreadyMigrated
@@ -429,7 +603,7 @@ pub fn assess(env: &Env<'_>, local: &LocalPart) -> Result<Assessment, MailboxErr
             }
         }
         Placement::Sql(s) => {
-            let expected = env.target_row(&source, local)?;
+            let expected = env.target_row(&source, &mb)?;
             match sql::with_retry(s, |db| db.mailbox(&expected.username))? {
                 Some(r) if r == expected && source.refuses_login => State::AlreadyMigrated,
                 Some(r) if r == expected => State::Pending,
@@ -442,47 +616,88 @@ pub fn assess(env: &Env<'_>, local: &LocalPart) -> Result<Assessment, MailboxErr
         }
     };
     Ok(Assessment {
+        mailbox: mb,
         source,
         state,
         scheme,
     })
 }
 
+/// The old Maildir of an assessed mailbox: the one its source entry names,
+/// or, once an in-place switch has rewritten that entry, the one the
+/// switch recorded in the manifest.
+pub(crate) fn old_maildir(env: &Env<'_>, a: &Assessment) -> Result<OldMaildir, MailboxError> {
+    if !(env.target.in_place() && a.state == State::AlreadyMigrated) {
+        return env.open_source_maildir(&a.source, &a.mailbox);
+    }
+    let md = env
+        .target_root
+        .open_beneath(&a.mailbox.maildir_rel())
+        .map_err(|e| MailboxError::io(&env.target_root_path.join(a.mailbox.maildir_rel()), e))?;
+    match manifest::load(&md)?.and_then(|m| m.source) {
+        Some(rel) => env.open_old_maildir(&rel),
+        None => Err(MailboxError::Location(
+            "switched in place, and no manifest records where the old Maildir was".into(),
+        )),
+    }
+}
+
 /// Read-only scan of the source folders (for `plan`).
 pub fn scan_source(
     env: &Env<'_>,
     a: &Assessment,
-    local: &LocalPart,
 ) -> Result<(PathBuf, Option<(Dir, FolderScan)>), MailboxError> {
-    let (path, dir) = env.open_source_maildir(&a.source, local)?;
-    let scanned = match dir {
+    let old = env.open_source_maildir(&a.source, &a.mailbox)?;
+    let scanned = match old.dir {
         Some(d) => {
             let s = folders::scan(&d, &env.cfg.migration.classifier, env.cfg.source.layout)?;
             Some((d, s))
         }
         None => None,
     };
-    Ok((path, scanned))
+    Ok((old.path, scanned))
 }
 
 /// Whether the target Maildir could be claimed, without creating it.
-pub fn target_status(
-    env: &Env<'_>,
-    local: &LocalPart,
-) -> Result<(PathBuf, Option<bool>), MailboxError> {
-    let rel = env.home_rel(local)?.join("Maildir");
+pub fn target_status(env: &Env<'_>, mb: &Mailbox) -> Result<(PathBuf, Option<bool>), MailboxError> {
+    let rel = mb.maildir_rel();
     let shown = env.cfg.target.mail_root.join(&rel);
     match env.target_root.open_beneath(&rel) {
-        Ok(md) => Ok((shown, Some(folders::claimable(&md)?))),
+        Ok(md) => Ok((shown, Some(folders::claimable(&md, &mb.user)?))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((shown, None)),
         Err(e) => Err(MailboxError::io(&shown, e)),
     }
 }
 
-/// Migrates one mailbox and reports the outcome; never panics on bad data.
-pub fn migrate(env: &Env<'_>, ctx: &SyncContext<'_>, local: &LocalPart) -> MailboxReport {
-    let mut report = MailboxReport::new(format!("{local}@{}", env.job.domain));
-    match run(env, ctx, local) {
+/// How far this run took a mailbox: what a failure (or a panic) must undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Not assessed, or in conflict: whatever an earlier run left stays
+    /// (its new login may be live).
+    Untouched,
+    /// Pending and not switched: a failure gives the old login back (a
+    /// no-op if it was never refused).
+    Pending,
+    /// The new login may be live: the old one must stay refused.
+    Switched,
+}
+
+/// Migrates one mailbox and reports the outcome. Never panics on bad
+/// data; a panic anywhere in it fails only this mailbox, with its old
+/// login back unless the new one may already be live.
+pub fn migrate(env: &Env<'_>, ctx: &SyncContext<'_>, named: &Named) -> MailboxReport {
+    let mut report = MailboxReport::new(format!("{}@{}", named.local, env.job.domain));
+    let stage = Cell::new(Stage::Untouched);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(env, ctx, named, &stage, &mut report.user)
+    }))
+    .unwrap_or_else(|_| {
+        Err(MailboxError::Conflict(
+            "internal error (a panic); see the log".into(),
+        ))
+    });
+    let outcome = outcome.map_err(|e| undo(env, &report.user, named, stage.get(), e));
+    match outcome {
         Ok((status, content)) => {
             report.status = status;
             if let Some(c) = content {
@@ -502,6 +717,23 @@ pub fn migrate(env: &Env<'_>, ctx: &SyncContext<'_>, local: &LocalPart) -> Mailb
     report
 }
 
+/// After a failure: the old login comes back unless the new one may be live
+/// (a no-op if this run never froze it).
+fn undo(env: &Env<'_>, user: &str, named: &Named, stage: Stage, e: MailboxError) -> MailboxError {
+    if stage != Stage::Pending || matches!(e, MailboxError::SwitchUnknown(_)) {
+        return e;
+    }
+    let key = env
+        .resolve(named)
+        .map_or_else(|_| named.source_key.clone(), |(mb, _)| mb.source_key);
+    match env.source.thaw(&key, env.cfg.migration.fsync) {
+        Ok(()) => e,
+        Err(t) => MailboxError::Conflict(format!(
+            "{e}; then restoring the old login of {user} failed too: {t}"
+        )),
+    }
+}
+
 struct Content {
     sync: MailboxSync,
     skipped: Vec<crate::report::SkippedFolder>,
@@ -510,14 +742,17 @@ struct Content {
 fn run(
     env: &Env<'_>,
     ctx: &SyncContext<'_>,
-    local: &LocalPart,
+    named: &Named,
+    stage: &Cell<Stage>,
+    user: &mut String,
 ) -> Result<(MailboxStatus, Option<Content>), MailboxError> {
-    let a = assess(env, local)?;
-    let rel_home = env.home_rel(local)?;
+    let a = assess(env, named)?;
+    user.clone_from(&a.mailbox.user);
+    let ctx = ctx.for_owner(a.mailbox.owner);
     match &a.state {
         State::AlreadyMigrated => {
             // A crash after the switch may have left the marker behind.
-            if let Ok(md) = env.target_root.open_beneath(&rel_home.join("Maildir")) {
+            if let Ok(md) = env.target_root.open_beneath(&a.mailbox.maildir_rel()) {
                 md.unlink_if_exists(OWNER_MARKER)
                     .map_err(|e| MailboxError::io(&md.child_path(OWNER_MARKER), e))?;
             }
@@ -526,21 +761,11 @@ fn run(
         // Not thawed: if an earlier run froze the entry, the target entry
         // may be live, and two working logins are worse than none.
         State::Conflict(why) => return Err(MailboxError::Conflict(why.clone())),
-        State::Pending => {}
+        State::Pending => stage.set(Stage::Pending),
     }
-    let (md, content) = match copy_and_switch(env, ctx, local, &a, &rel_home) {
-        Ok(Outcome::Presynced) => return Ok((MailboxStatus::Presynced, None)),
-        Ok(Outcome::Switched(md, content)) => (md, content),
-        Err(e @ MailboxError::SwitchUnknown(_)) => return Err(e),
-        // Not switched: the old login comes back (a no-op if never frozen).
-        Err(e) => {
-            return Err(match thaw(env, local) {
-                Ok(()) => e,
-                Err(t) => MailboxError::Conflict(format!(
-                    "{e}; then restoring the old login failed too: {t}"
-                )),
-            });
-        }
+    let (md, content) = match copy_and_switch(env, &ctx, &a, stage)? {
+        Outcome::Presynced => return Ok((MailboxStatus::Presynced, None)),
+        Outcome::Switched(md, content) => (md, content),
     };
     // Switched: the new entry is live; whatever happens now, no thaw.
     md.unlink_if_exists(OWNER_MARKER)
@@ -551,8 +776,6 @@ fn run(
     Ok((MailboxStatus::Done, content))
 }
 
-/// Steps 2-5: claim the target, bulk pass, freeze, final pass with
-/// verification, switch. Returns the target Maildir and what was copied.
 /// Where `copy_and_switch` stopped.
 enum Outcome {
     /// A pre-sync job: copied, both logins untouched, marker kept.
@@ -561,59 +784,40 @@ enum Outcome {
     Switched(Dir, Option<Content>),
 }
 
+/// Steps 2-5: claim the target, bulk pass, freeze, final pass with
+/// verification, owner and modes, switch, read back.
 fn copy_and_switch(
     env: &Env<'_>,
     ctx: &SyncContext<'_>,
-    local: &LocalPart,
     a: &Assessment,
-    rel_home: &Path,
+    stage: &Cell<Stage>,
 ) -> Result<Outcome, MailboxError> {
+    let mb = &a.mailbox;
     let source = match env.job.mode {
-        Mode::Move => Some(env.open_source_maildir(&a.source, local)?),
+        Mode::Move => Some(env.open_source_maildir(&a.source, mb)?),
         Mode::Recreate => None,
     };
-    let target_md_path = env.target_root_path.join(rel_home).join("Maildir");
-    if let Some((src_path, _)) = &source
-        && (src_path.starts_with(&target_md_path) || target_md_path.starts_with(src_path))
+    let target_md_path = env.target_root_path.join(mb.maildir_rel());
+    if let Some(old) = &source
+        && (old.path.starts_with(&target_md_path) || target_md_path.starts_with(&old.path))
     {
         return Err(MailboxError::Conflict(format!(
             "source Maildir {} and target Maildir {} overlap",
-            crate::shown::path(src_path),
+            crate::shown::path(&old.path),
             crate::shown::path(&target_md_path)
         )));
     }
-    let owner = env.cfg.target.owner;
-    let home = env
-        .target_root
-        .ensure_beneath(rel_home, 0o700, owner)
-        .map_err(|e| MailboxError::io(&env.target_root_path.join(rel_home), e))?;
-    let marker = format!(
-        "job {}\nuser {local}@{}\n",
-        env.job.id.as_str(),
-        env.job.domain
-    );
-    let md = folders::claim_target(&home, owner, &marker, ctx.copy.fsync)?;
+    let home = ownership::ensure_home(&env.target_root, &env.target_root_path, mb)?;
+    let marker = format!("job {}\nuser {}\n", env.job.id.as_str(), mb.user);
+    let md = folders::claim_target(&home, mb.owner, &marker, &mb.user, ctx.copy.fsync)?;
 
-    let src_dir = source.as_ref().and_then(|(_, d)| d.as_ref());
+    let src_dir = source.as_ref().and_then(|old| old.dir.as_ref());
     match src_dir {
-        Some(src) => {
-            // Bulk pass, then delta passes while the mailbox is live, so
-            // the frozen final pass has little left to do.
-            let cut = &env.cfg.cutover;
-            let mut passes = 0;
-            loop {
-                let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
-                let changes = folders::sync_mailbox(ctx, src, &md, &scan, Pass::Bulk)?.changes;
-                if changes <= cut.delta_threshold || passes >= cut.max_delta_passes {
-                    break;
-                }
-                passes += 1;
-            }
-        }
+        Some(src) => bulk_passes(env, ctx, src, &md)?,
         None => {
             TargetFolder::open(
                 md.reopen().map_err(|e| MailboxError::io(md.path(), e))?,
-                owner,
+                Some(mb.owner),
             )?;
         }
     }
@@ -621,23 +825,23 @@ fn copy_and_switch(
     if !env.job.cutover {
         return Ok(Outcome::Presynced);
     }
-    freeze(env, local)?;
+    env.source.freeze(&mb.source_key, env.cfg.migration.fsync)?;
     let frozen_at = std::time::Instant::now();
-    let after_freeze = freeze_command(env, local);
+    let after_freeze = freeze_command(env, mb);
     if !env.cfg.cutover.freeze_grace.is_zero() {
         std::thread::sleep(env.cfg.cutover.freeze_grace);
     }
-    let mut content = match src_dir {
-        Some(src) => {
+    let mut content = match (src_dir, &source) {
+        (Some(src), Some(old)) => {
             let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
             let sync = folders::sync_mailbox(ctx, src, &md, &scan, Pass::Final)?;
-            super::sweep::write_manifest(&md, &sync, &ctx.attrs())?;
+            manifest::write(&md, Some(&old.rel), &sync, ctx.copy.fsync)?;
             Some(Content {
                 sync,
                 skipped: scan.skipped,
             })
         }
-        None if env.job.mode == Mode::Move => Some(Content {
+        _ if env.job.mode == Mode::Move => Some(Content {
             sync: MailboxSync {
                 uids_preserved: true,
                 warnings: vec![
@@ -647,20 +851,52 @@ fn copy_and_switch(
             },
             skipped: Vec::new(),
         }),
-        None => None,
+        _ => None,
     };
-    switch(env, local, &a.source)?;
+    // Whatever an earlier run or a crash left: Dovecot, running as the
+    // owner, must be able to read every part of it.
+    ownership::repair(&home, mb.owner)?;
+    ownership::check_reachable(&env.target_root_path, &mb.maildir_rel(), mb.owner)
+        .map_err(MailboxError::Conflict)?;
+    stage.set(Stage::Switched);
+    switch(env, mb, &a.source)?;
+    let mut warnings = after_freeze;
+    warnings.extend(read_back(env, a)?);
     if let Some(c) = &mut content {
-        c.sync.warnings.extend(after_freeze);
+        c.sync.warnings.extend(warnings);
         c.sync.freeze_ms = Some(frozen_at.elapsed().as_millis() as u64);
     }
     Ok(Outcome::Switched(md, content))
 }
 
+/// Step 2: the bulk pass (after making sure the mailbox can be finished:
+/// no message over the size limit, room on the target), then delta passes
+/// while the mailbox is live, so the frozen final pass has little left.
+fn bulk_passes(
+    env: &Env<'_>,
+    ctx: &SyncContext<'_>,
+    src: &Dir,
+    md: &Dir,
+) -> Result<(), MailboxError> {
+    let cut = &env.cfg.cutover;
+    let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
+    let need = folders::bytes_to_copy(ctx, src, md, &scan, env.cfg.migration.max_message_size)?;
+    ownership::check_room(md, need)?;
+    let mut passes = 0;
+    loop {
+        let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
+        let changes = folders::sync_mailbox(ctx, src, md, &scan, Pass::Bulk)?.changes;
+        if changes <= cut.delta_threshold || passes >= cut.max_delta_passes {
+            return Ok(());
+        }
+        passes += 1;
+    }
+}
+
 /// Runs `[cutover] freeze_command` for the user (no shell). Its failure is
 /// reported, not fatal: the login is already refused.
-fn freeze_command(env: &Env<'_>, local: &LocalPart) -> Vec<String> {
-    let Some(argv) = env.cfg.cutover.command_for(local, &env.job.domain) else {
+fn freeze_command(env: &Env<'_>, mb: &Mailbox) -> Vec<String> {
+    let Some(argv) = env.cfg.cutover.command_for(&mb.local, &env.job.domain) else {
         return Vec::new();
     };
     let out = std::process::Command::new(&argv[0])
@@ -673,51 +909,10 @@ fn freeze_command(env: &Env<'_>, local: &LocalPart) -> Vec<String> {
             "freeze command {:?} failed ({}): {}",
             argv[0],
             o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
+            crate::shown::bytes(o.stderr.trim_ascii())
         )],
         Err(e) => vec![format!("freeze command {:?} could not run: {e}", argv[0])],
     }
-}
-
-/// Rewrites the shared passwd-file entry with `f` (under the userdb
-/// lock); no-op when `f` returns the entry unchanged.
-fn rewrite_in_place(
-    env: &Env<'_>,
-    path: &Path,
-    local: &LocalPart,
-    f: impl FnOnce(&Entry) -> Result<Entry, MailboxError>,
-) -> Result<(), MailboxError> {
-    let key = env.source_key(local);
-    passwd_file::edit(path, None, env.cfg.migration.fsync, |file: &PasswdFile| {
-        let Some((_, current)) = file.find(&key)? else {
-            return Err(MailboxError::NotInSource {
-                user: key.clone(),
-                db: path.display().to_string(),
-            });
-        };
-        let new = f(&current)?;
-        if new == current {
-            return Ok(None);
-        }
-        let line = passwd_file::check_writable(&new).map_err(MailboxError::Conflict)?;
-        Ok(Some(Change::Replace {
-            user: key.clone(),
-            line,
-        }))
-    })
-    .map(drop)
-}
-
-fn freeze(env: &Env<'_>, local: &LocalPart) -> Result<(), MailboxError> {
-    Ok(env
-        .source
-        .freeze(&env.source_key(local), env.cfg.migration.fsync)?)
-}
-
-fn thaw(env: &Env<'_>, local: &LocalPart) -> Result<(), MailboxError> {
-    Ok(env
-        .source
-        .thaw(&env.source_key(local), env.cfg.migration.fsync)?)
 }
 
 /// A transient failure of the switch's transaction: it may have committed.
@@ -729,45 +924,88 @@ fn unknown(e: sql::SqlError) -> MailboxError {
     }
 }
 
-fn switch(env: &Env<'_>, local: &LocalPart, source: &Account) -> Result<(), MailboxError> {
-    let path = match &env.target {
+/// Step 5: the new login is written (idempotent).
+fn switch(env: &Env<'_>, mb: &Mailbox, source: &Account) -> Result<(), MailboxError> {
+    let fsync = env.cfg.migration.fsync;
+    match &env.target {
         Placement::PasswdFileInPlace(path) => {
-            return rewrite_in_place(env, path, local, |e| env.switched_in_place(e, local));
+            passwd_file::edit(path, None, fsync, |file: &PasswdFile| {
+                let Some((_, current)) = file.find(&mb.source_key)? else {
+                    return Err(MailboxError::NotInSource {
+                        user: mb.source_key.clone(),
+                        db: path.display().to_string(),
+                    });
+                };
+                let new = env.switched_in_place(&current, mb);
+                if new == current {
+                    return Ok(None);
+                }
+                let line = passwd_file::check_writable(&new).map_err(MailboxError::Conflict)?;
+                Ok(Some(Change::Replace {
+                    user: mb.source_key.clone(),
+                    line,
+                }))
+            })?;
         }
         Placement::SqlInPlace(s) => {
-            let key = env.source_key(local);
             let old = source.sql_maildir.clone().unwrap_or_default();
-            let new = env.target_maildir_rel(local)?;
-            sql::with_retry(s, |db| db.update_location(&key, &old, &new)).map_err(unknown)?;
-            return Ok(());
+            let new = env.target_maildir_rel(mb);
+            sql::with_retry(s, |db| db.update_location(&mb.source_key, &old, &new))
+                .map_err(unknown)?;
         }
         Placement::Sql(s) => {
-            let row = env.target_row(&env.account(local)?, local)?;
+            let row = env.target_row(source, mb)?;
             sql::with_retry(s, |db| db.insert(&row)).map_err(unknown)?;
-            return Ok(());
         }
-        Placement::PasswdFile(path) => path,
-    };
-    let expected = env.target_entry(&env.account(local)?, local)?;
-    let line = passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
-    // A new file takes the source file's owner and mode.
-    let like = match &env.source {
-        SourceDb::PasswdFile { path, .. } | SourceDb::Courier { path, .. } => Some(path.as_path()),
-        SourceDb::Sql { .. } => None,
-    };
-    passwd_file::edit(
-        path,
-        like,
-        env.cfg.migration.fsync,
-        |file: &PasswdFile| match file.find(&expected.user)? {
-            Some((_, e)) if e == expected => Ok(None),
-            Some((no, _)) => Err(MailboxError::Conflict(format!(
-                "{} line {no} already has a different entry for {}; not overwriting it",
-                path.display(),
-                expected.user
-            ))),
-            None => Ok(Some(Change::Append(line))),
-        },
-    )
-    .map(drop)
+        Placement::PasswdFile(path) => {
+            let expected = env.target_entry(source, mb);
+            let line = passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
+            // A new file takes the source file's owner and mode.
+            let like = match &env.source {
+                SourceDb::PasswdFile { path, .. } | SourceDb::Courier { path, .. } => {
+                    Some(path.as_path())
+                }
+                SourceDb::Sql { .. } => None,
+            };
+            passwd_file::edit(path, like, fsync, |file: &PasswdFile| {
+                match file.find(&expected.user)? {
+                    Some((_, e)) if e == expected => Ok(None),
+                    Some((no, _)) => Err(MailboxError::Conflict(format!(
+                        "{} line {no} already has a different entry for {}; not overwriting it",
+                        path.display(),
+                        expected.user
+                    ))),
+                    None => Ok(Some(Change::Append(line.clone()))),
+                }
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// After the switch, both userdbs are read back: another writer that
+/// ignores our lock (a panel's read-modify-rename) may have undone the
+/// freeze or dropped the new entry. Whatever was undone is done again and
+/// said in the mailbox's warnings.
+fn read_back(env: &Env<'_>, a: &Assessment) -> Result<Vec<String>, MailboxError> {
+    let mb = &a.mailbox;
+    let fsync = env.cfg.migration.fsync;
+    let mut warnings = Vec::new();
+    let undone = "another writer of the userdb (one that ignores its lock)";
+    let (expected, actual) = env.target_login(&a.source, mb)?;
+    let present = actual.is_some_and(|l| l.location == expected.location);
+    if !present {
+        switch(env, mb, &a.source)?;
+        warnings.push(format!("{undone} undid the new login; written again"));
+    }
+    if !env.target.in_place() {
+        let now = env.source.account(&mb.source_key)?;
+        if now.is_some_and(|s| !s.refuses_login) {
+            env.source.freeze(&mb.source_key, fsync)?;
+            warnings.push(format!(
+                "{undone} undid the refusal of the old login; refused again"
+            ));
+        }
+    }
+    Ok(warnings)
 }

@@ -4,6 +4,9 @@
 mod courier;
 pub mod folders;
 pub mod mailbox;
+pub(crate) mod manifest;
+pub(crate) mod ownership;
+mod server;
 pub mod sweep;
 pub mod verify;
 
@@ -14,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::copy::{CopyError, CopyOptions, Mismatch, Workers};
+use crate::copy::{CopyError, Mismatch, Workers};
 use crate::job::{Domain, Job, LocalPart};
 use crate::maildir::names::NameError;
 use crate::progress::Progress;
@@ -66,6 +69,13 @@ pub enum MailboxError {
     Verify { folder: String, mismatch: Mismatch },
     #[error("folder {folder:?} keeps changing while being copied; try again later")]
     Unstable { folder: String },
+    #[error(
+        "{}: {} still to copy, but only {} free on the target filesystem",
+        crate::shown::path(path),
+        crate::shown::bytes_human(*need),
+        crate::shown::bytes_human(*free)
+    )]
+    NoRoom { path: PathBuf, need: u64, free: u64 },
 }
 
 impl MailboxError {
@@ -88,6 +98,12 @@ pub enum RunError {
     },
     #[error(transparent)]
     Userdb(UserdbError),
+    /// What the configuration points at cannot be used.
+    #[error("{key}: {problem}")]
+    Config { key: &'static str, problem: String },
+    /// A whole-domain job for a domain the source does not know (a typo?).
+    #[error("no mailboxes of {domain} in the source userdb ({db})")]
+    NoMailboxes { domain: String, db: String },
     #[error("cannot start the copy threads: {0}")]
     Pool(String),
     /// A stop was requested; every mailbox is complete or was rolled back
@@ -97,11 +113,34 @@ pub enum RunError {
 }
 
 impl RunError {
+    /// A userdb that is not there or not a file is the configuration's
+    /// fault: say which key names it.
+    pub fn userdb(key: &'static str, e: UserdbError) -> RunError {
+        match e {
+            UserdbError::Missing { .. }
+            | UserdbError::Symlink { .. }
+            | UserdbError::NotAFile { .. } => RunError::Config {
+                key,
+                problem: e.to_string(),
+            },
+            e => RunError::Userdb(e),
+        }
+    }
+
     /// sysexits: 78 for what the configuration points at, 74 for I/O.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Root { source, .. } if source.kind() == io::ErrorKind::NotFound => 78,
+            RunError::Root { source, .. }
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                78
+            }
+            RunError::Config { .. } => 78,
             RunError::Userdb(UserdbError::Missing { .. } | UserdbError::Symlink { .. }) => 78,
+            RunError::NoMailboxes { .. } => 65,
             // A database that is down or restarting: try again later.
             RunError::Userdb(UserdbError::Sql(e)) if e.is_transient() => 75,
             // EX_TEMPFAIL: try again later.
@@ -111,24 +150,52 @@ impl RunError {
     }
 }
 
+/// One mailbox a job covers, as selected: its local part and its key in
+/// the source userdb (exactly as the source spells it, where the source
+/// listed it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    pub local: LocalPart,
+    pub source_key: String,
+}
+
 /// One mailbox the job covers, or a userdb name that is not usable.
-pub type Selected = Result<LocalPart, (String, String)>;
+pub type Selected = Result<Named, (String, String)>;
 
 /// The mailboxes a job covers: the job's list, else every entry of the
-/// domain in the source userdb (in file order).
+/// domain in the source userdb (in file order). A whole-domain job that
+/// finds none is an error: a typo must not report success.
 pub fn select_mailboxes(env: &Env<'_>) -> Result<Vec<Selected>, RunError> {
+    let domain = &env.job.domain;
     if let Some(list) = &env.job.mailboxes {
-        return Ok(list.iter().cloned().map(Ok).collect());
+        return Ok(list
+            .iter()
+            .map(|local| {
+                Ok(Named {
+                    local: local.clone(),
+                    source_key: env.cfg.source.userdb.key(local, domain),
+                })
+            })
+            .collect());
     }
     let users = env
         .source
-        .users(env.job.domain.as_str())
+        .users(domain.as_str())
         .map_err(RunError::Userdb)?;
-    Ok(domain_users(
+    let listed_by_domain = matches!(env.source, crate::userdb::SourceDb::Sql { .. });
+    let selected = domain_users(
         users,
-        &env.job.domain,
+        domain,
         env.cfg.source.userdb.per_domain(),
-    ))
+        listed_by_domain,
+    );
+    if selected.is_empty() {
+        return Err(RunError::NoMailboxes {
+            domain: domain.to_string(),
+            db: env.source.describe(),
+        });
+    }
+    Ok(selected)
 }
 
 /// A user and what happened to its mailbox (the error as text).
@@ -138,30 +205,50 @@ pub(crate) type PerMailbox<T> = (String, Result<T, String>);
 /// user with the outcome (a name that cannot be used is an error too).
 pub(crate) fn each_mailbox<T>(
     env: &Env<'_>,
-    mut f: impl FnMut(&LocalPart) -> Result<T, MailboxError>,
+    mut f: impl FnMut(&Named) -> Result<T, MailboxError>,
 ) -> Result<Vec<PerMailbox<T>>, RunError> {
     Ok(select_mailboxes(env)?
         .into_iter()
         .map(|sel| match sel {
-            Ok(local) => (
-                format!("{local}@{}", env.job.domain),
-                f(&local).map_err(|e| e.to_string()),
+            Ok(named) => (
+                format!("{}@{}", named.local, env.job.domain),
+                f(&named).map_err(|e| e.to_string()),
             ),
             Err((user, why)) => (user, Err(why)),
         })
         .collect())
 }
 
-fn domain_users(users: Vec<String>, domain: &Domain, per_domain: bool) -> Vec<Selected> {
-    let suffix = format!("@{domain}");
+/// The domain's entries among `users`. The domain matches in any case; a
+/// name the database listed for the domain that names another domain is
+/// an error, never silently left out.
+fn domain_users(
+    users: Vec<String>,
+    domain: &Domain,
+    per_domain: bool,
+    listed_by_domain: bool,
+) -> Vec<Selected> {
     let mut out: Vec<Selected> = Vec::new();
     for user in users {
-        let local = match user.strip_suffix(&suffix) {
-            Some(l) => l,
-            None if per_domain && !user.contains('@') => &user,
-            None => continue,
+        let local = match user.rsplit_once('@') {
+            Some((l, d)) if d.eq_ignore_ascii_case(domain.as_str()) => l,
+            None if per_domain => &user,
+            _ if listed_by_domain => {
+                let why = format!(
+                    "listed for {domain}, but {:?} is not an address of {domain}",
+                    crate::shown::text(&user)
+                );
+                out.push(Err((crate::shown::text(&user), why)));
+                continue;
+            }
+            _ => continue,
         };
-        let sel = LocalPart::parse(local).map_err(|e| (format!("{local}@{domain}"), e));
+        let sel = LocalPart::parse(local)
+            .map(|local| Named {
+                local,
+                source_key: user.clone(),
+            })
+            .map_err(|e| (format!("{}@{domain}", crate::shown::text(local)), e));
         if !out.contains(&sel) {
             out.push(sel);
         }
@@ -191,11 +278,7 @@ pub fn run_job(
         .map_err(|e| RunError::Pool(e.to_string()))?;
     let ctx = SyncContext {
         classifier: &cfg.migration.classifier,
-        copy: CopyOptions {
-            owner: cfg.target.owner,
-            fsync: cfg.migration.fsync,
-            sync: cfg.migration.sync,
-        },
+        copy: cfg.copy_options(),
         workers: Workers {
             pool: &pool,
             progress,
@@ -213,15 +296,15 @@ pub fn run_job(
             return Err(RunError::Interrupted);
         }
         let report = match sel {
-            Ok(local) => {
-                let user = format!("{local}@{}", job.domain);
+            Ok(named) => {
+                let user = format!("{}@{}", named.local, job.domain);
                 progress.mailbox_started(&user);
                 let r = match resumed
                     .iter()
                     .find(|r| r.user == user && r.status == MailboxStatus::Done)
                 {
                     Some(done) => done.clone(),
-                    None => mailbox::migrate(&env, &ctx, &local),
+                    None => mailbox::migrate(&env, &ctx, &named),
                 };
                 progress.mailbox_finished(&r);
                 r
@@ -273,27 +356,45 @@ mod tests {
     use super::*;
     use crate::userdb::passwd_file::PasswdFile;
 
+    fn shown(list: Vec<Selected>) -> Vec<String> {
+        list.into_iter()
+            .map(|s| match s {
+                Ok(n) => format!("{} {}", n.local, n.source_key),
+                Err((u, _)) => format!("bad {u}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn domain_users_from_shared_and_per_domain_files() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("u");
-        std::fs::write(&p, "a@x.cz:p\nb@y.cz:p\n../e@x.cz:p\nc@x.cz:p\na@x.cz:q\n").unwrap();
+        std::fs::write(
+            &p,
+            "a@x.cz:p\nb@y.cz:p\n../e@x.cz:p\nc@x.cz:p\na@x.cz:q\nMixed@X.CZ:p\n",
+        )
+        .unwrap();
         let f = PasswdFile::load(&p).unwrap();
         let d = Domain::parse("x.cz").unwrap();
-        let got: Vec<String> = domain_users(f.users(), &d, false)
-            .into_iter()
-            .map(|s| match s {
-                Ok(l) => l.to_string(),
-                Err((u, _)) => format!("bad {u}"),
-            })
-            .collect();
-        assert_eq!(got, ["a", "bad ../e@x.cz", "c"]);
+        assert_eq!(
+            shown(domain_users(f.users(), &d, false, false)),
+            ["a a@x.cz", "bad ../e@x.cz", "c c@x.cz", "Mixed Mixed@X.CZ"]
+        );
         std::fs::write(&p, "a:p\nb@x.cz:p\nz@y.cz:p\n").unwrap();
         let f = PasswdFile::load(&p).unwrap();
-        let got: Vec<_> = domain_users(f.users(), &d, true)
-            .into_iter()
-            .map(|s| s.unwrap().to_string())
-            .collect();
-        assert_eq!(got, ["a", "b"]);
+        assert_eq!(
+            shown(domain_users(f.users(), &d, true, false)),
+            ["a a", "b b@x.cz"]
+        );
+    }
+
+    /// A database lists rows by their domain column: a row of the domain
+    /// whose username names another domain is reported, never dropped.
+    #[test]
+    fn a_listed_row_of_another_domain_is_an_error() {
+        let d = Domain::parse("x.cz").unwrap();
+        let users = vec!["a@x.cz".to_string(), "alias@y.cz".to_string()];
+        let got = shown(domain_users(users, &d, false, true));
+        assert_eq!(got, ["a a@x.cz", "bad alias@y.cz"]);
     }
 }

@@ -4,93 +4,18 @@
 //! mail from messages the user has since deleted in the new store, which
 //! must not come back.
 
-use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
+use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 
 use serde::{Deserialize, Serialize};
 
-use super::folders::{self, MailboxSync};
 use super::mailbox::{self, State};
-use super::{Env, MailboxError, RunError, each_mailbox};
+use super::{Env, MailboxError, Named, RunError, each_mailbox, folders, manifest};
 use crate::config::Config;
-use crate::copy::{self, CopyOptions, TargetFolder};
+use crate::copy::{self, TargetFolder};
 use crate::job::{Domain, Job, LocalPart};
 use crate::maildir::filename;
 use crate::report::now_rfc3339;
-use crate::safe_fs::{Dir, FileAttrs};
-
-/// In the target Maildir root (a dot file: Maildir++ readers skip it).
-pub const MANIFEST: &str = ".maildir-migrate-manifest";
-const HEADER: &[u8] = b"maildir-migrate manifest 1\n";
-
-type Manifest = HashMap<String, HashSet<Vec<u8>>>;
-
-/// Records what each source folder held at the switch.
-pub fn write_manifest(md: &Dir, sync: &MailboxSync, attrs: &FileAttrs) -> Result<(), MailboxError> {
-    let mut m: Manifest = HashMap::new();
-    for (dir, bases) in &sync.manifest {
-        m.entry(dir.clone())
-            .or_default()
-            .extend(bases.iter().cloned());
-    }
-    save(md, &m, attrs)
-}
-
-fn save(md: &Dir, m: &Manifest, attrs: &FileAttrs) -> Result<(), MailboxError> {
-    let mut out = HEADER.to_vec();
-    let mut dirs: Vec<&String> = m.keys().collect();
-    dirs.sort();
-    for d in dirs {
-        out.extend_from_slice(b"F ");
-        out.extend_from_slice(d.as_bytes());
-        out.push(b'\n');
-        let mut bases: Vec<&Vec<u8>> = m[d].iter().collect();
-        bases.sort();
-        for b in bases {
-            out.extend_from_slice(b);
-            out.push(b'\n');
-        }
-    }
-    md.write_atomic(OsStr::new(MANIFEST), &out, attrs)
-        .map_err(|e| MailboxError::io(&md.child_path(MANIFEST), e))
-}
-
-fn load(md: &Dir) -> Result<Option<Manifest>, MailboxError> {
-    let uid = md
-        .stat()
-        .map_err(|e| MailboxError::io(md.path(), e))?
-        .st_uid;
-    let Some(data) = md
-        .read_file(MANIFEST, 1 << 30, uid)
-        .map_err(|e| MailboxError::io(&md.child_path(MANIFEST), e))?
-    else {
-        return Ok(None);
-    };
-    let body = data.strip_prefix(HEADER).ok_or_else(|| {
-        MailboxError::Conflict(format!(
-            "{} is not a manifest",
-            md.child_path(MANIFEST).display()
-        ))
-    })?;
-    let mut m: Manifest = HashMap::new();
-    let mut current: Option<String> = None;
-    for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        match line.strip_prefix(b"F ") {
-            Some(d) => {
-                let d = String::from_utf8_lossy(d).into_owned();
-                m.entry(d.clone()).or_default();
-                current = Some(d);
-            }
-            None => {
-                if let Some(d) = &current {
-                    m.get_mut(d).expect("entered").insert(line.to_vec());
-                }
-            }
-        }
-    }
-    Ok(Some(m))
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweptMailbox {
@@ -116,7 +41,7 @@ pub fn sweep(
 ) -> Result<Sweep, RunError> {
     let job = Job::inspection("sweep", domain, mailboxes);
     let env = Env::open(cfg, &job)?;
-    let out: Vec<SweptMailbox> = each_mailbox(&env, |local| sweep_mailbox(&env, local))?
+    let out: Vec<SweptMailbox> = each_mailbox(&env, |named| sweep_mailbox(&env, named))?
         .into_iter()
         .map(|(user, r)| {
             let (moved, problems) = r.unwrap_or_else(|e| (0, vec![e]));
@@ -135,33 +60,32 @@ pub fn sweep(
     })
 }
 
-fn sweep_mailbox(env: &Env<'_>, local: &LocalPart) -> Result<(u64, Vec<String>), MailboxError> {
-    let a = mailbox::assess(env, local)?;
+fn sweep_mailbox(env: &Env<'_>, named: &Named) -> Result<(u64, Vec<String>), MailboxError> {
+    let a = mailbox::assess(env, named)?;
     if a.state != State::AlreadyMigrated {
         return Ok((0, vec!["not migrated (yet); nothing to sweep".into()]));
     }
+    let mb = &a.mailbox;
     let md = env
         .target_root
-        .open_beneath(&env.home_rel(local)?.join("Maildir"))
-        .map_err(|e| MailboxError::io(&env.home_rel(local).unwrap_or_default(), e))?;
-    let Some(mut manifest) = load(&md)? else {
+        .open_beneath(&mb.maildir_rel())
+        .map_err(|e| MailboxError::io(&env.target_root_path.join(mb.maildir_rel()), e))?;
+    let Some(mut manifest) = manifest::load(&md)? else {
         return Ok((
             0,
             vec!["no manifest (migrated before sweeps existed); not swept".into()],
         ));
     };
-    let (_, src) = env.open_source_maildir(&a.source, local)?;
-    let Some(src) = src else {
+    let Some(src) = mailbox::old_maildir(env, &a)?.dir else {
         return Ok((0, Vec::new()));
     };
     let uid = src
         .stat()
         .map_err(|e| MailboxError::io(src.path(), e))?
         .st_uid;
-    let opts = CopyOptions {
-        owner: env.cfg.target.owner,
-        fsync: env.cfg.migration.fsync,
-        sync: env.cfg.migration.sync,
+    let opts = crate::copy::CopyOptions {
+        owner: Some(mb.owner),
+        ..env.cfg.copy_options()
     };
     let scan = folders::scan(&src, &env.cfg.migration.classifier, env.cfg.source.layout)?;
     let (mut moved, mut problems) = (0, Vec::new());
@@ -172,7 +96,7 @@ fn sweep_mailbox(env: &Env<'_>, local: &LocalPart) -> Result<(u64, Vec<String>),
             .map(|d| d.to_string_lossy().into_owned())
             .unwrap_or_default();
         let shown = folder.display();
-        let Some(known) = manifest.get_mut(&key) else {
+        let Some(known) = manifest.folders.get_mut(&key) else {
             problems.push(format!("{shown}: appeared after the switch; not swept"));
             continue;
         };
@@ -211,13 +135,7 @@ fn sweep_mailbox(env: &Env<'_>, local: &LocalPart) -> Result<(u64, Vec<String>),
         }
     }
     if moved > 0 {
-        let attrs = FileAttrs {
-            mode: 0o600,
-            owner: opts.owner,
-            mtime: None,
-            fsync: opts.fsync,
-        };
-        save(&md, &manifest, &attrs)?;
+        manifest::save(&md, &manifest, opts.fsync)?;
     }
     Ok((moved, problems))
 }

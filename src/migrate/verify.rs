@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::folders::{self, SourceFolder};
-use super::{Env, MailboxError, RunError, courier, each_mailbox};
+use super::mailbox::{self, Assessment, Placement};
+use super::server::{self, FolderFacts};
+use super::{Env, MailboxError, Named, RunError, courier, each_mailbox, ownership};
 use crate::config::Config;
 use crate::copy::{self, Listing};
 use crate::job::{Domain, Job, LocalPart};
@@ -44,7 +46,7 @@ pub fn verify(
 ) -> Result<Verification, RunError> {
     let job = Job::inspection("verify", domain, mailboxes);
     let env = Env::open(cfg, &job)?;
-    let checks = each_mailbox(&env, |local| {
+    let checks = each_mailbox(&env, |named| {
         let mut c = MailboxCheck {
             user: String::new(),
             ok: false,
@@ -53,7 +55,7 @@ pub fn verify(
             problems: Vec::new(),
         };
         // What was found before an error stays in the report.
-        if let Err(e) = check_mailbox(&env, local, &mut c) {
+        if let Err(e) = check_mailbox(&env, named, &mut c) {
             c.problems.push(e.to_string());
         }
         Ok(c)
@@ -87,35 +89,22 @@ fn hash_body(h: &str) -> &str {
         .map_or(h, |(_, body)| body)
 }
 
-fn check_mailbox(
-    env: &Env<'_>,
-    local: &LocalPart,
-    c: &mut MailboxCheck,
-) -> Result<(), MailboxError> {
-    let account = env.account(local)?;
-    let (expected, actual) = env.target_login(&account, local)?;
-    match actual {
-        None => c.problems.push(format!(
-            "no entry for {} in {}",
-            env.target_key(local),
-            env.target.describe()
-        )),
-        Some(got) => {
-            if hash_body(&got.password) != hash_body(&expected.password) {
-                c.problems
-                    .push("the target password hash differs from the source's".into());
-            }
-            if got.location != expected.location {
-                c.problems.push(format!(
-                    "target location is {:?}, expected {:?}",
-                    got.location, expected.location
-                ));
-            }
+fn check_mailbox(env: &Env<'_>, named: &Named, c: &mut MailboxCheck) -> Result<(), MailboxError> {
+    let a = mailbox::assess(env, named)?;
+    let mb = &a.mailbox;
+    check_logins(env, &a, c)?;
+    let rel = mb.maildir_rel();
+    let home = match env.target_root.open_beneath(&mb.home_rel) {
+        Ok(d) => d,
+        Err(e) => {
+            c.problems.push(format!(
+                "target home {}: {e}",
+                crate::shown::path(&mb.home_rel)
+            ));
+            return Ok(());
         }
-    }
-
-    let rel = env.home_rel(local)?.join("Maildir");
-    let target = match env.target_root.open_beneath(&rel) {
+    };
+    let target = match home.open_dir("Maildir") {
         Ok(d) => d,
         Err(e) => {
             c.problems
@@ -123,8 +112,11 @@ fn check_mailbox(
             return Ok(());
         }
     };
-    let (_, source) = env.open_source_maildir(&account, local)?;
-    let Some(source) = source else {
+    c.problems.extend(ownership::audit(&home, mb.owner)?);
+    if let Err(p) = ownership::check_reachable(&env.target_root_path, &rel, mb.owner) {
+        c.problems.push(p);
+    }
+    let Some(source) = mailbox::old_maildir(env, &a)?.dir else {
         return Ok(());
     };
     let scan = folders::scan(
@@ -137,6 +129,7 @@ fn check_mailbox(
         .map_err(|e| MailboxError::io(source.path(), e))?
         .st_uid;
     let mut expected_dirs = BTreeSet::new();
+    let mut facts = Vec::new();
     for folder in &scan.copy {
         let dst_rel = folder
             .target_dir(env.cfg.target.folder_names, env.cfg.target.layout)
@@ -144,8 +137,22 @@ fn check_mailbox(
         if let Some(r) = &dst_rel {
             expected_dirs.insert(r.clone());
         }
-        check_folder(&source, &target, folder, dst_rel, uid, c)?;
+        facts.extend(check_folder(&source, &target, folder, dst_rel, uid, c)?);
     }
+    // An SQL target's home comes from the new server's user_query.
+    let home = match env.target {
+        Placement::PasswdFile(_) | Placement::PasswdFileInPlace(_) => Some(
+            env.cfg
+                .target
+                .mail_root
+                .join(&mb.home_rel)
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        Placement::Sql(_) | Placement::SqlInPlace(_) => None,
+    };
+    c.problems
+        .extend(server::check(&env.cfg.verify, mb, home.as_deref(), &facts));
     if env.cfg.target.layout == crate::maildir::Layout::MaildirPlusPlus {
         for e in target
             .entries()
@@ -168,6 +175,41 @@ fn check_mailbox(
     Ok(())
 }
 
+/// The new login is there with the source's hash and the new location; the
+/// old one is refused (where there are two).
+fn check_logins(env: &Env<'_>, a: &Assessment, c: &mut MailboxCheck) -> Result<(), MailboxError> {
+    let (expected, actual) = env.target_login(&a.source, &a.mailbox)?;
+    match actual {
+        None => c.problems.push(format!(
+            "no entry for {} in {}",
+            a.mailbox.target_key,
+            env.target.describe()
+        )),
+        Some(got) => {
+            if hash_body(&got.password) != hash_body(&expected.password) {
+                c.problems
+                    .push("the target password hash differs from the source's".into());
+            }
+            if got.location != expected.location {
+                c.problems.push(format!(
+                    "target location is {:?}, expected {:?}",
+                    got.location, expected.location
+                ));
+            }
+        }
+    }
+    if !env.target.in_place() && !a.source.refuses_login {
+        c.problems.push(format!(
+            "the old login of {} in {} is not refused: both servers would serve the mailbox",
+            a.mailbox.source_key,
+            env.source.describe()
+        ));
+    }
+    Ok(())
+}
+
+/// Compares one folder and returns what the target holds of it (for the
+/// new server's own view).
 fn check_folder(
     source: &Dir,
     target: &Dir,
@@ -175,7 +217,7 @@ fn check_folder(
     dst_rel: Option<PathBuf>,
     uid: u32,
     c: &mut MailboxCheck,
-) -> Result<(), MailboxError> {
+) -> Result<Option<FolderFacts>, MailboxError> {
     let shown = folder.display();
     let src = folder
         .open(source)
@@ -189,7 +231,7 @@ fn check_folder(
         Err(e) => {
             c.problems
                 .push(format!("{shown}: missing in the target ({e})"));
-            return Ok(());
+            return Ok(None);
         }
     };
     let mut listing: Listing = copy::list_messages(&src)?;
@@ -206,10 +248,25 @@ fn check_folder(
     }
     c.folders += 1;
     c.messages += listing.len() as u64;
+    compare_sizes_and_dates(&src, &dst, &listing, &shown, c);
+    let uids = check_uidlist(&src, &dst, &got, &shown, c);
+    Ok(Some(FolderFacts {
+        name: folder.name.clone(),
+        messages: got.len() as u64,
+        uids,
+    }))
+}
 
-    // Same bytes count and date for every message present on both sides.
+/// Same byte count and date for every message present on both sides.
+fn compare_sizes_and_dates(
+    src: &Dir,
+    dst: &Dir,
+    listing: &Listing,
+    shown: &str,
+    c: &mut MailboxCheck,
+) {
     let subs = |d: &Dir| -> [Option<Dir>; 2] { copy::SUBDIRS.map(|s| d.open_dir(s).ok()) };
-    let (ss, ds) = (subs(&src), subs(&dst));
+    let (ss, ds) = (subs(src), subs(dst));
     let mut differ = 0usize;
     let mut example = String::new();
     for (sub, name) in listing.iter() {
@@ -222,7 +279,7 @@ fn check_folder(
         if a.st_size != b.st_size || a.st_mtime != b.st_mtime {
             differ += 1;
             if example.is_empty() {
-                example = String::from_utf8_lossy(name.as_bytes()).into_owned();
+                example = crate::shown::bytes(name.as_bytes());
             }
         }
     }
@@ -231,67 +288,81 @@ fn check_folder(
             "{shown}: {differ} messages differ in size or date (e.g. {example:?})"
         ));
     }
+}
 
-    // The uidlist: parses, lists every message, keeps UIDVALIDITY.
+/// The target uidlist parses, lists every message the source had a UID
+/// for, and keeps UIDVALIDITY. Returns its UIDVALIDITY and next UID.
+fn check_uidlist(
+    src: &Dir,
+    dst: &Dir,
+    got: &Listing,
+    shown: &str,
+    c: &mut MailboxCheck,
+) -> Option<(u32, u32)> {
     let read = |d: &Dir, name: &str| d.read_file(name, 256 << 20, d.stat().map_or(0, |s| s.st_uid));
-    match read(&dst, maildir::UIDLIST) {
+    let list = match read(dst, maildir::UIDLIST) {
         Ok(Some(data)) => match Uidlist::parse(&data) {
-            Ok(list) => {
-                let listed: HashMap<&[u8], u32> = list
-                    .records
-                    .iter()
-                    .map(|r| (filename::base(&r.name), r.uid))
-                    .collect();
-                // A message the source had a UID for must keep one; mail
-                // Dovecot never saw gets its UID on first sight either way.
-                let src_list = read(&src, maildir::UIDLIST)
-                    .ok()
-                    .flatten()
-                    .and_then(|d| Uidlist::parse(&d).ok());
-                // A set, not a scan per message: folders hold 100k messages.
-                let numbered: Option<HashSet<&[u8]>> = src_list
-                    .as_ref()
-                    .map(|l| l.records.iter().map(|r| filename::base(&r.name)).collect());
-                let had_uid = |base: &[u8]| numbered.as_ref().is_none_or(|n| n.contains(base));
-                let unlisted = got
-                    .iter()
-                    .map(|(_, n)| filename::base(n.as_bytes()))
-                    .filter(|b| !listed.contains_key(b) && had_uid(b))
-                    .count();
-                if unlisted > 0 {
-                    c.problems.push(format!(
-                        "{shown}: {unlisted} messages are not in {} (they would get new UIDs)",
-                        maildir::UIDLIST
-                    ));
-                }
-                if let Some(src_list) = &src_list
-                    && src_list.uid_validity() != list.uid_validity()
-                {
-                    c.problems.push(format!(
-                        "{shown}: UIDVALIDITY {} in the target, {} in the source",
-                        list.uid_validity(),
-                        src_list.uid_validity()
-                    ));
-                }
+            Ok(list) => list,
+            Err(e) => {
+                c.problems
+                    .push(format!("{shown}: target {}: {e}", maildir::UIDLIST));
+                return None;
             }
-            Err(e) => c
-                .problems
-                .push(format!("{shown}: target {}: {e}", maildir::UIDLIST)),
         },
         // Only a loss when the source had UIDs to carry.
-        Ok(None)
+        Ok(None) => {
             if !got.is_empty()
                 && [maildir::UIDLIST, "courierimapuiddb"]
                     .iter()
-                    .any(|f| src.stat_at(f).is_ok()) =>
-        {
-            c.problems.push(format!(
-                "{shown}: no {} in the target; Dovecot will assign new UIDs",
-                maildir::UIDLIST
-            ));
+                    .any(|f| src.stat_at(f).is_ok())
+            {
+                c.problems.push(format!(
+                    "{shown}: no {} in the target; Dovecot will assign new UIDs",
+                    maildir::UIDLIST
+                ));
+            }
+            return None;
         }
-        Ok(None) => {}
-        Err(e) => c.problems.push(format!("{shown}: {e}")),
+        Err(e) => {
+            c.problems.push(format!("{shown}: {e}"));
+            return None;
+        }
+    };
+    let listed: HashMap<&[u8], u32> = list
+        .records
+        .iter()
+        .map(|r| (filename::base(&r.name), r.uid))
+        .collect();
+    // A message the source had a UID for must keep one; mail Dovecot never
+    // saw gets its UID on first sight either way.
+    let src_list = read(src, maildir::UIDLIST)
+        .ok()
+        .flatten()
+        .and_then(|d| Uidlist::parse(&d).ok());
+    // A set, not a scan per message: folders hold 100k messages.
+    let numbered: Option<HashSet<&[u8]>> = src_list
+        .as_ref()
+        .map(|l| l.records.iter().map(|r| filename::base(&r.name)).collect());
+    let had_uid = |base: &[u8]| numbered.as_ref().is_none_or(|n| n.contains(base));
+    let unlisted = got
+        .iter()
+        .map(|(_, n)| filename::base(n.as_bytes()))
+        .filter(|b| !listed.contains_key(b) && had_uid(b))
+        .count();
+    if unlisted > 0 {
+        c.problems.push(format!(
+            "{shown}: {unlisted} messages are not in {} (they would get new UIDs)",
+            maildir::UIDLIST
+        ));
     }
-    Ok(())
+    if let Some(src_list) = &src_list
+        && src_list.uid_validity() != list.uid_validity()
+    {
+        c.problems.push(format!(
+            "{shown}: UIDVALIDITY {} in the target, {} in the source",
+            list.uid_validity(),
+            src_list.uid_validity()
+        ));
+    }
+    Some((list.uid_validity(), list.next_uid()))
 }

@@ -545,7 +545,7 @@ impl Values {
             mailboxes: migrated.to_string(),
             failed_count: failed.to_string(),
             messages: messages.to_string(),
-            size: human_size(bytes),
+            size: crate::shown::bytes_human(bytes),
             failures: failures.join("\n"),
             error: facts.error.map(one_line).unwrap_or_default(),
         }
@@ -580,22 +580,6 @@ fn one_line(s: &str) -> String {
         out.push('…');
     }
     out
-}
-
-/// Binary units with one decimal: "512 B", "12.3 MiB".
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    // 1023.95 would print as "1024.0"; move up a unit instead.
-    while v >= 1023.95 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
 }
 
 // ---------------------------------------------------------------------------
@@ -908,16 +892,6 @@ mod tests {
         // Nothing failed.
         let (_, body) = render(&t, &facts(None, true));
         assert!(body.ends_with("\n  -"), "{body}");
-    }
-
-    #[test]
-    fn sizes_are_human() {
-        assert_eq!(human_size(0), "0 B");
-        assert_eq!(human_size(1023), "1023 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(1_048_575), "1.0 MiB");
-        assert_eq!(human_size(12_900_000), "12.3 MiB");
-        assert_eq!(human_size(u64::MAX), "16.0 EiB");
     }
 
     #[test]

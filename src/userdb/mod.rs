@@ -75,6 +75,9 @@ impl SourceDb {
             SourceDb::PasswdFile { path, .. } | SourceDb::Courier { path, .. } => path,
         };
         match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() && matches!(self, SourceDb::PasswdFile { .. }) => {
+                Err(UserdbError::NotAFile { path: path.clone() })
+            }
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(UserdbError::Missing { path: path.clone() })
@@ -178,7 +181,9 @@ impl SourceDb {
                 let maildir = maildir.to_string_lossy().into_owned();
                 let locked = sql::is_locked(&row);
                 Ok(Some(Account {
-                    key: key.to_string(),
+                    // As the row spells it: a case-insensitive database
+                    // finds `MIXED` for the row `mixed`.
+                    key: row.username.clone(),
                     hash: scheme::carry(&row.for_target(default_scheme).password, default_scheme),
                     uid: String::new(),
                     gid: String::new(),
@@ -196,6 +201,25 @@ impl SourceDb {
                 }))
             }
         }
+    }
+
+    /// Fails when the freeze (or its undoing) could not be written back
+    /// for `key`, so that a mailbox is refused before its copy, not after.
+    pub fn check_freezable(&self, key: &str) -> Result<(), UserdbError> {
+        let SourceDb::PasswdFile { path, .. } = self else {
+            return Ok(());
+        };
+        let Some((no, e)) = PasswdFile::load(path)?.find(key)? else {
+            return Err(missing(path, key));
+        };
+        for changed in [e.frozen(), e.thawed()] {
+            passwd_file::check_writable(&changed).map_err(|problem| UserdbError::BadEntry {
+                path: path.clone(),
+                line: no,
+                problem: format!("{problem}; the old login could not be refused"),
+            })?;
+        }
+        Ok(())
     }
 
     /// Refuses logins but keeps the account resolvable (mail still arrives).

@@ -6,7 +6,7 @@
 //! mtime that really changes (Dovecot reloads on mtime-second or size
 //! change). Hashes never appear in errors or logs.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,13 @@ pub enum UserdbError {
         crate::shown::path(path)
     )]
     Symlink { path: PathBuf },
+    #[error("{}: is not a regular file", crate::shown::path(path))]
+    NotAFile { path: PathBuf },
+    #[error(
+        "{}: another program keeps rewriting the file; gave up after {attempts} attempts (see the README on the lock a writer must take)",
+        crate::shown::path(path)
+    )]
+    Busy { path: PathBuf, attempts: usize },
     #[error(
         "{}: user {user} exists more than once (lines {first} and {second})",
         crate::shown::path(path)
@@ -182,13 +189,17 @@ struct Span {
     end: usize,
 }
 
-/// A snapshot of a passwd-file's bytes with its line boundaries.
+/// A snapshot of a passwd-file's bytes with its line boundaries, and the
+/// file it was read from (to tell whether another writer changed it).
 #[derive(Debug)]
 pub struct PasswdFile {
     path: PathBuf,
     data: Vec<u8>,
     lines: Vec<Span>,
     meta: Option<std::fs::Metadata>,
+    file: Option<std::fs::File>,
+    /// How much of `file` has been read (see `read_appended`).
+    seen: u64,
 }
 
 /// A change to apply under the lock.
@@ -200,6 +211,8 @@ pub enum Change {
         line: String,
     },
     Append(String),
+    /// Bytes another writer appended to a file we replaced.
+    AppendRaw(Vec<u8>),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> UserdbError + '_ {
@@ -212,19 +225,35 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> UserdbError + '_ {
 impl PasswdFile {
     /// Reads the file; a missing file reads as empty (`exists()` is false).
     pub fn load(path: &Path) -> Result<PasswdFile, UserdbError> {
-        let meta = match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_symlink() => {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = std::fs::File::options()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(path);
+        let file = match opened {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
                 return Err(UserdbError::Symlink {
                     path: path.to_path_buf(),
                 });
             }
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_err(path)(e)),
         };
-        let data = match meta {
-            Some(_) => std::fs::read(path).map_err(io_err(path))?,
-            None => Vec::new(),
+        let mut data = Vec::new();
+        let meta = match &file {
+            Some(f) => {
+                let m = f.metadata().map_err(io_err(path))?;
+                if !m.is_file() {
+                    return Err(UserdbError::NotAFile {
+                        path: path.to_path_buf(),
+                    });
+                }
+                (&*f).read_to_end(&mut data).map_err(io_err(path))?;
+                Some(m)
+            }
+            None => None,
         };
         let mut lines = Vec::new();
         let mut start = 0;
@@ -240,14 +269,29 @@ impl PasswdFile {
         }
         Ok(PasswdFile {
             path: path.to_path_buf(),
+            seen: data.len() as u64,
             data,
             lines,
             meta,
+            file,
         })
     }
 
     pub fn exists(&self) -> bool {
         self.meta.is_some()
+    }
+
+    /// Bytes written to the file this was read from after the read (the
+    /// file may no longer be at the path); each byte is returned once.
+    fn read_appended(&mut self) -> io::Result<Vec<u8>> {
+        use std::io::{Read, Seek};
+        let mut late = Vec::new();
+        if let Some(f) = &mut self.file {
+            f.seek(io::SeekFrom::Start(self.seen))?;
+            f.read_to_end(&mut late)?;
+            self.seen += late.len() as u64;
+        }
+        Ok(late)
     }
 
     /// The user names of all entries, in file order.
@@ -323,6 +367,11 @@ impl PasswdFile {
                 out.push(b'\n');
                 Ok(out)
             }
+            Change::AppendRaw(bytes) => {
+                let mut out = self.data.clone();
+                out.extend_from_slice(bytes);
+                Ok(out)
+            }
         }
     }
 }
@@ -362,11 +411,16 @@ pub fn check_writable(entry: &Entry) -> Result<String, String> {
 /// sees the current contents and returns the change to make (or none).
 /// A file that does not exist yet is created with the owner, group and
 /// mode of `create_like` (the file Dovecot already reads), else 0600.
+///
+/// Writers that ignore the lock (a panel's read-modify-rename, a `>>`) must
+/// not lose their lines: the file is replaced only if it is still the one
+/// read (inode, size, mtime), else the edit is redone on the new contents;
+/// lines appended to the old file after that check are carried over.
 pub fn edit<E>(
     path: &Path,
     create_like: Option<&Path>,
     fsync: bool,
-    decide: impl FnOnce(&PasswdFile) -> Result<Option<Change>, E>,
+    mut decide: impl FnMut(&PasswdFile) -> Result<Option<Change>, E>,
 ) -> Result<Option<Change>, E>
 where
     E: From<UserdbError>,
@@ -377,13 +431,38 @@ where
     lock_name.push(".lock");
     let lock_path = dir_path.join(&lock_name);
     let lock = lock_file(&lock_path).map_err(io_err(&lock_path))?;
+    let dir = Dir::open_root(dir_path).map_err(io_err(dir_path))?;
 
-    let current = PasswdFile::load(path)?;
-    let Some(change) = decide(&current)? else {
-        return Ok(None);
-    };
-    let data = current.apply(&change)?;
+    for _ in 0..EDIT_ATTEMPTS {
+        let current = PasswdFile::load(path)?;
+        let Some(change) = decide(&current)? else {
+            return Ok(None);
+        };
+        let data = current.apply(&change)?;
+        let attrs = new_file_attrs(&current, create_like, fsync)?;
+        if replace_unless_changed(&dir, name, &current, &data, &attrs).map_err(io_err(path))? {
+            carry_late_appends(&dir, path, current, fsync)?;
+            drop(lock);
+            return Ok(Some(change));
+        }
+    }
+    Err(UserdbError::Busy {
+        path: path.to_path_buf(),
+        attempts: EDIT_ATTEMPTS,
+    }
+    .into())
+}
 
+/// How often an edit is redone because another writer got in between.
+const EDIT_ATTEMPTS: usize = 20;
+
+/// Owner, group and mode of the rewritten file: the current file's, else
+/// `create_like`'s, else root-only; the mtime always moves.
+fn new_file_attrs(
+    current: &PasswdFile,
+    create_like: Option<&Path>,
+    fsync: bool,
+) -> Result<FileAttrs, UserdbError> {
     let like = match &current.meta {
         Some(m) => Some(m.clone()),
         None => match create_like {
@@ -401,21 +480,92 @@ where
         ),
         None => (0o600, None),
     };
-    let mtime = current.meta.as_ref().and_then(|m| bumped_mtime(m.mtime()));
-    let dir = Dir::open_root(dir_path).map_err(io_err(dir_path))?;
-    dir.write_atomic(
-        name,
-        &data,
-        &FileAttrs {
-            mode,
-            owner,
-            mtime,
-            fsync,
-        },
-    )
-    .map_err(io_err(path))?;
-    drop(lock);
-    Ok(Some(change))
+    Ok(FileAttrs {
+        mode,
+        owner,
+        mtime: current.meta.as_ref().and_then(|m| bumped_mtime(m.mtime())),
+        fsync,
+    })
+}
+
+/// Whether `name` is still the file `read` came from, unchanged.
+fn unchanged(dir: &Dir, name: &OsStr, read: &PasswdFile) -> io::Result<bool> {
+    let now = match dir.stat_at(name) {
+        Ok(st) => Some(st),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok(match (&read.meta, now) {
+        (None, None) => true,
+        (Some(m), Some(st)) => {
+            m.ino() == st.st_ino
+                && m.dev() == st.st_dev
+                && m.size() == st.st_size as u64
+                && (m.mtime(), m.mtime_nsec()) == (st.st_mtime, st.st_mtime_nsec)
+        }
+        _ => false,
+    })
+}
+
+/// Writes `data` under a temp name and renames it over `name` only if the
+/// file is still the one `read` saw; `Ok(false)`: it changed, nothing done.
+fn replace_unless_changed(
+    dir: &Dir,
+    name: &OsStr,
+    read: &PasswdFile,
+    data: &[u8],
+    attrs: &FileAttrs,
+) -> io::Result<bool> {
+    let tmp = crate::safe_fs::atomic_tmp_name(name);
+    dir.write_new(&tmp, data, attrs)?;
+    let result = unchanged(dir, name, read).and_then(|same| {
+        if same {
+            dir.rename_replace(&tmp, dir, name)?;
+            if attrs.fsync {
+                dir.sync()?;
+            }
+        }
+        Ok(same)
+    });
+    if !matches!(result, Ok(true)) {
+        let _ = dir.unlink_if_exists(&tmp);
+    }
+    result
+}
+
+/// An appender that opened a file before we renamed over it may still
+/// write to it: whatever it added after our read is appended to the new
+/// file (and the same for each file this replaces in turn).
+fn carry_late_appends(
+    dir: &Dir,
+    path: &Path,
+    read: PasswdFile,
+    fsync: bool,
+) -> Result<(), UserdbError> {
+    let (_, name) = split_file_path(path).map_err(io_err(path))?;
+    let mut replaced = vec![read];
+    let mut pending = Vec::new();
+    for _ in 0..EDIT_ATTEMPTS {
+        // Give an appender that is mid-write a moment to finish its line.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        for old in &mut replaced {
+            pending.extend(old.read_appended().map_err(io_err(path))?);
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let current = PasswdFile::load(path)?;
+        let data = current.apply(&Change::AppendRaw(pending.clone()))?;
+        let attrs = new_file_attrs(&current, None, fsync)?;
+        if replace_unless_changed(dir, name, &current, &data, &attrs).map_err(io_err(path))? {
+            pending.clear();
+            replaced.push(current);
+        }
+    }
+    Err(UserdbError::Busy {
+        path: path.to_path_buf(),
+        attempts: EDIT_ATTEMPTS,
+    })
 }
 
 /// Dovecot notices a change only if mtime (whole seconds) or size moved,

@@ -521,7 +521,9 @@ impl Queries {
             SqlSchema::Custom(q) => q,
             SqlSchema::PostfixAdmin => {
                 pfa = CustomQueries {
-                    list_query: "SELECT username FROM mailbox WHERE domain = %{domain}".into(),
+                    // Any case of the domain: a row never drops out of its domain's job.
+                    list_query: "SELECT username FROM mailbox WHERE lower(domain) = %{domain}"
+                        .into(),
                     user_query: format!(
                         "SELECT {PFA_COLUMNS} FROM mailbox WHERE username = %{{username}}"
                     ),
@@ -888,6 +890,19 @@ impl SqlDb {
                 Err(e)
             }
         }
+    }
+
+    /// Whether the database's default string comparison ignores case
+    /// (MySQL/MariaDB's `_ci` collations do, PostgreSQL does not): then a
+    /// lookup of the lower-cased login finds a row written in mixed case.
+    pub fn folds_case(&mut self) -> Result<bool, SqlError> {
+        let probe = "SELECT CASE WHEN 'A' = 'a' THEN 1 ELSE 0 END";
+        let r = self.conn()?.query(probe, &[]);
+        let rows = r.map_err(|f| self.failed(QueryKind::List, None, f, &[]))?;
+        Ok(matches!(
+            rows.rows.first().and_then(|r| r.first()),
+            Some(Cell::Int(1))
+        ))
     }
 
     /// Usernames of `domain`, sorted bytewise (independent of collations).
