@@ -90,17 +90,19 @@ impl Entry {
         let Some(q) = self.field("quota").filter(|q| !q.is_empty()) else {
             return Ok(None);
         };
+        let bad = || format!("quota \"{}\" is not a Maildir++ quota", crate::shown::text(q));
         let mut rule = String::from("*");
         for part in q.split(',') {
-            let (n, unit) = part.split_at(part.len().saturating_sub(1));
-            let n: u64 = n
-                .parse()
-                .map_err(|_| format!("quota {q:?} is not a Maildir++ quota"))?;
-            match unit {
-                "S" => rule.push_str(&format!(":bytes={n}")),
-                "C" => rule.push_str(&format!(":messages={n}")),
-                _ => return Err(format!("quota {q:?} is not a Maildir++ quota")),
-            }
+            // The unit is a suffix letter; the part may end in any character.
+            let (n, key) = if let Some(n) = part.strip_suffix('S') {
+                (n, "bytes")
+            } else if let Some(n) = part.strip_suffix('C') {
+                (n, "messages")
+            } else {
+                return Err(bad());
+            };
+            let n: u64 = n.parse().map_err(|_| bad())?;
+            rule.push_str(&format!(":{key}={n}"));
         }
         Ok(Some(rule))
     }
@@ -437,6 +439,13 @@ mod tests {
         assert_eq!(with_imap.password(), Some(("imappw", "y")));
         assert!(Entry::parse("no tab").is_err());
         assert!(Entry::parse("u\tquota=12X").unwrap().quota_rule().is_err());
+    }
+
+    #[test]
+    fn quota_with_a_multibyte_last_character_is_an_error_not_a_panic() {
+        let e = Entry::parse("u\tquota=1000000000S,100é").unwrap();
+        let err = e.quota_rule().unwrap_err();
+        assert!(err.contains("not a Maildir++ quota"), "{err}");
     }
 
     #[test]
