@@ -9,6 +9,8 @@ pub mod uidlist;
 
 use std::path::PathBuf;
 
+use crate::shown;
+
 /// How folders sit below the Maildir root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -23,7 +25,10 @@ impl Layout {
         match s {
             "maildir++" => Ok(Layout::MaildirPlusPlus),
             "fs" => Ok(Layout::Fs),
-            other => Err(format!("{other:?} is neither \"maildir++\" nor \"fs\"")),
+            other => Err(format!(
+                "\"{}\" is neither \"maildir++\" nor \"fs\"",
+                crate::shown::text(other)
+            )),
         }
     }
 }
@@ -46,6 +51,7 @@ pub const INDEX_FILES: &[&str] = &[
 
 /// Names a user's Maildir: `userdb_mail=maildir:PATH[:OPTIONS]` when set,
 /// else `<home>/Maildir`. Returns an absolute path or why it cannot be used.
+/// Both strings come from user databases: errors quote them only briefly.
 pub fn maildir_path(
     layout: Layout,
     mail: Option<&str>,
@@ -59,28 +65,41 @@ pub fn maildir_path(
             Ok(home)
         } else {
             Err(format!(
-                "home {home:?} is not an absolute path and no userdb_mail is set"
+                "home \"{}\" is not an absolute path and no userdb_mail is set",
+                shown::text(home)
             ))
         }
     };
     let Some(mail) = mail else {
         return Ok(PathBuf::from(home_abs()?).join("Maildir"));
     };
+    let location = format!("mail location \"{}\"", shown::text(mail));
     let mut parts = mail.split(':');
     let driver = parts.next().unwrap_or_default();
     if driver != "maildir" {
         return Err(format!(
-            "mail location {mail:?} uses the {driver:?} format; only maildir is supported"
+            "{location} uses the \"{}\" format; only maildir is supported",
+            shown::text(driver)
         ));
     }
     let raw_path = parts.next().unwrap_or_default();
     for opt in parts {
-        let key = opt.split('=').next().unwrap_or_default();
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
         if key == "LAYOUT" {
-            let said = Layout::parse(&opt[7..].to_ascii_lowercase())?;
+            let Some(value) = value else {
+                return Err(format!(
+                    "{location} has LAYOUT without a value (LAYOUT=maildir++ or LAYOUT=fs)"
+                ));
+            };
+            let said = Layout::parse(&value.to_ascii_lowercase())
+                .map_err(|e| format!("{location}: LAYOUT {e}"))?;
             if said != layout {
                 return Err(format!(
-                    "mail location {mail:?} says {opt} but [source] layout is {:?}",
+                    "{location} says {} but [source] layout is {:?}",
+                    shown::text(opt),
                     match layout {
                         Layout::MaildirPlusPlus => "maildir++",
                         Layout::Fs => "fs",
@@ -92,7 +111,8 @@ pub fn maildir_path(
         let fine = matches!(key, "INDEX" | "INDEXPVT" | "VOLATILEDIR" | "UTF-8" | "");
         if !fine {
             return Err(format!(
-                "mail location option {opt:?} is not supported (control files or messages would be elsewhere)"
+                "{location}: option \"{}\" is not supported (control files or messages would be elsewhere)",
+                shown::text(opt)
             ));
         }
     }
@@ -119,15 +139,13 @@ pub fn maildir_path(
             Some('h') => home_abs()?.to_string(),
             Some('%') => "%".to_string(),
             _ => {
-                return Err(format!(
-                    "mail location {mail:?} uses an unsupported variable"
-                ));
+                return Err(format!("{location} uses an unsupported variable"));
             }
         };
         path.push_str(&if lower { value.to_lowercase() } else { value });
     }
     if !path.starts_with('/') {
-        return Err(format!("mail location {mail:?} is not an absolute path"));
+        return Err(format!("{location} is not an absolute path"));
     }
     Ok(PathBuf::from(path))
 }
@@ -186,6 +204,13 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn layout_option_without_a_value_is_an_error_not_a_panic() {
+        let e = p(Some("maildir:~/Maildir:LAYOUT"), "/h").unwrap_err();
+        assert!(e.contains("LAYOUT"), "{e}");
+        assert!(e.contains("maildir:~/Maildir:LAYOUT"), "{e}");
     }
 
     #[test]
