@@ -50,7 +50,8 @@ impl Pop3List {
             let uidl = match &mut self.next {
                 Some((next, uidv)) => {
                     let u = uidl(base, *next, *uidv);
-                    *next += 1;
+                    // Courier's counter is an unsigned long: it wraps.
+                    *next = next.wrapping_add(1);
                     u
                 }
                 None => uidl(base, 0, 0),
@@ -237,6 +238,15 @@ a:2,S 10 1:1795958096:0
     }
     use proptest::prelude::*;
 
+    #[test]
+    fn next_uid_at_the_top_of_u64_is_not_a_panic() {
+        let mut l = parse(b"/1 18446744073709551615\n").unwrap();
+        l.extend_for(&[b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(l.entries[0].uidl, "UID18446744073709551615");
+        // Courier's unsigned counter wraps to 0, which means "no UID".
+        assert_eq!(l.entries[1].uidl, "b");
+    }
+
     fn uidls(l: &Pop3List) -> Vec<(&[u8], &str, u32, u64)> {
         l.entries
             .iter()
@@ -355,6 +365,40 @@ a:2,S 10 1:1795958096:0
         ) {
             prop_assume!(a != b);
             prop_assert_ne!(uidl(&a, 0, 0), uidl(&b, 0, 0));
+        }
+    }
+
+    fn pop3_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece: Vec<&[u8]> = vec![
+            &b"/1 "[..], b"/2 ", b"/3 ", b"/", b"/1 18446744073709551615\n",
+            b"/3 18446744073709551615 7\n", b" ", b":",
+            b"0", b"1", b"18446744073709551615", b"18446744073709551616",
+            b"\n", b"\r\n", b"a", b":2,S", b"/", "é".as_bytes(),
+            b"\xff", b"\0",
+        ];
+        let piece = proptest::sample::select(piece);
+        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_and_extend_never_panic(
+            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), pop3_like()],
+            present in proptest::collection::vec(prop_oneof![
+                "[a-c]".prop_map(String::into_bytes),
+                proptest::collection::vec(any::<u8>(), 0..6),
+            ], 0..5),
+        ) {
+            if let Ok(mut l) = parse(&data) {
+                for e in &l.skipped {
+                    let s = e.to_string();
+                    prop_assert!(!s.chars().any(char::is_control), "{s}");
+                }
+                l.extend_for(&present);
+                for e in &l.entries {
+                    prop_assert!(e.uidl.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+                }
+            }
         }
     }
 }
