@@ -17,6 +17,7 @@
 use super::{num, numbered_lines, shown};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::num::NonZeroU32;
 
 use super::pop3::Pop3List;
 use crate::maildir::filename;
@@ -383,10 +384,14 @@ pub fn to_uidlist(
         .collect();
     records.sort_by_key(|r| r.uid);
 
-    // `next` < 2^32-1 here, and both values are non-zero, so this header
-    // is one `Uidlist::parse` accepts.
-    let header = format!("3 V{uid_validity} N{next}\n");
-    let mut uidlist = Uidlist::parse(header.as_bytes()).expect("valid uidlist header");
+    // Both are non-zero and `next` < 2^32-1 here; the fallbacks only keep
+    // this free of panics.
+    let v = NonZeroU32::new(uid_validity).unwrap_or(NonZeroU32::MIN);
+    let n = u32::try_from(next)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .unwrap_or(NonZeroU32::MIN);
+    let mut uidlist = Uidlist::new(v, n);
     uidlist.records = records;
 
     tally.into_warnings(&mut warnings);
@@ -654,6 +659,32 @@ mod tests {
         #[test]
         fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse(&data);
+        }
+    }
+
+    fn uiddb_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece: Vec<&[u8]> = vec![
+            &b"1 "[..], b"1", b"2", b" ", b"0", b"4294967295",
+            b"99999999999999999999999", b"\n", b"\r\n", b"a", b":2,S",
+            b"/", b":", "é".as_bytes(), b"\xff", b"\0",
+        ];
+        let piece = proptest::sample::select(piece);
+        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_converts(
+            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), uiddb_like()],
+            present in arb_present(),
+        ) {
+            if let Ok(db) = parse(&data) {
+                let c = to_uidlist(Some(&db), &present, None, 1);
+                prop_assert!(Uidlist::parse(&c.uidlist.to_bytes()).is_ok());
+                for w in db.skipped().iter().map(ToString::to_string).chain(c.warnings) {
+                    prop_assert!(!w.chars().any(char::is_control), "{w}");
+                }
+            }
         }
     }
 }
