@@ -20,8 +20,12 @@ use std::fmt;
 use std::num::NonZeroU32;
 
 use super::pop3::Pop3List;
-use crate::maildir::filename;
-use crate::maildir::uidlist::{Record, Uidlist};
+use crate::maildir::uidlist::{self, Record, Uidlist};
+use crate::maildir::{filename, split_once};
+
+/// The longest line accepted, without its LF: `<uid> <base>` is a uidlist
+/// line without extension fields, so the uidlist's cap is generous here too.
+pub const MAX_LINE: usize = uidlist::MAX_LINE;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("courierimapuiddb line {line}: {problem}")]
@@ -75,15 +79,20 @@ impl Uiddb {
     }
 }
 
-/// Parses a `courierimapuiddb`. A missing, garbled or non-version-1 header
-/// is an error (Courier itself would start over with a new UIDVALIDITY);
-/// unreadable record lines are skipped and listed.
+/// Parses a `courierimapuiddb`. A missing, garbled, over-long or
+/// non-version-1 header is an error (Courier itself would start over with a
+/// new UIDVALIDITY); unreadable or over-long record lines are skipped and
+/// listed.
 pub fn parse(data: &[u8]) -> Result<Uiddb, UiddbError> {
+    let too_long = || format!("longer than {MAX_LINE} bytes, not a uiddb line");
     let mut lines = numbered_lines(data);
     let (_, head) = lines
         .next()
         .filter(|(_, l)| !l.is_empty())
         .ok_or_else(|| err(1, "empty file"))?;
+    if head.len() > MAX_LINE {
+        return Err(err(1, too_long()));
+    }
     let fields: Vec<&[u8]> = head
         .split(|&b| b == b' ')
         .filter(|f| !f.is_empty())
@@ -141,20 +150,24 @@ pub fn parse(data: &[u8]) -> Result<Uiddb, UiddbError> {
         if line.is_empty() {
             continue;
         }
-        let Some(sp) = line.iter().position(|&b| b == b' ') else {
+        if line.len() > MAX_LINE {
+            db.skipped.push(err(no, too_long()));
+            continue;
+        }
+        let Some((uid, name)) = split_once(line, b' ') else {
             db.skipped.push(err(
                 no,
                 format!("record without a file name: {:?}", shown(line)),
             ));
             continue;
         };
-        let Some(uid) = num(&line[..sp]) else {
+        let Some(uid) = num(uid) else {
             db.skipped
                 .push(err(no, format!("unreadable UID in {:?}", shown(line))));
             continue;
         };
         // Courier stores the base; older tools wrote the full name.
-        let base = filename::base(&line[sp + 1..]);
+        let base = filename::base(name);
         if base.is_empty() || base.contains(&b'/') {
             db.skipped
                 .push(err(no, format!("invalid file name in {:?}", shown(line))));
@@ -199,10 +212,16 @@ impl Tally {
                 self.kinds.len() - 1
             }
         };
-        let (_, count, examples) = &mut self.kinds[pos];
+        let Some((_, count, examples)) = self.kinds.get_mut(pos) else {
+            return;
+        };
         *count += 1;
-        if examples.len() < 3 {
-            examples.push(example.to_string());
+        // Up to three examples, fewer when they are long: one warning line
+        // stays short however long the names are.
+        let example = example.to_string();
+        let room = examples.iter().map(String::len).sum::<usize>() + example.len() <= 400;
+        if examples.is_empty() || (examples.len() < 3 && room) {
+            examples.push(example);
         }
     }
 
@@ -575,6 +594,61 @@ mod tests {
         // `now` not newer than the old value: still a different one.
         let c = to_uidlist(Some(&db), &names(&["a", "b"]), None, 5);
         assert_eq!(c.uid_validity, 778);
+    }
+
+    #[test]
+    fn over_long_lines() {
+        let name = |len: usize| vec![b'x'; len - 2];
+        let data = [
+            &b"1 7 9\n1 "[..],
+            &name(MAX_LINE),
+            b"\n2 ",
+            &name(MAX_LINE + 1),
+            b"\n3 c\n",
+        ]
+        .concat();
+        let db = parse(&data).unwrap();
+        let uids: Vec<u64> = db.records().iter().map(|r| r.uid).collect();
+        assert_eq!(uids, [1, 3]);
+        assert_eq!(db.skipped()[0].line, 3);
+        assert!(db.skipped()[0].problem.contains("longer than 8192"));
+        let head = [&b"1 7 "[..], &vec![b'9'; MAX_LINE]].concat();
+        assert!(parse(&head).unwrap_err().problem.contains("longer than"));
+    }
+
+    #[test]
+    fn huge_garbage_gives_brief_messages() {
+        let garbage = b"\x1b[31m\x00\t\r\xc3\xa9\xff".repeat(5 << 17);
+        let near_cap = &garbage[..MAX_LINE - 10];
+        let mut messages = Vec::new();
+        for data in [
+            garbage.clone(),
+            [&b"1 "[..], near_cap].concat(),
+            [near_cap, b" 5 6"].concat(),
+        ] {
+            messages.push(parse(&data).unwrap_err().to_string());
+        }
+        let records = [
+            &b"1 7 9\n"[..],
+            &garbage,
+            b"\n",
+            near_cap,
+            b"\n",
+            near_cap,
+            b" a\n1 /",
+            near_cap,
+        ]
+        .concat();
+        let db = parse(&records).unwrap();
+        assert_eq!(db.skipped().len(), 4);
+        messages.extend(db.skipped().iter().map(ToString::to_string));
+        let present = [near_cap.to_vec(), b".x".to_vec(), near_cap.to_vec()];
+        let db = parse(&[&b"1 7 9\n1 "[..], near_cap, b"\n1 "].concat()).unwrap();
+        messages.extend(to_uidlist(Some(&db), &present, None, 1).warnings);
+        for s in messages {
+            assert!(s.len() < 1024, "{}", s.len());
+            assert!(!s.chars().any(char::is_control), "{s}");
+        }
     }
 
     fn arb_uiddb() -> impl Strategy<Value = Vec<u8>> {
