@@ -31,6 +31,18 @@ pub enum NameError {
     NotAFolder(String),
 }
 
+impl NameError {
+    /// What is wrong, without the name: for messages that show it already.
+    pub fn problem(&self) -> &'static str {
+        match self {
+            NameError::EmptyLevel(_) => "has an empty hierarchy level",
+            NameError::Undecodable(_) => "is neither modified UTF-7 nor UTF-8",
+            NameError::ControlChar(_) => "contains a control character",
+            NameError::NotAFolder(_) => "is not a Maildir++ folder directory name",
+        }
+    }
+}
+
 /// A folder below INBOX, as a list of decoded hierarchy levels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FolderName {

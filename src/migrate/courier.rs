@@ -192,7 +192,13 @@ pub fn subscriptions(
     let Some(data) = read(root, SUBSCRIBED, uid)? else {
         return Ok(None);
     };
-    let s = subscribed::parse(&data);
+    let s = match subscribed::parse(&data) {
+        Ok(s) => s,
+        Err(e) => {
+            warnings.push(format!("{e}; subscriptions not carried"));
+            return Ok(None);
+        }
+    };
     for l in s.skipped.iter().chain(&s.invalid) {
         warnings.push(format!(
             "subscription {:?} (line {}) dropped: {}",
