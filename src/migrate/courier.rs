@@ -176,7 +176,13 @@ pub fn acl(
     let Some(data) = read(folder, ACL, uid)? else {
         return Ok(None);
     };
-    let c = acl::convert(&data);
+    let c = match acl::convert(&data) {
+        Ok(c) => c,
+        Err(e) => {
+            warnings.push(format!("{shown}: {e}; not carried, the folder is not shared"));
+            return Ok(None);
+        }
+    };
     warnings.extend(c.warnings.iter().map(|w| format!("{shown}: ACL: {w}")));
     Ok(c.to_bytes())
 }
