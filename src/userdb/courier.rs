@@ -90,7 +90,7 @@ impl Entry {
         let Some(q) = self.field("quota").filter(|q| !q.is_empty()) else {
             return Ok(None);
         };
-        let bad = || format!("quota \"{}\" is not a Maildir++ quota", crate::shown::text(q));
+        let bad = || format!("quota {:?} is not a Maildir++ quota", crate::shown::text(q));
         let mut rule = String::from("*");
         for part in q.split(',') {
             // The unit is a suffix letter; the part may end in any character.
@@ -313,7 +313,7 @@ where
         .ok_or_else(|| UserdbError::BadEntry {
             path: db.to_path_buf(),
             line: 0,
-            problem: format!("no account {name}"),
+            problem: format!("no account {}", crate::shown::text(name)),
         })?;
     let (dir_path, file_name) = split_file_path(&path).map_err(io_err(&path))?;
     let with_prefix = |p: &str| {
@@ -335,7 +335,7 @@ where
     let i = idx.ok_or_else(|| UserdbError::BadEntry {
         path: path.clone(),
         line: 0,
-        problem: format!("account {name} disappeared"),
+        problem: format!("account {} disappeared", crate::shown::text(name)),
     })?;
     let old = Entry::parse(&current.lines[i]).map_err(|problem| UserdbError::BadEntry {
         path: path.clone(),
@@ -449,6 +449,20 @@ mod tests {
     }
 
     #[test]
+    fn huge_garbage_gives_brief_messages() {
+        let garbage = "\x1b[31m\0\r\u{85}é,".repeat(5 << 19);
+        let quota = Entry::parse(&format!("u\tquota={garbage}")).unwrap();
+        for s in [
+            quota.quota_rule().unwrap_err(),
+            Entry::parse(&garbage).unwrap_err(),
+            Entry::parse(&format!("\t{garbage}")).unwrap_err(),
+        ] {
+            assert!(s.len() < 1024, "{}", s.len());
+            assert!(!s.chars().any(char::is_control), "{s}");
+        }
+    }
+
+    #[test]
     fn freeze_keeps_the_old_options_and_thaw_restores_them() {
         let e = Entry::parse(JAN).unwrap();
         let f = e.frozen();
@@ -523,6 +537,39 @@ mod tests {
             prop_assert!(e.frozen().refuses_login());
             let line = e.frozen().to_line();
             prop_assert_eq!(Entry::parse(&line).unwrap(), e.frozen());
+        }
+    }
+
+    fn userdb_like() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("u"), Just("\t"), Just("|"), Just("="), Just("quota="), Just("options="),
+            Just("mmfrozen="), Just("disableimap=1"), Just(","), Just("1000"), Just("S"), Just("C"),
+            Just("é"), Just("日"), Just("\n"), Just("\0"), Just("systempw="), Just("imappw="),
+        ];
+        proptest::collection::vec(piece, 0..20).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_round_trips(
+            line in prop_oneof![
+                any::<String>(),
+                "[\\x00-\\x1f\\x7f\\u{80}-\\u{9f}a-z|=,SC0-9\\téš日]{0,80}",
+                userdb_like(),
+            ],
+        ) {
+            if let Ok(e) = Entry::parse(&line) {
+                prop_assert_eq!(Entry::parse(&e.to_line()), Ok(e.clone()));
+                if let Err(msg) = e.quota_rule() {
+                    prop_assert!(msg.len() < 1024 && !msg.chars().any(char::is_control), "{msg}");
+                }
+                let _ = (e.password(), e.refuses_login());
+                let f = e.frozen();
+                // An entry already frozen by us is left as it is.
+                prop_assert!(f.refuses_login() || e.frozen_by_us());
+                prop_assert_eq!(Entry::parse(&f.to_line()), Ok(f.clone()));
+                let _ = f.thawed();
+            }
         }
     }
 }
