@@ -488,7 +488,7 @@ mod tests {
 
     #[test]
     fn huge_garbage_gives_brief_messages() {
-        let garbage = "\x1b[31m\0\t\r\u{85}é:".repeat(5 << 19);
+        let garbage = "\x1b[31m\0\t\r\u{85}é:".repeat(450_000);
         let e = Entry::parse(&garbage);
         let long_extra = Entry::parse(&format!("u:p:1:1::/h::{}", garbage.replace(':', "")));
         let dup = UserdbError::Duplicate {
