@@ -68,7 +68,11 @@ impl Entry {
 
     fn set(&mut self, key: &str, value: Option<String>) {
         match (self.fields.iter().position(|(k, _)| k == key), value) {
-            (Some(i), Some(v)) => self.fields[i].1 = v,
+            (Some(i), Some(v)) => {
+                if let Some(f) = self.fields.get_mut(i) {
+                    f.1 = v;
+                }
+            }
             (Some(i), None) => {
                 self.fields.remove(i);
             }
@@ -326,18 +330,18 @@ where
 
     // Re-read under the lock: the file is the truth, not our earlier view.
     let current = read_db_file(&path)?;
-    let mut idx = None;
-    for (i, line) in current.lines.iter().enumerate() {
-        if is_account(line) && line.split('\t').next() == Some(name) {
-            idx = Some(i);
-        }
-    }
-    let i = idx.ok_or_else(|| UserdbError::BadEntry {
+    let found = current
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| is_account(line) && line.split('\t').next() == Some(name))
+        .last();
+    let (i, line) = found.ok_or_else(|| UserdbError::BadEntry {
         path: path.clone(),
         line: 0,
         problem: format!("account {} disappeared", crate::shown::text(name)),
     })?;
-    let old = Entry::parse(&current.lines[i]).map_err(|problem| UserdbError::BadEntry {
+    let old = Entry::parse(line).map_err(|problem| UserdbError::BadEntry {
         path: path.clone(),
         line: i + 1,
         problem,
@@ -347,7 +351,9 @@ where
         return Ok(false);
     }
     let mut lines = current.lines.clone();
-    lines[i] = new.to_line();
+    if let Some(l) = lines.get_mut(i) {
+        *l = new.to_line();
+    }
     let mut data = lines.join("\n");
     data.push('\n');
 
@@ -542,9 +548,24 @@ mod tests {
 
     fn userdb_like() -> impl Strategy<Value = String> {
         let piece = prop_oneof![
-            Just("u"), Just("\t"), Just("|"), Just("="), Just("quota="), Just("options="),
-            Just("mmfrozen="), Just("disableimap=1"), Just(","), Just("1000"), Just("S"), Just("C"),
-            Just("é"), Just("日"), Just("\n"), Just("\0"), Just("systempw="), Just("imappw="),
+            Just("u"),
+            Just("\t"),
+            Just("|"),
+            Just("="),
+            Just("quota="),
+            Just("options="),
+            Just("mmfrozen="),
+            Just("disableimap=1"),
+            Just(","),
+            Just("1000"),
+            Just("S"),
+            Just("C"),
+            Just("é"),
+            Just("日"),
+            Just("\n"),
+            Just("\0"),
+            Just("systempw="),
+            Just("imappw="),
         ];
         proptest::collection::vec(piece, 0..20).prop_map(|v| v.concat())
     }

@@ -229,15 +229,14 @@ impl PasswdFile {
         };
         let mut lines = Vec::new();
         let mut start = 0;
-        while start < data.len() {
-            let nl = data[start..].iter().position(|&b| b == b'\n');
-            let next = nl.map_or(data.len(), |p| start + p + 1);
-            let mut end = nl.map_or(data.len(), |p| start + p);
-            if end > start && data[end - 1] == b'\r' {
-                end -= 1;
-            }
-            lines.push(Span { start, end });
-            start = next;
+        for piece in data.split_inclusive(|&b| b == b'\n') {
+            let body = piece.strip_suffix(b"\n").unwrap_or(piece);
+            let body = body.strip_suffix(b"\r").unwrap_or(body);
+            lines.push(Span {
+                start,
+                end: start + body.len(),
+            });
+            start += piece.len();
         }
         Ok(PasswdFile {
             path: path.to_path_buf(),
@@ -261,7 +260,7 @@ impl PasswdFile {
     /// (line number, user bytes, line bytes) for every non-comment line.
     fn raw_entries(&self) -> impl Iterator<Item = (usize, &[u8], &[u8])> {
         self.lines.iter().enumerate().filter_map(|(i, s)| {
-            let line = &self.data[s.start..s.end];
+            let line = self.data.get(s.start..s.end)?;
             if matches!(line.first(), None | Some(b'#' | b':')) {
                 return None;
             }
@@ -303,19 +302,24 @@ impl PasswdFile {
     fn apply(&self, change: &Change) -> Result<Vec<u8>, UserdbError> {
         match change {
             Change::Replace { user, line } => {
-                let (no, _) = self.find(user)?.ok_or_else(|| UserdbError::BadEntry {
+                let gone = || UserdbError::BadEntry {
                     path: self.path.clone(),
                     line: 0,
                     problem: format!(
                         "user {} disappeared from the file",
                         crate::shown::text(user)
                     ),
-                })?;
-                let span = self.lines[no - 1];
+                };
+                let (no, _) = self.find(user)?.ok_or_else(gone)?;
+                let (before, after) = no
+                    .checked_sub(1)
+                    .and_then(|i| self.lines.get(i))
+                    .and_then(|s| Some((self.data.get(..s.start)?, self.data.get(s.end..)?)))
+                    .ok_or_else(gone)?;
                 let mut out = Vec::with_capacity(self.data.len() + line.len());
-                out.extend_from_slice(&self.data[..span.start]);
+                out.extend_from_slice(before);
                 out.extend_from_slice(line.as_bytes());
-                out.extend_from_slice(&self.data[span.end..]);
+                out.extend_from_slice(after);
                 Ok(out)
             }
             Change::Append(line) => {

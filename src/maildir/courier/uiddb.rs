@@ -320,7 +320,10 @@ pub fn to_uidlist(
 
     // Courier shows messages sorted by UID whatever the line order, so
     // sorting loses nothing; only a UID used twice is a real conflict.
-    if candidates.windows(2).any(|w| w[0].0 > w[1].0) {
+    if candidates
+        .windows(2)
+        .any(|w| matches!(w, [a, b] if a.0 > b.0))
+    {
         warnings.push("uiddb records were not in UID order; sorted, UIDs kept".to_string());
     }
     candidates.sort_by_key(|&(uid, _)| uid);
@@ -376,14 +379,16 @@ pub fn to_uidlist(
         }
         next = order.len() as u64 + 1;
     }
-    let kept = order.len() - renumbered.len();
+    let kept = order.len().saturating_sub(renumbered.len());
 
     let pop3_by_base: HashMap<&[u8], &super::pop3::Pop3Entry> = pop3
         .map(|l| l.entries.iter().map(|e| (&e.base[..], e)).collect())
         .unwrap_or_default();
+    // Every listed message was assigned a UID above.
     let mut records: Vec<Record> = order
         .iter()
-        .map(|base| {
+        .filter_map(|base| {
+            let uid = *assigned.get(base)?;
             let mut ext = Vec::new();
             if let Some(p) = pop3_by_base.get(base) {
                 // `O` keeps Courier's POP3 message order and `P` the UIDL
@@ -394,11 +399,11 @@ pub fn to_uidlist(
                 ext.push((b'O', p.order.to_string().into_bytes()));
                 ext.push((b'P', p.uidl.clone().into_bytes()));
             }
-            Record {
-                uid: assigned[base],
+            Some(Record {
+                uid,
                 ext,
                 name: base.to_vec(),
-            }
+            })
         })
         .collect();
     records.sort_by_key(|r| r.uid);
@@ -738,9 +743,22 @@ mod tests {
 
     fn uiddb_like() -> impl Strategy<Value = Vec<u8>> {
         let piece: Vec<&[u8]> = vec![
-            &b"1 "[..], b"1", b"2", b" ", b"0", b"4294967295",
-            b"99999999999999999999999", b"\n", b"\r\n", b"a", b":2,S",
-            b"/", b":", "é".as_bytes(), b"\xff", b"\0",
+            &b"1 "[..],
+            b"1",
+            b"2",
+            b" ",
+            b"0",
+            b"4294967295",
+            b"99999999999999999999999",
+            b"\n",
+            b"\r\n",
+            b"a",
+            b":2,S",
+            b"/",
+            b":",
+            "é".as_bytes(),
+            b"\xff",
+            b"\0",
         ];
         let piece = proptest::sample::select(piece);
         proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
