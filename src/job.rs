@@ -357,7 +357,11 @@ mod tests {
             .iter()
             .map(|t| parse(t).unwrap_err().to_string())
             .collect();
-        let id = Job::parse(Path::new("j.json"), &garbage, r#"{"domain":"a.cz","mode":"move"}"#);
+        let id = Job::parse(
+            Path::new("j.json"),
+            &garbage,
+            r#"{"domain":"a.cz","mode":"move"}"#,
+        );
         errors.push(id.unwrap_err().to_string());
         assert!(errors[2].contains("unknown variant") && errors[2].contains("at line 1 column"));
         for s in errors {
@@ -383,11 +387,30 @@ mod tests {
 
     fn job_like() -> impl Strategy<Value = String> {
         let piece = prop_oneof![
-            Just("{"), Just("}"), Just("\"domain\":"), Just("\"mode\":"), Just("\"mailboxes\":"),
-            Just("\"notify\":"), Just("\"cutover\":"), Just("\"move\""), Just("\"recreate\""),
-            Just("\"copy\""), Just("\"example.cz\""), Just("\"a@b\""), Just("["), Just("]"),
-            Just(","), Just("\"jan\""), Just("\"a\\u0000\""), Just("\"\\n\""), Just("true"),
-            Just("null"), Just("1"), Just("\"é\""), Just("\""), Just("\u{0}"),
+            Just("{"),
+            Just("}"),
+            Just("\"domain\":"),
+            Just("\"mode\":"),
+            Just("\"mailboxes\":"),
+            Just("\"notify\":"),
+            Just("\"cutover\":"),
+            Just("\"move\""),
+            Just("\"recreate\""),
+            Just("\"copy\""),
+            Just("\"example.cz\""),
+            Just("\"a@b\""),
+            Just("["),
+            Just("]"),
+            Just(","),
+            Just("\"jan\""),
+            Just("\"a\\u0000\""),
+            Just("\"\\n\""),
+            Just("true"),
+            Just("null"),
+            Just("1"),
+            Just("\"é\""),
+            Just("\""),
+            Just("\u{0}"),
         ];
         proptest::collection::vec(piece, 0..20).prop_map(|v| v.concat())
     }

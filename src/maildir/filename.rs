@@ -75,9 +75,21 @@ mod tests {
 
     fn file_name_like() -> impl Strategy<Value = Vec<u8>> {
         let piece: Vec<&[u8]> = vec![
-            &b"1795946589.M1P2.vm"[..], b",S=", b",S=18446744073709551616",
-            b",S=12", b",W=5", b":", b":2,", b":1,", b",",
-            b"FS", b".", b"/", b"\0", "é".as_bytes(), b"\xff",
+            &b"1795946589.M1P2.vm"[..],
+            b",S=",
+            b",S=18446744073709551616",
+            b",S=12",
+            b",W=5",
+            b":",
+            b":2,",
+            b":1,",
+            b",",
+            b"FS",
+            b".",
+            b"/",
+            b"\0",
+            "é".as_bytes(),
+            b"\xff",
         ];
         let piece = proptest::sample::select(piece);
         proptest::collection::vec(piece, 0..12).prop_map(|v| v.concat())

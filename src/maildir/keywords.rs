@@ -24,7 +24,9 @@ impl Keywords {
         if data.len() > MAX_BYTES {
             return Err(KeywordsError {
                 line: line_at(data, MAX_BYTES),
-                problem: format!("the file is larger than {MAX_BYTES} bytes (it lists at most 26 keywords)"),
+                problem: format!(
+                    "the file is larger than {MAX_BYTES} bytes (it lists at most 26 keywords)"
+                ),
             });
         }
         let text = std::str::from_utf8(data).map_err(|e| KeywordsError {
@@ -102,7 +104,12 @@ mod tests {
     fn size_is_capped_and_errors_stay_brief() {
         let mut full = b"0 a\n".repeat(MAX_BYTES / 4);
         assert_eq!(full.len(), MAX_BYTES);
-        assert!(Keywords::parse(&full).unwrap_err().problem.contains("index listed twice"));
+        assert!(
+            Keywords::parse(&full)
+                .unwrap_err()
+                .problem
+                .contains("index listed twice")
+        );
         full.push(b'x');
         let e = Keywords::parse(&full).unwrap_err();
         assert_eq!(e.line, MAX_BYTES / 4 + 1);
@@ -129,9 +136,23 @@ mod tests {
 
     fn keywords_like() -> impl Strategy<Value = Vec<u8>> {
         let piece: Vec<&[u8]> = vec![
-            &b"0"[..], b"1", b"25", b"4294967296", b"-1", b"+2",
-            b" ", b"\n", b"\r\n", b"\r", b"\t", b"$Label1",
-            b"Work", "é".as_bytes(), b"\0", b"\xff", "\u{85}".as_bytes(),
+            &b"0"[..],
+            b"1",
+            b"25",
+            b"4294967296",
+            b"-1",
+            b"+2",
+            b" ",
+            b"\n",
+            b"\r\n",
+            b"\r",
+            b"\t",
+            b"$Label1",
+            b"Work",
+            "é".as_bytes(),
+            b"\0",
+            b"\xff",
+            "\u{85}".as_bytes(),
         ];
         let piece = proptest::sample::select(piece);
         proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())

@@ -371,10 +371,26 @@ mod tests {
 
     fn dir_name_like() -> impl Strategy<Value = Vec<u8>> {
         let piece: Vec<&[u8]> = vec![
-            &b"."[..], b"..", b"&", b"-", b"&-", b"&AWE-",
-            b"&AWE", b"&2D0-", b"&ZeVnLIqe-", b"&,,,,-", b"&////-",
-            b"a", b" ", b"/", "š".as_bytes(), b"\xc5", b"\x01",
-            b"\0", b"\x7f", "\u{85}".as_bytes(),
+            &b"."[..],
+            b"..",
+            b"&",
+            b"-",
+            b"&-",
+            b"&AWE-",
+            b"&AWE",
+            b"&2D0-",
+            b"&ZeVnLIqe-",
+            b"&,,,,-",
+            b"&////-",
+            b"a",
+            b" ",
+            b"/",
+            "š".as_bytes(),
+            b"\xc5",
+            b"\x01",
+            b"\0",
+            b"\x7f",
+            "\u{85}".as_bytes(),
         ];
         let piece = proptest::sample::select(piece);
         proptest::collection::vec(piece, 0..16).prop_map(|v| v.concat())

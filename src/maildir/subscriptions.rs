@@ -143,7 +143,11 @@ mod tests {
 
     #[test]
     fn a_line_that_unescapes_to_nothing_is_dropped() {
-        let e: Vec<_> = parse(b"V\t2\n\n\x01\nSent\n").unwrap().iter().map(levels).collect();
+        let e: Vec<_> = parse(b"V\t2\n\n\x01\nSent\n")
+            .unwrap()
+            .iter()
+            .map(levels)
+            .collect();
         assert_eq!(e, vec![vec!["Sent"]]);
     }
 
@@ -164,9 +168,22 @@ mod tests {
 
     fn subscriptions_like() -> impl Strategy<Value = Vec<u8>> {
         let piece: Vec<&[u8]> = vec![
-            &b"V\t2\n\n"[..], b"V", b"\t", b"2", b"\n", b"\r",
-            b"\x01", b"\x01t", b"\x01n", b"\x011", b".", b"INBOX",
-            "Koš".as_bytes(), b"&AWE-", b"\xff", b"\0",
+            &b"V\t2\n\n"[..],
+            b"V",
+            b"\t",
+            b"2",
+            b"\n",
+            b"\r",
+            b"\x01",
+            b"\x01t",
+            b"\x01n",
+            b"\x011",
+            b".",
+            b"INBOX",
+            "Koš".as_bytes(),
+            b"&AWE-",
+            b"\xff",
+            b"\0",
         ];
         let piece = proptest::sample::select(piece);
         proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())

@@ -357,7 +357,11 @@ mod tests {
             let r = std::io::BufReader::with_capacity(4096, Counted(endless, read.clone()));
             let e = Uidlist::parse_reader(r).unwrap_err();
             assert!(e.problem.contains("longer than"), "{e}");
-            assert!(read.get() <= MAX_LINE + 1 + 4096 + head.len(), "{}", read.get());
+            assert!(
+                read.get() <= MAX_LINE + 1 + 4096 + head.len(),
+                "{}",
+                read.get()
+            );
         }
     }
 
@@ -427,10 +431,27 @@ mod tests {
     /// Pieces of uidlist lines, so generated input reaches every branch.
     fn uidlist_like() -> impl Strategy<Value = Vec<u8>> {
         let piece: Vec<&[u8]> = vec![
-            &b"3"[..], b"1", b" ", b"V", b"N", b"G",
-            b"W", b"5", b"0", b"4294967295", b"4294967296",
-            b":", b" :", b"\n", b"\r", b"\r\n", b"/",
-            b"a", "é".as_bytes(), b"\0", b"\xff",
+            &b"3"[..],
+            b"1",
+            b" ",
+            b"V",
+            b"N",
+            b"G",
+            b"W",
+            b"5",
+            b"0",
+            b"4294967295",
+            b"4294967296",
+            b":",
+            b" :",
+            b"\n",
+            b"\r",
+            b"\r\n",
+            b"/",
+            b"a",
+            "é".as_bytes(),
+            b"\0",
+            b"\xff",
         ];
         let piece = proptest::sample::select(piece);
         proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())

@@ -179,7 +179,9 @@ pub fn acl(
     let c = match acl::convert(&data) {
         Ok(c) => c,
         Err(e) => {
-            warnings.push(format!("{shown}: {e}; not carried, the folder is not shared"));
+            warnings.push(format!(
+                "{shown}: {e}; not carried, the folder is not shared"
+            ));
             return Ok(None);
         }
     };

@@ -612,10 +612,8 @@ fn carry_subscriptions(
     let entries = match subscriptions::parse(&data) {
         Ok(entries) => entries,
         Err(e) => {
-            out.warnings.push(format!(
-                "{}: {e}; not carried",
-                maildir::SUBSCRIPTIONS
-            ));
+            out.warnings
+                .push(format!("{}: {e}; not carried", maildir::SUBSCRIPTIONS));
             return put_control(dst, maildir::SUBSCRIPTIONS, None, &ctx.attrs());
         }
     };

@@ -252,7 +252,8 @@ mod tests {
     fn unknown_entries_are_reported() {
         let c = convert(
             b"owner aceilrstwx\nuser=ann lrZ9\nrobot lr\nuser= lr\nauthenticated r\n\xff r\n",
-        ).unwrap();
+        )
+        .unwrap();
         assert_eq!(
             c.lines.unwrap(),
             [
@@ -332,10 +333,26 @@ mod tests {
 
     fn acl_like() -> impl Strategy<Value = Vec<u8>> {
         let piece: Vec<&[u8]> = vec![
-            &b"owner"[..], b"-", b"anyone", b"anonymous",
-            b"administrators", b"group=administrators", b"user=", b"group=",
-            b"mary", b" ", b"aceilrstwx", b"d", b"p", b"Z",
-            b"\n", b"\r\n", "é".as_bytes(), b"\xff", b"\0", b"\t",
+            &b"owner"[..],
+            b"-",
+            b"anyone",
+            b"anonymous",
+            b"administrators",
+            b"group=administrators",
+            b"user=",
+            b"group=",
+            b"mary",
+            b" ",
+            b"aceilrstwx",
+            b"d",
+            b"p",
+            b"Z",
+            b"\n",
+            b"\r\n",
+            "é".as_bytes(),
+            b"\xff",
+            b"\0",
+            b"\t",
         ];
         let piece = proptest::sample::select(piece);
         proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())

@@ -550,7 +550,11 @@ mod tests {
         let big = [&b"Big\n"[..], &vec![b'x'; MAX_UPDATE_BYTES]].concat();
         let m = merge(Some(LIST), &[(b"m1".to_vec(), big)]).unwrap();
         assert_eq!(kw(&m, "m1"), ["$Label1", "Work"]);
-        assert!(m.warnings[0].contains("larger than 65536 bytes"), "{:?}", m.warnings);
+        assert!(
+            m.warnings[0].contains("larger than 65536 bytes"),
+            "{:?}",
+            m.warnings
+        );
         // 26 keywords of the longest length still make a dovecot-keywords.
         let mut m = MergedKeywords::default();
         for i in 0..MAX_LETTERS {
@@ -716,10 +720,23 @@ mod tests {
 
     fn list_like() -> impl Strategy<Value = Vec<u8>> {
         let piece: Vec<&[u8]> = vec![
-            &b"Work"[..], b"$Label1", b"bad name", b"\n", b"\n\n",
-            b"\r\n", b"m1", b":", b" ", b"0", b"1",
-            b"99999999999999999999999", b"/", "é".as_bytes(), b"\xff",
-            b"\0", b".",
+            &b"Work"[..],
+            b"$Label1",
+            b"bad name",
+            b"\n",
+            b"\n\n",
+            b"\r\n",
+            b"m1",
+            b":",
+            b" ",
+            b"0",
+            b"1",
+            b"99999999999999999999999",
+            b"/",
+            "é".as_bytes(),
+            b"\xff",
+            b"\0",
+            b".",
         ];
         let piece = proptest::sample::select(piece);
         proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())

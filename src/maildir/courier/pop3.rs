@@ -277,10 +277,23 @@ a:2,S 10 1:1795958096:0
         let garbage = b"\x1b[31m\x00\t\r\xc3\xa9\xff".repeat(5 << 17);
         let near_cap = &garbage[..MAX_LINE - 10];
         let mut messages = Vec::new();
-        for data in [[&b"/"[..], &garbage].concat(), [&b"/2 "[..], near_cap].concat()] {
+        for data in [
+            [&b"/"[..], &garbage].concat(),
+            [&b"/2 "[..], near_cap].concat(),
+        ] {
             messages.push(parse(&data).unwrap_err().to_string());
         }
-        let data = [&garbage[..], b"\n", near_cap, b"\n", near_cap, b" 5\n", near_cap, b" 5\n"].concat();
+        let data = [
+            &garbage[..],
+            b"\n",
+            near_cap,
+            b"\n",
+            near_cap,
+            b" 5\n",
+            near_cap,
+            b" 5\n",
+        ]
+        .concat();
         let l = parse(&data).unwrap();
         assert_eq!((l.entries.len(), l.skipped.len()), (1, 3));
         messages.extend(l.skipped.iter().map(ToString::to_string));
@@ -413,11 +426,26 @@ a:2,S 10 1:1795958096:0
 
     fn pop3_like() -> impl Strategy<Value = Vec<u8>> {
         let piece: Vec<&[u8]> = vec![
-            &b"/1 "[..], b"/2 ", b"/3 ", b"/", b"/1 18446744073709551615\n",
-            b"/3 18446744073709551615 7\n", b" ", b":",
-            b"0", b"1", b"18446744073709551615", b"18446744073709551616",
-            b"\n", b"\r\n", b"a", b":2,S", b"/", "é".as_bytes(),
-            b"\xff", b"\0",
+            &b"/1 "[..],
+            b"/2 ",
+            b"/3 ",
+            b"/",
+            b"/1 18446744073709551615\n",
+            b"/3 18446744073709551615 7\n",
+            b" ",
+            b":",
+            b"0",
+            b"1",
+            b"18446744073709551615",
+            b"18446744073709551616",
+            b"\n",
+            b"\r\n",
+            b"a",
+            b":2,S",
+            b"/",
+            "é".as_bytes(),
+            b"\xff",
+            b"\0",
         ];
         let piece = proptest::sample::select(piece);
         proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())

@@ -208,7 +208,8 @@ mod tests {
 
     #[test]
     fn undecodable_lines_are_reported() {
-        let s = parse_ok(b"INBOX.\nINBOX.a..b\nINBOX.caf\xe9\nINBOX.a\x01b\nINBOX.a/b\nINBOX.fine\n");
+        let s =
+            parse_ok(b"INBOX.\nINBOX.a..b\nINBOX.caf\xe9\nINBOX.a\x01b\nINBOX.a/b\nINBOX.fine\n");
         assert_eq!(shown(&s), ["fine"]);
         let lines: Vec<usize> = s.invalid.iter().map(|l| l.line).collect();
         assert_eq!(lines, [1, 2, 3, 4, 5]);
@@ -237,7 +238,10 @@ mod tests {
         ] {
             let s = parse_ok(&data);
             let l = s.skipped.iter().chain(&s.invalid).next().unwrap();
-            messages.push(format!("subscription {:?} (line {}) dropped: {}", l.raw, l.line, l.reason));
+            messages.push(format!(
+                "subscription {:?} (line {}) dropped: {}",
+                l.raw, l.line, l.reason
+            ));
         }
         for s in messages {
             assert!(s.len() < 1024, "{}", s.len());
@@ -289,10 +293,24 @@ mod tests {
 
     fn subscribed_like() -> impl Strategy<Value = Vec<u8>> {
         let piece: Vec<&[u8]> = vec![
-            &b"INBOX"[..], b"inbox", b"INBOX.", b".", b"shared.",
-            b"#shared", b"public", b"Sent", b"&AWE-", b"&-", b"&",
-            "Koš".as_bytes(), b"/", b"\n", b"\r\n", b"\xff",
-            b"\0", b"\x01",
+            &b"INBOX"[..],
+            b"inbox",
+            b"INBOX.",
+            b".",
+            b"shared.",
+            b"#shared",
+            b"public",
+            b"Sent",
+            b"&AWE-",
+            b"&-",
+            b"&",
+            "Koš".as_bytes(),
+            b"/",
+            b"\n",
+            b"\r\n",
+            b"\xff",
+            b"\0",
+            b"\x01",
         ];
         let piece = proptest::sample::select(piece);
         proptest::collection::vec(piece, 0..20).prop_map(|v| v.concat())
