@@ -334,8 +334,7 @@ where
         .lines
         .iter()
         .enumerate()
-        .filter(|(_, line)| is_account(line) && line.split('\t').next() == Some(name))
-        .last();
+        .rfind(|(_, line)| is_account(line) && line.split('\t').next() == Some(name));
     let (i, line) = found.ok_or_else(|| UserdbError::BadEntry {
         path: path.clone(),
         line: 0,
