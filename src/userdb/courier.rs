@@ -416,7 +416,7 @@ fn run_makeuserdb(cmd: &Path, db: &Path) -> Result<(), UserdbError> {
             "{} failed ({}): {}",
             cmd.display(),
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            crate::shown::bytes(out.stderr.trim_ascii())
         ),
     })
 }
