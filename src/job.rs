@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::shown;
+
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error("{}: {source}", crate::shown::path(path))]
@@ -53,7 +55,8 @@ impl JobId {
             Ok(JobId(s.to_string()))
         } else {
             Err(format!(
-                "job id {s:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+                "job id {:?} must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                shown::text(s)
             ))
         }
     }
@@ -71,7 +74,7 @@ pub struct Domain(String);
 impl Domain {
     pub fn parse(s: &str) -> Result<Domain, String> {
         let d = s.to_ascii_lowercase();
-        let bad = |why: &str| Err(format!("domain {s:?} {why}"));
+        let bad = |why: &str| Err(format!("domain {:?} {why}", shown::text(s)));
         if d.is_empty() || d.len() > 253 {
             return bad("must be 1-253 characters");
         }
@@ -114,7 +117,7 @@ pub struct LocalPart(String);
 
 impl LocalPart {
     pub fn parse(s: &str) -> Result<LocalPart, String> {
-        let bad = |why: &str| Err(format!("mailbox name {s:?} {why}"));
+        let bad = |why: &str| Err(format!("mailbox name {:?} {why}", shown::text(s)));
         if s.is_empty() || s.len() > 64 {
             return bad("must be 1-64 bytes");
         }
@@ -196,7 +199,7 @@ impl Job {
         };
         let raw: RawJob = serde_json::from_str(text).map_err(|e| JobError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: json_problem(&e),
         })?;
         let id = JobId::parse(id).map_err(invalid)?;
         let domain = Domain::parse(&raw.domain).map_err(invalid)?;
@@ -213,7 +216,10 @@ impl Job {
                 for m in &list {
                     let lp = LocalPart::parse(m).map_err(invalid)?;
                     if out.contains(&lp) {
-                        return Err(invalid(format!("mailbox {m:?} is listed twice")));
+                        return Err(invalid(format!(
+                            "mailbox {:?} is listed twice",
+                            shown::text(m)
+                        )));
                     }
                     out.push(lp);
                 }
@@ -227,7 +233,8 @@ impl Job {
                 && !n.chars().any(|c| c.is_control() || c.is_whitespace());
             if !plausible {
                 return Err(invalid(format!(
-                    "\"notify\" {n:?} is not an e-mail address"
+                    "\"notify\" {:?} is not an e-mail address",
+                    shown::text(n)
                 )));
             }
         }
@@ -239,6 +246,17 @@ impl Job {
             notify: raw.notify,
             cutover: raw.cutover.unwrap_or(true),
         })
+    }
+}
+
+/// serde quotes an offending value whole (an unknown field or variant):
+/// the position stays, the rest is cut short and escaped.
+fn json_problem(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    match full.strip_suffix(&at) {
+        Some(message) => format!("{}{at}", shown::text(message)),
+        None => shown::text(&full),
     }
 }
 
@@ -320,6 +338,38 @@ mod tests {
         assert!(JobId::parse(&"a".repeat(65)).is_err());
     }
 
+    #[test]
+    fn huge_garbage_gives_brief_errors() {
+        let garbage = "\x1b[31m\0\t\r\u{85}é".repeat(450_000);
+        let q = serde_json::to_string(&garbage).unwrap();
+        let mut texts = vec![garbage.clone()];
+        for template in [
+            r#"{"domain":Q,"mode":"move"}"#,
+            r#"{"domain":"a.cz","mode":Q}"#,
+            r#"{"domain":"a.cz","mode":"move","mailboxes":[Q]}"#,
+            r#"{"domain":"a.cz","mode":"move","mailboxes":["a","a",Q]}"#,
+            r#"{"domain":"a.cz","mode":"move","notify":Q}"#,
+            r#"{"domain":"a.cz","mode":"move",Q:1}"#,
+        ] {
+            texts.push(template.replace('Q', &q));
+        }
+        let mut errors: Vec<String> = texts
+            .iter()
+            .map(|t| parse(t).unwrap_err().to_string())
+            .collect();
+        let id = Job::parse(
+            Path::new("j.json"),
+            &garbage,
+            r#"{"domain":"a.cz","mode":"move"}"#,
+        );
+        errors.push(id.unwrap_err().to_string());
+        assert!(errors[2].contains("unknown variant") && errors[2].contains("at line 1 column"));
+        for s in errors {
+            assert!(s.len() < 1024, "{}", s.len());
+            assert!(!s.chars().any(char::is_control), "{s}");
+        }
+    }
+
     proptest! {
         #[test]
         fn accepted_names_are_safe_path_components(s in "\\PC{0,20}") {
@@ -331,6 +381,49 @@ mod tests {
             }
             if let Ok(d) = Domain::parse(&s) {
                 prop_assert!(!d.as_str().contains('/') && !d.as_str().contains(".."));
+            }
+        }
+    }
+
+    fn job_like() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("{"),
+            Just("}"),
+            Just("\"domain\":"),
+            Just("\"mode\":"),
+            Just("\"mailboxes\":"),
+            Just("\"notify\":"),
+            Just("\"cutover\":"),
+            Just("\"move\""),
+            Just("\"recreate\""),
+            Just("\"copy\""),
+            Just("\"example.cz\""),
+            Just("\"a@b\""),
+            Just("["),
+            Just("]"),
+            Just(","),
+            Just("\"jan\""),
+            Just("\"a\\u0000\""),
+            Just("\"\\n\""),
+            Just("true"),
+            Just("null"),
+            Just("1"),
+            Just("\"é\""),
+            Just("\""),
+            Just("\u{0}"),
+        ];
+        proptest::collection::vec(piece, 0..20).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_errors_are_brief(
+            text in prop_oneof![any::<String>(), job_like()],
+            id in prop_oneof![Just("j".to_string()), any::<String>()],
+        ) {
+            if let Err(e) = Job::parse(Path::new("j.json"), &id, &text) {
+                let s = e.to_string();
+                prop_assert!(s.len() < 1024 && !s.chars().any(char::is_control), "{s}");
             }
         }
     }

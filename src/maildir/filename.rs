@@ -5,25 +5,19 @@
 
 /// True for names Dovecot would treat as messages in `cur/` or `new/`.
 pub fn is_message_name(name: &[u8]) -> bool {
-    !name.is_empty() && name[0] != b'.' && !name.contains(&b'/') && !name.contains(&0)
+    !matches!(name.first(), None | Some(b'.')) && !name.contains(&b'/') && !name.contains(&0)
 }
 
 /// The base name: everything before the first `:`.
 pub fn base(name: &[u8]) -> &[u8] {
-    match name.iter().position(|&b| b == b':') {
-        Some(p) => &name[..p],
-        None => name,
-    }
+    super::split_once(name, b':').map_or(name, |(base, _)| base)
 }
 
 /// The flag letters of a `:2,` info part (up to a further `,`), if any.
 pub fn flags(name: &[u8]) -> Option<&[u8]> {
-    let info = &name[base(name).len()..];
+    let info = name.get(base(name).len()..)?;
     let letters = info.strip_prefix(b":2,")?;
-    Some(match letters.iter().position(|&b| b == b',') {
-        Some(p) => &letters[..p],
-        None => letters,
-    })
+    Some(super::split_once(letters, b',').map_or(letters, |(flags, _)| flags))
 }
 
 /// A name for the second of two messages that share `base`: a base of
@@ -45,12 +39,12 @@ pub fn with_new_base(base: &[u8], id: u64, info: &[u8]) -> Vec<u8> {
 pub fn size_from_name(name: &[u8]) -> Option<u64> {
     let b = base(name);
     let pos = b.windows(3).position(|w| w == b",S=")?;
-    let digits = &b[pos + 3..];
+    let digits = b.get(pos + 3..)?;
     let end = digits
         .iter()
         .position(|d| !d.is_ascii_digit())
         .unwrap_or(digits.len());
-    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+    std::str::from_utf8(digits.get(..end)?).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -100,6 +94,46 @@ mod tests {
                 prop_assert!(!f.contains(&b','));
             }
             let _ = size_from_name(&name);
+        }
+    }
+
+    fn file_name_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece: Vec<&[u8]> = vec![
+            &b"1795946589.M1P2.vm"[..],
+            b",S=",
+            b",S=18446744073709551616",
+            b",S=12",
+            b",W=5",
+            b":",
+            b":2,",
+            b":1,",
+            b",",
+            b"FS",
+            b".",
+            b"/",
+            b"\0",
+            "é".as_bytes(),
+            b"\xff",
+        ];
+        let piece = proptest::sample::select(piece);
+        proptest::collection::vec(piece, 0..12).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn name_functions_never_panic(
+            name in prop_oneof![proptest::collection::vec(any::<u8>(), 0..300), file_name_like()],
+        ) {
+            let _ = is_message_name(&name);
+            let b = base(&name);
+            prop_assert!(name.starts_with(b));
+            if let Some(f) = flags(&name) {
+                prop_assert!(!f.contains(&b','));
+                prop_assert!(name.get(b.len()..).is_some_and(|info| info.starts_with(b":2,")));
+            }
+            if let Some(size) = size_from_name(&name) {
+                prop_assert!(b.windows(3).any(|w| w == b",S="), "{size}");
+            }
         }
     }
 }

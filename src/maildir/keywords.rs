@@ -3,6 +3,10 @@
 
 use std::collections::BTreeMap;
 
+/// The largest file accepted. It names at most 26 keywords (one per letter
+/// `a`..`z`), so even long names stay far below 64 KiB.
+pub const MAX_BYTES: usize = 64 << 10;
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Keywords {
     by_index: BTreeMap<u32, String>,
@@ -17,12 +21,16 @@ pub struct KeywordsError {
 
 impl Keywords {
     pub fn parse(data: &[u8]) -> Result<Keywords, KeywordsError> {
+        if data.len() > MAX_BYTES {
+            return Err(KeywordsError {
+                line: line_at(data, MAX_BYTES),
+                problem: format!(
+                    "the file is larger than {MAX_BYTES} bytes (it lists at most 26 keywords)"
+                ),
+            });
+        }
         let text = std::str::from_utf8(data).map_err(|e| KeywordsError {
-            line: data[..e.valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count()
-                + 1,
+            line: line_at(data, e.valid_up_to()),
             problem: "not valid UTF-8".into(),
         })?;
         let mut by_index = BTreeMap::new();
@@ -58,6 +66,12 @@ impl Keywords {
     }
 }
 
+/// The 1-based number of the line holding byte `offset`.
+fn line_at(data: &[u8], offset: usize) -> usize {
+    let before = data.get(..offset).unwrap_or(data);
+    before.iter().filter(|&&b| b == b'\n').count() + 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +100,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn size_is_capped_and_errors_stay_brief() {
+        let mut full = b"0 a\n".repeat(MAX_BYTES / 4);
+        assert_eq!(full.len(), MAX_BYTES);
+        assert!(
+            Keywords::parse(&full)
+                .unwrap_err()
+                .problem
+                .contains("index listed twice")
+        );
+        full.push(b'x');
+        let e = Keywords::parse(&full).unwrap_err();
+        assert_eq!(e.line, MAX_BYTES / 4 + 1);
+        assert!(e.problem.contains("larger than 65536 bytes"), "{e}");
+        let garbage = b"\x1b[31m\x00\t\r\xc3\xa9\xff".repeat(5 << 17);
+        for data in [&garbage[..], &garbage[..MAX_BYTES], b"0 a\x1b\x00"] {
+            let s = Keywords::parse(data).unwrap_err().to_string();
+            assert!(s.len() < 1024 && !s.chars().any(char::is_control), "{s}");
+        }
+    }
+
     proptest! {
         #[test]
         fn parse_write_parse(entries in proptest::collection::btree_map(0u32..40, "[!-~]{1,12}", 0..10)) {
@@ -96,6 +131,41 @@ mod tests {
         #[test]
         fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..100)) {
             let _ = Keywords::parse(&data);
+        }
+    }
+
+    fn keywords_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece: Vec<&[u8]> = vec![
+            &b"0"[..],
+            b"1",
+            b"25",
+            b"4294967296",
+            b"-1",
+            b"+2",
+            b" ",
+            b"\n",
+            b"\r\n",
+            b"\r",
+            b"\t",
+            b"$Label1",
+            b"Work",
+            "é".as_bytes(),
+            b"\0",
+            b"\xff",
+            "\u{85}".as_bytes(),
+        ];
+        let piece = proptest::sample::select(piece);
+        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_round_trips(
+            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), keywords_like()],
+        ) {
+            if let Ok(k) = Keywords::parse(&data) {
+                prop_assert_eq!(Keywords::parse(&k.to_bytes()), Ok(k));
+            }
         }
     }
 }

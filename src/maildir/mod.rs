@@ -9,6 +9,8 @@ pub mod uidlist;
 
 use std::path::PathBuf;
 
+use crate::shown;
+
 /// How folders sit below the Maildir root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -23,7 +25,17 @@ impl Layout {
         match s {
             "maildir++" => Ok(Layout::MaildirPlusPlus),
             "fs" => Ok(Layout::Fs),
-            other => Err(format!("{other:?} is neither \"maildir++\" nor \"fs\"")),
+            other => Err(format!(
+                "{:?} is neither \"maildir++\" nor \"fs\"",
+                shown::text(other)
+            )),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Layout::MaildirPlusPlus => "maildir++",
+            Layout::Fs => "fs",
         }
     }
 }
@@ -44,8 +56,16 @@ pub const INDEX_FILES: &[&str] = &[
     "dovecot.list.index.log.2",
 ];
 
+/// `s` split at the first `sep`, which belongs to neither part
+/// (`<[u8]>::split_once` is not stable yet).
+pub(crate) fn split_once(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+    let i = s.iter().position(|&b| b == sep)?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
 /// Names a user's Maildir: `userdb_mail=maildir:PATH[:OPTIONS]` when set,
 /// else `<home>/Maildir`. Returns an absolute path or why it cannot be used.
+/// Both strings come from user databases: errors quote them only briefly.
 pub fn maildir_path(
     layout: Layout,
     mail: Option<&str>,
@@ -59,32 +79,44 @@ pub fn maildir_path(
             Ok(home)
         } else {
             Err(format!(
-                "home {home:?} is not an absolute path and no userdb_mail is set"
+                "home {:?} is not an absolute path and no userdb_mail is set",
+                shown::text(home)
             ))
         }
     };
     let Some(mail) = mail else {
         return Ok(PathBuf::from(home_abs()?).join("Maildir"));
     };
+    let location = format!("mail location {:?}", shown::text(mail));
     let mut parts = mail.split(':');
     let driver = parts.next().unwrap_or_default();
+    // Each message quotes one excerpt, so it stays short whatever the input.
     if driver != "maildir" {
         return Err(format!(
-            "mail location {mail:?} uses the {driver:?} format; only maildir is supported"
+            "mail location format {:?} is not supported; only maildir is",
+            shown::text(driver)
         ));
     }
     let raw_path = parts.next().unwrap_or_default();
     for opt in parts {
-        let key = opt.split('=').next().unwrap_or_default();
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
         if key == "LAYOUT" {
-            let said = Layout::parse(&opt[7..].to_ascii_lowercase())?;
+            let Some(value) = value else {
+                return Err(format!(
+                    "{location} has LAYOUT without a value (LAYOUT=maildir++ or LAYOUT=fs)"
+                ));
+            };
+            let said = Layout::parse(&value.to_ascii_lowercase()).map_err(|_| {
+                format!("{location}: its LAYOUT is neither \"maildir++\" nor \"fs\"")
+            })?;
             if said != layout {
                 return Err(format!(
-                    "mail location {mail:?} says {opt} but [source] layout is {:?}",
-                    match layout {
-                        Layout::MaildirPlusPlus => "maildir++",
-                        Layout::Fs => "fs",
-                    }
+                    "{location} says LAYOUT={} but [source] layout is {:?}",
+                    said.name(),
+                    layout.name()
                 ));
             }
             continue;
@@ -92,7 +124,8 @@ pub fn maildir_path(
         let fine = matches!(key, "INDEX" | "INDEXPVT" | "VOLATILEDIR" | "UTF-8" | "");
         if !fine {
             return Err(format!(
-                "mail location option {opt:?} is not supported (control files or messages would be elsewhere)"
+                "mail location option {:?} is not supported (control files or messages would be elsewhere)",
+                shown::text(opt)
             ));
         }
     }
@@ -119,15 +152,13 @@ pub fn maildir_path(
             Some('h') => home_abs()?.to_string(),
             Some('%') => "%".to_string(),
             _ => {
-                return Err(format!(
-                    "mail location {mail:?} uses an unsupported variable"
-                ));
+                return Err(format!("{location} uses an unsupported variable"));
             }
         };
         path.push_str(&if lower { value.to_lowercase() } else { value });
     }
     if !path.starts_with('/') {
-        return Err(format!("mail location {mail:?} is not an absolute path"));
+        return Err(format!("{location} is not an absolute path"));
     }
     Ok(PathBuf::from(path))
 }
@@ -135,6 +166,7 @@ pub fn maildir_path(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn p(mail: Option<&str>, home: &str) -> Result<PathBuf, String> {
         maildir_path(
@@ -189,6 +221,30 @@ mod tests {
     }
 
     #[test]
+    fn layout_option_without_a_value_is_an_error_not_a_panic() {
+        let e = p(Some("maildir:~/Maildir:LAYOUT"), "/h").unwrap_err();
+        assert!(e.contains("LAYOUT"), "{e}");
+        assert!(e.contains("maildir:~/Maildir:LAYOUT"), "{e}");
+    }
+
+    #[test]
+    fn errors_quote_a_huge_location_briefly() {
+        let garbage = "\x1b[31m\0\t\r\u{85}é".repeat(450_000);
+        for (mail, home) in [
+            (Some(format!("maildir:{garbage}")), "/h"),
+            (Some(format!("{garbage}:x")), "/h"),
+            (Some(format!("maildir:~/M:LAYOUT={garbage}")), "/h"),
+            (Some(format!("maildir:~/M:{garbage}=1")), "/h"),
+            (Some(format!("maildir:~/M:LAYOUT:{garbage}")), "/h"),
+            (None, garbage.as_str()),
+        ] {
+            let e = p(mail.as_deref(), home).unwrap_err();
+            assert!(e.len() < 1024, "{}", e.len());
+            assert!(!e.chars().any(char::is_control), "{e}");
+        }
+    }
+
+    #[test]
     fn refused_locations() {
         for (mail, home, needle) in [
             (None, "rel", "absolute"),
@@ -205,6 +261,66 @@ mod tests {
         ] {
             let e = p(mail, home).unwrap_err();
             assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    /// Mail locations built from the pieces the parser looks for.
+    fn location_like() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("maildir:"),
+            Just("mdbox:"),
+            Just("~/"),
+            Just("~"),
+            Just("/"),
+            Just("%"),
+            Just("%L"),
+            Just("%u"),
+            Just("%n"),
+            Just("%d"),
+            Just("%h"),
+            Just("%%"),
+            Just("%Lu"),
+            Just(":LAYOUT"),
+            Just(":LAYOUT="),
+            Just("="),
+            Just("fs"),
+            Just("FS"),
+            Just("maildir++"),
+            Just(":UTF-8"),
+            Just(":INDEX="),
+            Just(":INDEXPVT="),
+            Just(":CONTROL="),
+            Just(":"),
+            Just("Maildir"),
+            Just("é"),
+            Just("日本"),
+            Just("\n"),
+            Just("\0"),
+            Just("\u{85}"),
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|v| v.concat())
+    }
+
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            proptest::collection::vec(any::<u8>(), 0..60)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn maildir_path_never_panics_and_errors_are_brief(
+            mail in proptest::option::of(prop_oneof![location_like(), any_text()]),
+            home in prop_oneof![Just("/h".to_string()), Just(String::new()), Just("rel".to_string()), any_text()],
+            fs in any::<bool>(),
+        ) {
+            let layout = if fs { Layout::Fs } else { Layout::MaildirPlusPlus };
+            match maildir_path(layout, mail.as_deref(), &home, "Jan@x.cz", "Jan", "x.cz") {
+                Ok(path) => prop_assert!(path.is_absolute()),
+                Err(e) => prop_assert!(e.len() < 1024 && !e.chars().any(char::is_control), "{e}"),
+            }
         }
     }
 }

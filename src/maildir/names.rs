@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::shown;
+
 /// How a directory name was stored on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameEncoding {
@@ -15,6 +17,8 @@ pub enum NameEncoding {
     Utf8,
 }
 
+/// Each variant holds the name as shown to people: escaped and cut to a
+/// short excerpt ([`crate::shown`]), never the whole hostile input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error("folder name {0:?} has an empty hierarchy level")]
@@ -27,6 +31,18 @@ pub enum NameError {
     NotAFolder(String),
 }
 
+impl NameError {
+    /// What is wrong, without the name: for messages that show it already.
+    pub fn problem(&self) -> &'static str {
+        match self {
+            NameError::EmptyLevel(_) => "has an empty hierarchy level",
+            NameError::Undecodable(_) => "is neither modified UTF-7 nor UTF-8",
+            NameError::ControlChar(_) => "contains a control character",
+            NameError::NotAFolder(_) => "is not a Maildir++ folder directory name",
+        }
+    }
+}
+
 /// A folder below INBOX, as a list of decoded hierarchy levels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FolderName {
@@ -37,7 +53,7 @@ impl FolderName {
     /// Decodes a Maildir++ directory name such as `.Archive.2019` or
     /// `.Ko&AWE-`. Each level may be mUTF-7 or raw UTF-8.
     pub fn from_dir_name(dir: &[u8]) -> Result<(FolderName, NameEncoding), NameError> {
-        let shown = || String::from_utf8_lossy(dir).into_owned();
+        let shown = || shown::bytes(dir);
         let rest = match dir {
             [b'.', b'.', ..] | [b'.'] => return Err(NameError::NotAFolder(shown())),
             [b'.', rest @ ..] => rest,
@@ -66,12 +82,12 @@ impl FolderName {
         S: Into<String>,
     {
         let levels: Vec<String> = levels.into_iter().map(Into::into).collect();
-        let joined = levels.join("/");
+        let shown = || shown::text(&levels.join("/"));
         if levels.is_empty() || levels.iter().any(|l| l.is_empty()) {
-            return Err(NameError::EmptyLevel(joined));
+            return Err(NameError::EmptyLevel(shown()));
         }
         if levels.iter().any(|l| l.chars().any(char::is_control)) {
-            return Err(NameError::ControlChar(joined));
+            return Err(NameError::ControlChar(shown()));
         }
         Ok(FolderName { levels })
     }
@@ -101,7 +117,7 @@ impl FolderName {
     /// All ancestors from the top level down, then the name itself.
     pub fn ancestors_and_self(&self) -> impl Iterator<Item = FolderName> + '_ {
         (1..=self.levels.len()).map(|n| FolderName {
-            levels: self.levels[..n].to_vec(),
+            levels: self.levels.iter().take(n).cloned().collect(),
         })
     }
 }
@@ -121,7 +137,7 @@ fn encode_level(level: &str, encoding: NameEncoding) -> String {
 
 /// Decodes one hierarchy level: strict mUTF-7 first, raw UTF-8 otherwise.
 pub fn decode_level(raw: &[u8]) -> Result<(String, NameEncoding), NameError> {
-    let shown = || String::from_utf8_lossy(raw).into_owned();
+    let shown = || shown::bytes(raw);
     let (s, enc) = match mutf7_decode(raw) {
         Some(s) => (s, NameEncoding::Mutf7),
         None => match std::str::from_utf8(raw) {
@@ -187,20 +203,18 @@ pub fn mutf7_encode(s: &str) -> String {
 /// or printable ASCII hidden in base64).
 pub fn mutf7_decode(raw: &[u8]) -> Option<String> {
     let mut out = String::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let c = raw[i];
+    let mut rest = raw;
+    while let Some((&c, tail)) = rest.split_first() {
         if !(0x20..=0x7e).contains(&c) {
             return None;
         }
         if c != b'&' {
             out.push(c as char);
-            i += 1;
+            rest = tail;
             continue;
         }
-        let end = i + 1 + raw[i + 1..].iter().position(|&b| b == b'-')?;
-        let run = &raw[i + 1..end];
-        i = end + 1;
+        let (run, after) = super::split_once(tail, b'-')?;
+        rest = after;
         if run.is_empty() {
             out.push('&');
             continue;
@@ -298,6 +312,25 @@ mod tests {
     }
 
     #[test]
+    fn errors_quote_a_huge_name_briefly() {
+        let garbage = b"\x1b[31m\x00\t\r\xc3\xa9\xff".repeat(5 << 17);
+        let dir = [&b"."[..], &garbage].concat();
+        let text = String::from_utf8_lossy(&garbage).into_owned();
+        let errors = [
+            FolderName::from_dir_name(&dir).unwrap_err(),
+            FolderName::from_dir_name(&[&dir[..], b".."].concat()).unwrap_err(),
+            FolderName::from_dir_name(&garbage).unwrap_err(),
+            FolderName::from_levels([text.as_str()]).unwrap_err(),
+            FolderName::from_levels([text.as_str(), ""]).unwrap_err(),
+        ];
+        for e in errors {
+            let s = e.to_string();
+            assert!(s.len() < 1024, "{}", s.len());
+            assert!(!s.chars().any(char::is_control), "{s}");
+        }
+    }
+
+    #[test]
     fn ancestry() {
         let a = FolderName::from_levels(["Trash", "2020"]).unwrap();
         let v: Vec<String> = a.ancestors_and_self().map(|n| n.to_string()).collect();
@@ -332,6 +365,60 @@ mod tests {
             for &enc in encodings {
                 let (back, _) = FolderName::from_dir_name(n.dir_name(enc).as_bytes()).unwrap();
                 prop_assert_eq!(&back, &n);
+            }
+        }
+    }
+
+    fn dir_name_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece: Vec<&[u8]> = vec![
+            &b"."[..],
+            b"..",
+            b"&",
+            b"-",
+            b"&-",
+            b"&AWE-",
+            b"&AWE",
+            b"&2D0-",
+            b"&ZeVnLIqe-",
+            b"&,,,,-",
+            b"&////-",
+            b"a",
+            b" ",
+            b"/",
+            "š".as_bytes(),
+            b"\xc5",
+            b"\x01",
+            b"\0",
+            b"\x7f",
+            "\u{85}".as_bytes(),
+        ];
+        let piece = proptest::sample::select(piece);
+        proptest::collection::vec(piece, 0..16).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics_and_re_encodes(
+            raw in prop_oneof![proptest::collection::vec(any::<u8>(), 0..80), dir_name_like()],
+        ) {
+            let _ = decode_level(&raw);
+            if let Ok((n, _)) = FolderName::from_dir_name(&raw) {
+                let (back, _) = FolderName::from_dir_name(n.dir_name(NameEncoding::Mutf7).as_bytes()).unwrap();
+                prop_assert_eq!(&back, &n);
+                if !n.to_string().contains('&') {
+                    let (back, _) = FolderName::from_dir_name(n.dir_name(NameEncoding::Utf8).as_bytes()).unwrap();
+                    prop_assert_eq!(&back, &n);
+                }
+                prop_assert_eq!(FolderName::from_levels(n.levels().to_vec()), Ok(n.clone()));
+            }
+        }
+
+        #[test]
+        fn from_levels_never_panics(levels in proptest::collection::vec(any::<String>(), 0..4)) {
+            if let Ok(n) = FolderName::from_levels(levels) {
+                let _ = n.dir_name(NameEncoding::Mutf7);
+                let _ = n.storage_levels(NameEncoding::Utf8);
+                prop_assert_eq!(n.ancestors_and_self().count(), n.levels().len());
             }
         }
     }

@@ -8,22 +8,40 @@ pub type Entry = Vec<Vec<u8>>;
 
 const V2_HEADER: &[u8] = b"V\t2\n\n";
 
-pub fn parse(data: &[u8]) -> Vec<Entry> {
+/// The largest file accepted: one line per subscribed folder, so even
+/// thousands of long folder names stay far below 1 MiB.
+pub const MAX_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscriptionsError {
+    #[error("larger than {MAX_BYTES} bytes ({size} bytes), not a subscriptions file")]
+    TooLarge { size: usize },
+}
+
+pub fn parse(data: &[u8]) -> Result<Vec<Entry>, SubscriptionsError> {
+    if data.len() > MAX_BYTES {
+        return Err(SubscriptionsError::TooLarge { size: data.len() });
+    }
     let (v2, body) = match data.strip_prefix(V2_HEADER) {
         Some(rest) => (true, rest),
         None => (false, data),
     };
-    body.split(|&b| b == b'\n')
+    let entries = body
+        .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .filter(|l| !l.is_empty())
-        .map(|l| {
+        .map(|l| -> Entry {
             if v2 {
                 l.split(|&b| b == b'\t').map(tab_unescape).collect()
             } else {
                 l.split(|&b| b == b'.').map(<[u8]>::to_vec).collect()
             }
         })
-        .collect()
+        // A line that unescapes to nothing (a lone `\001`) names no folder
+        // and would not survive being written back.
+        .filter(|e| !matches!(&e[..], [only] if only.is_empty()))
+        .collect();
+    Ok(entries)
 }
 
 pub fn to_v2_bytes<S: AsRef<str>>(entries: &[Vec<S>]) -> Vec<u8> {
@@ -87,7 +105,7 @@ mod tests {
     #[test]
     fn reads_v2() {
         let data = b"V\t2\n\nKo&AWE-\nArchive\t2019\nTom &- Jerry\nINBOX\n";
-        let e: Vec<_> = parse(data).iter().map(levels).collect();
+        let e: Vec<_> = parse(data).unwrap().iter().map(levels).collect();
         assert_eq!(
             e,
             vec![
@@ -103,6 +121,7 @@ mod tests {
     #[test]
     fn reads_v1() {
         let e: Vec<_> = parse(b"INBOX\nArchive.2019\nEntw\xc3\xbcrfe\n")
+            .unwrap()
             .iter()
             .map(levels)
             .collect();
@@ -112,18 +131,78 @@ mod tests {
         );
     }
 
+    #[test]
+    fn size_is_capped() {
+        let full = b"INBOX\n".repeat(MAX_BYTES / 6);
+        assert_eq!(parse(&full).unwrap().len(), MAX_BYTES / 6);
+        let huge = b"\x1b[31m\x00\t\r\xc3\xa9\xff".repeat(5 << 17);
+        let e = parse(&huge).unwrap_err().to_string();
+        assert!(e.contains("larger than 1048576 bytes"), "{e}");
+        assert!(e.len() < 1024 && !e.chars().any(char::is_control), "{e}");
+    }
+
+    #[test]
+    fn a_line_that_unescapes_to_nothing_is_dropped() {
+        let e: Vec<_> = parse(b"V\t2\n\n\x01\nSent\n")
+            .unwrap()
+            .iter()
+            .map(levels)
+            .collect();
+        assert_eq!(e, vec![vec!["Sent"]]);
+    }
+
     proptest! {
         #[test]
         fn v2_round_trip(entries in proptest::collection::vec(
             proptest::collection::vec("[^\n]{1,8}", 1..4), 0..6)) {
             let bytes = to_v2_bytes(&entries);
-            let back: Vec<Vec<String>> = parse(&bytes).iter().map(levels).collect();
+            let back: Vec<Vec<String>> = parse(&bytes).unwrap().iter().map(levels).collect();
             prop_assert_eq!(back, entries);
         }
 
         #[test]
         fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..100)) {
-            let _ = parse(&data);
+            prop_assert!(parse(&data).is_ok());
+        }
+    }
+
+    fn subscriptions_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece: Vec<&[u8]> = vec![
+            &b"V\t2\n\n"[..],
+            b"V",
+            b"\t",
+            b"2",
+            b"\n",
+            b"\r",
+            b"\x01",
+            b"\x01t",
+            b"\x01n",
+            b"\x011",
+            b".",
+            b"INBOX",
+            "Koš".as_bytes(),
+            b"&AWE-",
+            b"\xff",
+            b"\0",
+        ];
+        let piece = proptest::sample::select(piece);
+        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_utf8_entries_round_trip(
+            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), subscriptions_like()],
+        ) {
+            let entries = parse(&data).unwrap();
+            let text: Option<Vec<Vec<String>>> = entries
+                .iter()
+                .map(|e| e.iter().map(|l| String::from_utf8(l.clone()).ok()).collect())
+                .collect();
+            if let Some(text) = text {
+                let back: Vec<Vec<String>> = parse(&to_v2_bytes(&text)).unwrap().iter().map(levels).collect();
+                prop_assert_eq!(back, text);
+            }
         }
     }
 }

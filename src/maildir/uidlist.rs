@@ -6,6 +6,16 @@
 //! in a file name), so a carried file is one Dovecot will keep.
 
 use std::fmt;
+use std::io::{BufRead, Read};
+use std::num::NonZeroU32;
+
+use super::split_once;
+use crate::shown;
+
+/// The longest line accepted, without its LF. A line is a UID, a few
+/// extension fields (sizes, a GUID, a POP3 UIDL) and one file name of at
+/// most 255 bytes, so a few hundred bytes; anything near 8 KiB is damage.
+pub const MAX_LINE: usize = 8 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -25,6 +35,7 @@ pub struct Uidlist {
     pub records: Vec<Record>,
 }
 
+/// What is wrong, at which line; `problem` quotes the file only briefly.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {problem}")]
 pub struct UidlistError {
@@ -49,14 +60,57 @@ fn parse_u32(s: &[u8]) -> Option<u32> {
 fn parse_uid(s: &[u8], line: usize) -> Result<u32, UidlistError> {
     match parse_u32(s) {
         Some(u) if u != 0 && u != u32::MAX => Ok(u),
-        _ => Err(err(
-            line,
-            format!("invalid UID {:?}", String::from_utf8_lossy(s)),
-        )),
+        _ => Err(err(line, format!("invalid UID {:?}", shown::bytes(s)))),
+    }
+}
+
+/// Numbered lines of at most [`MAX_LINE`] bytes, without their LF and a
+/// CR before it. Of an over-long line no more than the cap is read.
+struct Lines<R> {
+    r: R,
+    no: usize,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn next(&mut self) -> Result<Option<(usize, &[u8])>, UidlistError> {
+        self.no += 1;
+        self.buf.clear();
+        let n = (&mut self.r)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|e| err(self.no, format!("cannot be read: {e}")))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let line = match self.buf.strip_suffix(b"\n") {
+            Some(l) => l,
+            None if self.buf.len() > MAX_LINE => {
+                return Err(err(
+                    self.no,
+                    format!("longer than {MAX_LINE} bytes, not a uidlist line"),
+                ));
+            }
+            None => &self.buf,
+        };
+        Ok(Some((self.no, line.strip_suffix(b"\r").unwrap_or(line))))
     }
 }
 
 impl Uidlist {
+    /// An empty version 3 list.
+    pub fn new(uid_validity: NonZeroU32, next_uid: NonZeroU32) -> Uidlist {
+        Uidlist {
+            header: vec![
+                (b'V', uid_validity.to_string().into_bytes()),
+                (b'N', next_uid.to_string().into_bytes()),
+            ],
+            uid_validity: uid_validity.get(),
+            next_uid: next_uid.get(),
+            records: Vec::new(),
+        }
+    }
+
     pub fn uid_validity(&self) -> u32 {
         self.uid_validity
     }
@@ -67,97 +121,30 @@ impl Uidlist {
         self.next_uid.max(after_last)
     }
 
+    /// [`Uidlist::parse_reader`] over bytes already in memory.
     pub fn parse(data: &[u8]) -> Result<Uidlist, UidlistError> {
-        let mut lines = data
-            .split(|&b| b == b'\n')
-            .enumerate()
-            .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)));
-        let (_, head) = lines
-            .next()
-            .filter(|(_, l)| !l.is_empty())
-            .ok_or_else(|| err(1, "empty file"))?;
-        let mut fields = head.split(|&b| b == b' ').filter(|f| !f.is_empty());
-        let version = fields.next().unwrap_or_default();
-        let mut list = match version {
-            b"3" => {
-                let header: Vec<(u8, Vec<u8>)> = fields.map(|f| (f[0], f[1..].to_vec())).collect();
-                let get = |k: u8| header.iter().find(|(key, _)| *key == k).map(|(_, v)| v);
-                let v = get(b'V').and_then(|v| parse_u32(v)).filter(|&v| v != 0);
-                let n = get(b'N').and_then(|v| parse_u32(v)).filter(|&n| n != 0);
-                let (Some(uid_validity), Some(next_uid)) = (v, n) else {
-                    return Err(err(
-                        1,
-                        "broken header: V<uidvalidity> and N<nextuid> must be non-zero numbers",
-                    ));
-                };
-                Uidlist {
-                    header,
-                    uid_validity,
-                    next_uid,
-                    records: Vec::new(),
-                }
-            }
-            b"1" => {
-                let v = fields.next().and_then(parse_u32).filter(|&v| v != 0);
-                let n = fields.next().and_then(parse_u32).filter(|&n| n != 0);
-                let (Some(uid_validity), Some(next_uid)) = (v, n) else {
-                    return Err(err(
-                        1,
-                        "broken version 1 header: expected `1 <uidvalidity> <nextuid>`",
-                    ));
-                };
-                Uidlist {
-                    header: vec![
-                        (b'V', uid_validity.to_string().into_bytes()),
-                        (b'N', next_uid.to_string().into_bytes()),
-                    ],
-                    uid_validity,
-                    next_uid,
-                    records: Vec::new(),
-                }
-            }
-            other => {
-                return Err(err(
-                    1,
-                    format!("unsupported version {:?}", String::from_utf8_lossy(other)),
-                ));
-            }
+        Uidlist::parse_reader(data)
+    }
+
+    /// Reads a uidlist line by line; a line longer than [`MAX_LINE`] is an
+    /// error naming it, found without reading the rest of that line.
+    pub fn parse_reader(r: impl BufRead) -> Result<Uidlist, UidlistError> {
+        let mut lines = Lines {
+            r,
+            no: 0,
+            buf: Vec::new(),
         };
-        let v1 = version == b"1";
+        let (mut list, v1) = match lines.next()? {
+            Some((_, head)) if !head.is_empty() => parse_header(head)?,
+            _ => return Err(err(1, "empty file")),
+        };
         let mut last = 0u32;
-        for (no, line) in lines {
+        while let Some((no, line)) = lines.next()? {
             if line.is_empty() {
                 continue;
             }
-            let sp = line
-                .iter()
-                .position(|&b| b == b' ')
-                .ok_or_else(|| err(no, "record without a file name"))?;
-            let uid = parse_uid(&line[..sp], no)?;
-            let mut rest = &line[sp + 1..];
-            let mut ext = Vec::new();
-            let name = if v1 {
-                rest.to_vec()
-            } else {
-                loop {
-                    match rest.first() {
-                        Some(b':') => break rest[1..].to_vec(),
-                        Some(b' ') => rest = &rest[1..],
-                        Some(&key) => {
-                            let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
-                            ext.push((key, rest[1..end].to_vec()));
-                            rest = &rest[end..];
-                        }
-                        None => return Err(err(no, "record without ` :<filename>`")),
-                    }
-                }
-            };
-            if name.is_empty() || name.contains(&b'/') {
-                return Err(err(
-                    no,
-                    format!("invalid file name {:?}", String::from_utf8_lossy(&name)),
-                ));
-            }
+            let record = parse_record(line, no, v1)?;
+            let uid = record.uid;
             if uid <= last {
                 return Err(err(no, format!("UIDs not ordered ({uid} after {last})")));
             }
@@ -168,7 +155,7 @@ impl Uidlist {
                 ));
             }
             last = uid;
-            list.records.push(Record { uid, ext, name });
+            list.records.push(record);
         }
         Ok(list)
     }
@@ -197,6 +184,81 @@ impl Uidlist {
         }
         out
     }
+}
+
+/// The first line: the list without records, and whether it is version 1.
+fn parse_header(head: &[u8]) -> Result<(Uidlist, bool), UidlistError> {
+    let mut fields = head.split(|&b| b == b' ').filter(|f| !f.is_empty());
+    match fields.next().unwrap_or_default() {
+        b"3" => {
+            let header: Vec<(u8, Vec<u8>)> = fields
+                .filter_map(<[u8]>::split_first)
+                .map(|(&k, v)| (k, v.to_vec()))
+                .collect();
+            let get = |k: u8| header.iter().find(|(key, _)| *key == k).map(|(_, v)| v);
+            let v = get(b'V').and_then(|v| parse_u32(v)).filter(|&v| v != 0);
+            let n = get(b'N').and_then(|v| parse_u32(v)).filter(|&n| n != 0);
+            let (Some(uid_validity), Some(next_uid)) = (v, n) else {
+                return Err(err(
+                    1,
+                    "broken header: V<uidvalidity> and N<nextuid> must be non-zero numbers",
+                ));
+            };
+            let list = Uidlist {
+                header,
+                uid_validity,
+                next_uid,
+                records: Vec::new(),
+            };
+            Ok((list, false))
+        }
+        b"1" => {
+            let v = fields.next().and_then(parse_u32).and_then(NonZeroU32::new);
+            let n = fields.next().and_then(parse_u32).and_then(NonZeroU32::new);
+            let (Some(uid_validity), Some(next_uid)) = (v, n) else {
+                return Err(err(
+                    1,
+                    "broken version 1 header: expected `1 <uidvalidity> <nextuid>`",
+                ));
+            };
+            Ok((Uidlist::new(uid_validity, next_uid), true))
+        }
+        other => Err(err(
+            1,
+            format!("unsupported version {:?}", shown::bytes(other)),
+        )),
+    }
+}
+
+/// `<uid> <name>` (version 1) or `<uid> [<key><value> …] :<name>` (3).
+fn parse_record(line: &[u8], no: usize, v1: bool) -> Result<Record, UidlistError> {
+    let (uid, mut rest) =
+        split_once(line, b' ').ok_or_else(|| err(no, "record without a file name"))?;
+    let uid = parse_uid(uid, no)?;
+    let mut ext = Vec::new();
+    let name = if v1 {
+        rest.to_vec()
+    } else {
+        loop {
+            match rest.split_first() {
+                Some((b':', name)) => break name.to_vec(),
+                Some((b' ', tail)) => rest = tail,
+                Some((&key, tail)) => {
+                    let (value, tail) = split_once(tail, b' ').unwrap_or((tail, b""));
+                    ext.push((key, value.to_vec()));
+                    rest = tail;
+                }
+                None => return Err(err(no, "record without ` :<filename>`")),
+            }
+        }
+    };
+    if name.is_empty() || name.contains(&b'/') {
+        return Err(err(
+            no,
+            format!("invalid file name {:?}", shown::bytes(&name)),
+        ));
+    }
+    Ok(Record { uid, ext, name })
 }
 
 #[cfg(test)]
@@ -258,6 +320,68 @@ mod tests {
         }
     }
 
+    #[test]
+    fn over_long_lines_are_errors_naming_the_line() {
+        let name = |len: usize| vec![b'x'; len - 3];
+        let ok = [&b"3 V1 N9\n1 :"[..], &name(MAX_LINE), b"\n"].concat();
+        assert_eq!(Uidlist::parse(&ok).unwrap().records.len(), 1);
+        for data in [
+            [&b"3 V1 N9\n1 :"[..], &name(MAX_LINE + 1), b"\n"].concat(),
+            [&b"3 V1 N9\n1 :"[..], &name(MAX_LINE + 1)].concat(),
+            [&b"3 V1 N9\r\n1 :"[..], &name(MAX_LINE), b"\r\n"].concat(),
+        ] {
+            let e = Uidlist::parse(&data).unwrap_err();
+            assert_eq!(e.line, 2, "{e}");
+            assert!(e.problem.contains("longer than 8192 bytes"), "{e}");
+        }
+        let e = Uidlist::parse(&vec![b'3'; MAX_LINE + 1]).unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+    }
+
+    /// Counts the bytes taken from an endless line.
+    struct Counted<R>(R, std::rc::Rc<std::cell::Cell<usize>>);
+
+    impl<R: std::io::Read> std::io::Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.set(self.1.get() + n);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn parse_reader_reads_no_more_of_an_over_long_line_than_the_cap() {
+        for head in [&b""[..], b"3 V1 N9\n1 :"] {
+            let read = std::rc::Rc::new(std::cell::Cell::new(0));
+            let endless = head.chain(std::io::repeat(b'x'));
+            let r = std::io::BufReader::with_capacity(4096, Counted(endless, read.clone()));
+            let e = Uidlist::parse_reader(r).unwrap_err();
+            assert!(e.problem.contains("longer than"), "{e}");
+            assert!(
+                read.get() <= MAX_LINE + 1 + 4096 + head.len(),
+                "{}",
+                read.get()
+            );
+        }
+    }
+
+    #[test]
+    fn errors_quote_a_huge_line_briefly() {
+        let garbage = b"\x1b[31m\x00\t\r\xc3\xa9\xff".repeat(5 << 17);
+        let near_cap = &garbage[..MAX_LINE - 100];
+        for data in [
+            garbage.clone(),
+            [&b"3 V1 N9\n"[..], &garbage].concat(),
+            [near_cap, b"\n"].concat(),
+            [&b"3 V1 N9\n"[..], near_cap, b" :a\n"].concat(),
+            [&b"3 V1 N9\n1 :/"[..], near_cap, b"\n"].concat(),
+        ] {
+            let s = Uidlist::parse(&data).unwrap_err().to_string();
+            assert!(s.len() < 1024, "{}", s.len());
+            assert!(!s.chars().any(char::is_control), "{s}");
+        }
+    }
+
     fn arb_list() -> impl Strategy<Value = Uidlist> {
         (
             1u32..u32::MAX - 1,
@@ -300,6 +424,63 @@ mod tests {
         fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             if let Ok(l) = Uidlist::parse(&data) {
                 prop_assert!(Uidlist::parse(&l.to_bytes()).is_ok());
+            }
+        }
+    }
+
+    /// Pieces of uidlist lines, so generated input reaches every branch.
+    fn uidlist_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece: Vec<&[u8]> = vec![
+            &b"3"[..],
+            b"1",
+            b" ",
+            b"V",
+            b"N",
+            b"G",
+            b"W",
+            b"5",
+            b"0",
+            b"4294967295",
+            b"4294967296",
+            b":",
+            b" :",
+            b"\n",
+            b"\r",
+            b"\r\n",
+            b"/",
+            b"a",
+            "é".as_bytes(),
+            b"\0",
+            b"\xff",
+        ];
+        let piece = proptest::sample::select(piece);
+        proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_what_parses_re_encodes(
+            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), uidlist_like()],
+        ) {
+            let parsed = Uidlist::parse(&data);
+            // A reader that hands out a few bytes at a time gives the same.
+            let small = std::io::BufReader::with_capacity(3, &data[..]);
+            prop_assert_eq!(Uidlist::parse_reader(small), parsed.clone());
+            if let Ok(l) = parsed {
+                let bytes = l.to_bytes();
+                let back = Uidlist::parse(&bytes);
+                prop_assert!(back.is_ok(), "{:?} -> {:?}: {back:?}", String::from_utf8_lossy(&data), String::from_utf8_lossy(&bytes));
+                let back = back.unwrap();
+                // A CR that ends a line is taken as part of its line end,
+                // so a name or header field ending in CR cannot survive.
+                let cr_at_end = l.records.iter().any(|r| r.name.ends_with(b"\r"))
+                    || l.header.last().is_some_and(|(_, v)| v.ends_with(b"\r"));
+                if !cr_at_end {
+                    prop_assert_eq!(&back.records, &l.records);
+                }
+                prop_assert_eq!(back.uid_validity(), l.uid_validity());
+                prop_assert_eq!(back.next_uid(), l.next_uid());
+                prop_assert_eq!(back.to_bytes(), bytes);
             }
         }
     }

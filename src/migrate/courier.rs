@@ -176,7 +176,15 @@ pub fn acl(
     let Some(data) = read(folder, ACL, uid)? else {
         return Ok(None);
     };
-    let c = acl::convert(&data);
+    let c = match acl::convert(&data) {
+        Ok(c) => c,
+        Err(e) => {
+            warnings.push(format!(
+                "{shown}: {e}; not carried, the folder is not shared"
+            ));
+            return Ok(None);
+        }
+    };
     warnings.extend(c.warnings.iter().map(|w| format!("{shown}: ACL: {w}")));
     Ok(c.to_bytes())
 }
@@ -192,7 +200,13 @@ pub fn subscriptions(
     let Some(data) = read(root, SUBSCRIBED, uid)? else {
         return Ok(None);
     };
-    let s = subscribed::parse(&data);
+    let s = match subscribed::parse(&data) {
+        Ok(s) => s,
+        Err(e) => {
+            warnings.push(format!("{e}; subscriptions not carried"));
+            return Ok(None);
+        }
+    };
     for l in s.skipped.iter().chain(&s.invalid) {
         warnings.push(format!(
             "subscription {:?} (line {}) dropped: {}",

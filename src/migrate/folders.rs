@@ -632,8 +632,16 @@ fn carry_subscriptions(
         let bytes = courier.map(|kept| subscriptions::to_v2_bytes(&kept));
         return put_control(dst, maildir::SUBSCRIPTIONS, bytes, &ctx.attrs());
     };
+    let entries = match subscriptions::parse(&data) {
+        Ok(entries) => entries,
+        Err(e) => {
+            out.warnings
+                .push(format!("{}: {e}; not carried", maildir::SUBSCRIPTIONS));
+            return put_control(dst, maildir::SUBSCRIPTIONS, None, &ctx.attrs());
+        }
+    };
     let mut kept: Vec<Vec<String>> = Vec::new();
-    for entry in subscriptions::parse(&data) {
+    for entry in entries {
         let shown = || {
             entry
                 .iter()

@@ -68,7 +68,11 @@ impl Entry {
 
     fn set(&mut self, key: &str, value: Option<String>) {
         match (self.fields.iter().position(|(k, _)| k == key), value) {
-            (Some(i), Some(v)) => self.fields[i].1 = v,
+            (Some(i), Some(v)) => {
+                if let Some(f) = self.fields.get_mut(i) {
+                    f.1 = v;
+                }
+            }
             (Some(i), None) => {
                 self.fields.remove(i);
             }
@@ -90,17 +94,19 @@ impl Entry {
         let Some(q) = self.field("quota").filter(|q| !q.is_empty()) else {
             return Ok(None);
         };
+        let bad = || format!("quota {:?} is not a Maildir++ quota", crate::shown::text(q));
         let mut rule = String::from("*");
         for part in q.split(',') {
-            let (n, unit) = part.split_at(part.len().saturating_sub(1));
-            let n: u64 = n
-                .parse()
-                .map_err(|_| format!("quota {q:?} is not a Maildir++ quota"))?;
-            match unit {
-                "S" => rule.push_str(&format!(":bytes={n}")),
-                "C" => rule.push_str(&format!(":messages={n}")),
-                _ => return Err(format!("quota {q:?} is not a Maildir++ quota")),
-            }
+            // The unit is a suffix letter; the part may end in any character.
+            let (n, key) = if let Some(n) = part.strip_suffix('S') {
+                (n, "bytes")
+            } else if let Some(n) = part.strip_suffix('C') {
+                (n, "messages")
+            } else {
+                return Err(bad());
+            };
+            let n: u64 = n.parse().map_err(|_| bad())?;
+            rule.push_str(&format!(":{key}={n}"));
         }
         Ok(Some(rule))
     }
@@ -311,7 +317,7 @@ where
         .ok_or_else(|| UserdbError::BadEntry {
             path: db.to_path_buf(),
             line: 0,
-            problem: format!("no account {name}"),
+            problem: format!("no account {}", crate::shown::text(name)),
         })?;
     let (dir_path, file_name) = split_file_path(&path).map_err(io_err(&path))?;
     let with_prefix = |p: &str| {
@@ -324,18 +330,17 @@ where
 
     // Re-read under the lock: the file is the truth, not our earlier view.
     let current = read_db_file(&path)?;
-    let mut idx = None;
-    for (i, line) in current.lines.iter().enumerate() {
-        if is_account(line) && line.split('\t').next() == Some(name) {
-            idx = Some(i);
-        }
-    }
-    let i = idx.ok_or_else(|| UserdbError::BadEntry {
+    let found = current
+        .lines
+        .iter()
+        .enumerate()
+        .rfind(|(_, line)| is_account(line) && line.split('\t').next() == Some(name));
+    let (i, line) = found.ok_or_else(|| UserdbError::BadEntry {
         path: path.clone(),
         line: 0,
-        problem: format!("account {name} disappeared"),
+        problem: format!("account {} disappeared", crate::shown::text(name)),
     })?;
-    let old = Entry::parse(&current.lines[i]).map_err(|problem| UserdbError::BadEntry {
+    let old = Entry::parse(line).map_err(|problem| UserdbError::BadEntry {
         path: path.clone(),
         line: i + 1,
         problem,
@@ -345,7 +350,9 @@ where
         return Ok(false);
     }
     let mut lines = current.lines.clone();
-    lines[i] = new.to_line();
+    if let Some(l) = lines.get_mut(i) {
+        *l = new.to_line();
+    }
     let mut data = lines.join("\n");
     data.push('\n');
 
@@ -409,7 +416,7 @@ fn run_makeuserdb(cmd: &Path, db: &Path) -> Result<(), UserdbError> {
             "{} failed ({}): {}",
             cmd.display(),
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            crate::shown::bytes(out.stderr.trim_ascii())
         ),
     })
 }
@@ -437,6 +444,27 @@ mod tests {
         assert_eq!(with_imap.password(), Some(("imappw", "y")));
         assert!(Entry::parse("no tab").is_err());
         assert!(Entry::parse("u\tquota=12X").unwrap().quota_rule().is_err());
+    }
+
+    #[test]
+    fn quota_with_a_multibyte_last_character_is_an_error_not_a_panic() {
+        let e = Entry::parse("u\tquota=1000000000S,100é").unwrap();
+        let err = e.quota_rule().unwrap_err();
+        assert!(err.contains("not a Maildir++ quota"), "{err}");
+    }
+
+    #[test]
+    fn huge_garbage_gives_brief_messages() {
+        let garbage = "\x1b[31m\0\r\u{85}é,".repeat(450_000);
+        let quota = Entry::parse(&format!("u\tquota={garbage}")).unwrap();
+        for s in [
+            quota.quota_rule().unwrap_err(),
+            Entry::parse(&garbage).unwrap_err(),
+            Entry::parse(&format!("\t{garbage}")).unwrap_err(),
+        ] {
+            assert!(s.len() < 1024, "{}", s.len());
+            assert!(!s.chars().any(char::is_control), "{s}");
+        }
     }
 
     #[test]
@@ -514,6 +542,54 @@ mod tests {
             prop_assert!(e.frozen().refuses_login());
             let line = e.frozen().to_line();
             prop_assert_eq!(Entry::parse(&line).unwrap(), e.frozen());
+        }
+    }
+
+    fn userdb_like() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("u"),
+            Just("\t"),
+            Just("|"),
+            Just("="),
+            Just("quota="),
+            Just("options="),
+            Just("mmfrozen="),
+            Just("disableimap=1"),
+            Just(","),
+            Just("1000"),
+            Just("S"),
+            Just("C"),
+            Just("é"),
+            Just("日"),
+            Just("\n"),
+            Just("\0"),
+            Just("systempw="),
+            Just("imappw="),
+        ];
+        proptest::collection::vec(piece, 0..20).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_round_trips(
+            line in prop_oneof![
+                any::<String>(),
+                "[\\x00-\\x1f\\x7f\\u{80}-\\u{9f}a-z|=,SC0-9\\téš日]{0,80}",
+                userdb_like(),
+            ],
+        ) {
+            if let Ok(e) = Entry::parse(&line) {
+                prop_assert_eq!(Entry::parse(&e.to_line()), Ok(e.clone()));
+                if let Err(msg) = e.quota_rule() {
+                    prop_assert!(msg.len() < 1024 && !msg.chars().any(char::is_control), "{msg}");
+                }
+                let _ = (e.password(), e.refuses_login());
+                let f = e.frozen();
+                // An entry already frozen by us is left as it is.
+                prop_assert!(f.refuses_login() || e.frozen_by_us());
+                prop_assert_eq!(Entry::parse(&f.to_line()), Ok(f.clone()));
+                let _ = f.thawed();
+            }
         }
     }
 }

@@ -40,8 +40,9 @@ pub enum UserdbError {
     )]
     Busy { path: PathBuf, attempts: usize },
     #[error(
-        "{}: user {user} exists more than once (lines {first} and {second})",
-        crate::shown::path(path)
+        "{}: user {} exists more than once (lines {first} and {second})",
+        crate::shown::path(path),
+        crate::shown::text(user)
     )]
     Duplicate {
         path: PathBuf,
@@ -80,18 +81,18 @@ impl Entry {
     pub fn parse(line: &str) -> Entry {
         let f: Vec<&str> = line.split(':').collect();
         let get = |i: usize| f.get(i).copied().unwrap_or("").to_string();
-        let extra = if f.len() > 8 && f[7].is_empty() && !f[8].is_empty() {
+        let rest = f.get(7..).unwrap_or_default();
+        let extra = match rest {
             // Dovecot's old format: an empty field, then the mail location.
-            vec![format!("userdb_mail={}", f[8..].join(":"))]
-        } else if f.len() > 7 {
-            f[7..]
+            ["", mail @ ..] if mail.first().is_some_and(|m| !m.is_empty()) => {
+                vec![format!("userdb_mail={}", mail.join(":"))]
+            }
+            _ => rest
                 .join(":")
                 .split(' ')
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
-                .collect()
-        } else {
-            Vec::new()
+                .collect(),
         };
         Entry {
             user: get(0),
@@ -257,15 +258,14 @@ impl PasswdFile {
         };
         let mut lines = Vec::new();
         let mut start = 0;
-        while start < data.len() {
-            let nl = data[start..].iter().position(|&b| b == b'\n');
-            let next = nl.map_or(data.len(), |p| start + p + 1);
-            let mut end = nl.map_or(data.len(), |p| start + p);
-            if end > start && data[end - 1] == b'\r' {
-                end -= 1;
-            }
-            lines.push(Span { start, end });
-            start = next;
+        for piece in data.split_inclusive(|&b| b == b'\n') {
+            let body = piece.strip_suffix(b"\n").unwrap_or(piece);
+            let body = body.strip_suffix(b"\r").unwrap_or(body);
+            lines.push(Span {
+                start,
+                end: start + body.len(),
+            });
+            start += piece.len();
         }
         Ok(PasswdFile {
             path: path.to_path_buf(),
@@ -304,8 +304,8 @@ impl PasswdFile {
     /// (line number, user bytes, line bytes) for every non-comment line.
     fn raw_entries(&self) -> impl Iterator<Item = (usize, &[u8], &[u8])> {
         self.lines.iter().enumerate().filter_map(|(i, s)| {
-            let line = &self.data[s.start..s.end];
-            if line.is_empty() || line[0] == b'#' || line[0] == b':' {
+            let line = self.data.get(s.start..s.end)?;
+            if matches!(line.first(), None | Some(b'#' | b':')) {
                 return None;
             }
             let user = line.split(|&b| b == b':').next().unwrap_or_default();
@@ -346,16 +346,24 @@ impl PasswdFile {
     fn apply(&self, change: &Change) -> Result<Vec<u8>, UserdbError> {
         match change {
             Change::Replace { user, line } => {
-                let (no, _) = self.find(user)?.ok_or_else(|| UserdbError::BadEntry {
+                let gone = || UserdbError::BadEntry {
                     path: self.path.clone(),
                     line: 0,
-                    problem: format!("user {user} disappeared from the file"),
-                })?;
-                let span = self.lines[no - 1];
+                    problem: format!(
+                        "user {} disappeared from the file",
+                        crate::shown::text(user)
+                    ),
+                };
+                let (no, _) = self.find(user)?.ok_or_else(gone)?;
+                let (before, after) = no
+                    .checked_sub(1)
+                    .and_then(|i| self.lines.get(i))
+                    .and_then(|s| Some((self.data.get(..s.start)?, self.data.get(s.end..)?)))
+                    .ok_or_else(gone)?;
                 let mut out = Vec::with_capacity(self.data.len() + line.len());
-                out.extend_from_slice(&self.data[..span.start]);
+                out.extend_from_slice(before);
                 out.extend_from_slice(line.as_bytes());
-                out.extend_from_slice(&self.data[span.end..]);
+                out.extend_from_slice(after);
                 Ok(out)
             }
             Change::Append(line) => {
@@ -632,6 +640,27 @@ mod tests {
         assert!(check_writable(&e).is_err());
     }
 
+    #[test]
+    fn huge_garbage_gives_brief_messages() {
+        let garbage = "\x1b[31m\0\t\r\u{85}é:".repeat(450_000);
+        let e = Entry::parse(&garbage);
+        let long_extra = Entry::parse(&format!("u:p:1:1::/h::{}", garbage.replace(':', "")));
+        let dup = UserdbError::Duplicate {
+            path: PathBuf::from("/u"),
+            user: garbage.clone(),
+            first: 1,
+            second: 2,
+        };
+        for s in [
+            check_writable(&e).unwrap_err(),
+            check_writable(&long_extra).unwrap_err(),
+            dup.to_string(),
+        ] {
+            assert!(s.len() < 1024, "{}", s.len());
+            assert!(!s.chars().any(char::is_control), "{s}");
+        }
+    }
+
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
@@ -769,6 +798,31 @@ mod tests {
         fn parse_never_panics(line in "\\PC{0,80}") {
             let e = Entry::parse(&line);
             let _ = check_writable(&e);
+        }
+    }
+
+    /// Text with control characters, multi-byte UTF-8 and the separators.
+    fn hostile_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[\\x00-\\x1f\\x7f\\u{80}-\\u{9f}a-z:= \\téš日\\u{10000}]{0,80}",
+            proptest::collection::vec(any::<u8>(), 0..200)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_on_any_text(line in hostile_line()) {
+            let e = Entry::parse(&line);
+            let _ = (e.mail(), e.frozen_by_us(), e.extra_without_location().count());
+            if !e.refuses_login() && !e.has_flag(FREEZE_REASON) {
+                prop_assert_eq!(e.frozen().thawed(), e.clone());
+            }
+            match check_writable(&e) {
+                Ok(written) => prop_assert_eq!(Entry::parse(&written), e),
+                Err(msg) => prop_assert!(msg.len() < 1024 && !msg.chars().any(char::is_control)),
+            }
         }
     }
 }

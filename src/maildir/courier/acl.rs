@@ -9,6 +9,19 @@
 
 use std::collections::BTreeSet;
 
+use crate::shown;
+
+/// The largest file accepted: one short line per identifier granted rights
+/// on one folder. Sharing goes to groups, so real files have a few lines;
+/// 64 KiB holds a thousand users.
+pub const MAX_BYTES: usize = 64 << 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AclError {
+    #[error("courierimapacl is larger than {MAX_BYTES} bytes ({size} bytes)")]
+    TooLarge { size: usize },
+}
+
 /// Dovecot's rights letters in its canonical order.
 const DOVECOT_ORDER: &str = "lrwstipekxa";
 /// Courier's ACL_ALL, mapped: what owner and administrators have by default.
@@ -84,7 +97,12 @@ fn letters(set: &BTreeSet<char>) -> String {
     DOVECOT_ORDER.chars().filter(|c| set.contains(c)).collect()
 }
 
-pub fn convert(data: &[u8]) -> AclConversion {
+/// Converts one folder's `courierimapacl`; only an over-sized file is an
+/// error, anything else unusable is left out with a warning.
+pub fn convert(data: &[u8]) -> Result<AclConversion, AclError> {
+    if data.len() > MAX_BYTES {
+        return Err(AclError::TooLarge { size: data.len() });
+    }
     let mut warnings = Vec::new();
     let mut entries: Vec<Entry> = Vec::new();
     for (i, line) in data.split(|&b| b == b'\n').enumerate() {
@@ -96,7 +114,7 @@ pub fn convert(data: &[u8]) -> AclConversion {
         let Ok(line) = std::str::from_utf8(line) else {
             warnings.push(format!(
                 "courierimapacl line {no}: not UTF-8, ignored: {:?}",
-                String::from_utf8_lossy(line)
+                shown::bytes(line)
             ));
             continue;
         };
@@ -110,7 +128,8 @@ pub fn convert(data: &[u8]) -> AclConversion {
         };
         let Some(id) = identifier(bare) else {
             warnings.push(format!(
-                "courierimapacl line {no}: unknown identifier {raw_id:?}, entry ignored"
+                "courierimapacl line {no}: unknown identifier {:?}, entry ignored",
+                shown::text(raw_id)
             ));
             continue;
         };
@@ -123,7 +142,9 @@ pub fn convert(data: &[u8]) -> AclConversion {
         if !unknown.is_empty() {
             let u: String = unknown.into_iter().collect();
             warnings.push(format!(
-                "courierimapacl line {no}: unknown rights {u:?} for {raw_id:?} dropped"
+                "courierimapacl line {no}: unknown rights {:?} for {:?} dropped",
+                shown::text(&u),
+                shown::text(raw_id)
             ));
         }
         match entries
@@ -158,10 +179,10 @@ pub fn convert(data: &[u8]) -> AclConversion {
             && (e.id == ADMINS || (e.id == "owner" && ALL.chars().all(|c| e.rights.contains(&c))))
     }) && entries.iter().any(|e| e.id == "owner");
     if is_default {
-        return AclConversion {
+        return Ok(AclConversion {
             lines: None,
             warnings,
-        };
+        });
     }
     if !entries.iter().any(|e| !e.negative && e.id == "owner") {
         warnings.push(
@@ -180,10 +201,10 @@ pub fn convert(data: &[u8]) -> AclConversion {
             )
         })
         .collect();
-    AclConversion {
+    Ok(AclConversion {
         lines: Some(lines),
         warnings,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -199,7 +220,7 @@ mod tests {
             b"owner aceilrstwxp\r\ngroup=administrators lr\n",
             b"administrators aceilrstwx\nowner aceilrstwx\n-administrators l\nanyone \n",
         ] {
-            let c = convert(data);
+            let c = convert(data).unwrap();
             assert_eq!(c.lines, None, "{:?}", String::from_utf8_lossy(data));
             assert!(c.warnings.is_empty(), "{:?}", c.warnings);
             assert_eq!(c.to_bytes(), None);
@@ -210,7 +231,7 @@ mod tests {
     fn sharing_is_converted() {
         let c = convert(
             b"owner aceilrstwx\nadministrators aceilrstwx\nuser=mary lrs\n-user=bob w\nanonymous lr\ngroup=staff lrc\n",
-        );
+        ).unwrap();
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert_eq!(
             String::from_utf8(c.to_bytes().unwrap()).unwrap(),
@@ -220,7 +241,7 @@ mod tests {
 
     #[test]
     fn restricted_owner_and_obsolete_delete() {
-        let c = convert(b"owner lrd\n");
+        let c = convert(b"owner lrd\n").unwrap();
         assert_eq!(
             c.lines.unwrap(),
             ["owner lrtex", "group=administrators lrwstiekxa"]
@@ -231,7 +252,8 @@ mod tests {
     fn unknown_entries_are_reported() {
         let c = convert(
             b"owner aceilrstwx\nuser=ann lrZ9\nrobot lr\nuser= lr\nauthenticated r\n\xff r\n",
-        );
+        )
+        .unwrap();
         assert_eq!(
             c.lines.unwrap(),
             [
@@ -259,7 +281,7 @@ mod tests {
 
     #[test]
     fn later_lines_win_and_missing_owner_is_flagged() {
-        let c = convert(b"user=a lr\nuser=a r\n");
+        let c = convert(b"user=a lr\nuser=a r\n").unwrap();
         assert_eq!(
             c.lines.unwrap(),
             ["user=a r", "group=administrators lrwstiekxa"]
@@ -267,10 +289,33 @@ mod tests {
         assert!(c.warnings[0].contains("no owner entry"));
     }
 
+    #[test]
+    fn size_is_capped_and_warnings_are_brief() {
+        let full = b"owner aceilrstwx\n".repeat(MAX_BYTES / 17);
+        assert_eq!(convert(&full).unwrap().lines, None);
+        let garbage = b"\x1b[31m\x00\t\r\xc3\xa9\xff".repeat(5 << 17);
+        let e = convert(&garbage).unwrap_err().to_string();
+        assert!(e.contains("larger than 65536 bytes"), "{e}");
+        let near_cap = &garbage[..MAX_BYTES - 100];
+        let text = String::from_utf8_lossy(&near_cap[..MAX_BYTES / 2]).replace(' ', "");
+        let mut messages = vec![e];
+        for data in [
+            near_cap.to_vec(),
+            text.clone().into_bytes(),
+            format!("user=x {text}").into_bytes(),
+        ] {
+            messages.extend(convert(&data).unwrap().warnings);
+        }
+        for s in messages {
+            assert!(s.len() < 1024, "{}", s.len());
+            assert!(!s.chars().any(char::is_control), "{s}");
+        }
+    }
+
     proptest! {
         #[test]
         fn lines_are_well_formed(data in proptest::collection::vec(any::<u8>(), 0..120)) {
-            let c = convert(&data);
+            let c = convert(&data).unwrap();
             for l in c.lines.iter().flatten() {
                 let (id, rights) = l.split_once(' ').unwrap();
                 prop_assert!(!id.is_empty() && !id.contains(['\n', '\r', ' ']));
@@ -282,7 +327,50 @@ mod tests {
         #[test]
         fn owner_with_all_rights_plus_admins_is_default(extra in "[acdeilprstwx]{0,5}") {
             let data = format!("owner aceilrstwx{extra}\nadministrators {extra}\n");
-            prop_assert_eq!(convert(data.as_bytes()).lines, None);
+            prop_assert_eq!(convert(data.as_bytes()).unwrap().lines, None);
+        }
+    }
+
+    fn acl_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece: Vec<&[u8]> = vec![
+            &b"owner"[..],
+            b"-",
+            b"anyone",
+            b"anonymous",
+            b"administrators",
+            b"group=administrators",
+            b"user=",
+            b"group=",
+            b"mary",
+            b" ",
+            b"aceilrstwx",
+            b"d",
+            b"p",
+            b"Z",
+            b"\n",
+            b"\r\n",
+            "é".as_bytes(),
+            b"\xff",
+            b"\0",
+            b"\t",
+        ];
+        let piece = proptest::sample::select(piece);
+        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn convert_never_panics_on_hostile_files(
+            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), acl_like()],
+        ) {
+            let c = convert(&data).unwrap();
+            for w in &c.warnings {
+                prop_assert!(!w.chars().any(char::is_control), "{w}");
+            }
+            if let Some(bytes) = c.to_bytes() {
+                let text = String::from_utf8(bytes).unwrap();
+                prop_assert_eq!(text.lines().count(), c.lines.as_ref().map_or(0, Vec::len));
+            }
         }
     }
 }

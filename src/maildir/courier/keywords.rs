@@ -16,10 +16,23 @@
 use super::{numbered_lines, shown};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::maildir::keywords::Keywords;
+use crate::maildir::keywords::{self, Keywords};
+use crate::maildir::split_once;
 
 /// Dovecot can show at most this many keywords per folder from file names.
 pub const MAX_LETTERS: usize = 26;
+/// The longest keyword carried, in bytes. Real ones are words (Dovecot
+/// creates none longer than 50 by default); the cap keeps 26 of them
+/// within what `dovecot-keywords` may hold.
+pub const MAX_KEYWORD: usize = 1024;
+// Index, space and newline around each name.
+const _: () = assert!(MAX_LETTERS * (MAX_KEYWORD + 4) <= keywords::MAX_BYTES);
+/// The longest `:list` line: a name of at most [`MAX_KEYWORD`] bytes, or a
+/// file name of at most 255 bytes with the indexes of thousands of
+/// keywords. (The file itself grows with the folder.)
+pub const MAX_LIST_LINE: usize = 64 << 10;
+/// The largest update file: one message's keywords, one per line.
+pub const MAX_UPDATE_BYTES: usize = 64 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("courierimapkeywords/:list line {line}: {problem}")]
@@ -50,9 +63,11 @@ impl MergedKeywords {
 }
 
 /// A keyword Dovecot accepts: an IMAP atom (RFC 3501 `flag-keyword`),
-/// i.e. printable ASCII without `( ) { % * " \ ]` and no space.
+/// i.e. printable ASCII without `( ) { % * " \ ]` and no space, and at
+/// most [`MAX_KEYWORD`] bytes.
 pub fn is_valid_keyword(name: &[u8]) -> bool {
     !name.is_empty()
+        && name.len() <= MAX_KEYWORD
         && name.iter().all(|&b| {
             (0x21..=0x7e).contains(&b)
                 && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b']')
@@ -113,7 +128,9 @@ impl Names {
         }
         for (n, kept) in self.merged {
             out.push(format!(
-                "keyword {n:?} merged into {kept:?}: Dovecot compares keywords case-insensitively"
+                "keyword {:?} merged into {:?}: Dovecot compares keywords case-insensitively",
+                crate::shown::text(&n),
+                crate::shown::text(&kept)
             ));
         }
     }
@@ -134,10 +151,9 @@ fn update_name(name: &[u8]) -> UpdateName<'_> {
         [] | [b':', ..] | b"." | b".." => UpdateName::Ignored,
         _ if name.starts_with(b".tmp.") => UpdateName::Ignored,
         [b'.', rest @ ..] => {
-            let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+            let Some((digits, base)) = split_once(rest, b'.') else {
                 return UpdateName::Unknown;
             };
-            let (digits, base) = (&rest[..dot], &rest[dot + 1..]);
             let n = std::str::from_utf8(digits)
                 .ok()
                 .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
@@ -153,7 +169,7 @@ fn update_name(name: &[u8]) -> UpdateName<'_> {
 }
 
 fn valid_base(b: &[u8]) -> bool {
-    !b.is_empty() && !b.contains(&b':') && !b.contains(&b'/') && b[0] != b'.'
+    !matches!(b.first(), None | Some(b'.')) && !b.contains(&b':') && !b.contains(&b'/')
 }
 
 /// Reads `:list` into base → names (valid names only).
@@ -164,8 +180,20 @@ fn parse_list(
 ) -> Result<BTreeMap<Vec<u8>, BTreeSet<String>>, KeywordListError> {
     let fail = |line: usize, problem: String| KeywordListError { line, problem };
     if let Some((offset, problem)) = garbled(data) {
-        let line = data[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
+        let before = data.get(..offset).unwrap_or(data);
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
         return Err(fail(line, problem));
+    }
+    let too_long = |(no, line): (usize, &[u8])| {
+        (line.len() > MAX_LIST_LINE).then(|| {
+            fail(
+                no,
+                format!("longer than {MAX_LIST_LINE} bytes, not a keyword list line"),
+            )
+        })
+    };
+    if let Some(e) = lines(data).find_map(too_long) {
+        return Err(e);
     }
     let mut table: Vec<Option<String>> = Vec::new();
     let mut it = lines(data);
@@ -180,18 +208,14 @@ fn parse_list(
         if line.is_empty() {
             continue;
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some((base, indexes)) = split_once(line, b':') else {
             return Err(fail(no, format!("entry without `:` {:?}", shown(line))));
         };
-        let base = &line[..colon];
         if !valid_base(base) {
             return Err(fail(no, format!("invalid file name {:?}", shown(base))));
         }
         let mut set = BTreeSet::new();
-        for idx in line[colon + 1..]
-            .split(|&b| b == b' ')
-            .filter(|s| !s.is_empty())
-        {
+        for idx in indexes.split(|&b| b == b' ').filter(|s| !s.is_empty()) {
             let i = std::str::from_utf8(idx)
                 .ok()
                 .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
@@ -266,6 +290,13 @@ pub fn merge(
             .into_iter()
             .chain(versioned.iter().map(|&(_, f, c)| (f, c)));
         for (fname, content) in candidates {
+            if content.len() > MAX_UPDATE_BYTES {
+                warnings.push(format!(
+                    "courierimapkeywords/{}: larger than {MAX_UPDATE_BYTES} bytes; skipped, an older state applies",
+                    shown(fname)
+                ));
+                continue;
+            }
             if let Some((_, problem)) = garbled(content) {
                 warnings.push(format!(
                     "courierimapkeywords/{}: {problem}; skipped, an older state applies",
@@ -324,8 +355,9 @@ pub fn assign_letters(merged: &MergedKeywords) -> Assignment {
         file.push_str(&format!("{i} {name}\n"));
         letter_of.insert(name, b'a' + i as u8);
     }
-    // The names are IMAP atoms, which `Keywords::parse` always accepts.
-    let keywords = Keywords::parse(file.as_bytes()).expect("atoms are valid keyword names");
+    // At most 26 atoms of at most MAX_KEYWORD bytes: `Keywords::parse`
+    // accepts them (the size is checked at compile time above).
+    let keywords = Keywords::parse(file.as_bytes()).unwrap_or_default();
 
     let mut letters = HashMap::new();
     for (base, set) in &merged.messages {
@@ -361,14 +393,13 @@ pub fn add_letters(name: &[u8], letters: &[u8]) -> Vec<u8> {
         return name.to_vec();
     }
     let base = crate::maildir::filename::base(name);
-    let info = &name[base.len()..];
+    let info = name.get(base.len()..).unwrap_or_default();
     let (flags, extra): (&[u8], &[u8]) = if info.is_empty() {
         (b"", b"")
     } else if let Some(rest) = info.strip_prefix(b":2,") {
-        match rest.iter().position(|&b| b == b',') {
-            Some(p) => (&rest[..p], &rest[p..]),
-            None => (rest, b""),
-        }
+        // The extra info keeps its leading `,`.
+        let comma = rest.iter().position(|&b| b == b',').unwrap_or(rest.len());
+        rest.split_at_checked(comma).unwrap_or((rest, b""))
     } else {
         return name.to_vec();
     };
@@ -509,6 +540,62 @@ mod tests {
     }
 
     #[test]
+    fn caps_fit_the_format() {
+        // A :list line beyond the cap fails the list, naming the line.
+        let long = [&b"A\n\nm1:"[..], &b"0 ".repeat(MAX_LIST_LINE / 2), b"\n"].concat();
+        let e = merge(Some(&long), &[]).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.problem.contains("longer than 65536 bytes"), "{e}");
+        // An over-sized update file is skipped like a garbled one.
+        let big = [&b"Big\n"[..], &vec![b'x'; MAX_UPDATE_BYTES]].concat();
+        let m = merge(Some(LIST), &[(b"m1".to_vec(), big)]).unwrap();
+        assert_eq!(kw(&m, "m1"), ["$Label1", "Work"]);
+        assert!(
+            m.warnings[0].contains("larger than 65536 bytes"),
+            "{:?}",
+            m.warnings
+        );
+        // 26 keywords of the longest length still make a dovecot-keywords.
+        let mut m = MergedKeywords::default();
+        for i in 0..MAX_LETTERS {
+            let name = format!("{i:02}{}", "k".repeat(MAX_KEYWORD - 2));
+            m.messages.entry(b"m".to_vec()).or_default().insert(name);
+        }
+        let a = assign_letters(&m);
+        assert_eq!(Keywords::parse(&a.keywords.to_bytes()).unwrap(), a.keywords);
+        assert_eq!(a.letters[&b"m"[..]].len(), MAX_LETTERS);
+        // A longer name is dropped, with a short warning.
+        let list = [&b"x"[..], &vec![b'k'; MAX_KEYWORD], b"\n\nm:0\n"].concat();
+        let m = merge(Some(&list), &[]).unwrap();
+        assert!(m.messages.is_empty());
+        assert!(m.warnings[0].contains("dropped") && m.warnings[0].len() < 1024);
+    }
+
+    #[test]
+    fn huge_garbage_gives_brief_messages() {
+        let garbage = b"\x1b[31m\t\r\xc3\xa9\xff".repeat(5 << 17);
+        let text = String::from_utf8_lossy(&garbage).into_owned().into_bytes();
+        let near_cap = &text[..MAX_LIST_LINE - 10];
+        let mut messages = Vec::new();
+        for list in [
+            garbage.clone(),
+            text.clone(),
+            [&b"A\n\n"[..], near_cap].concat(),
+            [&b"A\n\n."[..], near_cap, b":0"].concat(),
+            [&b"A\n\nm:"[..], near_cap].concat(),
+        ] {
+            messages.push(merge(Some(&list), &[]).unwrap_err().to_string());
+        }
+        let name = [&b"A\n"[..], &text[..MAX_KEYWORD - 1], b"\n"].concat();
+        let m = merge(Some(&name), &[(b"m:x".to_vec(), garbage.clone())]).unwrap();
+        messages.extend(m.warnings);
+        for s in messages {
+            assert!(s.len() < 1024, "{}", s.len());
+            assert!(!s.chars().any(char::is_control), "{s}");
+        }
+    }
+
+    #[test]
     fn retain_present_forgets_stale() {
         let mut m = merge(Some(LIST), &[]).unwrap();
         m.retain_present(&[b"m1".to_vec(), b"other".to_vec()]);
@@ -628,6 +715,62 @@ mod tests {
                     prop_assert!(l.iter().all(u8::is_ascii_lowercase));
                 }
             }
+        }
+    }
+
+    fn list_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece: Vec<&[u8]> = vec![
+            &b"Work"[..],
+            b"$Label1",
+            b"bad name",
+            b"\n",
+            b"\n\n",
+            b"\r\n",
+            b"m1",
+            b":",
+            b" ",
+            b"0",
+            b"1",
+            b"99999999999999999999999",
+            b"/",
+            "é".as_bytes(),
+            b"\xff",
+            b"\0",
+            b".",
+        ];
+        let piece = proptest::sample::select(piece);
+        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn merge_never_panics_on_hostile_files(
+            list in proptest::option::of(prop_oneof![proptest::collection::vec(any::<u8>(), 0..300), list_like()]),
+            updates in proptest::collection::vec(
+                (prop_oneof![proptest::collection::vec(any::<u8>(), 0..20), list_like()],
+                 prop_oneof![proptest::collection::vec(any::<u8>(), 0..60), list_like()]),
+                0..6),
+        ) {
+            if let Ok(m) = merge(list.as_deref(), &updates) {
+                for w in &m.warnings {
+                    prop_assert!(!w.chars().any(char::is_control), "{w}");
+                }
+                let a = assign_letters(&m);
+                prop_assert!(Keywords::parse(&a.keywords.to_bytes()).is_ok());
+                for (base, letters) in &a.letters {
+                    let named = add_letters(base, letters);
+                    prop_assert_eq!(filename::base(&named), &base[..]);
+                }
+            }
+        }
+
+        #[test]
+        fn add_letters_never_panics(
+            name in prop_oneof![proptest::collection::vec(any::<u8>(), 0..60), list_like()],
+            letters in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let out = add_letters(&name, &letters);
+            prop_assert_eq!(filename::base(&out), filename::base(&name));
         }
     }
 }

@@ -20,9 +20,10 @@ fn num(s: &[u8]) -> Option<u64> {
     std::str::from_utf8(s).ok()?.parse().ok()
 }
 
-/// Bytes for an error message.
+/// Bytes for an error message or warning: escaped, and only a short
+/// excerpt of anything long.
 fn shown(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    crate::shown::bytes(b)
 }
 
 /// Lines with their 1-based numbers, CR before LF dropped.

@@ -15,6 +15,10 @@
 use super::{num, numbered_lines, shown};
 use crate::maildir::filename;
 
+/// The longest line accepted, without its LF: a file name of at most 255
+/// bytes and three numbers, so 8 KiB (as for uidlist lines) is generous.
+pub const MAX_LINE: usize = 8 << 10;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pop3Entry {
     /// The message's base name (the file name up to the first `:`).
@@ -50,7 +54,8 @@ impl Pop3List {
             let uidl = match &mut self.next {
                 Some((next, uidv)) => {
                     let u = uidl(base, *next, *uidv);
-                    *next += 1;
+                    // Courier's counter is an unsigned long: it wraps.
+                    *next = next.wrapping_add(1);
                     u
                 }
                 None => uidl(base, 0, 0),
@@ -80,21 +85,29 @@ fn err(line: usize, problem: impl Into<String>) -> Pop3Error {
 }
 
 /// Parses the list. A header that starts with `/` but is not a known
-/// version is an error (the UIDLs cannot be known); unreadable record lines
-/// are skipped and listed, as Courier skips them.
+/// version, or is over-long, is an error (the UIDLs cannot be known);
+/// unreadable or over-long record lines are skipped and listed, as Courier
+/// skips them.
 pub fn parse(data: &[u8]) -> Result<Pop3List, Pop3Error> {
+    let too_long = || format!("longer than {MAX_LINE} bytes, not a POP3 list line");
     let mut lines = numbered_lines(data).peekable();
     let mut next = None;
     let version = match lines.peek() {
+        Some((_, head)) if head.first() == Some(&b'/') && head.len() > MAX_LINE => {
+            return Err(err(1, too_long()));
+        }
         Some((_, head)) if head.first() == Some(&b'/') => {
-            let fields: Vec<&[u8]> = head[1..]
+            let fields: Vec<&[u8]> = head
+                .strip_prefix(b"/")
+                .unwrap_or(head)
                 .split(|&b| b == b' ')
                 .filter(|f| !f.is_empty())
                 .collect();
             let numeric = |n: usize| fields.len() == n && fields.iter().all(|f| num(f).is_some());
             let version = match fields.first().map(|v| &v[..]) {
                 Some(b"1") if numeric(2) => 1,
-                Some(v @ (b"2" | b"3")) if numeric(3) => v[0] - b'0',
+                Some(b"2") if numeric(3) => 2,
+                Some(b"3") if numeric(3) => 3,
                 Some(v @ (b"1" | b"2" | b"3")) => {
                     return Err(err(
                         1,
@@ -122,6 +135,10 @@ pub fn parse(data: &[u8]) -> Result<Pop3List, Pop3Error> {
     let mut seen = std::collections::HashSet::new();
     for (no, line) in lines {
         if line.is_empty() {
+            continue;
+        }
+        if line.len() > MAX_LINE {
+            list.skipped.push(err(no, too_long()));
             continue;
         }
         match parse_line(line, version) {
@@ -236,6 +253,55 @@ a:2,S 10 1:1795958096:0
         assert_eq!(v0.entries[1].uidl, "b+2Bx");
     }
     use proptest::prelude::*;
+
+    #[test]
+    fn next_uid_at_the_top_of_u64_is_not_a_panic() {
+        let mut l = parse(b"/1 18446744073709551615\n").unwrap();
+        l.extend_for(&[b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(l.entries[0].uidl, "UID18446744073709551615");
+        // Courier's unsigned counter wraps to 0, which means "no UID".
+        assert_eq!(l.entries[1].uidl, "b");
+    }
+
+    #[test]
+    fn over_long_lines_and_huge_garbage() {
+        let line = |len: usize| [vec![b'x'; len - 4], b" 5 1".to_vec()].concat();
+        let data = [&b"/1 9\n"[..], &line(MAX_LINE), b"\n", &line(MAX_LINE + 1)].concat();
+        let l = parse(&data).unwrap();
+        assert_eq!(l.entries.len(), 1);
+        assert_eq!(l.skipped[0].line, 3);
+        assert!(l.skipped[0].problem.contains("longer than 8192"));
+        let head = [&b"/1 "[..], &vec![b'9'; MAX_LINE]].concat();
+        assert!(parse(&head).unwrap_err().problem.contains("longer than"));
+
+        let garbage = b"\x1b[31m\x00\t\r\xc3\xa9\xff".repeat(5 << 17);
+        let near_cap = &garbage[..MAX_LINE - 10];
+        let mut messages = Vec::new();
+        for data in [
+            [&b"/"[..], &garbage].concat(),
+            [&b"/2 "[..], near_cap].concat(),
+        ] {
+            messages.push(parse(&data).unwrap_err().to_string());
+        }
+        let data = [
+            &garbage[..],
+            b"\n",
+            near_cap,
+            b"\n",
+            near_cap,
+            b" 5\n",
+            near_cap,
+            b" 5\n",
+        ]
+        .concat();
+        let l = parse(&data).unwrap();
+        assert_eq!((l.entries.len(), l.skipped.len()), (1, 3));
+        messages.extend(l.skipped.iter().map(ToString::to_string));
+        for s in messages {
+            assert!(s.len() < 1024, "{}", s.len());
+            assert!(!s.chars().any(char::is_control), "{s}");
+        }
+    }
 
     fn uidls(l: &Pop3List) -> Vec<(&[u8], &str, u32, u64)> {
         l.entries
@@ -355,6 +421,55 @@ a:2,S 10 1:1795958096:0
         ) {
             prop_assume!(a != b);
             prop_assert_ne!(uidl(&a, 0, 0), uidl(&b, 0, 0));
+        }
+    }
+
+    fn pop3_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece: Vec<&[u8]> = vec![
+            &b"/1 "[..],
+            b"/2 ",
+            b"/3 ",
+            b"/",
+            b"/1 18446744073709551615\n",
+            b"/3 18446744073709551615 7\n",
+            b" ",
+            b":",
+            b"0",
+            b"1",
+            b"18446744073709551615",
+            b"18446744073709551616",
+            b"\n",
+            b"\r\n",
+            b"a",
+            b":2,S",
+            b"/",
+            "é".as_bytes(),
+            b"\xff",
+            b"\0",
+        ];
+        let piece = proptest::sample::select(piece);
+        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_and_extend_never_panic(
+            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), pop3_like()],
+            present in proptest::collection::vec(prop_oneof![
+                "[a-c]".prop_map(String::into_bytes),
+                proptest::collection::vec(any::<u8>(), 0..6),
+            ], 0..5),
+        ) {
+            if let Ok(mut l) = parse(&data) {
+                for e in &l.skipped {
+                    let s = e.to_string();
+                    prop_assert!(!s.chars().any(char::is_control), "{s}");
+                }
+                l.extend_for(&present);
+                for e in &l.entries {
+                    prop_assert!(e.uidl.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+                }
+            }
         }
     }
 }

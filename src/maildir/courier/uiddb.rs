@@ -17,10 +17,15 @@
 use super::{num, numbered_lines, shown};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::num::NonZeroU32;
 
 use super::pop3::Pop3List;
-use crate::maildir::filename;
-use crate::maildir::uidlist::{Record, Uidlist};
+use crate::maildir::uidlist::{self, Record, Uidlist};
+use crate::maildir::{filename, split_once};
+
+/// The longest line accepted, without its LF: `<uid> <base>` is a uidlist
+/// line without extension fields, so the uidlist's cap is generous here too.
+pub const MAX_LINE: usize = uidlist::MAX_LINE;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("courierimapuiddb line {line}: {problem}")]
@@ -74,15 +79,20 @@ impl Uiddb {
     }
 }
 
-/// Parses a `courierimapuiddb`. A missing, garbled or non-version-1 header
-/// is an error (Courier itself would start over with a new UIDVALIDITY);
-/// unreadable record lines are skipped and listed.
+/// Parses a `courierimapuiddb`. A missing, garbled, over-long or
+/// non-version-1 header is an error (Courier itself would start over with a
+/// new UIDVALIDITY); unreadable or over-long record lines are skipped and
+/// listed.
 pub fn parse(data: &[u8]) -> Result<Uiddb, UiddbError> {
+    let too_long = || format!("longer than {MAX_LINE} bytes, not a uiddb line");
     let mut lines = numbered_lines(data);
     let (_, head) = lines
         .next()
         .filter(|(_, l)| !l.is_empty())
         .ok_or_else(|| err(1, "empty file"))?;
+    if head.len() > MAX_LINE {
+        return Err(err(1, too_long()));
+    }
     let fields: Vec<&[u8]> = head
         .split(|&b| b == b' ')
         .filter(|f| !f.is_empty())
@@ -140,20 +150,24 @@ pub fn parse(data: &[u8]) -> Result<Uiddb, UiddbError> {
         if line.is_empty() {
             continue;
         }
-        let Some(sp) = line.iter().position(|&b| b == b' ') else {
+        if line.len() > MAX_LINE {
+            db.skipped.push(err(no, too_long()));
+            continue;
+        }
+        let Some((uid, name)) = split_once(line, b' ') else {
             db.skipped.push(err(
                 no,
                 format!("record without a file name: {:?}", shown(line)),
             ));
             continue;
         };
-        let Some(uid) = num(&line[..sp]) else {
+        let Some(uid) = num(uid) else {
             db.skipped
                 .push(err(no, format!("unreadable UID in {:?}", shown(line))));
             continue;
         };
         // Courier stores the base; older tools wrote the full name.
-        let base = filename::base(&line[sp + 1..]);
+        let base = filename::base(name);
         if base.is_empty() || base.contains(&b'/') {
             db.skipped
                 .push(err(no, format!("invalid file name in {:?}", shown(line))));
@@ -198,10 +212,16 @@ impl Tally {
                 self.kinds.len() - 1
             }
         };
-        let (_, count, examples) = &mut self.kinds[pos];
+        let Some((_, count, examples)) = self.kinds.get_mut(pos) else {
+            return;
+        };
         *count += 1;
-        if examples.len() < 3 {
-            examples.push(example.to_string());
+        // Up to three examples, fewer when they are long: one warning line
+        // stays short however long the names are.
+        let example = example.to_string();
+        let room = examples.iter().map(String::len).sum::<usize>() + example.len() <= 400;
+        if examples.is_empty() || (examples.len() < 3 && room) {
+            examples.push(example);
         }
     }
 
@@ -300,7 +320,10 @@ pub fn to_uidlist(
 
     // Courier shows messages sorted by UID whatever the line order, so
     // sorting loses nothing; only a UID used twice is a real conflict.
-    if candidates.windows(2).any(|w| w[0].0 > w[1].0) {
+    if candidates
+        .windows(2)
+        .any(|w| matches!(w, [a, b] if a.0 > b.0))
+    {
         warnings.push("uiddb records were not in UID order; sorted, UIDs kept".to_string());
     }
     candidates.sort_by_key(|&(uid, _)| uid);
@@ -356,14 +379,16 @@ pub fn to_uidlist(
         }
         next = order.len() as u64 + 1;
     }
-    let kept = order.len() - renumbered.len();
+    let kept = order.len().saturating_sub(renumbered.len());
 
     let pop3_by_base: HashMap<&[u8], &super::pop3::Pop3Entry> = pop3
         .map(|l| l.entries.iter().map(|e| (&e.base[..], e)).collect())
         .unwrap_or_default();
+    // Every listed message was assigned a UID above.
     let mut records: Vec<Record> = order
         .iter()
-        .map(|base| {
+        .filter_map(|base| {
+            let uid = *assigned.get(base)?;
             let mut ext = Vec::new();
             if let Some(p) = pop3_by_base.get(base) {
                 // `O` keeps Courier's POP3 message order and `P` the UIDL
@@ -374,19 +399,23 @@ pub fn to_uidlist(
                 ext.push((b'O', p.order.to_string().into_bytes()));
                 ext.push((b'P', p.uidl.clone().into_bytes()));
             }
-            Record {
-                uid: assigned[base],
+            Some(Record {
+                uid,
                 ext,
                 name: base.to_vec(),
-            }
+            })
         })
         .collect();
     records.sort_by_key(|r| r.uid);
 
-    // `next` < 2^32-1 here, and both values are non-zero, so this header
-    // is one `Uidlist::parse` accepts.
-    let header = format!("3 V{uid_validity} N{next}\n");
-    let mut uidlist = Uidlist::parse(header.as_bytes()).expect("valid uidlist header");
+    // Both are non-zero and `next` < 2^32-1 here; the fallbacks only keep
+    // this free of panics.
+    let v = NonZeroU32::new(uid_validity).unwrap_or(NonZeroU32::MIN);
+    let n = u32::try_from(next)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .unwrap_or(NonZeroU32::MIN);
+    let mut uidlist = Uidlist::new(v, n);
     uidlist.records = records;
 
     tally.into_warnings(&mut warnings);
@@ -572,6 +601,61 @@ mod tests {
         assert_eq!(c.uid_validity, 778);
     }
 
+    #[test]
+    fn over_long_lines() {
+        let name = |len: usize| vec![b'x'; len - 2];
+        let data = [
+            &b"1 7 9\n1 "[..],
+            &name(MAX_LINE),
+            b"\n2 ",
+            &name(MAX_LINE + 1),
+            b"\n3 c\n",
+        ]
+        .concat();
+        let db = parse(&data).unwrap();
+        let uids: Vec<u64> = db.records().iter().map(|r| r.uid).collect();
+        assert_eq!(uids, [1, 3]);
+        assert_eq!(db.skipped()[0].line, 3);
+        assert!(db.skipped()[0].problem.contains("longer than 8192"));
+        let head = [&b"1 7 "[..], &vec![b'9'; MAX_LINE]].concat();
+        assert!(parse(&head).unwrap_err().problem.contains("longer than"));
+    }
+
+    #[test]
+    fn huge_garbage_gives_brief_messages() {
+        let garbage = b"\x1b[31m\x00\t\r\xc3\xa9\xff".repeat(5 << 17);
+        let near_cap = &garbage[..MAX_LINE - 10];
+        let mut messages = Vec::new();
+        for data in [
+            garbage.clone(),
+            [&b"1 "[..], near_cap].concat(),
+            [near_cap, b" 5 6"].concat(),
+        ] {
+            messages.push(parse(&data).unwrap_err().to_string());
+        }
+        let records = [
+            &b"1 7 9\n"[..],
+            &garbage,
+            b"\n",
+            near_cap,
+            b"\n",
+            near_cap,
+            b" a\n1 /",
+            near_cap,
+        ]
+        .concat();
+        let db = parse(&records).unwrap();
+        assert_eq!(db.skipped().len(), 4);
+        messages.extend(db.skipped().iter().map(ToString::to_string));
+        let present = [near_cap.to_vec(), b".x".to_vec(), near_cap.to_vec()];
+        let db = parse(&[&b"1 7 9\n1 "[..], near_cap, b"\n1 "].concat()).unwrap();
+        messages.extend(to_uidlist(Some(&db), &present, None, 1).warnings);
+        for s in messages {
+            assert!(s.len() < 1024, "{}", s.len());
+            assert!(!s.chars().any(char::is_control), "{s}");
+        }
+    }
+
     fn arb_uiddb() -> impl Strategy<Value = Vec<u8>> {
         let uid = prop_oneof![
             6 => 1u64..40,
@@ -654,6 +738,45 @@ mod tests {
         #[test]
         fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse(&data);
+        }
+    }
+
+    fn uiddb_like() -> impl Strategy<Value = Vec<u8>> {
+        let piece: Vec<&[u8]> = vec![
+            &b"1 "[..],
+            b"1",
+            b"2",
+            b" ",
+            b"0",
+            b"4294967295",
+            b"99999999999999999999999",
+            b"\n",
+            b"\r\n",
+            b"a",
+            b":2,S",
+            b"/",
+            b":",
+            "é".as_bytes(),
+            b"\xff",
+            b"\0",
+        ];
+        let piece = proptest::sample::select(piece);
+        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_converts(
+            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), uiddb_like()],
+            present in arb_present(),
+        ) {
+            if let Ok(db) = parse(&data) {
+                let c = to_uidlist(Some(&db), &present, None, 1);
+                prop_assert!(Uidlist::parse(&c.uidlist.to_bytes()).is_ok());
+                for w in db.skipped().iter().map(ToString::to_string).chain(c.warnings) {
+                    prop_assert!(!w.chars().any(char::is_control), "{w}");
+                }
+            }
         }
     }
 }
