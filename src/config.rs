@@ -384,7 +384,8 @@ impl HomeTemplate {
             })
             .collect();
         // Homes of two mailboxes (of any two domains) must never coincide.
-        if !vars.contains(&'u') && !(vars.contains(&'d') && vars.contains(&'n')) {
+        let names_both = vars.contains(&'u') || vars.contains(&'d') && vars.contains(&'n');
+        if !names_both {
             return Err(
                 "must contain %d and %n (or %u), or mailboxes of different domains would share a home"
                     .into(),

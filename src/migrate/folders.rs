@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::classify::Classifier;
 use crate::copy::{self, CopyOptions, TargetFolder, Workers};
 use crate::maildir::courier::keywords::{Assignment, MergedKeywords};
-use crate::maildir::keywords::Keywords;
+use crate::maildir::keywords::{self, Keywords};
 use crate::maildir::names::{FolderName, NameEncoding, decode_level};
 use crate::maildir::uidlist::Uidlist;
 use crate::maildir::{self, Layout, subscriptions};
@@ -25,8 +25,6 @@ const DOVECOT_ACL: &str = "dovecot-acl";
 
 /// A source that keeps renaming files faster than we can copy them.
 const MAX_PASSES_PER_FOLDER: usize = 5;
-/// Control files larger than this are not control files.
-const CONTROL_FILE_LIMIT: u64 = 256 << 20;
 
 #[derive(Debug, Clone)]
 pub struct SourceFolder {
@@ -491,7 +489,7 @@ fn carry_folder_files(
         dst.unlink_if_exists(idx)
             .map_err(|e| MailboxError::io(&dst.child_path(idx), e))?;
     }
-    let uidlist = read_control(src, maildir::UIDLIST, uid)?.map(|d| Uidlist::parse(&d));
+    let uidlist = read_uidlist(src, uid)?;
     let uid_bytes = match uidlist {
         Some(Ok(l)) => Some(l.to_bytes()),
         Some(Err(e)) => {
@@ -527,7 +525,8 @@ fn carry_folder_files(
     };
     put_control(dst, maildir::UIDLIST, uid_bytes, &attrs)?;
 
-    let keywords = read_control(src, maildir::KEYWORDS, uid)?.map(|d| Keywords::parse(&d));
+    let keywords = read_control(src, maildir::KEYWORDS, uid, keywords::MAX_BYTES)?
+        .map(|d| Keywords::parse(&d));
     let kw_bytes = match keywords {
         Some(Ok(k)) => Some(k.to_bytes()),
         Some(Err(e)) => {
@@ -561,9 +560,42 @@ fn carry_folder_files(
     Ok(())
 }
 
-fn read_control(dir: &Dir, name: &str, uid: u32) -> Result<Option<Vec<u8>>, MailboxError> {
-    dir.read_file(name, CONTROL_FILE_LIMIT, uid)
-        .map_err(|e| MailboxError::io(&dir.child_path(name), e))
+/// At most `limit + 1` bytes of a control file: one larger than its
+/// format allows is refused by its parser (and not carried), never read
+/// whole.
+fn read_control(
+    dir: &Dir,
+    name: &str,
+    uid: u32,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, MailboxError> {
+    use std::io::Read;
+    let io = |e| MailboxError::io(&dir.child_path(name), e);
+    let (file, _) = match dir.open_file_owned(name, uid) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let mut data = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(io)?;
+    Ok(Some(data))
+}
+
+/// A folder's `dovecot-uidlist`, parsed as it is read (it grows with the
+/// folder: no need to hold the whole file, and an over-long line is
+/// refused after its cap).
+pub(crate) fn read_uidlist(
+    dir: &Dir,
+    uid: u32,
+) -> Result<Option<Result<Uidlist, crate::maildir::uidlist::UidlistError>>, MailboxError> {
+    let (file, _) = match dir.open_file_owned(maildir::UIDLIST, uid) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(MailboxError::io(&dir.child_path(maildir::UIDLIST), e)),
+    };
+    Ok(Some(Uidlist::parse_reader(std::io::BufReader::new(file))))
 }
 
 /// Writes a control file atomically, or removes a stale one.
@@ -626,7 +658,8 @@ fn carry_subscriptions(
     dst: &Dir,
     out: &mut MailboxSync,
 ) -> Result<(), MailboxError> {
-    let Some(data) = read_control(src, maildir::SUBSCRIPTIONS, uid)? else {
+    let Some(data) = read_control(src, maildir::SUBSCRIPTIONS, uid, subscriptions::MAX_BYTES)?
+    else {
         let courier =
             courier::subscriptions(src, uid, ctx.names, ctx.classifier, &mut out.warnings)?;
         let bytes = courier.map(|kept| subscriptions::to_v2_bytes(&kept));
@@ -642,13 +675,7 @@ fn carry_subscriptions(
     };
     let mut kept: Vec<Vec<String>> = Vec::new();
     for entry in entries {
-        let shown = || {
-            entry
-                .iter()
-                .map(|l| String::from_utf8_lossy(l).into_owned())
-                .collect::<Vec<_>>()
-                .join("/")
-        };
+        let shown = || crate::shown::bytes(&entry.join(&b'/'));
         let levels = match &entry[..] {
             [one] if one.eq_ignore_ascii_case(b"INBOX") => vec!["INBOX".to_string()],
             _ => {

@@ -172,7 +172,7 @@ mod tests {
         .unwrap();
         let v1 = load(&md).unwrap().unwrap();
         assert_eq!(v1.source, None, "the first version names no old Maildir");
-        assert!(v1.folders[""].contains(&b"1.a".to_vec()));
+        assert!(v1.folders[""].contains(b"1.a".as_slice()));
         std::fs::write(t.path().join(MANIFEST), b"junk").unwrap();
         assert!(load(&md).is_err());
     }

@@ -17,7 +17,6 @@ use super::{Env, MailboxError, Named, RunError, courier, each_mailbox, ownership
 use crate::config::Config;
 use crate::copy::{self, Listing};
 use crate::job::{Domain, Job, LocalPart};
-use crate::maildir::uidlist::Uidlist;
 use crate::maildir::{self, filename};
 use crate::safe_fs::Dir;
 
@@ -299,16 +298,14 @@ fn check_uidlist(
     shown: &str,
     c: &mut MailboxCheck,
 ) -> Option<(u32, u32)> {
-    let read = |d: &Dir, name: &str| d.read_file(name, 256 << 20, d.stat().map_or(0, |s| s.st_uid));
-    let list = match read(dst, maildir::UIDLIST) {
-        Ok(Some(data)) => match Uidlist::parse(&data) {
-            Ok(list) => list,
-            Err(e) => {
-                c.problems
-                    .push(format!("{shown}: target {}: {e}", maildir::UIDLIST));
-                return None;
-            }
-        },
+    let read = |d: &Dir| folders::read_uidlist(d, d.stat().map_or(0, |s| s.st_uid));
+    let list = match read(dst) {
+        Ok(Some(Ok(list))) => list,
+        Ok(Some(Err(e))) => {
+            c.problems
+                .push(format!("{shown}: target {}: {e}", maildir::UIDLIST));
+            return None;
+        }
         // Only a loss when the source had UIDs to carry.
         Ok(None) => {
             if !got.is_empty()
@@ -335,10 +332,7 @@ fn check_uidlist(
         .collect();
     // A message the source had a UID for must keep one; mail Dovecot never
     // saw gets its UID on first sight either way.
-    let src_list = read(src, maildir::UIDLIST)
-        .ok()
-        .flatten()
-        .and_then(|d| Uidlist::parse(&d).ok());
+    let src_list = read(src).ok().flatten().and_then(Result::ok);
     // A set, not a scan per message: folders hold 100k messages.
     let numbered: Option<HashSet<&[u8]>> = src_list
         .as_ref()
