@@ -491,13 +491,7 @@ impl Dir {
             let mut f = self.create_file(name, attrs.mode)?;
             apply_attrs(&f, attrs)?;
             f.write_all(data)?;
-            if let Some(mtime) = attrs.mtime {
-                futimens(f.as_fd(), &TimeSpec::UTIME_NOW, &mtime).map_err(io)?;
-            }
-            if attrs.fsync {
-                f.sync_all()?;
-            }
-            Ok(())
+            finish_file(&f, attrs)
         })();
         if result.is_err() {
             let _ = self.unlink_if_exists(name);
@@ -536,6 +530,17 @@ pub struct FileAttrs {
     pub owner: Option<Owner>,
     pub mtime: Option<TimeSpec>,
     pub fsync: bool,
+}
+
+/// After the last write: the mtime `attrs` asks for, and durability.
+pub fn finish_file(f: &File, attrs: &FileAttrs) -> io::Result<()> {
+    if let Some(mtime) = attrs.mtime {
+        futimens(f.as_fd(), &TimeSpec::UTIME_NOW, &mtime).map_err(io)?;
+    }
+    if attrs.fsync {
+        f.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Sets the exact mode (creation honours the umask) and the owner.

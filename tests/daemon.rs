@@ -697,3 +697,79 @@ fn the_daemon_sweeps_late_mail_after_the_delay() {
         (!spool.join("done/j.sweep.json").exists()).then_some(())
     });
 }
+
+/// One passwd-file for old and new (in place, the common single-host
+/// setup): the job is filed done, the customer's e-mail says so, and mail
+/// that arrives in the old Maildir after the switch is swept (verify used
+/// to find a difference in every in-place job, and sweep moved nothing).
+#[test]
+fn an_in_place_job_is_done_mailed_and_swept() {
+    let smtp = SmtpSink::start();
+    let (h, spool) = spool_host(&smtp.addr());
+    let cfg = fs::read_to_string(&h.config)
+        .unwrap()
+        .replace("sweep_delay = 0", "sweep_delay = 2")
+        .replace("userdb = \"users.new\"", "userdb = \"users.old\"");
+    fs::write(&h.config, cfg).unwrap();
+    let inbox = h.add_user("jan@a.cz", "{PLAIN}x", "").folder("");
+    inbox.msg(
+        "cur",
+        "1600000000.M1P1.h:2,S",
+        &body("old", 100),
+        1_600_000_000,
+    );
+    let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
+    drop_job(
+        &spool.join("incoming"),
+        "ip",
+        r#"{"domain":"a.cz","mode":"move","notify":"owner@a.cz"}"#,
+    );
+    let r = wait_record(&spool, "done", "ip", &d);
+    assert_eq!(r["status"], "done", "{r:#}");
+    assert_eq!(r["verify"]["ok"], true, "{r:#}");
+    let mail = smtp.wait_for(1, Duration::from_secs(30)).remove(0);
+    let m = parse_message(&mail.data);
+    assert!(m.subject.contains("finished"), "{}", m.subject);
+    inbox.msg(
+        "new",
+        "1700000000.M2P2.late",
+        &body("late", 100),
+        1_700_000_000,
+    );
+    let r = wait_until("the sweep", Duration::from_secs(20), || {
+        let r = record(&spool.join("done/ip.report.json"));
+        (r["sweeps"].as_array().is_some_and(|s| !s.is_empty())).then_some(r)
+    });
+    assert_eq!(r["sweeps"][0]["moved"], 1, "{r:#}");
+    assert!(
+        h.target_maildir("jan@a.cz")
+            .join("new/1700000000.M2P2.late")
+            .exists()
+    );
+}
+
+/// A job for a domain the source does not know (a typo) is failed, and
+/// the e-mail says so.
+#[test]
+fn a_job_for_an_unknown_domain_fails_and_mails_failed() {
+    let smtp = SmtpSink::start();
+    let (h, spool) = spool_host(&smtp.addr());
+    h.add_user("jan@example.cz", "{PLAIN}x", "").folder("").msg(
+        "cur",
+        "1.a:2,S",
+        b"hi",
+        1_600_000_000,
+    );
+    let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
+    drop_job(
+        &spool.join("incoming"),
+        "typo",
+        r#"{"domain":"exmaple.cz","mode":"move","notify":"owner@example.cz"}"#,
+    );
+    let r = wait_record(&spool, "failed", "typo", &d);
+    let err = r["error"].as_str().unwrap();
+    assert!(err.contains("no mailboxes of exmaple.cz"), "{err}");
+    let mail = smtp.wait_for(1, Duration::from_secs(30)).remove(0);
+    let m = parse_message(&mail.data);
+    assert!(m.subject.contains("failed"), "{}", m.subject);
+}

@@ -369,3 +369,328 @@ fn owner_and_mode_are_asserted_before_the_switch_and_verified() {
     );
     let _ = Path::new("");
 }
+
+// ---------------------------------------------------------------------------
+// Through a real Dovecot
+// ---------------------------------------------------------------------------
+
+use common::dovecot::{self, Dovecot};
+use common::scenario::{ACCOUNTS, Scenario};
+
+/// Runs the scenario's whole-domain job; returns (exit code, report).
+fn run_scenario(s: &Scenario) -> (i32, Value) {
+    let job = s.dir.join("example-cz.json");
+    std::fs::write(&job, r#"{"domain": "example.cz", "mode": "move"}"#).unwrap();
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args(["--config", s.config.to_str().unwrap(), "run", "--json"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    (out.status.code().unwrap(), report)
+}
+
+fn verify_json(config: &Path) -> (i32, Value) {
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args(["--config", config.to_str().unwrap(), "verify", "--json"])
+        .args(["--domain", "example.cz"])
+        .output()
+        .unwrap();
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    (out.status.code().unwrap(), v)
+}
+
+fn needs_root_and_dovecot(test: &str) -> bool {
+    if !dovecot::require_dovecot(test) {
+        return false;
+    }
+    if !is_root() {
+        eprintln!("SKIPPED {test}: needs root (Dovecot serves mail as other uids)");
+        return false;
+    }
+    true
+}
+
+/// A1: without `[target] uid/gid` the new entries carry the source's uid
+/// (5001 here) and the tree must belong to exactly that uid: a real Dovecot
+/// serves every folder to every user (it answered [SERVERBUG] on a tree
+/// that stayed root's).
+#[test]
+fn without_target_ids_the_tree_belongs_to_the_uid_of_the_new_entry() {
+    if !needs_root_and_dovecot("without_target_ids_the_tree_belongs_to_the_uid_of_the_new_entry") {
+        return;
+    }
+    let s = Scenario::prepare("mm-noids-", "");
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, config.replace("uid = 5000\ngid = 5000\n", "")).unwrap();
+    let (code, report) = run_scenario(&s);
+    assert_eq!(code, 0, "{report:#}");
+    let users_new = std::fs::read_to_string(&s.users_new).unwrap();
+    assert!(users_new.contains(":5001:5001:"), "{users_new}");
+    s.check_servers();
+    let (code, v) = verify_json(&s.config);
+    assert_eq!(code, 0, "{v:#}");
+}
+
+/// A2: a crash between creating a directory and giving it its owner (here
+/// made by hand with umask 077) is repaired before the switch: Dovecot
+/// reads every folder.
+#[test]
+fn a_root_only_maildir_left_by_a_crash_is_repaired_before_the_switch() {
+    if !needs_root_and_dovecot("a_root_only_maildir_left_by_a_crash_is_repaired_before_the_switch")
+    {
+        return;
+    }
+    let s = Scenario::prepare("mm-crashdirs-", "");
+    let md = s.dir.join("newmail/example.cz/jan/Maildir");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(md.join(sub)).unwrap();
+    }
+    for d in ["example.cz", "example.cz/jan", "example.cz/jan/Maildir"] {
+        let p = s.dir.join("newmail").join(d);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let (code, report) = run_scenario(&s);
+    assert_eq!(code, 0, "{report:#}");
+    s.check_servers();
+    let (code, v) = verify_json(&s.config);
+    assert_eq!(code, 0, "{v:#}");
+}
+
+/// A3: verify asks the new server itself when `[verify] doveadm` is set:
+/// equal on a good migration; a userdb its auth process cannot read
+/// fails every mailbox although every file is in place.
+#[test]
+fn verify_asks_the_new_dovecot() {
+    if !needs_root_and_dovecot("verify_asks_the_new_dovecot") {
+        return;
+    }
+    let s = Scenario::prepare("mm-doveadm-", "");
+    let (code, report) = run_scenario(&s);
+    assert_eq!(code, 0, "{report:#}");
+    let new = Dovecot::start(&s.dir.join("new-server"), &s.users_new);
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!(
+            "{config}[verify]\ndoveadm = \"{}\"\ndoveadm_config = \"{}\"\n",
+            dovecot::DOVEADM_BIN,
+            new.config_path().display()
+        ),
+    )
+    .unwrap();
+    let (code, v) = verify_json(&s.config);
+    assert_eq!(code, 0, "{v:#}");
+    // Every folder the new server shows is what was copied, and running
+    // Dovecot over the mailboxes (it writes its own files) keeps it equal.
+    let (code, v) = verify_json(&s.config);
+    assert_eq!(code, 0, "after Dovecot wrote its indexes: {v:#}");
+    // Dovecot's auth process can no longer read the new userdb.
+    std::os::unix::fs::chown(&s.users_new, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&s.users_new, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Dovecot re-reads a passwd-file only when its mtime moves.
+    let later = std::fs::metadata(&s.users_new).unwrap().mtime() + 5;
+    common::fixture::set_mtime(&s.users_new, later);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (code, v) = verify_json(&s.config);
+    assert_eq!(code, 1, "{v:#}");
+    let problems = v["mailboxes"][0]["problems"].to_string();
+    assert!(problems.contains("doveadm user"), "{problems}");
+    drop(new);
+    let _ = ACCOUNTS;
+}
+
+/// A8: two files with one base name and different flags are two messages:
+/// the mailbox is done, and the new Dovecot shows both (the first with
+/// its carried UID, the other as a message of its own).
+#[test]
+fn a_duplicate_base_name_migrates_as_two_messages() {
+    if !needs_root_and_dovecot("a_duplicate_base_name_migrates_as_two_messages") {
+        return;
+    }
+    let s = Scenario::prepare("mm-dup-", "");
+    let inbox = s.dir.join("oldmail/example.cz/jan/Maildir/cur");
+    let (a, b) = (
+        inbox.join("1710000000.M5P5.mx:2,S"),
+        inbox.join("1710000000.M5P5.mx:2,F"),
+    );
+    std::fs::write(&a, common::scenario::message("dup one", "first body here")).unwrap();
+    std::fs::write(&b, common::scenario::message("dup two", "second body")).unwrap();
+    for f in [&a, &b] {
+        std::os::unix::fs::chown(
+            f,
+            Some(common::scenario::OLD_UID),
+            Some(common::scenario::OLD_UID),
+        )
+        .unwrap();
+    }
+    let (code, report) = run_scenario(&s);
+    assert_eq!(code, 0, "{report:#}");
+    let (user, pass, _, _) = ACCOUNTS[0];
+    let new = Dovecot::start(&s.dir.join("new-server"), &s.users_new);
+    let mut c = common::scenario::connect(&new);
+    c.authenticate_plain(user, pass).unwrap();
+    let snap = c.snapshot();
+    c.logout().unwrap();
+    let inbox = snap.mailbox("INBOX").unwrap();
+    let subjects: Vec<String> = inbox
+        .messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .filter(|b| b.contains("Subject: dup"))
+        .collect();
+    assert_eq!(subjects.len(), 2, "{subjects:?}");
+    let before = &s.before[0].mailbox("INBOX").unwrap().messages.len();
+    assert_eq!(inbox.messages.len(), before + 2);
+}
+
+// ---------------------------------------------------------------------------
+// One passwd-file for old and new (in place)
+// ---------------------------------------------------------------------------
+
+/// A4: after an in-place switch (the one entry now names the new home),
+/// `verify` finds the old Maildir through the manifest and says equal,
+/// and `sweep` moves mail that still arrived in the old Maildir.
+#[test]
+fn in_place_verify_and_sweep_work() {
+    let h = Host::new("");
+    let config = std::fs::read_to_string(&h.config)
+        .unwrap()
+        .replace("userdb = \"users.new\"", "userdb = \"users.old\"");
+    h.write_config(&config);
+    let md = one_message_user(&h, "jan@example.cz", "");
+    md.folder(".Sent").msg(
+        "cur",
+        "1500000007.M7P1.old:2,S",
+        &body("s", 30),
+        1_500_000_007,
+    );
+    one_message_user(&h, "eva@example.cz", "");
+    let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    let users = std::fs::read_to_string(&h.users_old).unwrap();
+    assert!(users.contains("newmail/example.cz/jan"), "{users}");
+    let out = h.run(&["verify", "--domain", "example.cz", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+    assert_eq!(v["mailboxes"][0]["messages"], 2, "{v:#}");
+    // Late mail in the old Maildir, and damage verify must see.
+    md.folder("").msg(
+        "new",
+        "1700000000.M9P9.late",
+        &body("late", 40),
+        1_700_000_000,
+    );
+    let out = h.run(&["verify", "--domain", "example.cz", "--mailbox", "jan"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the late message is a difference"
+    );
+    let out = h.run(&["sweep", "--domain", "example.cz", "--json"]);
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{s:#}");
+    assert_eq!(s["moved"], 1, "{s:#}");
+    let target = h.target_maildir("jan@example.cz");
+    assert!(target.join("new/1700000000.M9P9.late").exists());
+    assert!(!md.0.join("new/1700000000.M9P9.late").exists());
+}
+
+// ---------------------------------------------------------------------------
+// Other writers of the source userdb
+// ---------------------------------------------------------------------------
+
+/// A6: a control panel that rewrites the source passwd-file from a copy it
+/// read earlier (read-modify-rename, ignoring our lock) undoes each freeze
+/// right after it is made (here: as the freeze command). Every old login
+/// ends refused anyway, and each mailbox's report says it was re-applied.
+#[test]
+fn a_panel_that_undoes_the_freeze_is_caught() {
+    let h = Host::new("");
+    for u in ["a", "b", "c"] {
+        one_message_user(&h, &format!("{u}@example.cz"), "");
+    }
+    let saved = h.root.join("users.panel-copy");
+    std::fs::copy(&h.users_old, &saved).unwrap();
+    let script = format!(
+        "cp {0} {1}.panel && mv {1}.panel {1}",
+        saved.display(),
+        h.users_old.display()
+    );
+    let config = std::fs::read_to_string(&h.config).unwrap();
+    h.write_config(&format!(
+        "{config}[cutover]\nfreeze_command = [\"/bin/sh\", \"-c\", {script:?}]\n"
+    ));
+    let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    let users = std::fs::read_to_string(&h.users_old).unwrap();
+    for u in ["a", "b", "c"] {
+        let line = users
+            .lines()
+            .find(|l| l.starts_with(&format!("{u}@")))
+            .unwrap();
+        assert!(line.contains("nologin"), "{u}'s old login works: {users}");
+        let m = mailbox(&report, &format!("{u}@example.cz"));
+        assert!(
+            m["warnings"]
+                .to_string()
+                .contains("undid the refusal of the old login"),
+            "{m:#}"
+        );
+    }
+    let out = h.run(&["verify", "--domain", "example.cz"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A6: lines a `>>` appender adds to the source passwd-file while the job
+/// freezes mailboxes are never lost.
+#[test]
+fn lines_appended_during_a_job_are_kept() {
+    let h = Host::new("");
+    for i in 0..40 {
+        one_message_user(&h, &format!("u{i}@example.cz"), "");
+    }
+    let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (stop, path) = (stop.clone(), h.users_old.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut f = std::fs::File::options().append(true).open(&path).unwrap();
+                f.write_all(
+                    format!("appended{n}@other.org:{{PLAIN}}x:1:1::/nonexistent::\n").as_bytes(),
+                )
+                .unwrap();
+                drop(f);
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
+            n
+        })
+    };
+    let (code, report) = h.run_job(&job);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = appender.join().unwrap();
+    assert_eq!(code, 0, "{report:#}");
+    let users = std::fs::read_to_string(&h.users_old).unwrap();
+    let lost: Vec<usize> = (0..n)
+        .filter(|i| !users.contains(&format!("appended{i}@other.org:")))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {n} appended lines lost: {lost:?}",
+        lost.len()
+    );
+    assert_eq!(users.matches("nologin").count(), 40);
+}

@@ -983,6 +983,11 @@ fn switch(env: &Env<'_>, mb: &Mailbox, source: &Account) -> Result<(), MailboxEr
     Ok(())
 }
 
+/// `read_back` for a mailbox this job switched earlier.
+pub(crate) fn read_back_again(env: &Env<'_>, named: &Named) -> Result<Vec<String>, MailboxError> {
+    read_back(env, &assess(env, named)?)
+}
+
 /// After the switch, both userdbs are read back: another writer that
 /// ignores our lock (a panel's read-modify-rename) may have undone the
 /// freeze or dropped the new entry. Whatever was undone is done again and

@@ -290,6 +290,7 @@ pub fn run_job(
     info!(job = job.id.as_str(), domain = %job.domain, mode = %job.mode, mailboxes = selected.len(), "job started");
     progress.job_started(selected.len());
     let mut reports = Vec::with_capacity(selected.len());
+    let mut switched = Vec::new();
     for sel in selected {
         if stop.load(Ordering::Relaxed) {
             info!(job = job.id.as_str(), "job interrupted");
@@ -307,6 +308,9 @@ pub fn run_job(
                     None => mailbox::migrate(&env, &ctx, &named),
                 };
                 progress.mailbox_finished(&r);
+                if r.status == MailboxStatus::Done {
+                    switched.push((reports.len(), named));
+                }
                 r
             }
             Err((user, why)) => MailboxReport::failed(user, why),
@@ -326,6 +330,16 @@ pub fn run_job(
     if stop.load(Ordering::Relaxed) {
         info!(job = job.id.as_str(), "job interrupted");
         return Err(RunError::Interrupted);
+    }
+    // A writer that ignores the userdb's lock may have undone an earlier
+    // mailbox's switch while later ones ran.
+    for (i, named) in switched {
+        let w = mailbox::read_back_again(&env, &named)
+            .unwrap_or_else(|e| vec![format!("reading the userdbs back failed: {e}")]);
+        for w in &w {
+            warn!(user = %reports[i].user, "{w}");
+        }
+        reports[i].warnings.extend(w);
     }
     let report = Report::finish(
         job.id.as_str().to_string(),

@@ -26,16 +26,32 @@ const MAX_DEPTH: usize = 40;
 const LISTED: usize = 10;
 
 /// Creates the mailbox's home (0700, its owner) and the directories above
-/// it that are missing (0711, the tool's own).
+/// it that are missing (0711, the tool's own). A directory above it that
+/// the tool's user owns but no one else may enter (one a crash left
+/// between `mkdir` and `chmod`, under a strict umask) is opened up for
+/// search only.
 pub(crate) fn ensure_home(root: &Dir, root_path: &Path, mb: &Mailbox) -> Result<Dir, MailboxError> {
     let io = |e| MailboxError::io(&root_path.join(&mb.home_rel), e);
-    let (parent, name) = match (mb.home_rel.parent(), mb.home_rel.file_name()) {
-        (Some(p), Some(n)) => (p, n),
-        _ => return Err(io(std::io::ErrorKind::InvalidInput.into())),
+    let mut levels: Vec<_> = mb.home_rel.components().collect();
+    let Some(std::path::Component::Normal(home_name)) = levels.pop() else {
+        return Err(io(std::io::ErrorKind::InvalidInput.into()));
     };
-    let parent = root.ensure_beneath(parent, PARENT_MODE, None).map_err(io)?;
-    let (home, _) = parent
-        .ensure_dir(name, DIR_MODE, Some(mb.owner))
+    let me = nix::unistd::geteuid().as_raw();
+    let mut at = root.reopen().map_err(io)?;
+    for level in levels {
+        let std::path::Component::Normal(name) = level else {
+            return Err(io(std::io::ErrorKind::InvalidInput.into()));
+        };
+        let (dir, _) = at.ensure_dir(name, PARENT_MODE, None).map_err(io)?;
+        let st = dir.stat().map_err(io)?;
+        let mode = st.st_mode & 0o7777;
+        if st.st_uid == me && mode & 0o011 != 0o011 {
+            dir.chmod(mode | 0o011).map_err(io)?;
+        }
+        at = dir;
+    }
+    let (home, _) = at
+        .ensure_dir(home_name, DIR_MODE, Some(mb.owner))
         .map_err(io)?;
     Ok(home)
 }

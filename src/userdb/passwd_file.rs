@@ -199,8 +199,10 @@ pub struct PasswdFile {
     lines: Vec<Span>,
     meta: Option<std::fs::Metadata>,
     file: Option<std::fs::File>,
-    /// How much of `file` has been read (see `read_appended`).
+    /// How much of `file` has been read (see `read_appended`), and those
+    /// bytes (`data` plus what was appended since).
     seen: u64,
+    known: Vec<u8>,
 }
 
 /// A change to apply under the lock.
@@ -212,8 +214,6 @@ pub enum Change {
         line: String,
     },
     Append(String),
-    /// Bytes another writer appended to a file we replaced.
-    AppendRaw(Vec<u8>),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> UserdbError + '_ {
@@ -270,6 +270,7 @@ impl PasswdFile {
         Ok(PasswdFile {
             path: path.to_path_buf(),
             seen: data.len() as u64,
+            known: data.clone(),
             data,
             lines,
             meta,
@@ -290,8 +291,20 @@ impl PasswdFile {
             f.seek(io::SeekFrom::Start(self.seen))?;
             f.read_to_end(&mut late)?;
             self.seen += late.len() as u64;
+            self.known.extend_from_slice(&late);
         }
         Ok(late)
+    }
+
+    /// The whole file this was read from, as it is now.
+    fn read_whole(&mut self) -> io::Result<Vec<u8>> {
+        use std::io::{Read, Seek};
+        let mut all = Vec::new();
+        if let Some(f) = &mut self.file {
+            f.seek(io::SeekFrom::Start(0))?;
+            f.read_to_end(&mut all)?;
+        }
+        Ok(all)
     }
 
     /// The user names of all entries, in file order.
@@ -375,11 +388,6 @@ impl PasswdFile {
                 out.push(b'\n');
                 Ok(out)
             }
-            Change::AppendRaw(bytes) => {
-                let mut out = self.data.clone();
-                out.extend_from_slice(bytes);
-                Ok(out)
-            }
         }
     }
 }
@@ -448,8 +456,9 @@ where
         };
         let data = current.apply(&change)?;
         let attrs = new_file_attrs(&current, create_like, fsync)?;
-        if replace_unless_changed(&dir, name, &current, &data, &attrs).map_err(io_err(path))? {
-            carry_late_appends(&dir, path, current, fsync)?;
+        let mut current = current;
+        if replace_unless_changed(&dir, name, &mut current, &data, &attrs).map_err(io_err(path))? {
+            carry_late_appends(path, current, fsync)?;
             drop(lock);
             return Ok(Some(change));
         }
@@ -496,83 +505,116 @@ fn new_file_attrs(
     })
 }
 
-/// Whether `name` is still the file `read` came from, unchanged.
-fn unchanged(dir: &Dir, name: &OsStr, read: &PasswdFile) -> io::Result<bool> {
+/// What became of the file at `name` since `read` was taken.
+enum Since {
+    Same,
+    /// Still the same file, with these bytes appended (a `>>`).
+    Appended(Vec<u8>),
+    /// Replaced, or rewritten in place.
+    Changed,
+}
+
+fn since(dir: &Dir, name: &OsStr, read: &mut PasswdFile) -> io::Result<Since> {
     let now = match dir.stat_at(name) {
         Ok(st) => Some(st),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    Ok(match (&read.meta, now) {
-        (None, None) => true,
-        (Some(m), Some(st)) => {
-            m.ino() == st.st_ino
-                && m.dev() == st.st_dev
-                && m.size() == st.st_size as u64
-                && (m.mtime(), m.mtime_nsec()) == (st.st_mtime, st.st_mtime_nsec)
+    match (&read.meta, now) {
+        (None, None) => Ok(Since::Same),
+        (Some(m), Some(st)) if (m.ino(), m.dev()) == (st.st_ino, st.st_dev) => {
+            let whole = read.read_whole()?;
+            let known = read.seen as usize;
+            if whole.len() < known || whole[..known] != read.known[..] {
+                return Ok(Since::Changed);
+            }
+            read.seen = whole.len() as u64;
+            let tail = whole[known..].to_vec();
+            read.known.extend_from_slice(&tail);
+            Ok(if tail.is_empty() {
+                Since::Same
+            } else {
+                Since::Appended(tail)
+            })
         }
-        _ => false,
-    })
+        _ => Ok(Since::Changed),
+    }
 }
 
 /// Writes `data` under a temp name and renames it over `name` only if the
-/// file is still the one `read` saw; `Ok(false)`: it changed, nothing done.
+/// file is still the one `read` saw: lines appended to it meanwhile are
+/// appended to `data` too; `Ok(false)`: it was replaced or rewritten, and
+/// nothing was done.
 fn replace_unless_changed(
     dir: &Dir,
     name: &OsStr,
-    read: &PasswdFile,
+    read: &mut PasswdFile,
     data: &[u8],
     attrs: &FileAttrs,
 ) -> io::Result<bool> {
+    use std::io::Write;
     let tmp = crate::safe_fs::atomic_tmp_name(name);
-    dir.write_new(&tmp, data, attrs)?;
-    let result = unchanged(dir, name, read).and_then(|same| {
-        if same {
-            dir.rename_replace(&tmp, dir, name)?;
-            if attrs.fsync {
-                dir.sync()?;
+    dir.unlink_if_exists(&tmp)?;
+    let result = (|| {
+        let mut out = dir.create_file(&tmp, attrs.mode)?;
+        crate::safe_fs::apply_attrs(&out, attrs)?;
+        out.write_all(data)?;
+        // Keep up with an appender; give up on a writer that rewrites.
+        for _ in 0..EDIT_ATTEMPTS {
+            match since(dir, name, read)? {
+                Since::Appended(tail) => out.write_all(&tail)?,
+                Since::Changed => return Ok(false),
+                Since::Same => {
+                    crate::safe_fs::finish_file(&out, attrs)?;
+                    drop(out);
+                    dir.rename_replace(&tmp, dir, name)?;
+                    if attrs.fsync {
+                        dir.sync()?;
+                    }
+                    return Ok(true);
+                }
             }
         }
-        Ok(same)
-    });
+        Ok(false)
+    })();
     if !matches!(result, Ok(true)) {
         let _ = dir.unlink_if_exists(&tmp);
     }
     result
 }
 
-/// An appender that opened a file before we renamed over it may still
-/// write to it: whatever it added after our read is appended to the new
-/// file (and the same for each file this replaces in turn).
-fn carry_late_appends(
-    dir: &Dir,
-    path: &Path,
-    read: PasswdFile,
-    fsync: bool,
-) -> Result<(), UserdbError> {
-    let (_, name) = split_file_path(path).map_err(io_err(path))?;
-    let mut replaced = vec![read];
-    let mut pending = Vec::new();
-    for _ in 0..EDIT_ATTEMPTS {
-        // Give an appender that is mid-write a moment to finish its line.
+/// An appender that opened the file before we renamed over it may still
+/// write to the old one: whatever it added after our read is appended to
+/// the file now at `path`, the way the appender itself would have.
+fn carry_late_appends(path: &Path, mut old: PasswdFile, fsync: bool) -> Result<(), UserdbError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Two quiet looks in a row: whoever had the old file open is done.
+    let mut quiet = 0;
+    for _ in 0..EDIT_ATTEMPTS * 10 {
         std::thread::sleep(std::time::Duration::from_millis(2));
-        for old in &mut replaced {
-            pending.extend(old.read_appended().map_err(io_err(path))?);
+        let late = old.read_appended().map_err(io_err(path))?;
+        if late.is_empty() {
+            quiet += 1;
+            if quiet == 2 {
+                return Ok(());
+            }
+            continue;
         }
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let current = PasswdFile::load(path)?;
-        let data = current.apply(&Change::AppendRaw(pending.clone()))?;
-        let attrs = new_file_attrs(&current, None, fsync)?;
-        if replace_unless_changed(dir, name, &current, &data, &attrs).map_err(io_err(path))? {
-            pending.clear();
-            replaced.push(current);
+        quiet = 0;
+        let mut now = std::fs::File::options()
+            .append(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(io_err(path))?;
+        now.write_all(&late).map_err(io_err(path))?;
+        if fsync {
+            now.sync_all().map_err(io_err(path))?;
         }
     }
     Err(UserdbError::Busy {
         path: path.to_path_buf(),
-        attempts: EDIT_ATTEMPTS,
+        attempts: EDIT_ATTEMPTS * 10,
     })
 }
 
@@ -725,6 +767,53 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, [".users.lock", "users"]);
+    }
+
+    /// A writer that ignores our lock appends a line (`>>`) or replaces
+    /// the file (a panel's read-modify-rename) between our read and our
+    /// rename: its change is kept and ours is made on top of it.
+    #[test]
+    fn writers_that_ignore_the_lock_lose_nothing() {
+        use std::io::Write;
+        let t = tempfile::tempdir().unwrap();
+        let p = write(t.path(), "users", "a:{PLAIN}x\nb:{PLAIN}y\n");
+        let mut calls = 0;
+        let r: Result<_, UserdbError> = edit(&p, None, false, |f| {
+            calls += 1;
+            if calls == 1 {
+                let mut out = std::fs::File::options().append(true).open(&p).unwrap();
+                out.write_all(b"appended:{PLAIN}z\n").unwrap();
+            }
+            let (_, e) = f.find("a")?.unwrap();
+            Ok(Some(Change::Replace {
+                user: "a".into(),
+                line: e.frozen().to_line(),
+            }))
+        });
+        r.unwrap();
+        assert_eq!(calls, 1, "the appended line was taken along, not redone");
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "a:{PLAIN}x::::::nologin reason=mailbox-migrated\nb:{PLAIN}y\nappended:{PLAIN}z\n"
+        );
+        let mut calls = 0;
+        let r: Result<_, UserdbError> = edit(&p, None, false, |f| {
+            calls += 1;
+            if calls == 1 {
+                let text = std::fs::read_to_string(&p).unwrap() + "panel:{PLAIN}w\n";
+                std::fs::write(t.path().join("panel.tmp"), text).unwrap();
+                std::fs::rename(t.path().join("panel.tmp"), &p).unwrap();
+            }
+            let (_, e) = f.find("b")?.unwrap();
+            Ok(Some(Change::Replace {
+                user: "b".into(),
+                line: e.frozen().to_line(),
+            }))
+        });
+        r.unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("panel:{PLAIN}w\n"), "{text}");
+        assert!(text.contains("b:{PLAIN}y::::::nologin"), "{text}");
     }
 
     #[test]
