@@ -7,7 +7,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -244,8 +244,11 @@ pub struct Lock {
 
 impl Spool {
     /// Prepares the spool for the daemon: the directory must belong to us
-    /// and not be world-writable; the queue directories are made 0750
+    /// and be writable by us alone; the queue directories are made 0750
     /// (`incoming/` 2770 with the submit group, so members can drop jobs).
+    /// Only `incoming/` may be writable by anyone else: whoever can write
+    /// the root or `active/`, `done/`, `failed/` could replace the files
+    /// the daemon (root) opens and writes there.
     pub fn prepare(path: &Path, submit_gid: Option<u32>) -> Result<Spool, SpoolError> {
         let unsafe_spool = |problem: String| SpoolError::Unsafe {
             path: path.to_path_buf(),
@@ -268,46 +271,14 @@ impl Spool {
         }
         let st = root.stat().map_err(at(path.to_path_buf()))?;
         let me = nix::unistd::geteuid().as_raw();
-        if st.st_uid != me {
-            return Err(unsafe_spool(format!(
-                "owned by uid {}, not by the daemon's uid {me}; refusing to take jobs from it",
-                st.st_uid
-            )));
-        }
-        if st.st_mode & 0o002 != 0 {
-            return Err(unsafe_spool(format!(
-                "is world-writable (mode {:o}); anyone could queue a job. chmod o-w it",
-                st.st_mode & 0o7777
-            )));
-        }
+        check_writers(&st, "the spool directory", path, me, false).map_err(unsafe_spool)?;
         let group = submit_gid.map(|gid| crate::safe_fs::Owner { uid: me, gid });
         if let Some(g) = group {
             root.chown(g).map_err(at(path.to_path_buf()))?;
         }
-        let dirs = Place::ALL.map(|p| {
-            let (mode, owner) = match (p, group) {
-                (Place::Incoming, Some(g)) => (0o2770, Some(g)),
-                (_, g) => (0o750, g),
-            };
-            let (d, _) = root.ensure_dir(p.dir_name(), mode, owner)?;
-            let st = d.stat()?;
-            if st.st_uid != me || st.st_mode & 0o002 != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{} is not owned by uid {me} or is world-writable",
-                        d.path().display()
-                    ),
-                ));
-            }
-            if let Some(g) = owner {
-                d.chown(g)?;
-            }
-            // Also for a directory made by hand: no wider than intended.
-            d.chmod(mode)?;
-            Ok(d)
-        });
-        let dirs = collect_dirs(dirs).map_err(|e| unsafe_spool(e.to_string()))?;
+        let dirs = Place::ALL.map(|p| prepare_dir(&root, p, me, group));
+        let [a, b, c, d] = dirs;
+        let dirs = [a?, b?, c?, d?];
         Ok(Spool {
             path: path.to_path_buf(),
             root,
@@ -342,21 +313,35 @@ impl Spool {
     }
 
     /// Takes the spool's lock and records our pid in it; a second daemon
-    /// gets `Locked` with the first one's pid.
+    /// gets `Locked` with the first one's pid. `daemon.pid` is opened
+    /// without following links and only a file that can be our own (a
+    /// regular file of ours, one link, holding a pid) is ever truncated.
     pub fn lock(&self) -> Result<Lock, SpoolError> {
         let path = self.root.child_path(LOCK_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(at(path.clone()))?;
+        let refuse = |problem: String| SpoolError::Unsafe {
+            path: self.path.clone(),
+            problem: format!(
+                "{LOCK_FILE} {problem}; the daemon did not make it and will not write to it. \
+                 Check who put it there, remove it (rm {}) and start again",
+                crate::shown::path(&path)
+            ),
+        };
+        let (mut file, st, created) = match self.root.open_or_create_rw(LOCK_FILE, 0o644) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+                return Err(refuse("is a symbolic link".into()));
+            }
+            Err(e) => return Err(at(path)(e)),
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        if !created {
+            own_file_problem(&st, me).map_or(Ok(()), |p| Err(refuse(p)))?;
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
+                let _ = (&mut file).take(64).read_to_string(&mut pid);
                 return Err(SpoolError::Locked {
                     path: self.path.clone(),
                     pid: pid.trim().to_string(),
@@ -364,20 +349,38 @@ impl Spool {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(at(path)(e)),
         }
+        if !created {
+            let mut old = Vec::new();
+            (&mut file)
+                .take(64)
+                .read_to_end(&mut old)
+                .map_err(at(path.clone()))?;
+            if old.len() >= 64 || !old.iter().all(|b| b.is_ascii_digit() || b" \n".contains(b)) {
+                return Err(refuse("does not look like a pid file".into()));
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(at(path.clone()))?;
         file.set_len(0).map_err(at(path.clone()))?;
+        file.rewind().map_err(at(path.clone()))?;
         writeln!(file, "{}", std::process::id()).map_err(at(path))?;
         Ok(Lock { _file: file })
     }
 
-    /// The pid of the daemon holding the lock, if one does.
+    /// The pid of the daemon holding the lock, if one does. A `daemon.pid`
+    /// that is a link or not the spool owner's is not the daemon's.
     pub fn running_daemon(&self) -> Option<String> {
-        let path = self.root.child_path(LOCK_FILE);
-        let mut file = File::open(path).ok()?;
+        let owner = self.root.stat().ok()?.st_uid;
+        let (mut file, st) = self.root.open_file(LOCK_FILE).ok()?;
+        if own_file_problem(&st, owner).is_some() {
+            return None;
+        }
         match file.try_lock_shared() {
             Ok(()) => None,
             Err(_) => {
                 let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
+                let _ = (&mut file).take(64).read_to_string(&mut pid);
                 Some(pid.trim().to_string())
             }
         }
@@ -628,6 +631,90 @@ fn collect_dirs(dirs: [io::Result<Dir>; 4]) -> io::Result<[Dir; 4]> {
     Ok([a?, b?, c?, d?])
 }
 
+/// Refuses a spool directory that anyone but the daemon's user `me` could
+/// write into (`group_ok`: `incoming/`, which the submit group writes).
+fn check_writers(
+    st: &nix::sys::stat::FileStat,
+    what: &str,
+    path: &Path,
+    me: u32,
+    group_ok: bool,
+) -> Result<(), String> {
+    let shown = crate::shown::path(path);
+    if st.st_uid != me {
+        return Err(format!(
+            "{what} is owned by uid {}, not by the daemon's uid {me}; refusing to take jobs from it. \
+             Fix: chown {me} {shown}",
+            st.st_uid
+        ));
+    }
+    let bad = st.st_mode & if group_ok { 0o002 } else { 0o022 };
+    if bad == 0 {
+        return Ok(());
+    }
+    let who = if bad & 0o002 != 0 { "world" } else { "group" };
+    Err(format!(
+        "{what} {shown} is {who}-writable (mode {:o}); only incoming/ may be writable by anyone \
+         but the daemon's user, or they could replace the files the daemon writes there. \
+         Fix: chmod g-w,o-w {shown}",
+        st.st_mode & 0o7777
+    ))
+}
+
+/// Opens (creating) one queue directory and checks who may write it.
+fn prepare_dir(
+    root: &Dir,
+    place: Place,
+    me: u32,
+    group: Option<crate::safe_fs::Owner>,
+) -> Result<Dir, SpoolError> {
+    let (mode, group_ok) = match (place, group) {
+        (Place::Incoming, Some(_)) => (0o2770, true),
+        // incoming/ without a submit group is narrowed to 0750 below.
+        (Place::Incoming, None) => (0o750, true),
+        _ => (0o750, false),
+    };
+    let path = root.child_path(place.dir_name());
+    let (d, _) = root
+        .ensure_dir(place.dir_name(), mode, group)
+        .map_err(at(path.clone()))?;
+    let st = d.stat().map_err(at(path.clone()))?;
+    check_writers(&st, "the queue directory", &path, me, group_ok).map_err(|problem| {
+        SpoolError::Unsafe {
+            path: root.path().to_path_buf(),
+            problem,
+        }
+    })?;
+    if let Some(g) = group {
+        d.chown(g).map_err(at(path.clone()))?;
+    }
+    // Also for a directory made by hand: no wider than intended.
+    d.chmod(mode).map_err(at(path))?;
+    Ok(d)
+}
+
+/// Why `st` cannot be a file the daemon (uid `me`) made for itself, if it
+/// cannot: not regular, someone else's or hard-linked (an earlier run
+/// under another umask may have left it group-writable; that is fixed).
+fn own_file_problem(st: &nix::sys::stat::FileStat, me: u32) -> Option<String> {
+    if crate::safe_fs::kind_of(st) != Kind::File {
+        return Some("is not a regular file".into());
+    }
+    if st.st_uid != me {
+        return Some(format!(
+            "is owned by uid {}, not by the daemon's uid {me}",
+            st.st_uid
+        ));
+    }
+    if st.st_nlink != 1 {
+        return Some(format!(
+            "has {} links (a hard link to another file)",
+            st.st_nlink
+        ));
+    }
+    None
+}
+
 /// Reads a daemon-written file (a regular file, links not followed).
 fn read_small(dir: &Dir, name: impl AsRef<OsStr>) -> Option<Vec<u8>> {
     let (file, _) = dir.open_file(name).ok()?;
@@ -791,6 +878,95 @@ mod tests {
             let e = Spool::prepare(&spool_path, None).err().unwrap().to_string();
             assert!(e.contains("owned by uid 4242"), "{e}");
         }
+    }
+
+    /// Only `incoming/` may be writable by the submit group: a member who
+    /// can write the spool root could swap `daemon.pid` for a symlink.
+    #[test]
+    fn group_writable_spool_directories_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("spool");
+        let gid = Some(nix::unistd::getegid().as_raw());
+        Spool::prepare(&path, gid).unwrap();
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        chmod(&path, 0o770);
+        let e = Spool::prepare(&path, gid).err().unwrap();
+        assert!(matches!(e, SpoolError::Unsafe { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("chmod g-w,o-w"),
+            "{e}"
+        );
+        chmod(&path, 0o750);
+        for dir in ["active", "done", "failed"] {
+            let d = path.join(dir);
+            chmod(&d, 0o770);
+            let e = Spool::prepare(&path, gid).err().unwrap().to_string();
+            assert!(
+                e.contains(&d.display().to_string()) && e.contains("chmod g-w,o-w"),
+                "{dir}: {e}"
+            );
+            chmod(&d, 0o750);
+        }
+        // incoming/ is the one directory the group writes.
+        let s = Spool::prepare(&path, gid).unwrap();
+        let m = std::fs::metadata(s.path().join("incoming")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o2770);
+    }
+
+    /// `daemon.pid` is never followed, and a file the daemon did not make
+    /// is never truncated.
+    #[test]
+    fn lock_refuses_a_pid_file_it_did_not_make() {
+        let (t, s) = spool();
+        let pid = s.path().join(LOCK_FILE);
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let untouched = |what: &str| {
+            assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n", "{what}");
+        };
+        std::os::unix::fs::symlink(&victim, &pid).unwrap();
+        let e = s.lock().err().unwrap();
+        assert!(matches!(e, SpoolError::Unsafe { .. }), "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        untouched("symlink");
+        std::fs::remove_file(&pid).unwrap();
+        std::fs::hard_link(&victim, &pid).unwrap();
+        let e = s.lock().err().unwrap().to_string();
+        assert!(e.contains("links"), "{e}");
+        untouched("hard link");
+        std::fs::remove_file(&pid).unwrap();
+        std::fs::write(&pid, "not a pid\n").unwrap();
+        let e = s.lock().err().unwrap().to_string();
+        assert!(e.contains("does not look like a pid file"), "{e}");
+        assert_eq!(std::fs::read(&pid).unwrap(), b"not a pid\n");
+        if nix::unistd::geteuid().is_root() {
+            std::fs::write(&pid, "123\n").unwrap();
+            std::os::unix::fs::chown(&pid, Some(4242), None).unwrap();
+            let e = s.lock().err().unwrap().to_string();
+            assert!(e.contains("owned by uid 4242"), "{e}");
+            assert_eq!(std::fs::read(&pid).unwrap(), b"123\n");
+        }
+        // A stale pid file of an earlier run is taken over.
+        std::fs::remove_file(&pid).unwrap();
+        std::fs::write(&pid, "123\n").unwrap();
+        let _held = s.lock().unwrap();
+        let want = format!("{}\n", std::process::id());
+        assert_eq!(std::fs::read_to_string(&pid).unwrap(), want);
+    }
+
+    /// `status` reads the lock without following a planted symlink.
+    #[test]
+    fn running_daemon_does_not_follow_a_symlink() {
+        let (t, s) = spool();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, "4711\n").unwrap();
+        let held = std::fs::File::open(&victim).unwrap();
+        held.lock().unwrap();
+        std::os::unix::fs::symlink(&victim, s.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(s.running_daemon(), None);
     }
 
     #[test]

@@ -694,3 +694,67 @@ fn the_daemon_sweeps_late_mail_after_the_delay() {
         (!spool.join("done/j.sweep.json").exists()).then_some(())
     });
 }
+
+/// Runs `daemon` on a spool it must refuse; returns the exit code and
+/// stderr. A daemon that accepts the spool is killed after 20 s.
+fn refused_daemon(config: &Path) -> (Option<i32>, String) {
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("daemon")
+        .env("MAILDIR_MIGRATE_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let status = std::iter::repeat_with(|| {
+        std::thread::sleep(Duration::from_millis(50));
+        child.try_wait().unwrap()
+    })
+    .take(400)
+    .flatten()
+    .next();
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stderr = fs::read_to_string(err.path()).unwrap();
+    assert!(status.is_some(), "the daemon accepted the spool:\n{stderr}");
+    (status.unwrap().code(), stderr)
+}
+
+/// A spool root the submit group can write is refused (a member could
+/// swap `daemon.pid` for a symlink), and a symlinked `daemon.pid` is
+/// neither followed nor truncated: exit 78 with the directory and the fix.
+#[test]
+fn unsafe_spool_root_and_pid_symlink_are_refused() {
+    let (h, spool) = spool_host_with(
+        &closed_port(),
+        Some("rescan_interval = 1\nsubmit_group = \"mail\""),
+    );
+    fs::create_dir(&spool).unwrap();
+    fs::set_permissions(&spool, fs::Permissions::from_mode(0o770)).unwrap();
+    let (code, err) = refused_daemon(&h.config);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains(&spool.display().to_string()) && err.contains("chmod g-w,o-w"),
+        "{err}"
+    );
+
+    fs::set_permissions(&spool, fs::Permissions::from_mode(0o750)).unwrap();
+    let victim = h.root.join("victim.conf");
+    fs::write(&victim, "keep me\n").unwrap();
+    common::fixture::set_mtime(&victim, 1_600_000_000);
+    std::os::unix::fs::symlink(&victim, spool.join("daemon.pid")).unwrap();
+    let (code, err) = refused_daemon(&h.config);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("daemon.pid") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&victim).unwrap(), b"keep me\n");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(&victim).unwrap().mtime(), 1_600_000_000);
+}
