@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobError, JobId};
 use crate::report::{Report, rfc3339};
+use nix::sys::stat::FileStat;
+use nix::sys::time::TimeSpec;
+
 use crate::safe_fs::{Dir, FileAttrs, Kind};
 
 /// Larger job files are refused unread.
@@ -143,7 +146,20 @@ impl Entry {
         if s.is_empty() || s.starts_with('.') {
             s.insert(0, '_');
         }
+        // A refused "x.report.json" must not be filed as x's record.
+        if let Some(r) = crate::job::reserved_suffix(&s) {
+            let dot = s.len() - r.len();
+            s.replace_range(dot..=dot, "_");
+        }
         s
+    }
+
+    /// The name without `.json`, as the daemon named the job's progress
+    /// file (also for a job an earlier version accepted under an id that
+    /// is refused now).
+    fn stem(&self) -> String {
+        let name = self.name.to_string_lossy();
+        name.strip_suffix(JOB_SUFFIX).unwrap_or(&name).to_string()
     }
 }
 
@@ -235,6 +251,9 @@ pub struct Spool {
     path: PathBuf,
     root: Dir,
     dirs: [Dir; 4],
+    /// The daemon's uid (the spool's owner): the only writer of records,
+    /// schedules and progress files.
+    owner: u32,
 }
 
 /// Held for the daemon's lifetime; the kernel drops the lock on any exit.
@@ -283,6 +302,7 @@ impl Spool {
             path: path.to_path_buf(),
             root,
             dirs,
+            owner: me,
         })
     }
 
@@ -297,10 +317,12 @@ impl Spool {
         })?;
         let dirs = collect_dirs(Place::ALL.map(|p| root.open_dir(p.dir_name())))
             .map_err(at(path.to_path_buf()))?;
+        let owner = root.stat().map_err(at(path.to_path_buf()))?.st_uid;
         Ok(Spool {
             path: path.to_path_buf(),
             root,
             dirs,
+            owner,
         })
     }
 
@@ -418,6 +440,16 @@ impl Spool {
     /// Reads and validates a job file; `Err` says why it is not a job we
     /// will run. `trust: None` only reads (for `status`, which runs nothing).
     pub fn load(&self, entry: &Entry, trust: Option<&Trust>) -> Result<Job, Rejected> {
+        self.read_job(entry, trust).map(|(job, ..)| job)
+    }
+
+    /// `load`, also returning the exact bytes validated and the stat of
+    /// the file they were read from.
+    fn read_job(
+        &self,
+        entry: &Entry,
+        trust: Option<&Trust>,
+    ) -> Result<(Job, Vec<u8>, FileStat), Rejected> {
         let dir = self.dir(entry.place);
         let path = dir.child_path(&entry.name);
         let reject = |why: String| Rejected(format!("{}: {why}", path.display()));
@@ -430,7 +462,7 @@ impl Spool {
                 "untrusted job file: not a regular file (symlinks are not followed)".into(),
             ));
         }
-        let check = |st: &nix::sys::stat::FileStat| match trust {
+        let check = |st: &FileStat| match trust {
             Some(t) => t.check(st.st_uid, st.st_gid, st.st_mode),
             None => Ok(()),
         };
@@ -443,11 +475,45 @@ impl Spool {
         if st.st_size as u64 > MAX_JOB_BYTES {
             return Err(reject(format!("larger than {MAX_JOB_BYTES} bytes")));
         }
-        let mut text = String::new();
-        file.take(MAX_JOB_BYTES)
-            .read_to_string(&mut text)
+        let mut data = Vec::new();
+        file.take(MAX_JOB_BYTES + 1)
+            .read_to_end(&mut data)
             .map_err(|e| reject(e.to_string()))?;
-        Job::parse(&path, id.as_str(), &text).map_err(|e| Rejected(e.to_string()))
+        // It may have grown after the fstat.
+        if data.len() as u64 > MAX_JOB_BYTES {
+            return Err(reject(format!("larger than {MAX_JOB_BYTES} bytes")));
+        }
+        let text = std::str::from_utf8(&data)
+            .map_err(|_| reject("stream did not contain valid UTF-8".into()))?;
+        let job = Job::parse(&path, id.as_str(), text).map_err(|e| Rejected(e.to_string()))?;
+        Ok((job, data, st))
+    }
+
+    /// Makes a job in `active/` the daemon's own before it runs: the file
+    /// is read once more (no-follow, size-limited, trust-checked),
+    /// validated, and replaced by a new file of the daemon's (0640, written
+    /// atomically, submission mtime kept) holding exactly those bytes; the
+    /// returned job is what they say. After a claim the file is still the
+    /// submitter's inode, which it could change (or hold open) at will;
+    /// the copy it cannot. A file that already is the daemon's is left as
+    /// it is. `Ok(Err(_))`: not a job to run; `Err(_)`: could not copy.
+    pub fn adopt(&self, entry: &Entry, trust: &Trust) -> Result<Result<Job, Rejected>, SpoolError> {
+        let (job, data, st) = match self.read_job(entry, Some(trust)) {
+            Ok(read) => read,
+            Err(r) => return Ok(Err(r)),
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        if own_file_problem(&st, me).is_none() && st.st_mode & 0o7777 == 0o640 {
+            return Ok(Ok(job));
+        }
+        let dir = self.dir(entry.place);
+        let attrs = FileAttrs {
+            mtime: Some(TimeSpec::new(st.st_mtime, st.st_mtime_nsec)),
+            ..record_attrs(true)
+        };
+        dir.write_atomic(&entry.name, &data, &attrs)
+            .map_err(at(dir.child_path(&entry.name)))?;
+        Ok(Ok(job))
     }
 
     /// Claims an incoming job by renaming it into `active/`. `Ok(false)`
@@ -488,7 +554,7 @@ impl Spool {
             .map_err(at(from.child_path(&entry.name)))?;
         to.sync().map_err(at(to.path().to_path_buf()))?;
         if entry.place == Place::Active {
-            self.remove_progress(&entry.base());
+            self.remove_progress(&entry.stem());
         }
         Ok(to.child_path(report_name))
     }
@@ -558,7 +624,7 @@ impl Spool {
             .into_iter()
             .filter(|e| e.name.as_bytes().ends_with(SWEEP_SUFFIX.as_bytes()))
             .filter_map(|e| {
-                let s: SweepDue = serde_json::from_slice(&read_small(dir, &e.name)?).ok()?;
+                let s: SweepDue = serde_json::from_slice(&self.read_own(dir, &e.name)?).ok()?;
                 (s.due <= now).then_some((e.name, s))
             })
             .collect()
@@ -573,7 +639,7 @@ impl Spool {
     ) -> Result<(), SpoolError> {
         let dir = self.dir(Place::Done);
         let name = OsStr::new(&due.record);
-        if let Some(data) = read_small(dir, name)
+        if let Some(data) = self.read_own(dir, name)
             && let Ok(mut record) = serde_json::from_slice::<JobRecord>(&data)
         {
             record.sweeps.push(result);
@@ -593,7 +659,7 @@ impl Spool {
     }
 
     pub fn read_progress(&self, id: &str) -> Option<ProgressFile> {
-        let data = read_small(self.dir(Place::Active), format!("{id}{PROGRESS_SUFFIX}"))?;
+        let data = self.read_own(self.dir(Place::Active), format!("{id}{PROGRESS_SUFFIX}"))?;
         serde_json::from_slice(&data).ok()
     }
 
@@ -601,6 +667,20 @@ impl Spool {
         let _ = self
             .dir(Place::Active)
             .unlink_if_exists(format!("{id}{PROGRESS_SUFFIX}"));
+    }
+
+    /// Reads a daemon-written file: a regular file (links not followed) of
+    /// the daemon's with one link. Anything else under such a name (a job
+    /// file an earlier version filed as `done/x.sweep.json`, still its
+    /// submitter's) is not the daemon's and is ignored.
+    fn read_own(&self, dir: &Dir, name: impl AsRef<OsStr>) -> Option<Vec<u8>> {
+        let (file, st) = dir.open_file(name).ok()?;
+        if own_file_problem(&st, self.owner).is_some() {
+            return None;
+        }
+        let mut data = Vec::new();
+        file.take(16 << 20).read_to_end(&mut data).ok()?;
+        Some(data)
     }
 
     /// Records of finished jobs in `place` (unreadable ones are skipped).
@@ -611,7 +691,7 @@ impl Spool {
             if e.kind != Kind::File || !e.name.as_bytes().ends_with(REPORT_SUFFIX.as_bytes()) {
                 continue;
             }
-            let Some(data) = read_small(dir, &e.name) else {
+            let Some(data) = self.read_own(dir, &e.name) else {
                 continue;
             };
             if let Ok(r) = serde_json::from_slice::<JobRecord>(&data) {
@@ -634,7 +714,7 @@ fn collect_dirs(dirs: [io::Result<Dir>; 4]) -> io::Result<[Dir; 4]> {
 /// Refuses a spool directory that anyone but the daemon's user `me` could
 /// write into (`group_ok`: `incoming/`, which the submit group writes).
 fn check_writers(
-    st: &nix::sys::stat::FileStat,
+    st: &FileStat,
     what: &str,
     path: &Path,
     me: u32,
@@ -696,7 +776,7 @@ fn prepare_dir(
 /// Why `st` cannot be a file the daemon (uid `me`) made for itself, if it
 /// cannot: not regular, someone else's or hard-linked (an earlier run
 /// under another umask may have left it group-writable; that is fixed).
-fn own_file_problem(st: &nix::sys::stat::FileStat, me: u32) -> Option<String> {
+fn own_file_problem(st: &FileStat, me: u32) -> Option<String> {
     if crate::safe_fs::kind_of(st) != Kind::File {
         return Some("is not a regular file".into());
     }
@@ -713,14 +793,6 @@ fn own_file_problem(st: &nix::sys::stat::FileStat, me: u32) -> Option<String> {
         ));
     }
     None
-}
-
-/// Reads a daemon-written file (a regular file, links not followed).
-fn read_small(dir: &Dir, name: impl AsRef<OsStr>) -> Option<Vec<u8>> {
-    let (file, _) = dir.open_file(name).ok()?;
-    let mut data = Vec::new();
-    file.take(16 << 20).read_to_end(&mut data).ok()?;
-    Some(data)
 }
 
 fn record_attrs(fsync: bool) -> FileAttrs {
@@ -877,6 +949,165 @@ mod tests {
             std::os::unix::fs::chown(&spool_path, Some(4242), None).unwrap();
             let e = Spool::prepare(&spool_path, None).err().unwrap().to_string();
             assert!(e.contains("owned by uid 4242"), "{e}");
+        }
+    }
+
+    fn chown(p: &Path, uid: u32, gid: u32) {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    }
+
+    /// After the claim the job that runs is the daemon's own copy (0640,
+    /// a new inode): what the submitter writes through a descriptor it kept
+    /// open, before or after, never reaches it. Root only (chown).
+    #[test]
+    fn a_claimed_job_becomes_a_daemon_owned_copy() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let (_t, s) = spool();
+        let trust = Trust {
+            daemon_uid: 0,
+            submit_gid: Some(4343),
+        };
+        let inc = s.path().join("incoming/j.json");
+        std::fs::write(&inc, r#"{"domain":"a.cz","mode":"move"}"#).unwrap();
+        chown(&inc, 4321, 4343);
+        std::fs::set_permissions(&inc, std::fs::Permissions::from_mode(0o660)).unwrap();
+        let f = std::fs::File::options().write(true).open(&inc).unwrap();
+        let ino = std::fs::metadata(&inc).unwrap().ino();
+        let entry = s.list(Place::Incoming).unwrap().remove(0);
+        assert_eq!(
+            s.load(&entry, Some(&trust)).unwrap().domain.as_str(),
+            "a.cz"
+        );
+        // Changed between the check and the claim: the re-read decides.
+        let b = br#"{"domain":"b.cz","mode":"move"}"#;
+        f.set_len(0).unwrap();
+        f.write_all_at(b, 0).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+            .unwrap();
+        assert!(s.claim(&entry).unwrap());
+        let active = s.list(Place::Active).unwrap().remove(0);
+        let job = s.adopt(&active, &trust).unwrap().unwrap();
+        assert_eq!(job.domain.as_str(), "b.cz");
+        let path = s.path().join("active/j.json");
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777, m.nlink()), (0, 0o640, 1));
+        assert_ne!(m.ino(), ino, "a new file, not the submitter's inode");
+        assert_eq!(m.mtime(), 1_700_000_000, "the submission time is kept");
+        f.set_len(0).unwrap();
+        f.write_all_at(br#"{"domain":"victim.cz","mode":"move"}"#, 0)
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b);
+        // Adopting again leaves the daemon's copy alone.
+        s.adopt(&active, &trust).unwrap().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), m.ino());
+        let rec = JobRecord::new(&active, "j".into(), RecordStatus::Done, 1);
+        s.finish(&active, &rec).unwrap();
+        let m = std::fs::metadata(s.path().join("done/j.json")).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o640));
+    }
+
+    /// A job an earlier version left in `active/` (the submitter's inode)
+    /// is adopted, and checked like a new one, before it resumes.
+    #[test]
+    fn a_resumed_job_of_another_owner_is_adopted_or_refused() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let (_t, s) = spool();
+        let trust = Trust {
+            daemon_uid: 0,
+            submit_gid: Some(4343),
+        };
+        let act = s.path().join("active");
+        for (name, mode) in [("r.json", 0o660), ("ww.json", 0o666)] {
+            std::fs::write(act.join(name), r#"{"domain":"a.cz","mode":"move"}"#).unwrap();
+            chown(&act.join(name), 4321, 4343);
+            std::fs::set_permissions(act.join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        let list = s.list(Place::Active).unwrap();
+        assert_eq!(list.len(), 2);
+        s.adopt(&list[0], &trust).unwrap().unwrap();
+        let m = std::fs::metadata(act.join("r.json")).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o640));
+        let why = s.adopt(&list[1], &trust).unwrap().unwrap_err().0;
+        assert!(why.contains("world-writable"), "{why}");
+        assert_eq!(std::fs::metadata(act.join("ww.json")).unwrap().uid(), 4321);
+    }
+
+    /// Names that no valid id produces are kept that way for refused files
+    /// too: nothing in done/ or failed/ is named like a record or schedule
+    /// unless the daemon wrote it.
+    #[test]
+    fn refused_files_never_take_a_record_or_schedule_name() {
+        let (_t, s) = spool();
+        let inc = s.path().join("incoming");
+        let good = r#"{"domain":"a.cz","mode":"move"}"#;
+        std::fs::write(inc.join("evil.sweep.json"), good).unwrap();
+        std::fs::write(inc.join("x.REPORT.json"), good).unwrap();
+        for e in s.list(Place::Incoming).unwrap() {
+            let why = s.load(&e, Some(&trust())).unwrap_err().0;
+            assert!(why.contains("reserved"), "{why}");
+            let mut rec = JobRecord::new(&e, e.base(), RecordStatus::Failed, 1);
+            rec.error = Some(why);
+            s.finish(&e, &rec).unwrap();
+        }
+        let mut names: Vec<_> = std::fs::read_dir(s.path().join("failed"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "evil_sweep.json",
+                "evil_sweep.report.json",
+                "x_REPORT.json",
+                "x_REPORT.report.json"
+            ]
+        );
+        assert_eq!(s.records(Place::Failed).unwrap().len(), 2);
+        // The spool's own suffixes are the ones ids may not end in.
+        for suffix in [REPORT_SUFFIX, SWEEP_SUFFIX] {
+            let id = format!("x{}", suffix.strip_suffix(JOB_SUFFIX).unwrap());
+            assert!(JobId::parse(&id).is_err(), "{id}");
+        }
+    }
+
+    /// A schedule or record the daemon did not write (a job file an earlier
+    /// version filed under such a name, still its submitter's) is ignored.
+    #[test]
+    fn schedules_and_records_of_other_owners_are_ignored() {
+        let (_t, s) = spool();
+        let done = s.path().join("done");
+        let due = r#"{"record":"j.report.json","domain":"victim.cz","mailboxes":null,"due":0}"#;
+        std::fs::write(done.join("evil.sweep.json"), due).unwrap();
+        let rec = JobRecord::new(
+            &Entry {
+                place: Place::Done,
+                name: "y.json".into(),
+                submitted: 0,
+            },
+            "y".into(),
+            RecordStatus::Done,
+            1,
+        );
+        std::fs::write(
+            done.join("y.report.json"),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.due_sweeps(1).len(), 1, "the daemon's own are read");
+        assert_eq!(s.records(Place::Done).unwrap().len(), 1);
+        if nix::unistd::geteuid().is_root() {
+            chown(&done.join("evil.sweep.json"), 4321, 4343);
+            chown(&done.join("y.report.json"), 4321, 4343);
+            assert!(s.due_sweeps(1).is_empty());
+            assert!(s.records(Place::Done).unwrap().is_empty());
         }
     }
 
