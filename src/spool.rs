@@ -5,11 +5,13 @@
 //! Job files are hostile input: they are opened without following links,
 //! must be regular files of a trusted owner, and are size-limited.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,7 +63,7 @@ fn at(path: PathBuf) -> impl FnOnce(io::Error) -> SpoolError {
     move |source| SpoolError::Io { path, source }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Place {
     Incoming,
@@ -254,6 +256,7 @@ pub struct Spool {
     /// The daemon's uid (the spool's owner): the only writer of records,
     /// schedules and progress files.
     owner: u32,
+    hints: NameHints,
 }
 
 /// Held for the daemon's lifetime; the kernel drops the lock on any exit.
@@ -303,6 +306,7 @@ impl Spool {
             root,
             dirs,
             owner: me,
+            hints: NameHints::default(),
         })
     }
 
@@ -323,6 +327,7 @@ impl Spool {
             root,
             dirs,
             owner,
+            hints: NameHints::default(),
         })
     }
 
@@ -542,11 +547,8 @@ impl Spool {
     /// Files a finished (or rejected) job: the record is written first,
     /// then the job file moves beside it. Returns the record's path.
     pub fn finish(&self, entry: &Entry, record: &JobRecord) -> Result<PathBuf, SpoolError> {
-        let to = self.dir(match record.status {
-            RecordStatus::Done => Place::Done,
-            RecordStatus::Failed => Place::Failed,
-        });
-        let base = free_base(to, &entry.base())?;
+        let to = self.dir(place_of(record.status));
+        let (base, _) = self.free_base(record.status, &entry.base())?;
         let report_name = OsString::from(format!("{base}{REPORT_SUFFIX}"));
         write_record(to, &report_name, record)?;
         let from = self.dir(entry.place);
@@ -557,6 +559,30 @@ impl Spool {
             self.remove_progress(&entry.stem());
         }
         Ok(to.child_path(report_name))
+    }
+
+    /// `base`, or `base~1`, `base~2`… when earlier jobs used the id (`~`
+    /// is not allowed in ids, so no real id collides), in the directory a
+    /// record of `status` goes to. Also returns the stat probes made: one
+    /// or two when the hint is right, O(log n) when it is missing (after a
+    /// restart) or wrong; never a scan from `base`.
+    fn free_base(&self, status: RecordStatus, base: &str) -> Result<(String, u32), SpoolError> {
+        let place = place_of(status);
+        let dir = self.dir(place);
+        let mut hints = self.hints.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (place, base.to_string());
+        let start = hints.get(&key).copied().unwrap_or(0);
+        let mut probes = 0;
+        let n = first_free(start, |n| name_taken(dir, &suffixed(base, n), &mut probes))?
+            .ok_or_else(|| SpoolError::Io {
+                path: dir.child_path(base),
+                source: io::Error::other("no free ~N suffix is left for this name"),
+            })?;
+        if hints.len() >= MAX_NAME_HINTS {
+            hints.clear();
+        }
+        hints.insert(key, n.saturating_add(1));
+        Ok((suffixed(base, n), probes))
     }
 
     /// Rewrites a finished job's record (to add the notification outcome).
@@ -702,6 +728,14 @@ impl Spool {
     }
 }
 
+/// Where a job with a record of `status` is filed.
+fn place_of(status: RecordStatus) -> Place {
+    match status {
+        RecordStatus::Done => Place::Done,
+        RecordStatus::Failed => Place::Failed,
+    }
+}
+
 /// Why a file in the queue is not a job that can run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected(pub String);
@@ -811,24 +845,76 @@ fn write_record(dir: &Dir, name: &OsStr, record: &impl Serialize) -> Result<(), 
         .map_err(at(dir.child_path(name)))
 }
 
-/// `base`, or `base~1`, `base~2`… when an earlier job used the id (`~` is
-/// not allowed in ids, so no real id collides).
-fn free_base(dir: &Dir, base: &str) -> Result<String, SpoolError> {
-    for n in 0u32.. {
-        let candidate = if n == 0 {
-            base.to_string()
-        } else {
-            format!("{base}~{n}")
-        };
-        let taken = [JOB_SUFFIX, REPORT_SUFFIX].iter().any(|suffix| {
-            !matches!(dir.stat_at(format!("{candidate}{suffix}")), Err(e) if e.kind() == io::ErrorKind::NotFound)
-        });
-        if !taken {
-            return Ok(candidate);
+/// Whether `candidate` (`base` or `base~N`) is used in `dir`, by a record
+/// or a job file; adds the stat calls made to `probes`. The record is
+/// written first when a job is filed, so a used name costs one probe.
+fn name_taken(dir: &Dir, candidate: &str, probes: &mut u32) -> Result<bool, SpoolError> {
+    for suffix in [REPORT_SUFFIX, JOB_SUFFIX] {
+        *probes += 1;
+        let name = format!("{candidate}{suffix}");
+        match dir.stat_at(&name) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(at(dir.child_path(name))(e)),
         }
     }
-    unreachable!("u32 range exhausted")
+    Ok(false)
 }
+
+/// A free suffix number at or after `start` (0 meaning `base` itself):
+/// `start` when it is free, else the next free one after a run of used
+/// ones, found by doubling steps and then halving, O(log n) probes;
+/// `None` when the u32 range is used up.
+/// Suffixes are handed out in order, so the used ones form a run; were
+/// there gaps, the number found is still free, just not the lowest.
+fn first_free(
+    start: u32,
+    mut taken: impl FnMut(u32) -> Result<bool, SpoolError>,
+) -> Result<Option<u32>, SpoolError> {
+    if !taken(start)? {
+        return Ok(Some(start));
+    }
+    // lo is used, hi is free.
+    let (mut lo, mut step) = (start, 1u32);
+    let mut hi = loop {
+        let Some(candidate) = lo.checked_add(step) else {
+            return Ok(None);
+        };
+        if !taken(candidate)? {
+            break candidate;
+        }
+        lo = candidate;
+        step = step.saturating_mul(2);
+    };
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if taken(mid)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(Some(hi))
+}
+
+fn suffixed(base: &str, n: u32) -> String {
+    if n == 0 {
+        base.to_string()
+    } else {
+        format!("{base}~{n}")
+    }
+}
+
+/// Where the next free `base~N` probably is, per destination and base, so
+/// that filing the n-th job of one name is one check, not n (a submitter
+/// can queue thousands of refused files of one name, and filing runs in the
+/// daemon's main loop). Only a hint: every name is still checked.
+#[derive(Default)]
+struct NameHints(Mutex<HashMap<(Place, String), u32>>);
+
+/// Hints kept at most; beyond that they are dropped and rebuilt (each miss
+/// costs O(log n) probes, so the map cannot grow without bound).
+const MAX_NAME_HINTS: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -1108,6 +1194,58 @@ mod tests {
             chown(&done.join("y.report.json"), 4321, 4343);
             assert!(s.due_sweeps(1).is_empty());
             assert!(s.records(Place::Done).unwrap().is_empty());
+        }
+    }
+
+    /// Filing is linear: 30,000 refused files of one name take at most
+    /// two stat probes each (the old search began at `base` every time,
+    /// 2n probes for the n-th, and blocked the main loop for seconds). The
+    /// files are created with O_EXCL (no fsync, unlike `finish`): nothing
+    /// is overwritten and every name is new.
+    #[test]
+    fn filing_many_jobs_of_one_name_is_linear() {
+        let (_t, s) = spool();
+        let dir = s.dir(Place::Failed);
+        let mut names = std::collections::HashSet::new();
+        let mut total = 0u64;
+        for i in 0..30_000u64 {
+            let (base, probes) = s.free_base(RecordStatus::Failed, "same").unwrap();
+            total += u64::from(probes);
+            assert!(total <= 2 * (i + 1), "{total} probes for {} files", i + 1);
+            dir.create_file(format!("{base}{REPORT_SUFFIX}"), 0o640)
+                .unwrap();
+            dir.create_file(format!("{base}{JOB_SUFFIX}"), 0o640)
+                .unwrap();
+            assert!(names.insert(base));
+        }
+        eprintln!("30,000 files of one name: {total} probes");
+        // A restarted daemon has no hints: a search, not a scan from 0.
+        let again = Spool::open(s.path()).unwrap();
+        let (base, probes) = again.free_base(RecordStatus::Failed, "same").unwrap();
+        eprintln!("after a restart: {probes} probes for {base}");
+        assert!(probes <= 64, "{probes}");
+        assert!(!names.contains(&base));
+        dir.create_file(format!("{base}{REPORT_SUFFIX}"), 0o640)
+            .unwrap();
+        // A stale hint (files added behind the spool's back) is corrected.
+        dir.create_file("other.report.json", 0o640).unwrap();
+        dir.create_file("other~1.report.json", 0o640).unwrap();
+        assert_eq!(
+            again.free_base(RecordStatus::Failed, "other").unwrap().0,
+            "other~2"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever names are used (gaps too), the number found is free and
+        /// not below the hint.
+        #[test]
+        fn first_free_finds_a_free_number(
+            used in proptest::collection::btree_set(0u32..300, 0..250),
+            start in 0u32..300,
+        ) {
+            let n = first_free(start, |n| Ok(used.contains(&n))).unwrap().unwrap();
+            proptest::prop_assert!(n >= start && !used.contains(&n));
         }
     }
 
