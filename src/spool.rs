@@ -10,16 +10,16 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use nix::sys::stat::FileStat;
+use nix::sys::time::TimeSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobError, JobId};
 use crate::report::{Report, rfc3339};
-use nix::sys::stat::FileStat;
-use nix::sys::time::TimeSpec;
-
 use crate::safe_fs::{Dir, FileAttrs, Kind};
 
 /// Larger job files are refused unread.
@@ -386,7 +386,6 @@ impl Spool {
                 return Err(refuse("does not look like a pid file".into()));
             }
         }
-        use std::os::unix::fs::PermissionsExt;
         file.set_permissions(std::fs::Permissions::from_mode(0o644))
             .map_err(at(path.clone()))?;
         file.set_len(0).map_err(at(path.clone()))?;
@@ -398,9 +397,8 @@ impl Spool {
     /// The pid of the daemon holding the lock, if one does. A `daemon.pid`
     /// that is a link or not the spool owner's is not the daemon's.
     pub fn running_daemon(&self) -> Option<String> {
-        let owner = self.root.stat().ok()?.st_uid;
         let (mut file, st) = self.root.open_file(LOCK_FILE).ok()?;
-        if own_file_problem(&st, owner).is_some() {
+        if own_file_problem(&st, self.owner).is_some() {
             return None;
         }
         match file.try_lock_shared() {
