@@ -508,36 +508,64 @@ impl Daemon {
             if entry.place == Place::Active && self.running.contains_key(&entry.base()) {
                 continue;
             }
-            let job = match self.spool.load(&entry, Some(&self.trust)) {
-                Ok(job) => job,
-                Err(Rejected(why)) => {
-                    self.reject(&entry, why);
-                    continue;
-                }
-            };
-            // Never two jobs for one domain at once; it waits its turn.
-            if self.busy_domain(&job.domain) || self.running.contains_key(job.id.as_str()) {
-                continue;
+            if let Some((entry, job, resumed)) = self.take(entry) {
+                self.start(entry, job, resumed);
             }
-            let resumed = entry.place == Place::Active;
-            let entry = if resumed {
-                entry
-            } else {
-                match self.spool.claim(&entry) {
-                    Ok(true) => Entry {
-                        place: Place::Active,
-                        ..entry
-                    },
-                    Ok(false) => continue,
-                    Err(e) => {
-                        error!("cannot claim {}: {e}", entry.name.to_string_lossy());
-                        continue;
-                    }
-                }
-            };
-            self.start(entry, job, resumed);
         }
         self.publish_progress();
+    }
+
+    /// Never two jobs for one domain (or id) at once; it waits its turn.
+    fn must_wait(&self, job: &Job) -> bool {
+        self.busy_domain(&job.domain) || self.running.contains_key(job.id.as_str())
+    }
+
+    /// Makes `entry` a job that may start now: checked, claimed into
+    /// `active/` when it is new, and adopted as the daemon's own copy.
+    /// `None` when it was refused, is gone, or waits its turn. Returns the
+    /// active entry, the job and whether it resumes an interrupted run.
+    fn take(&mut self, entry: Entry) -> Option<(Entry, Job, bool)> {
+        let resumed = entry.place == Place::Active;
+        if !resumed {
+            match self.spool.load(&entry, Some(&self.trust)) {
+                Ok(job) if self.must_wait(&job) => return None,
+                Ok(_) => {}
+                Err(Rejected(why)) => {
+                    self.reject(&entry, why);
+                    return None;
+                }
+            }
+            match self.spool.claim(&entry) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    error!("cannot claim {}: {e}", entry.name.to_string_lossy());
+                    return None;
+                }
+            }
+        }
+        let entry = Entry {
+            place: Place::Active,
+            ..entry
+        };
+        // What runs is the daemon's own copy, read again after the claim:
+        // the submitter may have changed its file since it was loaded.
+        let job = match self.spool.adopt(&entry, &self.trust) {
+            Ok(Ok(job)) => job,
+            Ok(Err(Rejected(why))) => {
+                self.reject(&entry, why);
+                return None;
+            }
+            Err(e) => {
+                error!("cannot take over {}: {e}", entry.name.to_string_lossy());
+                return None;
+            }
+        };
+        // Changed to a busy domain since it was loaded: it waits in active/.
+        if self.must_wait(&job) {
+            return None;
+        }
+        Some((entry, job, resumed))
     }
 
     fn reject(&mut self, entry: &Entry, why: String) {

@@ -40,7 +40,14 @@ impl fmt::Display for Mode {
     }
 }
 
-/// `[A-Za-z0-9._-]{1,64}`, taken from the job file's stem.
+/// Endings no job id may have (any case): the spool files a job as
+/// `<id>.json` beside the daemon's own `<id>.report.json` (its record) and
+/// `<id>.sweep.json` (its sweep schedule), so a job `x.sweep` would be
+/// filed as the schedule of a job `x`, and its submitter could rewrite it.
+pub const RESERVED_ID_SUFFIXES: [&str; 2] = [".report", ".sweep"];
+
+/// `[A-Za-z0-9._-]{1,64}`, taken from the job file's stem, not ending in a
+/// [reserved suffix](RESERVED_ID_SUFFIXES).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct JobId(String);
@@ -51,19 +58,33 @@ impl JobId {
             && s.len() <= 64
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok {
-            Ok(JobId(s.to_string()))
-        } else {
-            Err(format!(
+        if !ok {
+            return Err(format!(
                 "job id {:?} must be 1-64 characters of A-Z a-z 0-9 . _ -",
                 shown::text(s)
-            ))
+            ));
         }
+        if let Some(r) = reserved_suffix(s) {
+            return Err(format!(
+                "job id {:?} ends in {r:?}, which is reserved for the daemon's own files \
+                 (<id>{r}.json); choose another id",
+                shown::text(s)
+            ));
+        }
+        Ok(JobId(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The reserved suffix `s` ends in, compared without regard to case (a
+/// spool on a case-insensitive filesystem).
+pub fn reserved_suffix(s: &str) -> Option<&'static str> {
+    RESERVED_ID_SUFFIXES.into_iter().find(|r| {
+        s.len() >= r.len() && s.as_bytes()[s.len() - r.len()..].eq_ignore_ascii_case(r.as_bytes())
+    })
 }
 
 /// A lower-case ASCII domain name (IDNs in their xn-- form).
@@ -367,6 +388,27 @@ mod tests {
         for s in errors {
             assert!(s.len() < 1024, "{}", s.len());
             assert!(!s.chars().any(char::is_control), "{s}");
+        }
+    }
+
+    /// The daemon files `<id>.report.json` and `<id>.sweep.json` beside a
+    /// job `<id>.json`: an id ending in `.report` or `.sweep` would be
+    /// filed under the name of another job's record or sweep schedule.
+    #[test]
+    fn ids_cannot_name_the_daemons_own_files() {
+        for bad in ["evil.sweep", "x.report", "X.Sweep", "a.b.REPORT"] {
+            let e = JobId::parse(bad).unwrap_err();
+            assert!(e.contains("reserved"), "{bad}: {e}");
+        }
+        for ok in [
+            "sweep",
+            "report",
+            "a.sweeper",
+            "reports",
+            "x.sweep-1",
+            "a_sweep",
+        ] {
+            assert!(JobId::parse(ok).is_ok(), "{ok}");
         }
     }
 

@@ -341,6 +341,42 @@ impl Dir {
         Ok(Some(buf))
     }
 
+    /// Opens `name` for reading and writing, creating it (`mode`) when it
+    /// is missing; never through a symlink (ELOOP), never truncating.
+    /// Returns the file, its stat and whether this call created it; what
+    /// an existing file may be is the caller's decision.
+    pub fn open_or_create_rw(
+        &self,
+        name: impl AsRef<OsStr>,
+        mode: u32,
+    ) -> io::Result<(File, FileStat, bool)> {
+        let name = plain_name(name.as_ref())?;
+        let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+        let create = flags | OFlag::O_CREAT | OFlag::O_EXCL;
+        let (fd, created) = match openat(
+            self.fd.as_fd(),
+            name,
+            create,
+            Mode::from_bits_truncate(mode),
+        ) {
+            Ok(fd) => (fd, true),
+            // O_NONBLOCK: a FIFO or device swapped in must not block us.
+            Err(Errno::EEXIST) => (
+                openat(
+                    self.fd.as_fd(),
+                    name,
+                    flags | OFlag::O_NONBLOCK,
+                    Mode::empty(),
+                )
+                .map_err(io)?,
+                false,
+            ),
+            Err(e) => return Err(io(e)),
+        };
+        let st = fstat(fd.as_fd()).map_err(io)?;
+        Ok((File::from(fd), st, created))
+    }
+
     /// Creates a new file that must not exist yet.
     pub fn create_file(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<File> {
         let name = plain_name(name.as_ref())?;

@@ -5,12 +5,17 @@
 //! Job files are hostile input: they are opened without following links,
 //! must be regular files of a trusted owner, and are size-limited.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use nix::sys::stat::FileStat;
+use nix::sys::time::TimeSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobError, JobId};
@@ -58,7 +63,7 @@ fn at(path: PathBuf) -> impl FnOnce(io::Error) -> SpoolError {
     move |source| SpoolError::Io { path, source }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Place {
     Incoming,
@@ -143,7 +148,20 @@ impl Entry {
         if s.is_empty() || s.starts_with('.') {
             s.insert(0, '_');
         }
+        // A refused "x.report.json" must not be filed as x's record.
+        if let Some(r) = crate::job::reserved_suffix(&s) {
+            let dot = s.len() - r.len();
+            s.replace_range(dot..=dot, "_");
+        }
         s
+    }
+
+    /// The name without `.json`, as the daemon named the job's progress
+    /// file (also for a job an earlier version accepted under an id that
+    /// is refused now).
+    fn stem(&self) -> String {
+        let name = self.name.to_string_lossy();
+        name.strip_suffix(JOB_SUFFIX).unwrap_or(&name).to_string()
     }
 }
 
@@ -235,6 +253,10 @@ pub struct Spool {
     path: PathBuf,
     root: Dir,
     dirs: [Dir; 4],
+    /// The daemon's uid (the spool's owner): the only writer of records,
+    /// schedules and progress files.
+    owner: u32,
+    hints: NameHints,
 }
 
 /// Held for the daemon's lifetime; the kernel drops the lock on any exit.
@@ -244,8 +266,11 @@ pub struct Lock {
 
 impl Spool {
     /// Prepares the spool for the daemon: the directory must belong to us
-    /// and not be world-writable; the queue directories are made 0750
+    /// and be writable by us alone; the queue directories are made 0750
     /// (`incoming/` 2770 with the submit group, so members can drop jobs).
+    /// Only `incoming/` may be writable by anyone else: whoever can write
+    /// the root or `active/`, `done/`, `failed/` could replace the files
+    /// the daemon (root) opens and writes there.
     pub fn prepare(path: &Path, submit_gid: Option<u32>) -> Result<Spool, SpoolError> {
         let unsafe_spool = |problem: String| SpoolError::Unsafe {
             path: path.to_path_buf(),
@@ -268,50 +293,20 @@ impl Spool {
         }
         let st = root.stat().map_err(at(path.to_path_buf()))?;
         let me = nix::unistd::geteuid().as_raw();
-        if st.st_uid != me {
-            return Err(unsafe_spool(format!(
-                "owned by uid {}, not by the daemon's uid {me}; refusing to take jobs from it",
-                st.st_uid
-            )));
-        }
-        if st.st_mode & 0o002 != 0 {
-            return Err(unsafe_spool(format!(
-                "is world-writable (mode {:o}); anyone could queue a job. chmod o-w it",
-                st.st_mode & 0o7777
-            )));
-        }
+        check_writers(&st, "the spool directory", path, me, false).map_err(unsafe_spool)?;
         let group = submit_gid.map(|gid| crate::safe_fs::Owner { uid: me, gid });
         if let Some(g) = group {
             root.chown(g).map_err(at(path.to_path_buf()))?;
         }
-        let dirs = Place::ALL.map(|p| {
-            let (mode, owner) = match (p, group) {
-                (Place::Incoming, Some(g)) => (0o2770, Some(g)),
-                (_, g) => (0o750, g),
-            };
-            let (d, _) = root.ensure_dir(p.dir_name(), mode, owner)?;
-            let st = d.stat()?;
-            if st.st_uid != me || st.st_mode & 0o002 != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{} is not owned by uid {me} or is world-writable",
-                        d.path().display()
-                    ),
-                ));
-            }
-            if let Some(g) = owner {
-                d.chown(g)?;
-            }
-            // Also for a directory made by hand: no wider than intended.
-            d.chmod(mode)?;
-            Ok(d)
-        });
-        let dirs = collect_dirs(dirs).map_err(|e| unsafe_spool(e.to_string()))?;
+        let dirs = Place::ALL.map(|p| prepare_dir(&root, p, me, group));
+        let [a, b, c, d] = dirs;
+        let dirs = [a?, b?, c?, d?];
         Ok(Spool {
             path: path.to_path_buf(),
             root,
             dirs,
+            owner: me,
+            hints: NameHints::default(),
         })
     }
 
@@ -326,10 +321,13 @@ impl Spool {
         })?;
         let dirs = collect_dirs(Place::ALL.map(|p| root.open_dir(p.dir_name())))
             .map_err(at(path.to_path_buf()))?;
+        let owner = root.stat().map_err(at(path.to_path_buf()))?.st_uid;
         Ok(Spool {
             path: path.to_path_buf(),
             root,
             dirs,
+            owner,
+            hints: NameHints::default(),
         })
     }
 
@@ -342,21 +340,35 @@ impl Spool {
     }
 
     /// Takes the spool's lock and records our pid in it; a second daemon
-    /// gets `Locked` with the first one's pid.
+    /// gets `Locked` with the first one's pid. `daemon.pid` is opened
+    /// without following links and only a file that can be our own (a
+    /// regular file of ours, one link, holding a pid) is ever truncated.
     pub fn lock(&self) -> Result<Lock, SpoolError> {
         let path = self.root.child_path(LOCK_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(at(path.clone()))?;
+        let refuse = |problem: String| SpoolError::Unsafe {
+            path: self.path.clone(),
+            problem: format!(
+                "{LOCK_FILE} {problem}; the daemon did not make it and will not write to it. \
+                 Check who put it there, remove it (rm {}) and start again",
+                crate::shown::path(&path)
+            ),
+        };
+        let (mut file, st, created) = match self.root.open_or_create_rw(LOCK_FILE, 0o644) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+                return Err(refuse("is a symbolic link".into()));
+            }
+            Err(e) => return Err(at(path)(e)),
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        if !created {
+            own_file_problem(&st, me).map_or(Ok(()), |p| Err(refuse(p)))?;
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
+                let _ = (&mut file).take(64).read_to_string(&mut pid);
                 return Err(SpoolError::Locked {
                     path: self.path.clone(),
                     pid: pid.trim().to_string(),
@@ -364,20 +376,36 @@ impl Spool {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(at(path)(e)),
         }
+        if !created {
+            let mut old = Vec::new();
+            (&mut file)
+                .take(64)
+                .read_to_end(&mut old)
+                .map_err(at(path.clone()))?;
+            if old.len() >= 64 || !old.iter().all(|b| b.is_ascii_digit() || b" \n".contains(b)) {
+                return Err(refuse("does not look like a pid file".into()));
+            }
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(at(path.clone()))?;
         file.set_len(0).map_err(at(path.clone()))?;
+        file.rewind().map_err(at(path.clone()))?;
         writeln!(file, "{}", std::process::id()).map_err(at(path))?;
         Ok(Lock { _file: file })
     }
 
-    /// The pid of the daemon holding the lock, if one does.
+    /// The pid of the daemon holding the lock, if one does. A `daemon.pid`
+    /// that is a link or not the spool owner's is not the daemon's.
     pub fn running_daemon(&self) -> Option<String> {
-        let path = self.root.child_path(LOCK_FILE);
-        let mut file = File::open(path).ok()?;
+        let (mut file, st) = self.root.open_file(LOCK_FILE).ok()?;
+        if own_file_problem(&st, self.owner).is_some() {
+            return None;
+        }
         match file.try_lock_shared() {
             Ok(()) => None,
             Err(_) => {
                 let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
+                let _ = (&mut file).take(64).read_to_string(&mut pid);
                 Some(pid.trim().to_string())
             }
         }
@@ -415,6 +443,16 @@ impl Spool {
     /// Reads and validates a job file; `Err` says why it is not a job we
     /// will run. `trust: None` only reads (for `status`, which runs nothing).
     pub fn load(&self, entry: &Entry, trust: Option<&Trust>) -> Result<Job, Rejected> {
+        self.read_job(entry, trust).map(|(job, ..)| job)
+    }
+
+    /// `load`, also returning the exact bytes validated and the stat of
+    /// the file they were read from.
+    fn read_job(
+        &self,
+        entry: &Entry,
+        trust: Option<&Trust>,
+    ) -> Result<(Job, Vec<u8>, FileStat), Rejected> {
         let dir = self.dir(entry.place);
         let path = dir.child_path(&entry.name);
         let reject = |why: String| Rejected(format!("{}: {why}", path.display()));
@@ -427,7 +465,7 @@ impl Spool {
                 "untrusted job file: not a regular file (symlinks are not followed)".into(),
             ));
         }
-        let check = |st: &nix::sys::stat::FileStat| match trust {
+        let check = |st: &FileStat| match trust {
             Some(t) => t.check(st.st_uid, st.st_gid, st.st_mode),
             None => Ok(()),
         };
@@ -440,11 +478,45 @@ impl Spool {
         if st.st_size as u64 > MAX_JOB_BYTES {
             return Err(reject(format!("larger than {MAX_JOB_BYTES} bytes")));
         }
-        let mut text = String::new();
-        file.take(MAX_JOB_BYTES)
-            .read_to_string(&mut text)
+        let mut data = Vec::new();
+        file.take(MAX_JOB_BYTES + 1)
+            .read_to_end(&mut data)
             .map_err(|e| reject(e.to_string()))?;
-        Job::parse(&path, id.as_str(), &text).map_err(|e| Rejected(e.to_string()))
+        // It may have grown after the fstat.
+        if data.len() as u64 > MAX_JOB_BYTES {
+            return Err(reject(format!("larger than {MAX_JOB_BYTES} bytes")));
+        }
+        let text = std::str::from_utf8(&data)
+            .map_err(|_| reject("stream did not contain valid UTF-8".into()))?;
+        let job = Job::parse(&path, id.as_str(), text).map_err(|e| Rejected(e.to_string()))?;
+        Ok((job, data, st))
+    }
+
+    /// Makes a job in `active/` the daemon's own before it runs: the file
+    /// is read once more (no-follow, size-limited, trust-checked),
+    /// validated, and replaced by a new file of the daemon's (0640, written
+    /// atomically, submission mtime kept) holding exactly those bytes; the
+    /// returned job is what they say. After a claim the file is still the
+    /// submitter's inode, which it could change (or hold open) at will;
+    /// the copy it cannot. A file that already is the daemon's is left as
+    /// it is. `Ok(Err(_))`: not a job to run; `Err(_)`: could not copy.
+    pub fn adopt(&self, entry: &Entry, trust: &Trust) -> Result<Result<Job, Rejected>, SpoolError> {
+        let (job, data, st) = match self.read_job(entry, Some(trust)) {
+            Ok(read) => read,
+            Err(r) => return Ok(Err(r)),
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        if own_file_problem(&st, me).is_none() && st.st_mode & 0o7777 == 0o640 {
+            return Ok(Ok(job));
+        }
+        let dir = self.dir(entry.place);
+        let attrs = FileAttrs {
+            mtime: Some(TimeSpec::new(st.st_mtime, st.st_mtime_nsec)),
+            ..record_attrs(true)
+        };
+        dir.write_atomic(&entry.name, &data, &attrs)
+            .map_err(at(dir.child_path(&entry.name)))?;
+        Ok(Ok(job))
     }
 
     /// Claims an incoming job by renaming it into `active/`. `Ok(false)`
@@ -473,11 +545,8 @@ impl Spool {
     /// Files a finished (or rejected) job: the record is written first,
     /// then the job file moves beside it. Returns the record's path.
     pub fn finish(&self, entry: &Entry, record: &JobRecord) -> Result<PathBuf, SpoolError> {
-        let to = self.dir(match record.status {
-            RecordStatus::Done => Place::Done,
-            RecordStatus::Failed => Place::Failed,
-        });
-        let base = free_base(to, &entry.base())?;
+        let to = self.dir(place_of(record.status));
+        let (base, _) = self.free_base(record.status, &entry.base())?;
         let report_name = OsString::from(format!("{base}{REPORT_SUFFIX}"));
         write_record(to, &report_name, record)?;
         let from = self.dir(entry.place);
@@ -485,9 +554,33 @@ impl Spool {
             .map_err(at(from.child_path(&entry.name)))?;
         to.sync().map_err(at(to.path().to_path_buf()))?;
         if entry.place == Place::Active {
-            self.remove_progress(&entry.base());
+            self.remove_progress(&entry.stem());
         }
         Ok(to.child_path(report_name))
+    }
+
+    /// `base`, or `base~1`, `base~2`… when earlier jobs used the id (`~`
+    /// is not allowed in ids, so no real id collides), in the directory a
+    /// record of `status` goes to. Also returns the stat probes made: one
+    /// or two when the hint is right, O(log n) when it is missing (after a
+    /// restart) or wrong; never a scan from `base`.
+    fn free_base(&self, status: RecordStatus, base: &str) -> Result<(String, u32), SpoolError> {
+        let place = place_of(status);
+        let dir = self.dir(place);
+        let mut hints = self.hints.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (place, base.to_string());
+        let start = hints.get(&key).copied().unwrap_or(0);
+        let mut probes = 0;
+        let n = first_free(start, |n| name_taken(dir, &suffixed(base, n), &mut probes))?
+            .ok_or_else(|| SpoolError::Io {
+                path: dir.child_path(base),
+                source: io::Error::other("no free ~N suffix is left for this name"),
+            })?;
+        if hints.len() >= MAX_NAME_HINTS {
+            hints.clear();
+        }
+        hints.insert(key, n.saturating_add(1));
+        Ok((suffixed(base, n), probes))
     }
 
     /// Rewrites a finished job's record (to add the notification outcome).
@@ -555,7 +648,7 @@ impl Spool {
             .into_iter()
             .filter(|e| e.name.as_bytes().ends_with(SWEEP_SUFFIX.as_bytes()))
             .filter_map(|e| {
-                let s: SweepDue = serde_json::from_slice(&read_small(dir, &e.name)?).ok()?;
+                let s: SweepDue = serde_json::from_slice(&self.read_own(dir, &e.name)?).ok()?;
                 (s.due <= now).then_some((e.name, s))
             })
             .collect()
@@ -570,7 +663,7 @@ impl Spool {
     ) -> Result<(), SpoolError> {
         let dir = self.dir(Place::Done);
         let name = OsStr::new(&due.record);
-        if let Some(data) = read_small(dir, name)
+        if let Some(data) = self.read_own(dir, name)
             && let Ok(mut record) = serde_json::from_slice::<JobRecord>(&data)
         {
             record.sweeps.push(result);
@@ -590,7 +683,7 @@ impl Spool {
     }
 
     pub fn read_progress(&self, id: &str) -> Option<ProgressFile> {
-        let data = read_small(self.dir(Place::Active), format!("{id}{PROGRESS_SUFFIX}"))?;
+        let data = self.read_own(self.dir(Place::Active), format!("{id}{PROGRESS_SUFFIX}"))?;
         serde_json::from_slice(&data).ok()
     }
 
@@ -598,6 +691,20 @@ impl Spool {
         let _ = self
             .dir(Place::Active)
             .unlink_if_exists(format!("{id}{PROGRESS_SUFFIX}"));
+    }
+
+    /// Reads a daemon-written file: a regular file (links not followed) of
+    /// the daemon's with one link. Anything else under such a name (a job
+    /// file an earlier version filed as `done/x.sweep.json`, still its
+    /// submitter's) is not the daemon's and is ignored.
+    fn read_own(&self, dir: &Dir, name: impl AsRef<OsStr>) -> Option<Vec<u8>> {
+        let (file, st) = dir.open_file(name).ok()?;
+        if own_file_problem(&st, self.owner).is_some() {
+            return None;
+        }
+        let mut data = Vec::new();
+        file.take(16 << 20).read_to_end(&mut data).ok()?;
+        Some(data)
     }
 
     /// Records of finished jobs in `place` (unreadable ones are skipped).
@@ -608,7 +715,7 @@ impl Spool {
             if e.kind != Kind::File || !e.name.as_bytes().ends_with(REPORT_SUFFIX.as_bytes()) {
                 continue;
             }
-            let Some(data) = read_small(dir, &e.name) else {
+            let Some(data) = self.read_own(dir, &e.name) else {
                 continue;
             };
             if let Ok(r) = serde_json::from_slice::<JobRecord>(&data) {
@@ -616,6 +723,14 @@ impl Spool {
             }
         }
         Ok(out)
+    }
+}
+
+/// Where a job with a record of `status` is filed.
+fn place_of(status: RecordStatus) -> Place {
+    match status {
+        RecordStatus::Done => Place::Done,
+        RecordStatus::Failed => Place::Failed,
     }
 }
 
@@ -628,12 +743,88 @@ fn collect_dirs(dirs: [io::Result<Dir>; 4]) -> io::Result<[Dir; 4]> {
     Ok([a?, b?, c?, d?])
 }
 
-/// Reads a daemon-written file (a regular file, links not followed).
-fn read_small(dir: &Dir, name: impl AsRef<OsStr>) -> Option<Vec<u8>> {
-    let (file, _) = dir.open_file(name).ok()?;
-    let mut data = Vec::new();
-    file.take(16 << 20).read_to_end(&mut data).ok()?;
-    Some(data)
+/// Refuses a spool directory that anyone but the daemon's user `me` could
+/// write into (`group_ok`: `incoming/`, which the submit group writes).
+fn check_writers(
+    st: &FileStat,
+    what: &str,
+    path: &Path,
+    me: u32,
+    group_ok: bool,
+) -> Result<(), String> {
+    let shown = crate::shown::path(path);
+    if st.st_uid != me {
+        return Err(format!(
+            "{what} is owned by uid {}, not by the daemon's uid {me}; refusing to take jobs from it. \
+             Fix: chown {me} {shown}",
+            st.st_uid
+        ));
+    }
+    let bad = st.st_mode & if group_ok { 0o002 } else { 0o022 };
+    if bad == 0 {
+        return Ok(());
+    }
+    let who = if bad & 0o002 != 0 { "world" } else { "group" };
+    Err(format!(
+        "{what} {shown} is {who}-writable (mode {:o}); only incoming/ may be writable by anyone \
+         but the daemon's user, or they could replace the files the daemon writes there. \
+         Fix: chmod g-w,o-w {shown}",
+        st.st_mode & 0o7777
+    ))
+}
+
+/// Opens (creating) one queue directory and checks who may write it.
+fn prepare_dir(
+    root: &Dir,
+    place: Place,
+    me: u32,
+    group: Option<crate::safe_fs::Owner>,
+) -> Result<Dir, SpoolError> {
+    let (mode, group_ok) = match (place, group) {
+        (Place::Incoming, Some(_)) => (0o2770, true),
+        // incoming/ without a submit group is narrowed to 0750 below.
+        (Place::Incoming, None) => (0o750, true),
+        _ => (0o750, false),
+    };
+    let path = root.child_path(place.dir_name());
+    let (d, _) = root
+        .ensure_dir(place.dir_name(), mode, group)
+        .map_err(at(path.clone()))?;
+    let st = d.stat().map_err(at(path.clone()))?;
+    check_writers(&st, "the queue directory", &path, me, group_ok).map_err(|problem| {
+        SpoolError::Unsafe {
+            path: root.path().to_path_buf(),
+            problem,
+        }
+    })?;
+    if let Some(g) = group {
+        d.chown(g).map_err(at(path.clone()))?;
+    }
+    // Also for a directory made by hand: no wider than intended.
+    d.chmod(mode).map_err(at(path))?;
+    Ok(d)
+}
+
+/// Why `st` cannot be a file the daemon (uid `me`) made for itself, if it
+/// cannot: not regular, someone else's or hard-linked (an earlier run
+/// under another umask may have left it group-writable; that is fixed).
+fn own_file_problem(st: &FileStat, me: u32) -> Option<String> {
+    if crate::safe_fs::kind_of(st) != Kind::File {
+        return Some("is not a regular file".into());
+    }
+    if st.st_uid != me {
+        return Some(format!(
+            "is owned by uid {}, not by the daemon's uid {me}",
+            st.st_uid
+        ));
+    }
+    if st.st_nlink != 1 {
+        return Some(format!(
+            "has {} links (a hard link to another file)",
+            st.st_nlink
+        ));
+    }
+    None
 }
 
 fn record_attrs(fsync: bool) -> FileAttrs {
@@ -652,24 +843,76 @@ fn write_record(dir: &Dir, name: &OsStr, record: &impl Serialize) -> Result<(), 
         .map_err(at(dir.child_path(name)))
 }
 
-/// `base`, or `base~1`, `base~2`… when an earlier job used the id (`~` is
-/// not allowed in ids, so no real id collides).
-fn free_base(dir: &Dir, base: &str) -> Result<String, SpoolError> {
-    for n in 0u32.. {
-        let candidate = if n == 0 {
-            base.to_string()
-        } else {
-            format!("{base}~{n}")
-        };
-        let taken = [JOB_SUFFIX, REPORT_SUFFIX].iter().any(|suffix| {
-            !matches!(dir.stat_at(format!("{candidate}{suffix}")), Err(e) if e.kind() == io::ErrorKind::NotFound)
-        });
-        if !taken {
-            return Ok(candidate);
+/// Whether `candidate` (`base` or `base~N`) is used in `dir`, by a record
+/// or a job file; adds the stat calls made to `probes`. The record is
+/// written first when a job is filed, so a used name costs one probe.
+fn name_taken(dir: &Dir, candidate: &str, probes: &mut u32) -> Result<bool, SpoolError> {
+    for suffix in [REPORT_SUFFIX, JOB_SUFFIX] {
+        *probes += 1;
+        let name = format!("{candidate}{suffix}");
+        match dir.stat_at(&name) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(at(dir.child_path(name))(e)),
         }
     }
-    unreachable!("u32 range exhausted")
+    Ok(false)
 }
+
+/// A free suffix number at or after `start` (0 meaning `base` itself):
+/// `start` when it is free, else the next free one after a run of used
+/// ones, found by doubling steps and then halving, O(log n) probes;
+/// `None` when the u32 range is used up.
+/// Suffixes are handed out in order, so the used ones form a run; were
+/// there gaps, the number found is still free, just not the lowest.
+fn first_free(
+    start: u32,
+    mut taken: impl FnMut(u32) -> Result<bool, SpoolError>,
+) -> Result<Option<u32>, SpoolError> {
+    if !taken(start)? {
+        return Ok(Some(start));
+    }
+    // lo is used, hi is free.
+    let (mut lo, mut step) = (start, 1u32);
+    let mut hi = loop {
+        let Some(candidate) = lo.checked_add(step) else {
+            return Ok(None);
+        };
+        if !taken(candidate)? {
+            break candidate;
+        }
+        lo = candidate;
+        step = step.saturating_mul(2);
+    };
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if taken(mid)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(Some(hi))
+}
+
+fn suffixed(base: &str, n: u32) -> String {
+    if n == 0 {
+        base.to_string()
+    } else {
+        format!("{base}~{n}")
+    }
+}
+
+/// Where the next free `base~N` probably is, per destination and base, so
+/// that filing the n-th job of one name is one check, not n (a submitter
+/// can queue thousands of refused files of one name, and filing runs in the
+/// daemon's main loop). Only a hint: every name is still checked.
+#[derive(Default)]
+struct NameHints(Mutex<HashMap<(Place, String), u32>>);
+
+/// Hints kept at most; beyond that they are dropped and rebuilt (each miss
+/// costs O(log n) probes, so the map cannot grow without bound).
+const MAX_NAME_HINTS: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -791,6 +1034,306 @@ mod tests {
             let e = Spool::prepare(&spool_path, None).err().unwrap().to_string();
             assert!(e.contains("owned by uid 4242"), "{e}");
         }
+    }
+
+    fn chown(p: &Path, uid: u32, gid: u32) {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    }
+
+    /// After the claim the job that runs is the daemon's own copy (0640,
+    /// a new inode): what the submitter writes through a descriptor it kept
+    /// open, before or after, never reaches it. Root only (chown).
+    #[test]
+    fn a_claimed_job_becomes_a_daemon_owned_copy() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let (_t, s) = spool();
+        let trust = Trust {
+            daemon_uid: 0,
+            submit_gid: Some(4343),
+        };
+        let inc = s.path().join("incoming/j.json");
+        std::fs::write(&inc, r#"{"domain":"a.cz","mode":"move"}"#).unwrap();
+        chown(&inc, 4321, 4343);
+        std::fs::set_permissions(&inc, std::fs::Permissions::from_mode(0o660)).unwrap();
+        let f = std::fs::File::options().write(true).open(&inc).unwrap();
+        let ino = std::fs::metadata(&inc).unwrap().ino();
+        let entry = s.list(Place::Incoming).unwrap().remove(0);
+        assert_eq!(
+            s.load(&entry, Some(&trust)).unwrap().domain.as_str(),
+            "a.cz"
+        );
+        // Changed between the check and the claim: the re-read decides.
+        let b = br#"{"domain":"b.cz","mode":"move"}"#;
+        f.set_len(0).unwrap();
+        f.write_all_at(b, 0).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+            .unwrap();
+        assert!(s.claim(&entry).unwrap());
+        let active = s.list(Place::Active).unwrap().remove(0);
+        let job = s.adopt(&active, &trust).unwrap().unwrap();
+        assert_eq!(job.domain.as_str(), "b.cz");
+        let path = s.path().join("active/j.json");
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777, m.nlink()), (0, 0o640, 1));
+        assert_ne!(m.ino(), ino, "a new file, not the submitter's inode");
+        assert_eq!(m.mtime(), 1_700_000_000, "the submission time is kept");
+        f.set_len(0).unwrap();
+        f.write_all_at(br#"{"domain":"victim.cz","mode":"move"}"#, 0)
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b);
+        // Adopting again leaves the daemon's copy alone.
+        s.adopt(&active, &trust).unwrap().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), m.ino());
+        let rec = JobRecord::new(&active, "j".into(), RecordStatus::Done, 1);
+        s.finish(&active, &rec).unwrap();
+        let m = std::fs::metadata(s.path().join("done/j.json")).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o640));
+    }
+
+    /// A job an earlier version left in `active/` (the submitter's inode)
+    /// is adopted, and checked like a new one, before it resumes.
+    #[test]
+    fn a_resumed_job_of_another_owner_is_adopted_or_refused() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let (_t, s) = spool();
+        let trust = Trust {
+            daemon_uid: 0,
+            submit_gid: Some(4343),
+        };
+        let act = s.path().join("active");
+        for (name, mode) in [("r.json", 0o660), ("ww.json", 0o666)] {
+            std::fs::write(act.join(name), r#"{"domain":"a.cz","mode":"move"}"#).unwrap();
+            chown(&act.join(name), 4321, 4343);
+            std::fs::set_permissions(act.join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        let list = s.list(Place::Active).unwrap();
+        assert_eq!(list.len(), 2);
+        s.adopt(&list[0], &trust).unwrap().unwrap();
+        let m = std::fs::metadata(act.join("r.json")).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o640));
+        let why = s.adopt(&list[1], &trust).unwrap().unwrap_err().0;
+        assert!(why.contains("world-writable"), "{why}");
+        assert_eq!(std::fs::metadata(act.join("ww.json")).unwrap().uid(), 4321);
+    }
+
+    /// Names that no valid id produces are kept that way for refused files
+    /// too: nothing in done/ or failed/ is named like a record or schedule
+    /// unless the daemon wrote it.
+    #[test]
+    fn refused_files_never_take_a_record_or_schedule_name() {
+        let (_t, s) = spool();
+        let inc = s.path().join("incoming");
+        let good = r#"{"domain":"a.cz","mode":"move"}"#;
+        std::fs::write(inc.join("evil.sweep.json"), good).unwrap();
+        std::fs::write(inc.join("x.REPORT.json"), good).unwrap();
+        for e in s.list(Place::Incoming).unwrap() {
+            let why = s.load(&e, Some(&trust())).unwrap_err().0;
+            assert!(why.contains("reserved"), "{why}");
+            let mut rec = JobRecord::new(&e, e.base(), RecordStatus::Failed, 1);
+            rec.error = Some(why);
+            s.finish(&e, &rec).unwrap();
+        }
+        let mut names: Vec<_> = std::fs::read_dir(s.path().join("failed"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "evil_sweep.json",
+                "evil_sweep.report.json",
+                "x_REPORT.json",
+                "x_REPORT.report.json"
+            ]
+        );
+        assert_eq!(s.records(Place::Failed).unwrap().len(), 2);
+        // The spool's own suffixes are the ones ids may not end in.
+        for suffix in [REPORT_SUFFIX, SWEEP_SUFFIX] {
+            let id = format!("x{}", suffix.strip_suffix(JOB_SUFFIX).unwrap());
+            assert!(JobId::parse(&id).is_err(), "{id}");
+        }
+    }
+
+    /// A schedule or record the daemon did not write (a job file an earlier
+    /// version filed under such a name, still its submitter's) is ignored.
+    #[test]
+    fn schedules_and_records_of_other_owners_are_ignored() {
+        let (_t, s) = spool();
+        let done = s.path().join("done");
+        let due = r#"{"record":"j.report.json","domain":"victim.cz","mailboxes":null,"due":0}"#;
+        std::fs::write(done.join("evil.sweep.json"), due).unwrap();
+        let rec = JobRecord::new(
+            &Entry {
+                place: Place::Done,
+                name: "y.json".into(),
+                submitted: 0,
+            },
+            "y".into(),
+            RecordStatus::Done,
+            1,
+        );
+        std::fs::write(
+            done.join("y.report.json"),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.due_sweeps(1).len(), 1, "the daemon's own are read");
+        assert_eq!(s.records(Place::Done).unwrap().len(), 1);
+        if nix::unistd::geteuid().is_root() {
+            chown(&done.join("evil.sweep.json"), 4321, 4343);
+            chown(&done.join("y.report.json"), 4321, 4343);
+            assert!(s.due_sweeps(1).is_empty());
+            assert!(s.records(Place::Done).unwrap().is_empty());
+        }
+    }
+
+    /// Filing is linear: 30,000 refused files of one name take at most
+    /// two stat probes each (the old search began at `base` every time,
+    /// 2n probes for the n-th, and blocked the main loop for seconds). The
+    /// files are created with O_EXCL (no fsync, unlike `finish`): nothing
+    /// is overwritten and every name is new.
+    #[test]
+    fn filing_many_jobs_of_one_name_is_linear() {
+        let (_t, s) = spool();
+        let dir = s.dir(Place::Failed);
+        let mut names = std::collections::HashSet::new();
+        let mut total = 0u64;
+        for i in 0..30_000u64 {
+            let (base, probes) = s.free_base(RecordStatus::Failed, "same").unwrap();
+            total += u64::from(probes);
+            assert!(total <= 2 * (i + 1), "{total} probes for {} files", i + 1);
+            dir.create_file(format!("{base}{REPORT_SUFFIX}"), 0o640)
+                .unwrap();
+            dir.create_file(format!("{base}{JOB_SUFFIX}"), 0o640)
+                .unwrap();
+            assert!(names.insert(base));
+        }
+        eprintln!("30,000 files of one name: {total} probes");
+        // A restarted daemon has no hints: a search, not a scan from 0.
+        let again = Spool::open(s.path()).unwrap();
+        let (base, probes) = again.free_base(RecordStatus::Failed, "same").unwrap();
+        eprintln!("after a restart: {probes} probes for {base}");
+        assert!(probes <= 64, "{probes}");
+        assert!(!names.contains(&base));
+        dir.create_file(format!("{base}{REPORT_SUFFIX}"), 0o640)
+            .unwrap();
+        // A stale hint (files added behind the spool's back) is corrected.
+        dir.create_file("other.report.json", 0o640).unwrap();
+        dir.create_file("other~1.report.json", 0o640).unwrap();
+        assert_eq!(
+            again.free_base(RecordStatus::Failed, "other").unwrap().0,
+            "other~2"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever names are used (gaps too), the number found is free and
+        /// not below the hint.
+        #[test]
+        fn first_free_finds_a_free_number(
+            used in proptest::collection::btree_set(0u32..300, 0..250),
+            start in 0u32..300,
+        ) {
+            let n = first_free(start, |n| Ok(used.contains(&n))).unwrap().unwrap();
+            proptest::prop_assert!(n >= start && !used.contains(&n));
+        }
+    }
+
+    /// Only `incoming/` may be writable by the submit group: a member who
+    /// can write the spool root could swap `daemon.pid` for a symlink.
+    #[test]
+    fn group_writable_spool_directories_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("spool");
+        let gid = Some(nix::unistd::getegid().as_raw());
+        Spool::prepare(&path, gid).unwrap();
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        chmod(&path, 0o770);
+        let e = Spool::prepare(&path, gid).err().unwrap();
+        assert!(matches!(e, SpoolError::Unsafe { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("chmod g-w,o-w"),
+            "{e}"
+        );
+        chmod(&path, 0o750);
+        for dir in ["active", "done", "failed"] {
+            let d = path.join(dir);
+            chmod(&d, 0o770);
+            let e = Spool::prepare(&path, gid).err().unwrap().to_string();
+            assert!(
+                e.contains(&d.display().to_string()) && e.contains("chmod g-w,o-w"),
+                "{dir}: {e}"
+            );
+            chmod(&d, 0o750);
+        }
+        // incoming/ is the one directory the group writes.
+        let s = Spool::prepare(&path, gid).unwrap();
+        let m = std::fs::metadata(s.path().join("incoming")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o2770);
+    }
+
+    /// `daemon.pid` is never followed, and a file the daemon did not make
+    /// is never truncated.
+    #[test]
+    fn lock_refuses_a_pid_file_it_did_not_make() {
+        let (t, s) = spool();
+        let pid = s.path().join(LOCK_FILE);
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let untouched = |what: &str| {
+            assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n", "{what}");
+        };
+        std::os::unix::fs::symlink(&victim, &pid).unwrap();
+        let e = s.lock().err().unwrap();
+        assert!(matches!(e, SpoolError::Unsafe { .. }), "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        untouched("symlink");
+        std::fs::remove_file(&pid).unwrap();
+        std::fs::hard_link(&victim, &pid).unwrap();
+        let e = s.lock().err().unwrap().to_string();
+        assert!(e.contains("links"), "{e}");
+        untouched("hard link");
+        std::fs::remove_file(&pid).unwrap();
+        std::fs::write(&pid, "not a pid\n").unwrap();
+        let e = s.lock().err().unwrap().to_string();
+        assert!(e.contains("does not look like a pid file"), "{e}");
+        assert_eq!(std::fs::read(&pid).unwrap(), b"not a pid\n");
+        if nix::unistd::geteuid().is_root() {
+            std::fs::write(&pid, "123\n").unwrap();
+            std::os::unix::fs::chown(&pid, Some(4242), None).unwrap();
+            let e = s.lock().err().unwrap().to_string();
+            assert!(e.contains("owned by uid 4242"), "{e}");
+            assert_eq!(std::fs::read(&pid).unwrap(), b"123\n");
+        }
+        // A stale pid file of an earlier run is taken over.
+        std::fs::remove_file(&pid).unwrap();
+        std::fs::write(&pid, "123\n").unwrap();
+        let _held = s.lock().unwrap();
+        let want = format!("{}\n", std::process::id());
+        assert_eq!(std::fs::read_to_string(&pid).unwrap(), want);
+    }
+
+    /// `status` reads the lock without following a planted symlink.
+    #[test]
+    fn running_daemon_does_not_follow_a_symlink() {
+        let (t, s) = spool();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, "4711\n").unwrap();
+        let held = std::fs::File::open(&victim).unwrap();
+        held.lock().unwrap();
+        std::os::unix::fs::symlink(&victim, s.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(s.running_daemon(), None);
     }
 
     #[test]

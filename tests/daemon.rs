@@ -773,3 +773,200 @@ fn a_job_for_an_unknown_domain_fails_and_mails_failed() {
     let m = parse_message(&mail.data);
     assert!(m.subject.contains("failed"), "{}", m.subject);
 }
+
+/// Runs `daemon` on a spool it must refuse; returns the exit code and
+/// stderr. A daemon that accepts the spool is killed after 20 s.
+fn refused_daemon(config: &Path) -> (Option<i32>, String) {
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("daemon")
+        .env("MAILDIR_MIGRATE_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let status = std::iter::repeat_with(|| {
+        std::thread::sleep(Duration::from_millis(50));
+        child.try_wait().unwrap()
+    })
+    .take(400)
+    .flatten()
+    .next();
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stderr = fs::read_to_string(err.path()).unwrap();
+    assert!(status.is_some(), "the daemon accepted the spool:\n{stderr}");
+    (status.unwrap().code(), stderr)
+}
+
+/// A spool root the submit group can write is refused (a member could
+/// swap `daemon.pid` for a symlink), and a symlinked `daemon.pid` is
+/// neither followed nor truncated: exit 78 with the directory and the fix.
+#[test]
+fn unsafe_spool_root_and_pid_symlink_are_refused() {
+    let (h, spool) = spool_host_with(
+        &closed_port(),
+        Some("rescan_interval = 1\nsubmit_group = \"mail\""),
+    );
+    fs::create_dir(&spool).unwrap();
+    fs::set_permissions(&spool, fs::Permissions::from_mode(0o770)).unwrap();
+    let (code, err) = refused_daemon(&h.config);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains(&spool.display().to_string()) && err.contains("chmod g-w,o-w"),
+        "{err}"
+    );
+
+    fs::set_permissions(&spool, fs::Permissions::from_mode(0o750)).unwrap();
+    let victim = h.root.join("victim.conf");
+    fs::write(&victim, "keep me\n").unwrap();
+    common::fixture::set_mtime(&victim, 1_600_000_000);
+    std::os::unix::fs::symlink(&victim, spool.join("daemon.pid")).unwrap();
+    let (code, err) = refused_daemon(&h.config);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("daemon.pid") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&victim).unwrap(), b"keep me\n");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(&victim).unwrap().mtime(), 1_600_000_000);
+}
+
+/// The submit-group member of the tests: uid 4321 in group `mail` (gid 8).
+const MEMBER: (u32, u32) = (4321, 8);
+
+/// Runs `sh -c script sh args…` as `MEMBER` (std's `CommandExt::uid/gid`,
+/// which also drops root's supplementary groups); true when it succeeded.
+fn as_member(script: &str, args: &[&Path]) -> bool {
+    use std::os::unix::process::CommandExt;
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(args)
+        .uid(MEMBER.0)
+        .gid(MEMBER.1)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// The record (in done/ or failed/) of the job file that was named `file`.
+fn record_of(spool: &Path, file: &str) -> Option<(PathBuf, serde_json::Value)> {
+    ["done", "failed"].iter().find_map(|place| {
+        fs::read_dir(spool.join(place))
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with(".report.json"))
+            .find_map(|p| {
+                let r: serde_json::Value = serde_json::from_slice(&fs::read(&p).ok()?).ok()?;
+                (r["file"] == file).then_some((p, r))
+            })
+    })
+}
+
+/// A submit-group member keeps nothing it could change once the daemon
+/// has its job: the claimed job is a daemon-owned copy (also one an earlier
+/// version left in active/), a file it still holds open writes into the
+/// void, and the id `evil.sweep` (whose filed name was the sweep schedule
+/// of a job `evil`) cannot make root sweep another domain.
+#[test]
+fn a_submitter_cannot_change_a_claimed_job_or_forge_a_sweep() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    if !common::fixture::is_root() {
+        eprintln!("SKIPPED a_submitter_cannot_change_a_claimed_job_or_forge_a_sweep: needs root");
+        return;
+    }
+    let (h, spool) = spool_host_with(
+        &closed_port(),
+        Some("rescan_interval = 1\nsubmit_group = \"mail\""),
+    );
+    h.add_user("jan@a.cz", "{PLAIN}x", "")
+        .folder("")
+        .msg("cur", "1.a:2,S", b"hi", 1_600_000_000);
+    let victim = h.add_user("eva@victim.cz", "{PLAIN}x", "").folder("");
+    victim.msg(
+        "new",
+        "1700000000.M1P1.late",
+        &body("late", 100),
+        1_700_000_000,
+    );
+    // The member must reach the spool (the test's temp root is 0700).
+    fs::set_permissions(&h.root, fs::Permissions::from_mode(0o711)).unwrap();
+    let job = r#"{"domain":"a.cz","mode":"move"}"#;
+    // A job an earlier version claimed: still the member's own inode.
+    fs::create_dir_all(spool.join("active")).unwrap();
+    let legacy = spool.join("active/legacy.json");
+    fs::write(&legacy, job).unwrap();
+    std::os::unix::fs::chown(&legacy, Some(MEMBER.0), Some(MEMBER.1)).unwrap();
+    fs::set_permissions(&legacy, fs::Permissions::from_mode(0o660)).unwrap();
+    let mut held = vec![fs::OpenOptions::new().write(true).open(&legacy).unwrap()];
+    let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
+
+    // The member writes both jobs, keeps them open, then queues them.
+    let inc = spool.join("incoming");
+    for id in ["evil.sweep", "evil"] {
+        let tmp = inc.join(format!(".{id}.tmp"));
+        let write = format!("printf %s '{job}' > \"$1\"");
+        assert!(as_member(&write, &[&tmp]), "the member can write incoming/");
+        held.push(fs::OpenOptions::new().write(true).open(&tmp).unwrap());
+        let dest = inc.join(format!("{id}.json"));
+        assert!(as_member("mv \"$1\" \"$2\"", &[&tmp, &dest]));
+    }
+    let (record, r) = wait_until("evil.sweep filed", JOB_TIMEOUT, || {
+        record_of(&spool, "evil.sweep.json")
+    });
+    // The member turns its job file into a schedule sweeping victim.cz.
+    let forged = format!(
+        r#"{{"record":"{}","domain":"victim.cz","mailboxes":null,"due":0}}"#,
+        record.file_name().unwrap().to_string_lossy()
+    );
+    held[1].set_len(0).unwrap();
+    held[1].write_all_at(forged.as_bytes(), 0).unwrap();
+    let by_path = format!("printf %s '{forged}' > \"$1\"");
+    as_member(&by_path, &[&spool.join("done/evil.sweep.json")]);
+
+    for id in ["legacy", "evil"] {
+        wait_record(&spool, "done", id, &d);
+    }
+    // Every schedule() looks for due sweeps before it starts jobs.
+    drop_job(&inc, "after", r#"{"domain":"a.cz","mode":"move"}"#);
+    wait_record(&spool, "done", "after", &d);
+    std::thread::sleep(Duration::from_secs(1));
+    for (i, id) in [(0, "legacy"), (2, "evil")] {
+        let filed = spool.join(format!("done/{id}.json"));
+        let m = fs::metadata(&filed).unwrap();
+        assert_eq!(
+            (m.uid(), m.mode() & 0o7777, m.nlink()),
+            (0, 0o640, 1),
+            "{id}"
+        );
+        held[i].set_len(0).unwrap();
+        held[i]
+            .write_all_at(b"{\"domain\":\"victim.cz\"}", 0)
+            .unwrap();
+        assert_eq!(fs::read_to_string(&filed).unwrap(), job, "{id}");
+        assert!(
+            !as_member(": >> \"$1\"", &[&filed]),
+            "the member can open done/{id}.json for writing"
+        );
+    }
+    let log = d.log();
+    assert!(
+        !log.contains("sweep finished")
+            && !log.contains("sweep failed")
+            && !log.contains("victim.cz"),
+        "a sweep ran:\n{log}"
+    );
+    assert!(victim.0.join("new/1700000000.M1P1.late").exists());
+    // Refused as an id that names a daemon file, so never claimed.
+    assert_eq!(r["status"], "failed", "{r:#}");
+    assert!(r["error"].as_str().unwrap().contains("reserved"), "{r:#}");
+}

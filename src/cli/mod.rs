@@ -355,7 +355,13 @@ fn generated_id(domain: &Domain) -> JobId {
     let stamp = crate::report::now_rfc3339().replace([':', '-'], "");
     let mut id = format!("{}-{}", stamp.trim_end_matches('Z'), domain);
     id.truncate(64);
-    JobId::parse(id.trim_end_matches('.')).expect("time and domain are valid id characters")
+    let mut id = id.trim_end_matches('.').to_string();
+    // A domain like "x.report" must not give an id naming a daemon file.
+    if let Some(r) = crate::job::reserved_suffix(&id) {
+        let dot = id.len() - r.len();
+        id.replace_range(dot..=dot, "_");
+    }
+    JobId::parse(&id).expect("time and domain are valid id characters")
 }
 
 /// Machine-readable output for `--json`.
@@ -704,6 +710,14 @@ fn run_files(config: &Path, job: &Path) -> Result<Report, Failure> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn generated_ids_never_end_in_a_reserved_suffix() {
+        for d in ["x.report", "mail.sweep", "a.cz"] {
+            let id = generated_id(&Domain::parse(d).unwrap());
+            assert!(crate::job::reserved_suffix(id.as_str()).is_none(), "{id:?}");
+        }
+    }
 
     #[test]
     fn cli_definition_is_consistent() {
