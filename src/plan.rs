@@ -100,10 +100,7 @@ fn empty(user: String, status: PlanStatus) -> MailboxPlan {
 }
 
 fn plan_mailbox(env: &Env<'_>, named: &Named) -> MailboxPlan {
-    let mut p = empty(
-        format!("{}@{}", named.local, env.job.domain),
-        PlanStatus::Pending,
-    );
+    let mut p = empty(named.user(&env.job.domain), PlanStatus::Pending);
     if let Err(e) = fill(env, named, &mut p) {
         p.status = PlanStatus::Error;
         p.problems.push(e.to_string());

@@ -207,6 +207,90 @@ fn a_domain_moves_to_a_separate_database() {
     }
 }
 
+/// A source row, spelt as given, of a.cz with one message in its Maildir.
+fn cased_row(h: &Host, db: &TestDb, user: &str, local: &str) {
+    db.exec(&format!(
+        "INSERT INTO mailbox (username, password, name, maildir, quota, local_part, domain) \
+         VALUES ('{user}', '{}', 'Cased', 'a.cz/{local}/', 0, '{local}', 'a.cz')",
+        stored("SHA512-CRYPT", "pw", false)
+    ));
+    Maildir(h.old.join("a.cz").join(local)).folder("").msg(
+        "cur",
+        &format!("1600000000.M1P1.{local}:2,S"),
+        &body(user, 100),
+        1_600_000_000,
+    );
+}
+
+/// Case in usernames. A MariaDB source compares names case-insensitively:
+/// a job naming `LOWER` finds the row `lower@a.cz`, and the account must be
+/// written as the row spells it (the new Dovecot looks up the lower-cased
+/// login). A row `Upper@A.CZ` of a.cz is never left out of the domain's
+/// job; PostgreSQL compares case-sensitively, so Dovecot could never find
+/// it there: that mailbox fails before anything is locked. MariaDB as the
+/// target does find it, so there it moves as spelt.
+#[test]
+fn sql_usernames_keep_the_case_of_their_row() {
+    let h = Host::new("");
+    let (src, _) = source(&h, Engine::Mariadb, 0);
+    cased_row(&h, &src, "lower@a.cz", "lower");
+    cased_row(&h, &src, "Upper@A.CZ", "Upper");
+    let dst = TestDb::create(Engine::Postgres, "dst");
+    dst.add_domain("a.cz");
+    sql_config(&h, &src, &dst, "newmail", "%d/%n");
+    let job = h.job(
+        "one",
+        r#"{"domain": "a.cz", "mode": "move", "mailboxes": ["LOWER"]}"#,
+    );
+    let report = expect_code(&h, &job, 0);
+    assert_eq!(report["mailboxes"][0]["user"], "lower@a.cz", "{report:#}");
+    let rows = dst.rows("SELECT username, maildir FROM mailbox ORDER BY username");
+    assert_eq!(rows, [["lower@a.cz", "a.cz/lower/Maildir/"]]);
+
+    let upper_before = src.rows("SELECT password FROM mailbox WHERE username = 'Upper@A.CZ'");
+    let job = h.job("all", r#"{"domain": "a.cz", "mode": "move"}"#);
+    let report = expect_code(&h, &job, 1);
+    let users = column(&report["mailboxes"], "user");
+    assert!(users.contains(&"Upper@A.CZ"), "not left out: {users:?}");
+    let upper = report["mailboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"] == "Upper@A.CZ")
+        .unwrap();
+    assert_eq!(upper["status"], "failed");
+    assert!(
+        upper["error"]
+            .as_str()
+            .unwrap()
+            .contains("case-sensitively"),
+        "{upper:#}"
+    );
+    assert_eq!(
+        src.rows("SELECT password FROM mailbox WHERE username = 'Upper@A.CZ'"),
+        upper_before,
+        "nothing locked"
+    );
+    assert!(
+        dst.rows("SELECT username FROM mailbox WHERE username = 'Upper@A.CZ'")
+            .is_empty()
+    );
+
+    // The other way round: PostgreSQL source, MariaDB target.
+    let h = Host::new("");
+    let (src, _) = source(&h, Engine::Postgres, 0);
+    cased_row(&h, &src, "Upper@A.CZ", "Upper");
+    let dst = TestDb::create(Engine::Mariadb, "dst");
+    dst.add_domain("a.cz");
+    sql_config(&h, &src, &dst, "newmail", "%d/%n");
+    let job = h.job("all", r#"{"domain": "a.cz", "mode": "move"}"#);
+    let report = expect_code(&h, &job, 0);
+    assert_eq!(report["totals"]["mailboxes"], 6, "{report:#}");
+    let rows = dst.rows("SELECT username FROM mailbox WHERE local_part = 'Upper'");
+    assert_eq!(rows, [["Upper@A.CZ"]]);
+    assert!(h.new.join("a.cz/Upper/Maildir/cur").is_dir());
+}
+
 #[test]
 fn one_database_is_updated_in_place() {
     if !dovecot::require_dovecot("one_database_is_updated_in_place") {

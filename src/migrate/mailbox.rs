@@ -686,7 +686,7 @@ enum Stage {
 /// data; a panic anywhere in it fails only this mailbox, with its old
 /// login back unless the new one may already be live.
 pub fn migrate(env: &Env<'_>, ctx: &SyncContext<'_>, named: &Named) -> MailboxReport {
-    let mut report = MailboxReport::new(format!("{}@{}", named.local, env.job.domain));
+    let mut report = MailboxReport::new(named.user(&env.job.domain));
     let stage = Cell::new(Stage::Untouched);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run(env, ctx, named, &stage, &mut report.user)

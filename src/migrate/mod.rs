@@ -159,6 +159,17 @@ pub struct Named {
     pub source_key: String,
 }
 
+impl Named {
+    /// The address as the source spells it (as far as the selection knows).
+    pub fn user(&self, domain: &Domain) -> String {
+        if self.source_key.contains('@') {
+            self.source_key.clone()
+        } else {
+            format!("{}@{domain}", self.local)
+        }
+    }
+}
+
 /// One mailbox the job covers, or a userdb name that is not usable.
 pub type Selected = Result<Named, (String, String)>;
 
@@ -211,7 +222,7 @@ pub(crate) fn each_mailbox<T>(
         .into_iter()
         .map(|sel| match sel {
             Ok(named) => (
-                format!("{}@{}", named.local, env.job.domain),
+                named.user(&env.job.domain),
                 f(&named).map_err(|e| e.to_string()),
             ),
             Err((user, why)) => (user, Err(why)),
@@ -298,7 +309,7 @@ pub fn run_job(
         }
         let report = match sel {
             Ok(named) => {
-                let user = format!("{}@{}", named.local, job.domain);
+                let user = named.user(&job.domain);
                 progress.mailbox_started(&user);
                 let r = match resumed
                     .iter()
@@ -368,7 +379,9 @@ pub(crate) fn open_root(what: &'static str, path: &Path) -> Result<(Dir, PathBuf
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::progress::Progress;
     use crate::userdb::passwd_file::PasswdFile;
+    use std::sync::atomic::AtomicUsize;
 
     fn shown(list: Vec<Selected>) -> Vec<String> {
         list.into_iter()
@@ -400,6 +413,85 @@ mod tests {
             shown(domain_users(f.users(), &d, true, false)),
             ["a a", "b b@x.cz"]
         );
+    }
+
+    /// Panics on the second message copied, after writing a late message
+    /// into the source the first time (so that the second copy happens in
+    /// the frozen final pass).
+    struct PanicAfterFreeze {
+        copied: AtomicUsize,
+        late: PathBuf,
+    }
+
+    impl Progress for PanicAfterFreeze {
+        fn message_copied(&self, _bytes: u64) {
+            if self.copied.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::fs::write(&self.late, b"Subject: late\n\nx\n").unwrap();
+            } else {
+                panic!("injected after the freeze");
+            }
+        }
+    }
+
+    /// A panic after the freeze fails only that mailbox and gives its old
+    /// login back; the job goes on with the next one.
+    #[test]
+    fn a_panic_after_the_freeze_fails_only_its_mailbox_with_its_old_login_back() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        // Dovecot refuses uid 0; a non-root run can only own its files.
+        let owner = match nix::unistd::geteuid().as_raw() {
+            0 => crate::safe_fs::Owner {
+                uid: 4242,
+                gid: 4242,
+            },
+            me => crate::safe_fs::Owner {
+                uid: me,
+                gid: nix::unistd::getegid().as_raw(),
+            },
+        };
+        let mut users = String::new();
+        for u in ["a", "b"] {
+            let md = root.join(format!("old/x.cz/{u}/Maildir"));
+            for sub in ["cur", "new", "tmp"] {
+                std::fs::create_dir_all(md.join(sub)).unwrap();
+            }
+            std::fs::write(md.join("cur/1.m:2,S"), b"Subject: one\n\nx\n").unwrap();
+            users.push_str(&format!(
+                "{u}@x.cz:{{PLAIN}}p:{uid}:{gid}::{}::\n",
+                root.join(format!("old/x.cz/{u}")).display(),
+                uid = owner.uid,
+                gid = owner.gid
+            ));
+        }
+        std::fs::write(root.join("users.old"), &users).unwrap();
+        std::fs::create_dir_all(root.join("new")).unwrap();
+        let cfg = Config::parse(
+            &root.join("c.toml"),
+            "[source]\nuserdb = \"users.old\"\nuserdb_format = \"passwd-file\"\nmail_root = \"old\"\n\
+             [target]\nuserdb = \"users.new\"\nuserdb_format = \"passwd-file\"\nmail_root = \"new\"\n\
+             [migration]\nfsync = false\n",
+        )
+        .unwrap();
+        let job = Job::parse(
+            Path::new("j.json"),
+            "j",
+            r#"{"domain": "x.cz", "mode": "move", "mailboxes": ["a"]}"#,
+        )
+        .unwrap();
+        let progress = PanicAfterFreeze {
+            copied: AtomicUsize::new(0),
+            late: root.join("old/x.cz/a/Maildir/new/2.late"),
+        };
+        let stop = AtomicBool::new(false);
+        let report = run_job(&cfg, &job, &progress, &stop, &[]).unwrap();
+        let a = &report.mailboxes[0];
+        assert_eq!(a.status, MailboxStatus::Failed, "{a:?}");
+        assert!(a.error.as_deref().unwrap().contains("panic"), "{a:?}");
+        let old = std::fs::read_to_string(root.join("users.old")).unwrap();
+        assert!(!old.contains("nologin"), "the old login is back: {old}");
+        let new = std::fs::read_to_string(root.join("users.new")).unwrap_or_default();
+        assert!(!new.contains("a@x.cz"), "no new login: {new}");
     }
 
     /// A database lists rows by their domain column: a row of the domain
