@@ -1082,3 +1082,38 @@ fn an_unreadable_source_folder_fails_only_its_mailbox() {
         .collect();
     assert!(differ.is_empty(), "source changed: {differ:?}");
 }
+
+/// The README's first command: `demo` migrates the bundled host in a
+/// scratch directory (as root or not), and a re-run of a job there is a
+/// no-op.
+#[test]
+fn the_demo_runs() {
+    let t = tempfile::Builder::new()
+        .prefix("mm-demo-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let dir = t.path().join("demo");
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args(["demo", "--dir"])
+        .arg(&dir)
+        .env("MAILDIR_MIGRATE_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("already migrated") || text.contains("migrated"), "{text}");
+    let users_new = std::fs::read_to_string(dir.join("users.new")).unwrap();
+    assert_eq!(users_new.lines().count(), 5, "{users_new}");
+    let verify = std::process::Command::new(common::fixture::BIN)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .args(["verify", "--domain", "novak-stavby.cz"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}

@@ -16,6 +16,9 @@ use crate::report::JobStatus;
 const STAMP: &str = ".maildir-migrate-demo";
 /// Placeholder in the demo userdb for the scratch directory's path.
 const ROOT_PLACEHOLDER: &str = "@DEMO_ROOT@";
+/// Placeholder for the demo users' uid and gid: the new tree belongs to
+/// the uid an entry names, and only root may give files to another uid.
+const OWNER_PLACEHOLDER: &str = "@DEMO_UID@:@DEMO_GID@";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Failure + '_ {
     move |e| Failure(exit::IOERR, format!("{}: {e}", path.display()))
@@ -90,7 +93,8 @@ fn copy_host(from: &Path, to: &Path) -> Result<(), Failure> {
             let data = std::fs::read(entry.path()).map_err(io(entry.path()))?;
             if rel.starts_with("users.old") {
                 let text = String::from_utf8_lossy(&data)
-                    .replace(ROOT_PLACEHOLDER, &root.to_string_lossy());
+                    .replace(ROOT_PLACEHOLDER, &root.to_string_lossy())
+                    .replace(OWNER_PLACEHOLDER, &demo_owner());
                 std::fs::write(&dest, text).map_err(io(&dest))?;
             } else {
                 std::fs::write(&dest, data).map_err(io(&dest))?;
@@ -105,6 +109,17 @@ fn copy_host(from: &Path, to: &Path) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The demo mail users' uid and gid: whoever runs the demo, or for root
+/// (whom Dovecot would refuse) an ordinary uid.
+fn demo_owner() -> String {
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    if uid.is_root() {
+        "1000:1000".into()
+    } else {
+        format!("{uid}:{gid}")
+    }
 }
 
 fn set_mtime_from_name(path: &Path) -> Result<(), Failure> {
