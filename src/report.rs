@@ -108,8 +108,9 @@ impl Report {
         for m in &mailboxes {
             totals.mailboxes += 1;
             totals.failed_mailboxes += u64::from(m.status == MailboxStatus::Failed);
-            totals.messages += m.messages;
-            totals.bytes += m.bytes;
+            // Sizes come from file names a mail user can make up.
+            totals.messages = totals.messages.saturating_add(m.messages);
+            totals.bytes = totals.bytes.saturating_add(m.bytes);
             totals.skipped_folders += m.skipped_folders.len() as u64;
         }
         let status = if totals.failed_mailboxes == 0 {

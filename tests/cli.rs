@@ -1100,8 +1100,16 @@ fn the_demo_runs() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("already migrated") || text.contains("migrated"), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("already migrated") || text.contains("migrated"),
+        "{text}"
+    );
     let users_new = std::fs::read_to_string(dir.join("users.new")).unwrap();
     assert_eq!(users_new.lines().count(), 5, "{users_new}");
     let verify = std::process::Command::new(common::fixture::BIN)

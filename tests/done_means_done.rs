@@ -205,6 +205,7 @@ fn an_oversized_message_fails_its_mailbox_before_copying() {
 #[test]
 fn byte_totals_saturate() {
     let h = Host::new("");
+    one_message_user(&h, "eva@example.cz", "");
     let md = one_message_user(&h, "jan@example.cz", "");
     md.folder("").msg(
         "cur",
