@@ -7,6 +7,8 @@ pub mod cli;
 pub mod config;
 pub mod copy;
 pub mod daemon;
+#[cfg(test)]
+mod hostile;
 pub mod job;
 pub mod maildir;
 pub mod migrate;

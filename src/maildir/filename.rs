@@ -115,14 +115,13 @@ mod tests {
             "é".as_bytes(),
             b"\xff",
         ];
-        let piece = proptest::sample::select(piece);
-        proptest::collection::vec(piece, 0..12).prop_map(|v| v.concat())
+        crate::hostile::fragments(piece, 12)
     }
 
     proptest! {
         #[test]
         fn name_functions_never_panic(
-            name in prop_oneof![proptest::collection::vec(any::<u8>(), 0..300), file_name_like()],
+            name in crate::hostile::or_any_bytes(file_name_like(), 300),
         ) {
             let _ = is_message_name(&name);
             let b = base(&name);

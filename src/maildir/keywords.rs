@@ -154,14 +154,13 @@ mod tests {
             b"\xff",
             "\u{85}".as_bytes(),
         ];
-        let piece = proptest::sample::select(piece);
-        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+        crate::hostile::fragments(piece, 30)
     }
 
     proptest! {
         #[test]
         fn parse_never_panics_and_round_trips(
-            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), keywords_like()],
+            data in crate::hostile::or_any_bytes(keywords_like(), 400),
         ) {
             if let Ok(k) = Keywords::parse(&data) {
                 prop_assert_eq!(Keywords::parse(&k.to_bytes()), Ok(k));

@@ -392,14 +392,13 @@ mod tests {
             b"\x7f",
             "\u{85}".as_bytes(),
         ];
-        let piece = proptest::sample::select(piece);
-        proptest::collection::vec(piece, 0..16).prop_map(|v| v.concat())
+        crate::hostile::fragments(piece, 16)
     }
 
     proptest! {
         #[test]
         fn decoding_never_panics_and_re_encodes(
-            raw in prop_oneof![proptest::collection::vec(any::<u8>(), 0..80), dir_name_like()],
+            raw in crate::hostile::or_any_bytes(dir_name_like(), 80),
         ) {
             let _ = decode_level(&raw);
             if let Ok((n, _)) = FolderName::from_dir_name(&raw) {

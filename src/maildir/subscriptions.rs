@@ -185,14 +185,13 @@ mod tests {
             b"\xff",
             b"\0",
         ];
-        let piece = proptest::sample::select(piece);
-        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+        crate::hostile::fragments(piece, 30)
     }
 
     proptest! {
         #[test]
         fn parse_never_panics_and_utf8_entries_round_trip(
-            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), subscriptions_like()],
+            data in crate::hostile::or_any_bytes(subscriptions_like(), 400),
         ) {
             let entries = parse(&data).unwrap();
             let text: Option<Vec<Vec<String>>> = entries

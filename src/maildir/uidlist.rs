@@ -453,14 +453,13 @@ mod tests {
             b"\0",
             b"\xff",
         ];
-        let piece = proptest::sample::select(piece);
-        proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+        crate::hostile::fragments(piece, 40)
     }
 
     proptest! {
         #[test]
         fn parse_never_panics_and_what_parses_re_encodes(
-            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), uidlist_like()],
+            data in crate::hostile::or_any_bytes(uidlist_like(), 400),
         ) {
             let parsed = Uidlist::parse(&data);
             // A reader that hands out a few bytes at a time gives the same.

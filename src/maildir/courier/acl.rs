@@ -354,14 +354,13 @@ mod tests {
             b"\0",
             b"\t",
         ];
-        let piece = proptest::sample::select(piece);
-        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+        crate::hostile::fragments(piece, 30)
     }
 
     proptest! {
         #[test]
         fn convert_never_panics_on_hostile_files(
-            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), acl_like()],
+            data in crate::hostile::or_any_bytes(acl_like(), 400),
         ) {
             let c = convert(&data).unwrap();
             for w in &c.warnings {

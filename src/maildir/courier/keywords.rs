@@ -738,17 +738,16 @@ mod tests {
             b"\0",
             b".",
         ];
-        let piece = proptest::sample::select(piece);
-        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+        crate::hostile::fragments(piece, 30)
     }
 
     proptest! {
         #[test]
         fn merge_never_panics_on_hostile_files(
-            list in proptest::option::of(prop_oneof![proptest::collection::vec(any::<u8>(), 0..300), list_like()]),
+            list in proptest::option::of(crate::hostile::or_any_bytes(list_like(), 300)),
             updates in proptest::collection::vec(
-                (prop_oneof![proptest::collection::vec(any::<u8>(), 0..20), list_like()],
-                 prop_oneof![proptest::collection::vec(any::<u8>(), 0..60), list_like()]),
+                (crate::hostile::or_any_bytes(list_like(), 20),
+                 crate::hostile::or_any_bytes(list_like(), 60)),
                 0..6),
         ) {
             if let Ok(m) = merge(list.as_deref(), &updates) {
@@ -766,7 +765,7 @@ mod tests {
 
         #[test]
         fn add_letters_never_panics(
-            name in prop_oneof![proptest::collection::vec(any::<u8>(), 0..60), list_like()],
+            name in crate::hostile::or_any_bytes(list_like(), 60),
             letters in proptest::collection::vec(any::<u8>(), 0..8),
         ) {
             let out = add_letters(&name, &letters);

@@ -447,14 +447,13 @@ a:2,S 10 1:1795958096:0
             b"\xff",
             b"\0",
         ];
-        let piece = proptest::sample::select(piece);
-        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+        crate::hostile::fragments(piece, 30)
     }
 
     proptest! {
         #[test]
         fn parse_and_extend_never_panic(
-            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), pop3_like()],
+            data in crate::hostile::or_any_bytes(pop3_like(), 400),
             present in proptest::collection::vec(prop_oneof![
                 "[a-c]".prop_map(String::into_bytes),
                 proptest::collection::vec(any::<u8>(), 0..6),

@@ -312,14 +312,13 @@ mod tests {
             b"\0",
             b"\x01",
         ];
-        let piece = proptest::sample::select(piece);
-        proptest::collection::vec(piece, 0..20).prop_map(|v| v.concat())
+        crate::hostile::fragments(piece, 20)
     }
 
     proptest! {
         #[test]
         fn parse_never_panics_and_entries_round_trip_through_dovecot(
-            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), subscribed_like()],
+            data in crate::hostile::or_any_bytes(subscribed_like(), 400),
         ) {
             let s = parse_ok(&data);
             for l in s.skipped.iter().chain(&s.invalid) {

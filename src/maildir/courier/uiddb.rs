@@ -760,14 +760,13 @@ mod tests {
             b"\xff",
             b"\0",
         ];
-        let piece = proptest::sample::select(piece);
-        proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+        crate::hostile::fragments(piece, 30)
     }
 
     proptest! {
         #[test]
         fn parse_never_panics_and_converts(
-            data in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), uiddb_like()],
+            data in crate::hostile::or_any_bytes(uiddb_like(), 400),
             present in arb_present(),
         ) {
             if let Ok(db) = parse(&data) {
