@@ -831,11 +831,39 @@ fn copy_and_switch(
     if !env.cfg.cutover.freeze_grace.is_zero() {
         std::thread::sleep(env.cfg.cutover.freeze_grace);
     }
-    let mut content = match (src_dir, &source) {
-        (Some(src), Some(old)) => {
+    let mut content = final_pass(env, ctx, source.as_ref(), &md)?;
+    // Whatever an earlier run or a crash left: Dovecot, running as the
+    // owner, must be able to read every part of it.
+    ownership::repair(&home, mb.owner)?;
+    ownership::check_reachable(&env.target_root_path, &mb.maildir_rel(), mb.owner)
+        .map_err(MailboxError::Conflict)?;
+    stage.set(Stage::Switched);
+    switch(env, mb, &a.source)?;
+    let mut warnings = after_freeze;
+    warnings.extend(read_back(env, a)?);
+    if let Some(c) = &mut content {
+        c.sync.warnings.extend(warnings);
+        c.sync.freeze_ms = Some(frozen_at.elapsed().as_millis() as u64);
+    }
+    Ok(Outcome::Switched(md, content))
+}
+
+/// Step 4, frozen: the last changes copied and verified, the manifest.
+fn final_pass(
+    env: &Env<'_>,
+    ctx: &SyncContext<'_>,
+    source: Option<&OldMaildir>,
+    md: &Dir,
+) -> Result<Option<Content>, MailboxError> {
+    Ok(match source {
+        Some(OldMaildir {
+            dir: Some(src),
+            rel,
+            ..
+        }) => {
             let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
-            let sync = folders::sync_mailbox(ctx, src, &md, &scan, Pass::Final)?;
-            manifest::write(&md, Some(&old.rel), &sync, ctx.copy.fsync)?;
+            let sync = folders::sync_mailbox(ctx, src, md, &scan, Pass::Final)?;
+            manifest::write(md, Some(rel), &sync, ctx.copy.fsync)?;
             Some(Content {
                 sync,
                 skipped: scan.skipped,
@@ -852,21 +880,7 @@ fn copy_and_switch(
             skipped: Vec::new(),
         }),
         _ => None,
-    };
-    // Whatever an earlier run or a crash left: Dovecot, running as the
-    // owner, must be able to read every part of it.
-    ownership::repair(&home, mb.owner)?;
-    ownership::check_reachable(&env.target_root_path, &mb.maildir_rel(), mb.owner)
-        .map_err(MailboxError::Conflict)?;
-    stage.set(Stage::Switched);
-    switch(env, mb, &a.source)?;
-    let mut warnings = after_freeze;
-    warnings.extend(read_back(env, a)?);
-    if let Some(c) = &mut content {
-        c.sync.warnings.extend(warnings);
-        c.sync.freeze_ms = Some(frozen_at.elapsed().as_millis() as u64);
-    }
-    Ok(Outcome::Switched(md, content))
+    })
 }
 
 /// Step 2: the bulk pass (after making sure the mailbox can be finished:

@@ -342,16 +342,7 @@ pub fn run_job(
         info!(job = job.id.as_str(), "job interrupted");
         return Err(RunError::Interrupted);
     }
-    // A writer that ignores the userdb's lock may have undone an earlier
-    // mailbox's switch while later ones ran.
-    for (i, named) in switched {
-        let w = mailbox::read_back_again(&env, &named)
-            .unwrap_or_else(|e| vec![format!("reading the userdbs back failed: {e}")]);
-        for w in &w {
-            warn!(user = %reports[i].user, "{w}");
-        }
-        reports[i].warnings.extend(w);
-    }
+    read_back_switched(&env, switched, &mut reports);
     let report = Report::finish(
         job.id.as_str().to_string(),
         job.domain.to_string(),
@@ -361,6 +352,20 @@ pub fn run_job(
     );
     info!(job = job.id.as_str(), status = ?report.status, "job finished");
     Ok(report)
+}
+
+/// A writer that ignores the userdb's lock may have undone an earlier
+/// mailbox's switch while later ones ran: each switched mailbox (at its
+/// index in `reports`) is read back once more.
+fn read_back_switched(env: &Env<'_>, switched: Vec<(usize, Named)>, reports: &mut [MailboxReport]) {
+    for (i, named) in switched {
+        let w = mailbox::read_back_again(env, &named)
+            .unwrap_or_else(|e| vec![format!("reading the userdbs back failed: {e}")]);
+        for w in &w {
+            warn!(user = %reports[i].user, "{w}");
+        }
+        reports[i].warnings.extend(w);
+    }
 }
 
 /// Opens a configured mail root (the administrator's path may contain

@@ -153,22 +153,32 @@ fn check_mailbox(env: &Env<'_>, named: &Named, c: &mut MailboxCheck) -> Result<(
     c.problems
         .extend(server::check(&env.cfg.verify, mb, home.as_deref(), &facts));
     if env.cfg.target.layout == crate::maildir::Layout::MaildirPlusPlus {
-        for e in target
-            .entries()
-            .map_err(|e| MailboxError::io(target.path(), e))?
+        stray_folders(&target, &expected_dirs, c)?;
+    }
+    Ok(())
+}
+
+/// Maildir++ folders in the target that the source does not have.
+fn stray_folders(
+    target: &Dir,
+    expected: &BTreeSet<PathBuf>,
+    c: &mut MailboxCheck,
+) -> Result<(), MailboxError> {
+    let entries = target
+        .entries()
+        .map_err(|e| MailboxError::io(target.path(), e))?;
+    for e in entries {
+        let b = e.name.as_bytes();
+        let dir = PathBuf::from(&e.name);
+        if e.kind == crate::safe_fs::Kind::Dir
+            && b.len() > 1
+            && b[0] == b'.'
+            && !expected.contains(&dir)
         {
-            let b = e.name.as_bytes();
-            let dir = PathBuf::from(&e.name);
-            if e.kind == crate::safe_fs::Kind::Dir
-                && b.len() > 1
-                && b[0] == b'.'
-                && !expected_dirs.contains(&dir)
-            {
-                c.problems.push(format!(
-                    "folder {:?} is in the target but not in the source",
-                    dir.display()
-                ));
-            }
+            c.problems.push(format!(
+                "folder {:?} is in the target but not in the source",
+                dir.display()
+            ));
         }
     }
     Ok(())
