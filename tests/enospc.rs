@@ -61,11 +61,15 @@ fn a_full_target_fails_cleanly_and_a_rerun_completes() {
         let inbox = h
             .add_user(&format!("u{m}@full.cz"), "{PLAIN}x", "")
             .folder("");
+        // 4,097 bytes take two 4 KiB pages: the room check (by bytes)
+        // passes for the first mailbox, and the copy itself runs out.
         for i in 0..60 {
+            let mut b = body(&format!("u{m}-{i}"), 4097);
+            b.truncate(4097);
             inbox.msg(
                 "cur",
                 &format!("{}.M{i}P{m}.h:2,S", 1_600_000_000 + i),
-                &body(&format!("u{m}-{i}"), 8000),
+                &b,
                 1_600_000_000 + i as i64,
             );
         }
@@ -104,5 +108,43 @@ fn a_full_target_fails_cleanly_and_a_rerun_completes() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(tree(&h.old) == source_before);
+    drop(fs);
+}
+
+/// A mailbox bigger than the room left on the target fails before
+/// anything is copied, saying how much it needs and how much is free.
+#[test]
+fn a_mailbox_that_cannot_fit_fails_before_copying() {
+    let h = Host::new("");
+    let Some(fs) = Tmpfs::mount(&h.new, "400k") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must be able to mount a tmpfs"
+        );
+        eprintln!("SKIPPED a_mailbox_that_cannot_fit_fails_before_copying: cannot mount tmpfs");
+        return;
+    };
+    let inbox = h.add_user("big@full.cz", "{PLAIN}x", "").folder("");
+    for i in 0..60 {
+        inbox.msg(
+            "cur",
+            &format!("{}.M{i}P1.h,S=8000:2,S", 1_600_000_000 + i),
+            &body(&format!("big-{i}"), 8000)[..8000],
+            1_600_000_000 + i as i64,
+        );
+    }
+    let job = h.job("j", r#"{"domain": "full.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 1, "{report:#}");
+    let e = report["mailboxes"][0]["error"].as_str().unwrap();
+    assert!(
+        e.contains("468.8 KiB still to copy, but only")
+            && e.contains("free on the target filesystem"),
+        "{e}"
+    );
+    let copied = std::fs::read_dir(h.target_maildir("big@full.cz").join("cur"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(copied, 0, "nothing copied");
     drop(fs);
 }
