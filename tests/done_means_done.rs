@@ -695,3 +695,43 @@ fn lines_appended_during_a_job_are_kept() {
     );
     assert_eq!(users.matches("nologin").count(), 40);
 }
+
+/// A switch that fails before anything is written (here the new userdb's
+/// directory turns immutable right after the freeze) fails the mailbox
+/// with its old login back: no user is left with neither login.
+#[test]
+fn a_switch_that_writes_nothing_gives_the_old_login_back() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED a_switch_that_writes_nothing_gives_the_old_login_back: needs root for chattr"
+        );
+        return;
+    }
+    let h = Host::new("");
+    one_message_user(&h, "jan@example.cz", "");
+    let db = h.root.join("newdb");
+    std::fs::create_dir(&db).unwrap();
+    let config = std::fs::read_to_string(&h.config)
+        .unwrap()
+        .replace("userdb = \"users.new\"", "userdb = \"newdb/users.new\"");
+    h.write_config(&format!(
+        "{config}[cutover]\nfreeze_command = [\"/usr/bin/chattr\", \"+i\", {:?}]\n",
+        db.display().to_string()
+    ));
+    let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&job);
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(&db)
+        .status();
+    let m = mailbox(&report, "jan@example.cz");
+    if m["warnings"].to_string().contains("freeze command") {
+        eprintln!("SKIPPED: chattr +i does not work here: {m}");
+        return;
+    }
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(m["status"], "failed", "{m:#}");
+    let old = std::fs::read_to_string(&h.users_old).unwrap();
+    assert!(!old.contains("nologin"), "the old login is back: {old}");
+    assert!(!db.join("users.new").exists());
+}

@@ -678,6 +678,9 @@ enum Stage {
     /// Pending and not switched: a failure gives the old login back (a
     /// no-op if it was never refused).
     Pending,
+    /// Writing the new login: if that is cut short (a lost connection
+    /// around the commit, a panic), it may be live.
+    Switching,
     /// The new login may be live: the old one must stay refused.
     Switched,
 }
@@ -720,7 +723,7 @@ pub fn migrate(env: &Env<'_>, ctx: &SyncContext<'_>, named: &Named) -> MailboxRe
 /// After a failure: the old login comes back unless the new one may be live
 /// (a no-op if this run never froze it).
 fn undo(env: &Env<'_>, user: &str, named: &Named, stage: Stage, e: MailboxError) -> MailboxError {
-    if stage != Stage::Pending || matches!(e, MailboxError::SwitchUnknown(_)) {
+    if stage != Stage::Pending {
         return e;
     }
     let key = env
@@ -837,8 +840,19 @@ fn copy_and_switch(
     ownership::repair(&home, mb.owner)?;
     ownership::check_reachable(&env.target_root_path, &mb.maildir_rel(), mb.owner)
         .map_err(MailboxError::Conflict)?;
-    stage.set(Stage::Switched);
-    switch(env, mb, &a.source)?;
+    stage.set(Stage::Switching);
+    match switch(env, mb, &a.source) {
+        Ok(()) => stage.set(Stage::Switched),
+        Err(e @ MailboxError::SwitchUnknown(_)) => return Err(e),
+        // Where the new login is not there (as far as can be told), the
+        // old one comes back.
+        Err(e) => {
+            if matches!(new_login_present(env, a), Ok(false)) {
+                stage.set(Stage::Pending);
+            }
+            return Err(e);
+        }
+    }
     let mut warnings = after_freeze;
     warnings.extend(read_back(env, a)?);
     if let Some(c) = &mut content {
@@ -997,6 +1011,12 @@ fn switch(env: &Env<'_>, mb: &Mailbox, source: &Account) -> Result<(), MailboxEr
     Ok(())
 }
 
+/// Whether the target userdb has the mailbox's new login.
+fn new_login_present(env: &Env<'_>, a: &Assessment) -> Result<bool, MailboxError> {
+    let (expected, actual) = env.target_login(&a.source, &a.mailbox)?;
+    Ok(actual.is_some_and(|l| l.location == expected.location))
+}
+
 /// `read_back` for a mailbox this job switched earlier.
 pub(crate) fn read_back_again(env: &Env<'_>, named: &Named) -> Result<Vec<String>, MailboxError> {
     read_back(env, &assess(env, named)?)
@@ -1011,9 +1031,7 @@ fn read_back(env: &Env<'_>, a: &Assessment) -> Result<Vec<String>, MailboxError>
     let fsync = env.cfg.migration.fsync;
     let mut warnings = Vec::new();
     let undone = "another writer of the userdb (one that ignores its lock)";
-    let (expected, actual) = env.target_login(&a.source, mb)?;
-    let present = actual.is_some_and(|l| l.location == expected.location);
-    if !present {
+    if !new_login_present(env, a)? {
         switch(env, mb, &a.source)?;
         warnings.push(format!("{undone} undid the new login; written again"));
     }
