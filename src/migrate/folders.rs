@@ -710,13 +710,26 @@ fn carry_subscriptions(
 /// created by this tool (marker file present) or empty.
 pub const OWNER_MARKER: &str = ".maildir-migrate-partial";
 
+/// A claimed target Maildir.
+pub struct Claim {
+    pub md: Dir,
+    /// This run of this job is the first to write into it (a re-run finds
+    /// its own marker).
+    pub first: bool,
+    /// Every message file in it was written for this same owner: an empty
+    /// Maildir, or one whose marker names the owner.
+    pub owner_known: bool,
+}
+
+/// Claims the target Maildir for `user`; the marker names the job, the
+/// user and the owner everything is written for.
 pub fn claim_target(
     home: &Dir,
     owner: Owner,
-    marker_text: &str,
+    job_id: &str,
     user: &str,
     fsync: bool,
-) -> Result<Dir, MailboxError> {
+) -> Result<Claim, MailboxError> {
     let (md, created) = home
         .ensure_dir("Maildir", crate::migrate::ownership::DIR_MODE, Some(owner))
         .map_err(|e| MailboxError::io(&home.child_path("Maildir"), e))?;
@@ -725,14 +738,28 @@ pub fn claim_target(
             path: md.path().to_path_buf(),
         });
     }
+    let marker_text = format!(
+        "job {job_id}\nuser {user}\nowner {}:{}\n",
+        owner.uid, owner.gid
+    );
+    let old = md
+        .read_file(OWNER_MARKER, 4096, owner.uid)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let owner_line = format!("owner {}:{}", owner.uid, owner.gid);
+    let owner_known = old.is_empty()
+        || old
+            .split(|&b| b == b'\n')
+            .any(|l| l == owner_line.as_bytes());
     // A re-run of the same job finds its own marker: no rewrite (and no
     // fsync), which is most of a no-op pre-sync's cost.
-    if !created
-        && md
-            .read_file(OWNER_MARKER, 4096, owner.uid)
-            .is_ok_and(|m| m.as_deref() == Some(marker_text.as_bytes()))
-    {
-        return Ok(md);
+    if !created && old == marker_text.as_bytes() {
+        return Ok(Claim {
+            md,
+            first: false,
+            owner_known,
+        });
     }
     md.write_atomic(
         OsStr::new(OWNER_MARKER),
@@ -745,7 +772,11 @@ pub fn claim_target(
         },
     )
     .map_err(|e| MailboxError::io(&md.child_path(OWNER_MARKER), e))?;
-    Ok(md)
+    Ok(Claim {
+        md,
+        first: true,
+        owner_known,
+    })
 }
 
 /// An existing target Maildir may be written into when an earlier run of

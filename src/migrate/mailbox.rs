@@ -811,12 +811,18 @@ fn copy_and_switch(
         )));
     }
     let home = ownership::ensure_home(&env.target_root, &env.target_root_path, mb)?;
-    let marker = format!("job {}\nuser {}\n", env.job.id.as_str(), mb.user);
-    let md = folders::claim_target(&home, mb.owner, &marker, &mb.user, ctx.copy.fsync)?;
+    let claim = folders::claim_target(
+        &home,
+        mb.owner,
+        env.job.id.as_str(),
+        &mb.user,
+        ctx.copy.fsync,
+    )?;
+    let md = claim.md;
 
     let src_dir = source.as_ref().and_then(|old| old.dir.as_ref());
     match src_dir {
-        Some(src) => bulk_passes(env, ctx, src, &md)?,
+        Some(src) => bulk_passes(env, ctx, src, &md, claim.first)?,
         None => {
             TargetFolder::open(
                 md.reopen().map_err(|e| MailboxError::io(md.path(), e))?,
@@ -837,7 +843,7 @@ fn copy_and_switch(
     let mut content = final_pass(env, ctx, source.as_ref(), &md)?;
     // Whatever an earlier run or a crash left: Dovecot, running as the
     // owner, must be able to read every part of it.
-    ownership::repair(&home, mb.owner)?;
+    ownership::repair(&home, mb.owner, !claim.owner_known)?;
     ownership::check_reachable(&env.target_root_path, &mb.maildir_rel(), mb.owner)
         .map_err(MailboxError::Conflict)?;
     stage.set(Stage::Switching);
@@ -897,19 +903,26 @@ fn final_pass(
     })
 }
 
-/// Step 2: the bulk pass (after making sure the mailbox can be finished:
-/// no message over the size limit, room on the target), then delta passes
-/// while the mailbox is live, so the frozen final pass has little left.
+/// Step 2: the bulk pass, then delta passes while the mailbox is live, so
+/// the frozen final pass has little left. The first run of a job that
+/// writes into the target first makes sure the mailbox can be finished:
+/// no message over the size limit, room on the target filesystem. (A
+/// re-run, which has most of it already, skips that listing; its copy
+/// still refuses an oversized file, and a full disk fails it cleanly.)
 fn bulk_passes(
     env: &Env<'_>,
     ctx: &SyncContext<'_>,
     src: &Dir,
     md: &Dir,
+    first_claim: bool,
 ) -> Result<(), MailboxError> {
     let cut = &env.cfg.cutover;
-    let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
-    let need = folders::bytes_to_copy(ctx, src, md, &scan, env.cfg.migration.max_message_size)?;
-    ownership::check_room(md, need)?;
+    if first_claim {
+        let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
+        let max = env.cfg.migration.max_message_size;
+        let need = folders::bytes_to_copy(ctx, src, md, &scan, max)?;
+        ownership::check_room(md, need)?;
+    }
     let mut passes = 0;
     loop {
         let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;

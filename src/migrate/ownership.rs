@@ -59,27 +59,35 @@ pub(crate) fn ensure_home(root: &Dir, root_path: &Path, mb: &Mailbox) -> Result<
 /// Gives the home itself and everything in its Maildir the owner and
 /// modes Dovecot needs. Something that is neither a regular file nor a
 /// directory in a Maildir the tool wrote fails the mailbox.
-pub(crate) fn repair(home: &Dir, owner: Owner) -> Result<(), MailboxError> {
-    Walk::new(true).home(home, owner).map(drop)
+///
+/// `messages: false` leaves out the message files (not their
+/// directories): each is given its owner and mode before it gets its name,
+/// so where every one was written for this owner (see `claim_target`),
+/// only a directory can be wrong (a crash between `mkdir` and `fchown`).
+pub(crate) fn repair(home: &Dir, owner: Owner, messages: bool) -> Result<(), MailboxError> {
+    Walk::new(true, messages).home(home, owner).map(drop)
 }
 
 /// The problems `repair` would fix, for `verify` (reads only).
 pub(crate) fn audit(home: &Dir, owner: Owner) -> Result<Vec<String>, MailboxError> {
-    Walk::new(false).home(home, owner)
+    Walk::new(false, true).home(home, owner)
 }
 
 /// One pass over a home: fixing what is wrong, or only listing it.
 struct Walk {
     repair: bool,
+    /// Whether the files in cur/, new/ and tmp/ are looked at.
+    messages: bool,
     problems: Vec<String>,
     /// Wrong entries beyond the listed ones.
     more: usize,
 }
 
 impl Walk {
-    fn new(repair: bool) -> Walk {
+    fn new(repair: bool, messages: bool) -> Walk {
         Walk {
             repair,
+            messages,
             problems: Vec::new(),
             more: 0,
         }
@@ -105,6 +113,13 @@ impl Walk {
             return self.strange(dir.path(), "nested deeper than any Maildir");
         }
         self.dir(dir, owner)?;
+        let leaf = matches!(
+            dir.path().file_name().and_then(|n| n.to_str()),
+            Some("cur" | "new" | "tmp")
+        );
+        if leaf && !self.messages {
+            return Ok(());
+        }
         let entries = dir.entries().map_err(|e| MailboxError::io(dir.path(), e))?;
         for e in entries {
             let path = dir.child_path(&e.name);
