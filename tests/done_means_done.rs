@@ -735,3 +735,47 @@ fn a_switch_that_writes_nothing_gives_the_old_login_back() {
     assert!(!old.contains("nologin"), "the old login is back: {old}");
     assert!(!db.join("users.new").exists());
 }
+
+/// A pre-sync written for one owner, then the job run after the target's
+/// owner changed: every message file (not only the directories) ends up
+/// the new owner's before the switch.
+#[test]
+fn a_changed_owner_reaches_every_file_before_the_switch() {
+    if !is_root() {
+        eprintln!("SKIPPED a_changed_owner_reaches_every_file_before_the_switch: needs root");
+        return;
+    }
+    let h = Host::new("uid = 5000\ngid = 5000\n");
+    let md = one_message_user(&h, "jan@example.cz", "");
+    md.folder(".Sent").msg(
+        "cur",
+        "1500000005.M5P1.old:2,S",
+        &body("s", 30),
+        1_500_000_005,
+    );
+    let presync = h.job(
+        "pre",
+        r#"{"domain": "example.cz", "mode": "move", "cutover": false}"#,
+    );
+    let (code, report) = h.run_job(&presync);
+    assert_eq!(code, 0, "{report:#}");
+    let config = std::fs::read_to_string(&h.config).unwrap();
+    h.write_config(&config.replace("uid = 5000\ngid = 5000\n", "uid = 5001\ngid = 5002\n"));
+    let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let (code, report) = h.run_job(&job);
+    assert_eq!(code, 0, "{report:#}");
+    let target = h.target_maildir("jan@example.cz");
+    for entry in walkdir::WalkDir::new(&target) {
+        let entry = entry.unwrap();
+        if entry.file_name() == ".maildir-migrate-manifest" {
+            continue;
+        }
+        let m = entry.metadata().unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (5001, 5002),
+            "{}",
+            entry.path().display()
+        );
+    }
+}

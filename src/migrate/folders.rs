@@ -742,19 +742,23 @@ pub fn claim_target(
         "job {job_id}\nuser {user}\nowner {}:{}\n",
         owner.uid, owner.gid
     );
-    let old = md
-        .read_file(OWNER_MARKER, 4096, owner.uid)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    // Whoever owns the Maildir now (an earlier run's owner) wrote it.
+    let md_uid = md
+        .stat()
+        .map_err(|e| MailboxError::io(md.path(), e))?
+        .st_uid;
+    let old = match md.read_file(OWNER_MARKER, 4096, md_uid) {
+        Ok(m) => m,
+        // There, but not readable as ours: vouches for nothing.
+        Err(_) => Some(Vec::new()),
+    };
     let owner_line = format!("owner {}:{}", owner.uid, owner.gid);
-    let owner_known = old.is_empty()
-        || old
-            .split(|&b| b == b'\n')
-            .any(|l| l == owner_line.as_bytes());
+    let owner_known = old
+        .as_ref()
+        .is_none_or(|m| m.split(|&b| b == b'\n').any(|l| l == owner_line.as_bytes()));
     // A re-run of the same job finds its own marker: no rewrite (and no
     // fsync), which is most of a no-op pre-sync's cost.
-    if !created && old == marker_text.as_bytes() {
+    if !created && old.as_deref() == Some(marker_text.as_bytes()) {
         return Ok(Claim {
             md,
             first: false,
