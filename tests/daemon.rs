@@ -674,24 +674,7 @@ fn the_daemon_sweeps_late_mail_after_the_delay() {
     wait_until("the schedule on disk", Duration::from_secs(5), || {
         spool.join("done/j.sweep.json").exists().then_some(())
     });
-    // Delivered to the old Maildir after the switch.
-    inbox.msg(
-        "new",
-        "1700000000.M2P2.late",
-        &body("late", 100),
-        1_700_000_000,
-    );
-    let r = wait_until("the sweep", Duration::from_secs(20), || {
-        let r = record(&spool.join("done/j.report.json"));
-        (r["sweeps"].as_array().is_some_and(|s| !s.is_empty())).then_some(r)
-    });
-    assert_eq!(r["sweeps"][0]["moved"], 1, "{r:#}");
-    assert!(
-        h.target_maildir("jan@a.cz")
-            .join("new/1700000000.M2P2.late")
-            .exists()
-    );
-    assert!(!inbox.0.join("new/1700000000.M2P2.late").exists());
+    late_mail_is_swept(&h, &spool, &inbox, "j");
     // The record is written first, then the schedule dropped.
     wait_until("the schedule dropped", Duration::from_secs(5), || {
         (!spool.join("done/j.sweep.json").exists()).then_some(())
@@ -730,6 +713,12 @@ fn an_in_place_job_is_done_mailed_and_swept() {
     let mail = smtp.wait_for(1, Duration::from_secs(30)).remove(0);
     let m = parse_message(&mail.data);
     assert!(m.subject.contains("finished"), "{}", m.subject);
+    late_mail_is_swept(&h, &spool, &inbox, "ip");
+}
+
+/// Delivers a message to jan@a.cz's old INBOX after the switch and waits
+/// until the daemon's sweep for job `id` has moved it into the new one.
+fn late_mail_is_swept(h: &Host, spool: &Path, inbox: &common::fixture::Folder, id: &str) {
     inbox.msg(
         "new",
         "1700000000.M2P2.late",
@@ -737,7 +726,7 @@ fn an_in_place_job_is_done_mailed_and_swept() {
         1_700_000_000,
     );
     let r = wait_until("the sweep", Duration::from_secs(20), || {
-        let r = record(&spool.join("done/ip.report.json"));
+        let r = record(&spool.join(format!("done/{id}.report.json")));
         (r["sweeps"].as_array().is_some_and(|s| !s.is_empty())).then_some(r)
     });
     assert_eq!(r["sweeps"][0]["moved"], 1, "{r:#}");
@@ -746,6 +735,7 @@ fn an_in_place_job_is_done_mailed_and_swept() {
             .join("new/1700000000.M2P2.late")
             .exists()
     );
+    assert!(!inbox.0.join("new/1700000000.M2P2.late").exists());
 }
 
 /// A job for a domain the source does not know (a typo) is failed, and

@@ -27,6 +27,37 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A user with one message in INBOX and one in `.Sent`.
+fn two_folder_user(h: &Host, user: &str) -> common::fixture::Maildir {
+    let md = one_message_user(h, user, "");
+    md.folder(".Sent").msg(
+        "cur",
+        "1500000005.M5P1.old:2,S",
+        &body("s", 30),
+        1_500_000_005,
+    );
+    md
+}
+
+/// Every entry below `dir` (but the tool's own manifest) belongs to
+/// `uid`:`gid`, directories 0700 and files 0600.
+fn assert_owned(dir: &Path, uid: u32, gid: u32) {
+    for entry in walkdir::WalkDir::new(dir) {
+        let entry = entry.unwrap();
+        if entry.file_name() == ".maildir-migrate-manifest" {
+            continue;
+        }
+        let m = entry.metadata().unwrap();
+        let want = if m.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (uid, gid, want),
+            "{}",
+            entry.path().display()
+        );
+    }
+}
+
 /// A user with one message in INBOX.
 fn one_message_user(h: &Host, user: &str, extra: &str) -> common::fixture::Maildir {
     let md = h.add_user(user, HASH, extra);
@@ -305,13 +336,7 @@ fn owner_and_mode_are_asserted_before_the_switch_and_verified() {
         return;
     }
     let h = Host::new("");
-    let md = one_message_user(&h, "jan@example.cz", "");
-    md.folder(".Sent").msg(
-        "cur",
-        "1500000005.M5P1.old:2,S",
-        &body("s", 30),
-        1_500_000_005,
-    );
+    two_folder_user(&h, "jan@example.cz");
     let target = h.target_maildir("jan@example.cz");
     for sub in ["cur", "new", "tmp"] {
         let p = target.join(sub);
@@ -324,21 +349,7 @@ fn owner_and_mode_are_asserted_before_the_switch_and_verified() {
     let (code, report) = h.run_job(&job);
     assert_eq!(code, 0, "{report:#}");
     // Host's users carry uid/gid 1000; no target uid/gid is configured.
-    let home = target.parent().unwrap();
-    for entry in walkdir::WalkDir::new(home) {
-        let entry = entry.unwrap();
-        if entry.file_name() == ".maildir-migrate-manifest" {
-            continue;
-        }
-        let m = entry.metadata().unwrap();
-        let want = if m.is_dir() { 0o700 } else { 0o600 };
-        assert_eq!(
-            (m.uid(), m.gid(), m.mode() & 0o7777),
-            (1000, 1000, want),
-            "{}",
-            entry.path().display()
-        );
-    }
+    assert_owned(target.parent().unwrap(), 1000, 1000);
     let users_new = std::fs::read_to_string(&h.users_new).unwrap();
     assert!(users_new.contains(":1000:1000:"), "{users_new}");
     let verify = |h: &Host| h.run(&["verify", "--domain", "example.cz"]);
@@ -561,13 +572,7 @@ fn in_place_verify_and_sweep_work() {
         .unwrap()
         .replace("userdb = \"users.new\"", "userdb = \"users.old\"");
     h.write_config(&config);
-    let md = one_message_user(&h, "jan@example.cz", "");
-    md.folder(".Sent").msg(
-        "cur",
-        "1500000007.M7P1.old:2,S",
-        &body("s", 30),
-        1_500_000_007,
-    );
+    let md = two_folder_user(&h, "jan@example.cz");
     one_message_user(&h, "eva@example.cz", "");
     let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
     let (code, report) = h.run_job(&job);
@@ -746,13 +751,7 @@ fn a_changed_owner_reaches_every_file_before_the_switch() {
         return;
     }
     let h = Host::new("uid = 5000\ngid = 5000\n");
-    let md = one_message_user(&h, "jan@example.cz", "");
-    md.folder(".Sent").msg(
-        "cur",
-        "1500000005.M5P1.old:2,S",
-        &body("s", 30),
-        1_500_000_005,
-    );
+    two_folder_user(&h, "jan@example.cz");
     let presync = h.job(
         "pre",
         r#"{"domain": "example.cz", "mode": "move", "cutover": false}"#,
@@ -764,18 +763,5 @@ fn a_changed_owner_reaches_every_file_before_the_switch() {
     let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
     let (code, report) = h.run_job(&job);
     assert_eq!(code, 0, "{report:#}");
-    let target = h.target_maildir("jan@example.cz");
-    for entry in walkdir::WalkDir::new(&target) {
-        let entry = entry.unwrap();
-        if entry.file_name() == ".maildir-migrate-manifest" {
-            continue;
-        }
-        let m = entry.metadata().unwrap();
-        assert_eq!(
-            (m.uid(), m.gid()),
-            (5001, 5002),
-            "{}",
-            entry.path().display()
-        );
-    }
+    assert_owned(&h.target_maildir("jan@example.cz"), 5001, 5002);
 }
