@@ -9,6 +9,18 @@ use serde::Serialize;
 
 use crate::maildir::names::FolderName;
 
+/// What a skipped folder becomes in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkippedFolders {
+    /// Created empty, with its old UIDVALIDITY and next UID and its
+    /// subscription: a client that synced it sees its messages expunged
+    /// (and drops its local copies) instead of a folder that vanished,
+    /// which clients re-create and refill from their copies.
+    Empty,
+    /// Left out.
+    Absent,
+}
+
 /// Trash folder names: English, Czech, Slovak, German, Polish, French,
 /// Spanish, Italian, and the defaults of common clients.
 const TRASH: &[&str] = &[

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::classify::Classifier;
+use crate::classify::{Classifier, SkippedFolders};
 use crate::copy::SyncMethod;
+use crate::dovecot::Doveadm;
 use crate::job::{Domain, LocalPart};
 use crate::maildir::Layout;
 use crate::maildir::names::NameEncoding;
@@ -85,13 +86,14 @@ struct RawVerify {
     doveadm_config: Option<PathBuf>,
 }
 
-/// `verify` through the new server itself, when configured.
+/// The new Dovecot, when it can be asked (`[verify] doveadm`): `verify`
+/// and the switch check through it what it serves, the switch raises
+/// HIGHESTMODSEQ through it, and every job compares its namespace with
+/// what the old server's clients saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifySettings {
-    /// `doveadm` of the new Dovecot (`None`: only the files are compared).
-    pub doveadm: Option<PathBuf>,
-    /// Its configuration (`-c`); `None`: doveadm's own default.
-    pub doveadm_config: Option<PathBuf>,
+    /// `None`: only the files are compared.
+    pub doveadm: Option<Doveadm>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,6 +201,8 @@ struct RawSource {
     password_file: Option<PathBuf>,
     schema: Option<String>,
     queries: Option<RawQueries>,
+    doveadm: Option<PathBuf>,
+    doveadm_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +225,7 @@ struct RawTarget {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMigration {
+    skipped_folders: Option<String>,
     max_message_size: Option<u64>,
     threads: Option<usize>,
     fsync: Option<bool>,
@@ -425,6 +430,10 @@ pub struct Source {
     /// Courier: rebuilds `userdb.dat` after each edit (authlib reads that).
     pub makeuserdb: Option<PathBuf>,
     pub layout: Layout,
+    /// The old Dovecot, when it can be asked (`[source] doveadm`): each
+    /// folder's HIGHESTMODSEQ before the switch, the namespace its clients
+    /// see.
+    pub doveadm: Option<Doveadm>,
 }
 
 #[derive(Debug, Clone)]
@@ -445,6 +454,7 @@ pub struct Target {
 
 #[derive(Debug, Clone)]
 pub struct Migration {
+    pub skipped_folders: SkippedFolders,
     /// A larger message fails its mailbox (a sparse or runaway file would
     /// otherwise become that many real blocks in the target).
     pub max_message_size: u64,
@@ -721,7 +731,14 @@ impl Config {
         );
         check_roots(&source_root, &target_root).map_err(|(k, p)| invalid(k)(p))?;
         Ok(Config {
-            verify: verify_settings(raw.verify, &resolve).map_err(invalid("verify.doveadm"))?,
+            verify: VerifySettings {
+                doveadm: doveadm(
+                    raw.verify.doveadm.as_deref(),
+                    raw.verify.doveadm_config.as_deref(),
+                    &resolve,
+                )
+                .map_err(invalid("verify.doveadm"))?,
+            },
             cutover,
             notify,
             daemon: Daemon {
@@ -742,6 +759,20 @@ impl Config {
                 default_scheme,
                 makeuserdb: raw.source.makeuserdb,
                 layout: layout(raw.source.layout.as_deref()).map_err(invalid("source.layout"))?,
+                doveadm: match raw.source.userdb_format {
+                    // Courier has no doveadm; its clients' view is known.
+                    UserdbFormat::CourierUserdb if raw.source.doveadm.is_some() => {
+                        return Err(invalid("source.doveadm")(
+                            "a Courier source has no doveadm".into(),
+                        ));
+                    }
+                    _ => doveadm(
+                        raw.source.doveadm.as_deref(),
+                        raw.source.doveadm_config.as_deref(),
+                        &resolve,
+                    )
+                    .map_err(invalid("source.doveadm"))?,
+                },
             },
             target: Target {
                 userdb: target_userdb,
@@ -763,6 +794,15 @@ impl Config {
                 },
             },
             migration: Migration {
+                skipped_folders: match raw.migration.skipped_folders.as_deref() {
+                    None | Some("empty") => SkippedFolders::Empty,
+                    Some("absent") => SkippedFolders::Absent,
+                    Some(other) => {
+                        return Err(invalid("migration.skipped_folders")(format!(
+                            "{other:?} is neither \"empty\" nor \"absent\""
+                        )));
+                    }
+                },
                 max_message_size: match raw.migration.max_message_size.unwrap_or(1 << 30) {
                     n if n < 1024 => {
                         return Err(invalid("migration.max_message_size")(format!(
@@ -880,22 +920,20 @@ fn check_roots(source: &Path, target: &Path) -> Result<(), (&'static str, String
     Ok(())
 }
 
-fn verify_settings(
-    raw: RawVerify,
+/// A server's doveadm from a section's `doveadm` and `doveadm_config`.
+fn doveadm(
+    bin: Option<&Path>,
+    config: Option<&Path>,
     resolve: &impl Fn(&Path) -> PathBuf,
-) -> Result<VerifySettings, String> {
-    if let Some(p) = &raw.doveadm
-        && !p.is_absolute()
-    {
-        return Err(format!("{}: must be an absolute path", p.display()));
+) -> Result<Option<Doveadm>, String> {
+    match (bin, config) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err("doveadm_config is only used with doveadm".into()),
+        (Some(b), c) => Ok(Some(Doveadm {
+            bin: crate::dovecot::parse_bin(b)?,
+            config: c.map(resolve),
+        })),
     }
-    if raw.doveadm.is_none() && raw.doveadm_config.is_some() {
-        return Err("doveadm_config is only used with doveadm".into());
-    }
-    Ok(VerifySettings {
-        doveadm: raw.doveadm,
-        doveadm_config: raw.doveadm_config.as_deref().map(resolve),
-    })
 }
 
 fn layout(s: Option<&str>) -> Result<Layout, String> {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod copy;
 pub mod daemon;
+pub mod dovecot;
 #[cfg(test)]
 mod hostile;
 pub mod job;

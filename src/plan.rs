@@ -121,6 +121,12 @@ fn fill(env: &Env<'_>, named: &Named, p: &mut MailboxPlan) -> Result<(), Mailbox
             p.status = PlanStatus::Conflict;
             p.problems.push(why.clone());
         }
+        State::Staged => {
+            p.warnings.push(
+                "staged in place by a run that stopped: the job enables it after its checks".into(),
+            );
+            return Ok(());
+        }
         State::Pending => {}
     }
     let (target, claimable) = mailbox::target_status(env, &a.mailbox)?;

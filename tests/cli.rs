@@ -162,13 +162,24 @@ fn move_copies_content_and_carries_the_password() {
         assert_eq!(ma.mtime(), mb.mtime(), "{rel}");
         assert_eq!(mb.mode() & 0o777, 0o600, "{rel}");
     }
-    // Nothing else: no skipped folders, traps, tmp, indexes or quota file.
+    // Skipped folders are there, without their messages, with the old
+    // UIDVALIDITY (they had no uidlist here: Dovecot gives them one).
     let t = tree(&dst);
+    for emptied in [".Ko&AWE-", ".Ko&AWE-.2019", ".Spam", ".Kontakty"] {
+        let messages = t
+            .keys()
+            .filter(|k| {
+                k.starts_with(&format!("{emptied}/cur/"))
+                    || k.starts_with(&format!("{emptied}/new/"))
+            })
+            .count();
+        assert!(
+            t.contains_key(emptied) && messages == 0,
+            "{emptied} is there, empty"
+        );
+    }
+    // Nothing else: no traps, tmp, indexes or quota file.
     for gone in [
-        ".Ko&AWE-",
-        ".Ko&AWE-.2019",
-        ".Spam",
-        ".Kontakty",
         ".Evil",
         ".Entwürfe",
         "tmp/1500000300.M9P9.old",
@@ -202,7 +213,8 @@ fn move_copies_content_and_carries_the_password() {
     assert_eq!(read(".Archive.2019/maildirfolder"), "");
     assert_eq!(
         read("subscriptions"),
-        "V\t2\n\nINBOX\nOdeslan&AOk-\nArchive\t2019\nEntw&APw-rfe\n"
+        // Skipped folders keep their subscriptions: they are there, empty.
+        "V\t2\n\nINBOX\nOdeslan&AOk-\nKo&AWE-\nArchive\t2019\nKontakty\nEntw&APw-rfe\n"
     );
     if is_root() {
         for (path, (_, _, uid, _, _)) in tree(&h.new.join("example.cz")) {
@@ -355,7 +367,7 @@ fn recreate_makes_an_empty_mailbox_with_the_same_password() {
     assert_eq!(code, 0, "{report:#}");
     let dst = h.target_maildir(JAN);
     let names: Vec<String> = tree(&dst).into_keys().collect();
-    assert_eq!(names, ["cur", "new", "tmp"]);
+    assert_eq!(names, [".maildir-migrate-manifest", "cur", "new", "tmp"]);
     assert!(
         std::fs::read_to_string(&h.users_new)
             .unwrap()
@@ -666,7 +678,7 @@ fn a_never_used_mailbox_moves_as_an_empty_one() {
     let names: Vec<String> = tree(&h.target_maildir("new@example.cz"))
         .into_keys()
         .collect();
-    assert_eq!(names, ["cur", "new", "tmp"]);
+    assert_eq!(names, [".maildir-migrate-manifest", "cur", "new", "tmp"]);
 }
 
 /// A Courier authlib userdb as the source: the IMAP password (imappw over

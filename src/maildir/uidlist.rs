@@ -111,6 +111,17 @@ impl Uidlist {
         }
     }
 
+    /// The same list without its messages (a folder emptied): UIDVALIDITY
+    /// and the next UID kept, so a client sees its messages expunged.
+    pub fn emptied(&self) -> Uidlist {
+        Uidlist {
+            header: self.header.clone(),
+            uid_validity: self.uid_validity,
+            next_uid: self.next_uid(),
+            records: Vec::new(),
+        }
+    }
+
     pub fn uid_validity(&self) -> u32 {
         self.uid_validity
     }

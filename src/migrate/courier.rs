@@ -7,7 +7,6 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::classify::Classifier;
 use crate::copy::Listing;
 use crate::maildir::courier::keywords::{self as ck, Assignment, MergedKeywords};
 use crate::maildir::courier::{acl, pop3, subscribed, uiddb};
@@ -194,7 +193,7 @@ pub fn subscriptions(
     root: &Dir,
     uid: u32,
     names: NameEncoding,
-    classifier: &Classifier,
+    drops: impl Fn(&crate::maildir::names::FolderName) -> bool,
     warnings: &mut Vec<String>,
 ) -> Result<Option<Vec<Vec<String>>>, MailboxError> {
     let Some(data) = read(root, SUBSCRIBED, uid)? else {
@@ -216,7 +215,7 @@ pub fn subscriptions(
     let mut kept: Vec<Vec<String>> = Vec::new();
     for entry in &s.entries {
         if let subscribed::Subscription::Folder(name) = entry
-            && classifier.classify(name).is_some()
+            && drops(name)
         {
             continue;
         }

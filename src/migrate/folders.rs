@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::classify::Classifier;
+use crate::classify::{Classifier, SkippedFolders};
 use crate::copy::{self, CopyOptions, TargetFolder, Workers};
 use crate::maildir::courier::keywords::{Assignment, MergedKeywords};
 use crate::maildir::keywords::{self, Keywords};
@@ -85,7 +85,10 @@ impl SourceFolder {
 #[derive(Debug, Clone, Default)]
 pub struct FolderScan {
     pub copy: Vec<SourceFolder>,
+    /// Why each skipped folder is skipped (for the report)...
     pub skipped: Vec<SkippedFolder>,
+    /// ...and where it is (to create it empty in the target).
+    pub skip: Vec<SourceFolder>,
     pub warnings: Vec<String>,
 }
 
@@ -217,6 +220,10 @@ pub fn scan(
                 reason: reason.to_string(),
                 kind: reason,
             });
+            scan.skip.push(SourceFolder {
+                name: Some(name),
+                dir: Some(dir),
+            });
             continue;
         }
         // A folder we cannot read fails the mailbox: skipping it would
@@ -277,6 +284,7 @@ pub struct SyncContext<'a> {
     /// Encoding of the target's folder directory names.
     pub names: NameEncoding,
     pub layout: Layout,
+    pub skipped: SkippedFolders,
 }
 
 impl SyncContext<'_> {
@@ -296,7 +304,14 @@ impl SyncContext<'_> {
             },
             names: self.names,
             layout: self.layout,
+            skipped: self.skipped,
         }
+    }
+
+    /// Whether a folder of this name is left out of the target (and so
+    /// out of the subscriptions).
+    pub(crate) fn drops(&self, name: &FolderName) -> bool {
+        self.skipped == SkippedFolders::Absent && self.classifier.classify(name).is_some()
     }
 
     pub(crate) fn attrs(&self) -> FileAttrs {
@@ -428,6 +443,12 @@ pub fn sync_mailbox(
         };
         carry_folder_files(ctx, &src_dir, uid, &target.dir, folder, found, &mut out)?;
     }
+    if ctx.skipped == SkippedFolders::Empty {
+        for folder in &scan.skip {
+            let rel = empty_skipped_folder(ctx, src, uid, dst, folder, pass, &mut out)?;
+            kept_dirs.extend(rel);
+        }
+    }
     match ctx.layout {
         Layout::MaildirPlusPlus => remove_stale_folders(dst, &kept_dirs)?,
         Layout::Fs => remove_stale_fs_folders(dst, Path::new(""), &kept_dirs)?,
@@ -437,6 +458,85 @@ pub fn sync_mailbox(
         courier::root_warnings(src, &mut out.warnings);
     }
     Ok(out)
+}
+
+/// A skipped folder in the target: there, but empty. The final pass gives
+/// it the source's UIDVALIDITY and next UID, so a client that had synced
+/// it sees every message expunged. Returns its directory below the Maildir.
+fn empty_skipped_folder(
+    ctx: &SyncContext<'_>,
+    src: &Dir,
+    uid: u32,
+    dst: &Dir,
+    folder: &SourceFolder,
+    pass: Pass,
+    out: &mut MailboxSync,
+) -> Result<Option<PathBuf>, MailboxError> {
+    let Some(rel) = folder
+        .target_dir(ctx.names, ctx.layout)
+        .map_err(MailboxError::Conflict)?
+    else {
+        return Ok(None);
+    };
+    let dir = dst
+        .ensure_beneath(&rel, 0o700, ctx.copy.owner)
+        .map_err(|e| MailboxError::io(&dst.child_path(&rel), e))?;
+    let target = TargetFolder::open(dir, ctx.copy.owner)?;
+    // Whatever a message of it the target holds goes (an earlier
+    // configuration may have kept the folder).
+    for (sub, name) in target.list()?.iter() {
+        let d = target.dir.child_path(copy::SUBDIRS[sub]);
+        target
+            .dir
+            .open_dir(copy::SUBDIRS[sub])
+            .and_then(|d| d.unlink_if_exists(name))
+            .map_err(|e| MailboxError::io(&d.join(name), e))?;
+    }
+    if pass == Pass::Final {
+        let shown = folder.display();
+        let uids = match folder.open(src) {
+            Ok(src_dir) => emptied_uidlist(&src_dir, uid, &shown, &mut out.warnings)?,
+            Err(_) => None,
+        };
+        let attrs = ctx.attrs();
+        for idx in maildir::INDEX_FILES {
+            target
+                .dir
+                .unlink_if_exists(idx)
+                .map_err(|e| MailboxError::io(&target.dir.child_path(idx), e))?;
+        }
+        put_control(&target.dir, maildir::UIDLIST, uids, &attrs)?;
+        if ctx.layout == Layout::MaildirPlusPlus {
+            put_control(
+                &target.dir,
+                maildir::MAILDIRFOLDER,
+                Some(Vec::new()),
+                &attrs,
+            )?;
+        }
+    }
+    Ok(Some(rel))
+}
+
+/// The header of a skipped folder's uidlist (Dovecot's, else Courier's
+/// uiddb): its UIDVALIDITY and next UID, and no message.
+fn emptied_uidlist(
+    src: &Dir,
+    uid: u32,
+    shown: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Vec<u8>>, MailboxError> {
+    match read_uidlist(src, uid)? {
+        Some(Ok(list)) => Ok(Some(list.emptied().to_bytes())),
+        Some(Err(e)) => {
+            warnings.push(format!(
+                "{shown}: {} {e}; created empty with a new UIDVALIDITY",
+                maildir::UIDLIST
+            ));
+            Ok(None)
+        }
+        None => Ok(courier::uidlist(src, uid, shown, &[], false, warnings)?.map(|(b, _)| b)),
+    }
 }
 
 fn sync_folder_until_stable(
@@ -661,7 +761,7 @@ fn carry_subscriptions(
     let Some(data) = read_control(src, maildir::SUBSCRIPTIONS, uid, subscriptions::MAX_BYTES)?
     else {
         let courier =
-            courier::subscriptions(src, uid, ctx.names, ctx.classifier, &mut out.warnings)?;
+            courier::subscriptions(src, uid, ctx.names, |n| ctx.drops(n), &mut out.warnings)?;
         let bytes = courier.map(|kept| subscriptions::to_v2_bytes(&kept));
         return put_control(dst, maildir::SUBSCRIPTIONS, bytes, &ctx.attrs());
     };
@@ -684,7 +784,7 @@ fn carry_subscriptions(
                     .map(|l| decode_level(l).map(|(s, _)| s))
                     .collect();
                 match decoded.and_then(FolderName::from_levels) {
-                    Ok(name) if ctx.classifier.classify(&name).is_some() => continue,
+                    Ok(name) if ctx.drops(&name) => continue,
                     Ok(name) => name.storage_levels(ctx.names),
                     Err(e) => {
                         out.warnings
@@ -984,6 +1084,7 @@ mod tests {
             },
             names: NameEncoding::Mutf7,
             layout: Layout::MaildirPlusPlus,
+            skipped: SkippedFolders::Empty,
         };
         let d_dir = Dir::open_root(&dst).unwrap();
         let out = sync_mailbox(&ctx, &s_dir, &d_dir, &scan, Pass::Final).unwrap();

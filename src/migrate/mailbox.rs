@@ -17,9 +17,10 @@
 //! Every step is idempotent, so re-running a job completes whatever was
 //! left.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
+use crate::classify::SkippedFolders;
 use crate::config::Config;
 use crate::config::Userdb;
 use crate::copy::TargetFolder;
@@ -29,11 +30,12 @@ use crate::maildir::Layout;
 use crate::maildir::names::NameEncoding;
 use crate::report::{MailboxReport, MailboxStatus};
 use crate::safe_fs::{Dir, Owner};
-use crate::userdb::passwd_file::{self, Change, Entry, PasswdFile};
+use crate::userdb::passwd_file::{self, Entry, PasswdFile};
 use crate::userdb::sql::{self, MailboxRow, SqlSettings};
 use crate::userdb::{Account, SourceDb};
 
 use super::folders::{self, FolderScan, MailboxSync, OWNER_MARKER, Pass, SyncContext};
+use super::switch::{self, NewLogin};
 use super::{MailboxError, Named, RunError, manifest, open_root, ownership};
 
 /// The mail location written for every migrated user.
@@ -234,9 +236,20 @@ impl<'a> Env<'a> {
             .into_owned()
     }
 
+    /// The home the new server should report for the user; `None` for an
+    /// SQL target, whose home the new server's own query builds.
+    pub(crate) fn home_served(&self, mb: &Mailbox) -> Option<String> {
+        match self.target {
+            Placement::PasswdFile(_) | Placement::PasswdFileInPlace(_) => {
+                Some(self.home_for_userdb(mb))
+            }
+            Placement::Sql(_) | Placement::SqlInPlace(_) => None,
+        }
+    }
+
     /// An SQL row's `maildir` for the new Maildir, relative to the target
     /// mail root (the row names the Maildir itself).
-    fn target_maildir_rel(&self, mb: &Mailbox) -> String {
+    pub(crate) fn target_maildir_rel(&self, mb: &Mailbox) -> String {
         format!("{}/Maildir/", mb.home_rel.to_string_lossy())
     }
 
@@ -333,7 +346,7 @@ impl<'a> Env<'a> {
     }
 
     /// The shared entry rewritten to the new location, hash untouched.
-    fn switched_in_place(&self, current: &Entry, mb: &Mailbox) -> Entry {
+    pub(crate) fn switched_in_place(&self, current: &Entry, mb: &Mailbox) -> Entry {
         let mut e = current.thawed();
         if let Some(o) = self.cfg.target.owner {
             e.uid = o.uid.to_string();
@@ -539,6 +552,9 @@ fn quota_bytes(extra: &[String]) -> Result<u64, String> {
 pub enum State {
     Pending,
     AlreadyMigrated,
+    /// Rewritten in place to the new Maildir, refusing logins: a run
+    /// stopped between staging the new login and enabling it.
+    Staged,
     Conflict(String),
 }
 
@@ -566,60 +582,38 @@ pub fn assess(env: &Env<'_>, named: &Named) -> Result<Assessment, MailboxError> 
             mb.target_key
         )));
     }
-    let state = match &env.target {
-        Placement::PasswdFileInPlace(_) => {
-            let current = env.passwd_entry(&mb)?;
-            let switched = env.switched_in_place(&current, &mb);
-            passwd_file::check_writable(&switched).map_err(MailboxError::Conflict)?;
-            if switched == current {
-                State::AlreadyMigrated
-            } else {
-                env.source.check_freezable(&mb.source_key)?;
-                State::Pending
-            }
-        }
-        Placement::PasswdFile(path) => {
-            env.source.check_freezable(&mb.source_key)?;
-            let expected = env.target_entry(&source, &mb);
-            passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
-            match PasswdFile::load(path)?.find(&expected.user)? {
-                Some((_, e)) if e == expected && source.refuses_login => State::AlreadyMigrated,
-                Some((_, e)) if e == expected => State::Pending,
-                Some((line, _)) => State::Conflict(format!(
-                    "{} line {line} already has a different entry for {}; not overwriting it",
-                    path.display(),
-                    expected.user
-                )),
-                None => State::Pending,
-            }
-        }
-        Placement::SqlInPlace(_) => {
-            if source.sql_maildir.as_deref() == Some(&env.target_maildir_rel(&mb))
-                && !source.refuses_login
-            {
-                State::AlreadyMigrated
-            } else {
-                State::Pending
-            }
-        }
-        Placement::Sql(s) => {
-            let expected = env.target_row(&source, &mb)?;
-            match sql::with_retry(s, |db| db.mailbox(&expected.username))? {
-                Some(r) if r == expected && source.refuses_login => State::AlreadyMigrated,
-                Some(r) if r == expected => State::Pending,
-                Some(_) => State::Conflict(format!(
-                    "{} already has a different row for {}; not overwriting it",
-                    s.url, expected.username
-                )),
-                None => State::Pending,
-            }
-        }
-    };
-    Ok(Assessment {
+    let mut a = Assessment {
         mailbox: mb,
         source,
-        state,
+        state: State::Pending,
         scheme,
+    };
+    a.state = state_of(env, &a)?;
+    Ok(a)
+}
+
+/// Where the mailbox stands, from its new login (and, where there are two
+/// logins, whether the old one is refused).
+fn state_of(env: &Env<'_>, a: &Assessment) -> Result<State, MailboxError> {
+    if let Placement::PasswdFile(_) = &env.target {
+        let expected = env.target_entry(&a.source, &a.mailbox);
+        passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
+    }
+    let in_place = env.target.in_place();
+    Ok(match switch::login(env, a)? {
+        NewLogin::Live if in_place || a.source.refuses_login => State::AlreadyMigrated,
+        // Resumed where a run stopped between staging and enabling: the
+        // entry rewritten in place no longer names the old Maildir.
+        NewLogin::Staged if in_place => State::Staged,
+        NewLogin::Other => State::Conflict(format!(
+            "{} already has a different entry for {}; not overwriting it",
+            env.target.describe(),
+            a.mailbox.target_key
+        )),
+        NewLogin::Live | NewLogin::Staged | NewLogin::Absent => {
+            env.source.check_freezable(&a.mailbox.source_key)?;
+            State::Pending
+        }
     })
 }
 
@@ -627,7 +621,8 @@ pub fn assess(env: &Env<'_>, named: &Named) -> Result<Assessment, MailboxError> 
 /// or, once an in-place switch has rewritten that entry, the one the
 /// switch recorded in the manifest.
 pub(crate) fn old_maildir(env: &Env<'_>, a: &Assessment) -> Result<OldMaildir, MailboxError> {
-    if !(env.target.in_place() && a.state == State::AlreadyMigrated) {
+    let switched = matches!(a.state, State::AlreadyMigrated | State::Staged);
+    if !(env.target.in_place() && switched) {
         return env.open_source_maildir(&a.source, &a.mailbox);
     }
     let md = env
@@ -670,17 +665,21 @@ pub fn target_status(env: &Env<'_>, mb: &Mailbox) -> Result<(PathBuf, Option<boo
 }
 
 /// How far this run took a mailbox: what a failure (or a panic) must undo.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 enum Stage {
     /// Not assessed, or in conflict: whatever an earlier run left stays
     /// (its new login may be live).
+    #[default]
     Untouched,
     /// Pending and not switched: a failure gives the old login back (a
     /// no-op if it was never refused).
     Pending,
-    /// Writing the new login: if that is cut short (a lost connection
+    /// The new login is written but refuses logins: a failure takes it
+    /// back (as far as it can) and gives the old login back.
+    Staged(Box<switch::Previous>),
+    /// Enabling the new login: if that is cut short (a lost connection
     /// around the commit, a panic), it may be live.
-    Switching,
+    Enabling,
     /// The new login may be live: the old one must stay refused.
     Switched,
 }
@@ -690,7 +689,7 @@ enum Stage {
 /// login back unless the new one may already be live.
 pub fn migrate(env: &Env<'_>, ctx: &SyncContext<'_>, named: &Named) -> MailboxReport {
     let mut report = MailboxReport::new(named.user(&env.job.domain));
-    let stage = Cell::new(Stage::Untouched);
+    let stage = RefCell::new(Stage::Untouched);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run(env, ctx, named, &stage, &mut report.user)
     }))
@@ -699,7 +698,7 @@ pub fn migrate(env: &Env<'_>, ctx: &SyncContext<'_>, named: &Named) -> MailboxRe
             "internal error (a panic); see the log".into(),
         ))
     });
-    let outcome = outcome.map_err(|e| undo(env, &report.user, named, stage.get(), e));
+    let outcome = outcome.map_err(|e| undo(env, &report.user, named, stage.take(), e));
     match outcome {
         Ok((status, content)) => {
             report.status = status;
@@ -720,20 +719,33 @@ pub fn migrate(env: &Env<'_>, ctx: &SyncContext<'_>, named: &Named) -> MailboxRe
     report
 }
 
-/// After a failure: the old login comes back unless the new one may be live
-/// (a no-op if this run never froze it).
+/// After a failure: a staged new login is taken back, and the old login
+/// comes back (a no-op if this run never froze it), unless the new one may
+/// be live.
 fn undo(env: &Env<'_>, user: &str, named: &Named, stage: Stage, e: MailboxError) -> MailboxError {
-    if stage != Stage::Pending {
-        return e;
+    let failed_too = |what: &str, t: &dyn std::fmt::Display| {
+        MailboxError::Conflict(format!("{e}; then {what} of {user} failed too: {t}"))
+    };
+    let previous = match stage {
+        Stage::Pending => None,
+        Stage::Staged(previous) => Some(*previous),
+        Stage::Untouched | Stage::Enabling | Stage::Switched => return e,
+    };
+    let a = match assess(env, named) {
+        Ok(a) => a,
+        Err(t) => return failed_too("reading its entries again", &t),
+    };
+    if let Some(previous) = previous
+        && let Err(t) = switch::unstage(env, &a, &previous)
+    {
+        return failed_too("taking the staged login back", &t);
     }
-    let key = env
-        .resolve(named)
-        .map_or_else(|_| named.source_key.clone(), |(mb, _)| mb.source_key);
-    match env.source.thaw(&key, env.cfg.migration.fsync) {
+    match env
+        .source
+        .thaw(&a.mailbox.source_key, env.cfg.migration.fsync)
+    {
         Ok(()) => e,
-        Err(t) => MailboxError::Conflict(format!(
-            "{e}; then restoring the old login of {user} failed too: {t}"
-        )),
+        Err(t) => failed_too("restoring the old login", &t),
     }
 }
 
@@ -746,13 +758,13 @@ fn run(
     env: &Env<'_>,
     ctx: &SyncContext<'_>,
     named: &Named,
-    stage: &Cell<Stage>,
+    stage: &RefCell<Stage>,
     user: &mut String,
 ) -> Result<(MailboxStatus, Option<Content>), MailboxError> {
     let a = assess(env, named)?;
     user.clone_from(&a.mailbox.user);
     let ctx = ctx.for_owner(a.mailbox.owner);
-    match &a.state {
+    let (md, content) = match &a.state {
         State::AlreadyMigrated => {
             // A crash after the switch may have left the marker behind.
             if let Ok(md) = env.target_root.open_beneath(&a.mailbox.maildir_rel()) {
@@ -764,11 +776,33 @@ fn run(
         // Not thawed: if an earlier run froze the entry, the target entry
         // may be live, and two working logins are worse than none.
         State::Conflict(why) => return Err(MailboxError::Conflict(why.clone())),
-        State::Pending => stage.set(Stage::Pending),
-    }
-    let (md, content) = match copy_and_switch(env, &ctx, &a, stage)? {
-        Outcome::Presynced => return Ok((MailboxStatus::Presynced, None)),
-        Outcome::Switched(md, content) => (md, content),
+        // An earlier run staged it in place and stopped: the copy is whole.
+        State::Staged => {
+            stage.replace(Stage::Staged(Box::default()));
+            let md = env
+                .target_root
+                .open_beneath(&a.mailbox.maildir_rel())
+                .map_err(|e| MailboxError::io(&a.mailbox.maildir_rel(), e))?;
+            let warnings = go_live(env, &a, &md, stage)?;
+            let mut sync = MailboxSync {
+                uids_preserved: true,
+                ..MailboxSync::default()
+            };
+            sync.warnings.extend(warnings);
+            sync.warnings.push(
+                "resumed after a run that stopped between staging and enabling the new login"
+                    .into(),
+            );
+            let skipped = Vec::new();
+            (md, Some(Content { sync, skipped }))
+        }
+        State::Pending => {
+            stage.replace(Stage::Pending);
+            match copy_and_switch(env, &ctx, &a, stage)? {
+                Outcome::Presynced => return Ok((MailboxStatus::Presynced, None)),
+                Outcome::Switched(md, content) => (md, content),
+            }
+        }
     };
     // Switched: the new entry is live; whatever happens now, no thaw.
     md.unlink_if_exists(OWNER_MARKER)
@@ -793,7 +827,7 @@ fn copy_and_switch(
     env: &Env<'_>,
     ctx: &SyncContext<'_>,
     a: &Assessment,
-    stage: &Cell<Stage>,
+    stage: &RefCell<Stage>,
 ) -> Result<Outcome, MailboxError> {
     let mb = &a.mailbox;
     let source = match env.job.mode {
@@ -836,31 +870,19 @@ fn copy_and_switch(
     }
     env.source.freeze(&mb.source_key, env.cfg.migration.fsync)?;
     let frozen_at = std::time::Instant::now();
-    let after_freeze = freeze_command(env, mb);
+    let mut warnings = freeze_command(env, mb);
     if !env.cfg.cutover.freeze_grace.is_zero() {
         std::thread::sleep(env.cfg.cutover.freeze_grace);
     }
-    let mut content = final_pass(env, ctx, source.as_ref(), &md)?;
+    let mut content = final_pass(env, ctx, a, source.as_ref(), &md)?;
     // Whatever an earlier run or a crash left: Dovecot, running as the
     // owner, must be able to read every part of it.
     ownership::repair(&home, mb.owner, !claim.owner_known)?;
     ownership::check_reachable(&env.target_root_path, &mb.maildir_rel(), mb.owner)
         .map_err(MailboxError::Conflict)?;
-    stage.set(Stage::Switching);
-    match switch(env, mb, &a.source) {
-        Ok(()) => stage.set(Stage::Switched),
-        Err(e @ MailboxError::SwitchUnknown(_)) => return Err(e),
-        // Where the new login is not there (as far as can be told), the
-        // old one comes back.
-        Err(e) => {
-            if matches!(new_login_present(env, a), Ok(false)) {
-                stage.set(Stage::Pending);
-            }
-            return Err(e);
-        }
-    }
-    let mut warnings = after_freeze;
-    warnings.extend(read_back(env, a)?);
+    let previous = switch::stage(env, a)?;
+    stage.replace(Stage::Staged(Box::new(previous)));
+    warnings.extend(go_live(env, a, &md, stage)?);
     if let Some(c) = &mut content {
         c.sync.warnings.extend(warnings);
         c.sync.freeze_ms = Some(frozen_at.elapsed().as_millis() as u64);
@@ -868,39 +890,118 @@ fn copy_and_switch(
     Ok(Outcome::Switched(md, content))
 }
 
-/// Step 4, frozen: the last changes copied and verified, the manifest.
+/// From a staged login: the new server gets it ready and agrees (when it
+/// can be asked), the login goes live, and both userdbs are read back.
+fn go_live(
+    env: &Env<'_>,
+    a: &Assessment,
+    md: &Dir,
+    stage: &RefCell<Stage>,
+) -> Result<Vec<String>, MailboxError> {
+    switch::ready_on_new_server(env, a, md)?;
+    stage.replace(Stage::Enabling);
+    match switch::enable(env, a) {
+        Ok(()) => {
+            stage.replace(Stage::Switched);
+        }
+        Err(e @ MailboxError::SwitchUnknown(_)) => return Err(e),
+        // Still staged (as far as can be told): taken back on the way out.
+        Err(e) => {
+            if matches!(switch::login(env, a), Ok(NewLogin::Staged)) {
+                stage.replace(Stage::Staged(Box::default()));
+            }
+            return Err(e);
+        }
+    }
+    switch::read_back(env, a)
+}
+
+/// Step 4, frozen: the last changes copied and verified, the manifest
+/// (with the old server's HIGHESTMODSEQ of each folder).
 fn final_pass(
     env: &Env<'_>,
     ctx: &SyncContext<'_>,
+    a: &Assessment,
     source: Option<&OldMaildir>,
     md: &Dir,
 ) -> Result<Option<Content>, MailboxError> {
-    Ok(match source {
+    let inbox_only = || {
+        vec![manifest::Mailbox {
+            name: None,
+            old_modseq: None,
+        }]
+    };
+    let (rel, content) = match source {
         Some(OldMaildir {
             dir: Some(src),
             rel,
             ..
         }) => {
             let scan = folders::scan(src, ctx.classifier, env.cfg.source.layout)?;
-            let sync = folders::sync_mailbox(ctx, src, md, &scan, Pass::Final)?;
-            manifest::write(md, Some(rel), &sync, ctx.copy.fsync)?;
-            Some(Content {
-                sync,
-                skipped: scan.skipped,
-            })
+            let mut sync = folders::sync_mailbox(ctx, src, md, &scan, Pass::Final)?;
+            let mailboxes = old_modseqs(env, ctx, a, &scan, &mut sync.warnings);
+            manifest::write(md, Some(rel), &sync, mailboxes, ctx.copy.fsync)?;
+            let skipped = scan.skipped;
+            return Ok(Some(Content { sync, skipped }));
         }
-        _ if env.job.mode == Mode::Move => Some(Content {
-            sync: MailboxSync {
-                uids_preserved: true,
-                warnings: vec![
-                    "the source Maildir does not exist; migrated as an empty mailbox".into(),
-                ],
-                ..MailboxSync::default()
-            },
-            skipped: Vec::new(),
-        }),
-        _ => None,
-    })
+        Some(old) => (
+            Some(old.rel.as_path()),
+            Some(Content {
+                sync: MailboxSync {
+                    uids_preserved: true,
+                    warnings: vec![
+                        "the source Maildir does not exist; migrated as an empty mailbox".into(),
+                    ],
+                    ..MailboxSync::default()
+                },
+                skipped: Vec::new(),
+            }),
+        ),
+        None => (None, None),
+    };
+    let empty = MailboxSync::default();
+    manifest::write(md, rel, &empty, inbox_only(), ctx.copy.fsync)?;
+    Ok(content)
+}
+
+/// Every folder the target will hold, with the HIGHESTMODSEQ the old
+/// server gives it (read now, frozen, through `[source] doveadm`).
+fn old_modseqs(
+    env: &Env<'_>,
+    ctx: &SyncContext<'_>,
+    a: &Assessment,
+    scan: &FolderScan,
+    warnings: &mut Vec<String>,
+) -> Vec<manifest::Mailbox> {
+    let kept = scan.copy.iter();
+    let emptied = scan
+        .skip
+        .iter()
+        .filter(|_| ctx.skipped == SkippedFolders::Empty);
+    let folders: Vec<&folders::SourceFolder> = kept.chain(emptied).collect();
+    let status = env.cfg.source.doveadm.as_ref().map(|d| {
+        d.namespace(env.cfg.source.layout)
+            .and_then(|ns| Ok((ns, d.status(&a.mailbox.source_key, "highestmodseq")?)))
+    });
+    let (ns, status) = match status {
+        Some(Ok(s)) => (Some(s.0), s.1),
+        Some(Err(e)) => {
+            warnings.push(format!("HIGHESTMODSEQ not carried: {e}"));
+            (None, Default::default())
+        }
+        None => (None, Default::default()),
+    };
+    folders
+        .into_iter()
+        .map(|f| manifest::Mailbox {
+            name: f.name.clone(),
+            old_modseq: ns.as_ref().and_then(|ns| {
+                status
+                    .get(&ns.name(f.name.as_ref()))
+                    .and_then(|fields| fields.get("highestmodseq")?.parse().ok())
+            }),
+        })
+        .collect()
 }
 
 /// Step 2: the bulk pass, then delta passes while the mailbox is live, so
@@ -954,108 +1055,4 @@ fn freeze_command(env: &Env<'_>, mb: &Mailbox) -> Vec<String> {
         )],
         Err(e) => vec![format!("freeze command {:?} could not run: {e}", argv[0])],
     }
-}
-
-/// A transient failure of the switch's transaction: it may have committed.
-fn unknown(e: sql::SqlError) -> MailboxError {
-    if e.is_transient() {
-        MailboxError::SwitchUnknown(e)
-    } else {
-        e.into()
-    }
-}
-
-/// Step 5: the new login is written (idempotent).
-fn switch(env: &Env<'_>, mb: &Mailbox, source: &Account) -> Result<(), MailboxError> {
-    let fsync = env.cfg.migration.fsync;
-    match &env.target {
-        Placement::PasswdFileInPlace(path) => {
-            passwd_file::edit(path, None, fsync, |file: &PasswdFile| {
-                let Some((_, current)) = file.find(&mb.source_key)? else {
-                    return Err(MailboxError::NotInSource {
-                        user: mb.source_key.clone(),
-                        db: path.display().to_string(),
-                    });
-                };
-                let new = env.switched_in_place(&current, mb);
-                if new == current {
-                    return Ok(None);
-                }
-                let line = passwd_file::check_writable(&new).map_err(MailboxError::Conflict)?;
-                Ok(Some(Change::Replace {
-                    user: mb.source_key.clone(),
-                    line,
-                }))
-            })?;
-        }
-        Placement::SqlInPlace(s) => {
-            let old = source.sql_maildir.clone().unwrap_or_default();
-            let new = env.target_maildir_rel(mb);
-            sql::with_retry(s, |db| db.update_location(&mb.source_key, &old, &new))
-                .map_err(unknown)?;
-        }
-        Placement::Sql(s) => {
-            let row = env.target_row(source, mb)?;
-            sql::with_retry(s, |db| db.insert(&row)).map_err(unknown)?;
-        }
-        Placement::PasswdFile(path) => {
-            let expected = env.target_entry(source, mb);
-            let line = passwd_file::check_writable(&expected).map_err(MailboxError::Conflict)?;
-            // A new file takes the source file's owner and mode.
-            let like = match &env.source {
-                SourceDb::PasswdFile { path, .. } | SourceDb::Courier { path, .. } => {
-                    Some(path.as_path())
-                }
-                SourceDb::Sql { .. } => None,
-            };
-            passwd_file::edit(path, like, fsync, |file: &PasswdFile| {
-                match file.find(&expected.user)? {
-                    Some((_, e)) if e == expected => Ok(None),
-                    Some((no, _)) => Err(MailboxError::Conflict(format!(
-                        "{} line {no} already has a different entry for {}; not overwriting it",
-                        path.display(),
-                        expected.user
-                    ))),
-                    None => Ok(Some(Change::Append(line.clone()))),
-                }
-            })?;
-        }
-    }
-    Ok(())
-}
-
-/// Whether the target userdb has the mailbox's new login.
-fn new_login_present(env: &Env<'_>, a: &Assessment) -> Result<bool, MailboxError> {
-    let (expected, actual) = env.target_login(&a.source, &a.mailbox)?;
-    Ok(actual.is_some_and(|l| l.location == expected.location))
-}
-
-/// `read_back` for a mailbox this job switched earlier.
-pub(crate) fn read_back_again(env: &Env<'_>, named: &Named) -> Result<Vec<String>, MailboxError> {
-    read_back(env, &assess(env, named)?)
-}
-
-/// After the switch, both userdbs are read back: another writer that
-/// ignores our lock (a panel's read-modify-rename) may have undone the
-/// freeze or dropped the new entry. Whatever was undone is done again and
-/// said in the mailbox's warnings.
-fn read_back(env: &Env<'_>, a: &Assessment) -> Result<Vec<String>, MailboxError> {
-    let mb = &a.mailbox;
-    let fsync = env.cfg.migration.fsync;
-    let mut warnings = Vec::new();
-    let undone = "another writer of the userdb (one that ignores its lock)";
-    if !new_login_present(env, a)? {
-        switch(env, mb, &a.source)?;
-        warnings.push(format!("{undone} undid the new login; written again"));
-    }
-    if !env.target.in_place() {
-        let now = env.source.account(&mb.source_key)?;
-        if now.is_some_and(|s| !s.refuses_login) {
-            env.source.freeze(&mb.source_key, fsync)?;
-            warnings.push(format!(
-                "{undone} undid the refusal of the old login; refused again"
-            ));
-        }
-    }
-    Ok(warnings)
 }

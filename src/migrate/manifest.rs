@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::MailboxError;
 use super::folders::MailboxSync;
+use crate::maildir::names::FolderName;
 use crate::safe_fs::{Dir, FileAttrs};
 
 /// In the target Maildir root (a dot file: Maildir++ readers skip it).
@@ -29,18 +30,32 @@ pub struct Manifest {
     pub source: Option<PathBuf>,
     /// Per source folder directory ("" for INBOX), the base names it held.
     pub folders: HashMap<String, HashSet<Vec<u8>>>,
+    /// Every folder the target holds (copied, or skipped and emptied), with
+    /// the HIGHESTMODSEQ the old server had for it.
+    pub mailboxes: Vec<Mailbox>,
 }
 
-/// Records the old Maildir and what each source folder held at the switch.
+/// A folder of the target and what the old server said of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    /// `None` for INBOX.
+    pub name: Option<FolderName>,
+    pub old_modseq: Option<u64>,
+}
+
+/// Records the old Maildir, what each source folder held at the switch,
+/// and the target's folders with their old HIGHESTMODSEQ.
 pub fn write(
     md: &Dir,
     source: Option<&Path>,
     sync: &MailboxSync,
+    mailboxes: Vec<Mailbox>,
     fsync: bool,
 ) -> Result<(), MailboxError> {
     let mut m = Manifest {
         source: source.map(Path::to_path_buf),
         folders: HashMap::new(),
+        mailboxes,
     };
     for (dir, bases) in &sync.manifest {
         m.folders
@@ -64,6 +79,12 @@ pub fn save(md: &Dir, m: &Manifest, fsync: bool) -> Result<(), MailboxError> {
         out.extend_from_slice(b"S ");
         out.extend_from_slice(b);
         out.push(b'\n');
+    }
+    for mb in &m.mailboxes {
+        // Levels never hold a control character (FolderName refuses them).
+        let levels = mb.name.as_ref().map(|n| n.levels().join("\t"));
+        let modseq = mb.old_modseq.map_or("-".into(), |v| v.to_string());
+        out.extend_from_slice(format!("M {modseq} {}\n", levels.unwrap_or_default()).as_bytes());
     }
     let mut dirs: Vec<&String> = m.folders.keys().collect();
     dirs.sort();
@@ -131,6 +152,8 @@ fn parse(body: &[u8], with_source: bool) -> Manifest {
     for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         if let Some(s) = line.strip_prefix(b"S ").filter(|_| with_source) {
             m.source = Some(PathBuf::from(OsStr::from_bytes(s)));
+        } else if let Some(rest) = line.strip_prefix(b"M ").filter(|_| with_source) {
+            m.mailboxes.extend(parse_mailbox(rest));
         } else if let Some(d) = line.strip_prefix(b"F ") {
             let d = String::from_utf8_lossy(d).into_owned();
             m.folders.entry(d.clone()).or_default();
@@ -145,6 +168,21 @@ fn parse(body: &[u8], with_source: bool) -> Manifest {
     m
 }
 
+/// `<modseq or -> <levels, TAB-separated>`; a line that does not name a
+/// folder is left out.
+fn parse_mailbox(rest: &[u8]) -> Option<Mailbox> {
+    let text = std::str::from_utf8(rest).ok()?;
+    let (modseq, levels) = text.split_once(' ')?;
+    let name = match levels {
+        "" => None,
+        l => Some(FolderName::from_levels(l.split('\t')).ok()?),
+    };
+    Some(Mailbox {
+        name,
+        old_modseq: modseq.parse().ok(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +194,16 @@ mod tests {
         let md = Dir::open_root(t.path()).unwrap();
         let mut m = Manifest {
             source: Some(PathBuf::from("a.cz/jan/Maildir")),
+            mailboxes: vec![
+                Mailbox {
+                    name: None,
+                    old_modseq: Some(17),
+                },
+                Mailbox {
+                    name: Some(FolderName::from_levels(["Archiv", "2019 a"]).unwrap()),
+                    old_modseq: None,
+                },
+            ],
             ..Manifest::default()
         };
         m.folders

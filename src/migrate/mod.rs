@@ -8,6 +8,7 @@ pub(crate) mod manifest;
 pub(crate) mod ownership;
 mod server;
 pub mod sweep;
+mod switch;
 pub mod verify;
 
 use std::io;
@@ -76,6 +77,9 @@ pub enum MailboxError {
         crate::shown::bytes_human(*free)
     )]
     NoRoom { path: PathBuf, need: u64, free: u64 },
+    /// The new server, asked before the login went live, disagrees.
+    #[error("the new Dovecot does not serve the mailbox as copied: {0}")]
+    NewServer(String),
 }
 
 impl MailboxError {
@@ -297,6 +301,7 @@ pub fn run_job(
         },
         names: cfg.target.folder_names,
         layout: cfg.target.layout,
+        skipped: cfg.migration.skipped_folders,
     };
     info!(job = job.id.as_str(), domain = %job.domain, mode = %job.mode, mailboxes = selected.len(), "job started");
     progress.job_started(selected.len());
@@ -359,7 +364,8 @@ pub fn run_job(
 /// index in `reports`) is read back once more.
 fn read_back_switched(env: &Env<'_>, switched: Vec<(usize, Named)>, reports: &mut [MailboxReport]) {
     for (i, named) in switched {
-        let w = mailbox::read_back_again(env, &named)
+        let w = mailbox::assess(env, &named)
+            .and_then(|a| switch::read_back(env, &a))
             .unwrap_or_else(|e| vec![format!("reading the userdbs back failed: {e}")]);
         for w in &w {
             warn!(user = %reports[i].user, "{w}");

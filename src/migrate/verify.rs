@@ -11,9 +11,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::folders::{self, SourceFolder};
-use super::mailbox::{self, Assessment, Placement};
+use super::mailbox::{self, Assessment};
 use super::server::{self, FolderFacts};
-use super::{Env, MailboxError, Named, RunError, courier, each_mailbox, ownership};
+use super::{Env, MailboxError, Named, RunError, courier, each_mailbox, manifest, ownership};
+use crate::classify::SkippedFolders;
 use crate::config::Config;
 use crate::copy::{self, Listing};
 use crate::job::{Domain, Job, LocalPart};
@@ -129,29 +130,48 @@ fn check_mailbox(env: &Env<'_>, named: &Named, c: &mut MailboxCheck) -> Result<(
         .st_uid;
     let mut expected_dirs = BTreeSet::new();
     let mut facts = Vec::new();
-    for folder in &scan.copy {
+    // Skipped folders are there, empty, when they are kept that way.
+    let emptied = match env.cfg.migration.skipped_folders {
+        SkippedFolders::Empty => scan.skip.as_slice(),
+        SkippedFolders::Absent => &[],
+    };
+    let folders = scan.copy.iter().map(|f| (f, false));
+    for (folder, empty) in folders.chain(emptied.iter().map(|f| (f, true))) {
         let dst_rel = folder
             .target_dir(env.cfg.target.folder_names, env.cfg.target.layout)
             .map_err(MailboxError::Conflict)?;
         if let Some(r) = &dst_rel {
             expected_dirs.insert(r.clone());
         }
-        facts.extend(check_folder(&source, &target, folder, dst_rel, uid, c)?);
+        let here = Folders {
+            source: &source,
+            target: &target,
+            uid,
+        };
+        facts.extend(check_folder(here, folder, dst_rel, empty, c)?);
     }
-    // An SQL target's home comes from the new server's user_query.
-    let home = match env.target {
-        Placement::PasswdFile(_) | Placement::PasswdFileInPlace(_) => Some(
-            env.cfg
-                .target
-                .mail_root
-                .join(&mb.home_rel)
-                .to_string_lossy()
-                .into_owned(),
-        ),
-        Placement::Sql(_) | Placement::SqlInPlace(_) => None,
-    };
-    c.problems
-        .extend(server::check(&env.cfg.verify, mb, home.as_deref(), &facts));
+    if let Some(doveadm) = &env.cfg.verify.doveadm {
+        // What the switch recorded of the old server's HIGHESTMODSEQ.
+        let old: Vec<manifest::Mailbox> = manifest::load(&target)?
+            .map(|m| m.mailboxes)
+            .unwrap_or_default();
+        for f in &mut facts {
+            f.old_modseq = old
+                .iter()
+                .find(|m| m.name == f.name)
+                .and_then(|m| m.old_modseq);
+        }
+        match doveadm.namespace(env.cfg.target.layout) {
+            Ok(ns) => c.problems.extend(server::check(
+                doveadm,
+                &ns,
+                mb,
+                env.home_served(mb).as_deref(),
+                &facts,
+            )),
+            Err(e) => c.problems.push(e),
+        }
+    }
     if env.cfg.target.layout == crate::maildir::Layout::MaildirPlusPlus {
         stray_folders(&target, &expected_dirs, c)?;
     }
@@ -217,16 +237,29 @@ fn check_logins(env: &Env<'_>, a: &Assessment, c: &mut MailboxCheck) -> Result<(
     Ok(())
 }
 
-/// Compares one folder and returns what the target holds of it (for the
-/// new server's own view).
+/// A mailbox's two Maildirs, and the owner of the source's files.
+#[derive(Clone, Copy)]
+struct Folders<'a> {
+    source: &'a Dir,
+    target: &'a Dir,
+    uid: u32,
+}
+
+/// Compares one folder (`empty`: a skipped folder, which the target must
+/// hold without messages) and returns what the target holds of it (for
+/// the new server's own view).
 fn check_folder(
-    source: &Dir,
-    target: &Dir,
+    md: Folders<'_>,
     folder: &SourceFolder,
     dst_rel: Option<PathBuf>,
-    uid: u32,
+    empty: bool,
     c: &mut MailboxCheck,
 ) -> Result<Option<FolderFacts>, MailboxError> {
+    let Folders {
+        source,
+        target,
+        uid,
+    } = md;
     let shown = folder.display();
     let src = folder
         .open(source)
@@ -243,9 +276,14 @@ fn check_folder(
             return Ok(None);
         }
     };
-    let mut listing: Listing = copy::list_messages(&src)?;
+    let mut listing = if empty {
+        Listing::default()
+    } else {
+        copy::list_messages(&src)?
+    };
     let mut ignored = Vec::new();
-    if src.stat_at(maildir::KEYWORDS).is_err()
+    if !empty
+        && src.stat_at(maildir::KEYWORDS).is_err()
         && let Some(k) = courier::read_keywords(&src, uid, &shown, &mut ignored)?
     {
         courier::apply_keywords(&mut listing, &k);
@@ -255,14 +293,17 @@ fn check_folder(
     if !m.is_empty() {
         c.problems.push(format!("{shown}: {m}"));
     }
-    c.folders += 1;
-    c.messages += listing.len() as u64;
+    if !empty {
+        c.folders += 1;
+        c.messages += listing.len() as u64;
+    }
     compare_sizes_and_dates(&src, &dst, &listing, &shown, c);
     let uids = check_uidlist(&src, &dst, &got, &shown, c);
     Ok(Some(FolderFacts {
         name: folder.name.clone(),
         messages: got.len() as u64,
         uids,
+        old_modseq: None,
     }))
 }
 

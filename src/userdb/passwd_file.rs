@@ -214,6 +214,10 @@ pub enum Change {
         line: String,
     },
     Append(String),
+    /// Remove the entry of `user`, line end included.
+    Remove {
+        user: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> UserdbError + '_ {
@@ -356,29 +360,38 @@ impl PasswdFile {
         }
     }
 
+    /// The file with the entry of `user` replaced by `line`, or removed
+    /// with its line end.
+    fn splice(&self, user: &str, line: Option<&str>) -> Result<Vec<u8>, UserdbError> {
+        let gone = || UserdbError::BadEntry {
+            path: self.path.clone(),
+            line: 0,
+            problem: format!(
+                "user {} disappeared from the file",
+                crate::shown::text(user)
+            ),
+        };
+        let (no, _) = self.find(user)?.ok_or_else(gone)?;
+        let (before, mut after) = no
+            .checked_sub(1)
+            .and_then(|i| self.lines.get(i))
+            .and_then(|s| Some((self.data.get(..s.start)?, self.data.get(s.end..)?)))
+            .ok_or_else(gone)?;
+        if line.is_none() {
+            after = after.strip_prefix(b"\r").unwrap_or(after);
+            after = after.strip_prefix(b"\n").unwrap_or(after);
+        }
+        let mut out = Vec::with_capacity(self.data.len());
+        out.extend_from_slice(before);
+        out.extend_from_slice(line.unwrap_or_default().as_bytes());
+        out.extend_from_slice(after);
+        Ok(out)
+    }
+
     fn apply(&self, change: &Change) -> Result<Vec<u8>, UserdbError> {
         match change {
-            Change::Replace { user, line } => {
-                let gone = || UserdbError::BadEntry {
-                    path: self.path.clone(),
-                    line: 0,
-                    problem: format!(
-                        "user {} disappeared from the file",
-                        crate::shown::text(user)
-                    ),
-                };
-                let (no, _) = self.find(user)?.ok_or_else(gone)?;
-                let (before, after) = no
-                    .checked_sub(1)
-                    .and_then(|i| self.lines.get(i))
-                    .and_then(|s| Some((self.data.get(..s.start)?, self.data.get(s.end..)?)))
-                    .ok_or_else(gone)?;
-                let mut out = Vec::with_capacity(self.data.len() + line.len());
-                out.extend_from_slice(before);
-                out.extend_from_slice(line.as_bytes());
-                out.extend_from_slice(after);
-                Ok(out)
-            }
+            Change::Replace { user, line } => self.splice(user, Some(line)),
+            Change::Remove { user } => self.splice(user, None),
             Change::Append(line) => {
                 let mut out = self.data.clone();
                 if !out.is_empty() && !out.ends_with(b"\n") {
@@ -759,6 +772,14 @@ mod tests {
             std::fs::read_to_string(&p)
                 .unwrap()
                 .ends_with("carol:x\ndave:y\n")
+        );
+        let r: Result<_, UserdbError> = edit(&p, None, true, |_| {
+            Ok(Some(Change::Remove { user: "bob".into() }))
+        });
+        r.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "# users\r\nalice:{PLAIN}a:1:1::/a::\ncarol:x\ndave:y\n"
         );
         // Only the data file and the lock remain; no temp file is left.
         let mut names: Vec<_> = std::fs::read_dir(t.path())

@@ -373,6 +373,13 @@ impl Dovecot {
 
     /// Like `start`, with the users in `auth`.
     pub fn start_with(dir: &Path, auth: Auth) -> Dovecot {
+        Dovecot::start_configured(dir, auth, "")
+    }
+
+    /// Like `start_with`, with `extra` appended to the configuration (a
+    /// section named again merges with the first: `namespace inbox { … }`
+    /// changes the inbox namespace).
+    pub fn start_configured(dir: &Path, auth: Auth, extra: &str) -> Dovecot {
         assert!(
             dovecot_available(),
             "Dovecot is not installed (use require_dovecot first)"
@@ -453,7 +460,7 @@ impl Dovecot {
                 instance: instance.clone(),
                 _short_base: None,
             };
-            fs::write(&dc.conf, dc.config_text(&auth, root)).expect("write dovecot.conf");
+            fs::write(&dc.conf, dc.config_text(&auth, root) + extra).expect("write dovecot.conf");
             let _ = fs::remove_file(&dc.log_path);
             let stderr = fs::File::create(&dc.stderr_path).expect("create dovecot.stderr");
             let child = Command::new(DOVECOT_BIN)

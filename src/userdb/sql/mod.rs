@@ -638,12 +638,23 @@ impl MailboxRow {
     }
 }
 
+/// The hash with our lock marker (`locked`) or without it.
+fn lock_as(password: &str, locked: bool) -> String {
+    let bare = strip_lock(password);
+    if locked {
+        format!("{LOCK_MARKER}{bare}")
+    } else {
+        bare.to_string()
+    }
+}
+
 /// True if the row's login is refused by [`SqlDb::lock`].
 pub fn is_locked(row: &MailboxRow) -> bool {
     row.password.starts_with(LOCK_MARKER)
 }
 
-fn strip_lock(password: &str) -> &str {
+/// The hash without our lock marker.
+pub fn strip_lock(password: &str) -> &str {
     password.strip_prefix(LOCK_MARKER).unwrap_or(password)
 }
 
@@ -1017,10 +1028,30 @@ impl SqlDb {
         self.set_password(username, |p| strip_lock(p).to_string())
     }
 
+    /// Inserts `row` locked (its login staged: the new server can look the
+    /// user up, nobody can log in); `unlock` makes it live. The same row,
+    /// locked or not, is `AlreadyPresent`.
+    pub fn insert_staged(&mut self, row: &MailboxRow) -> Result<InsertOutcome, SqlError> {
+        if let Some(existing) = self.mailbox(&row.username)?
+            && is_locked(&existing)
+        {
+            let mut unlocked = existing;
+            unlocked.password = strip_lock(&unlocked.password).to_string();
+            if unlocked == *row {
+                return Ok(InsertOutcome::AlreadyPresent);
+            }
+        }
+        self.insert_as(row, true)
+    }
+
     /// Inserts `row` (use [`MailboxRow::for_target`]) in one transaction.
     /// An identical row is `AlreadyPresent`; a different one is a
     /// [`SqlError::Conflict`] and stays as it is.
     pub fn insert(&mut self, row: &MailboxRow) -> Result<InsertOutcome, SqlError> {
+        self.insert_as(row, false)
+    }
+
+    fn insert_as(&mut self, row: &MailboxRow, locked: bool) -> Result<InsertOutcome, SqlError> {
         let refuse = |problem| SqlError::Refused {
             db: self.db.clone(),
             user: row.username.clone(),
@@ -1035,9 +1066,14 @@ impl SqlDb {
             ));
         }
         let quota = i64::try_from(row.quota_bytes).map_err(|_| refuse("a quota above 2^63"))?;
+        let password = lock_as(&row.password, locked);
         self.transaction(QueryKind::Insert, &row.username, |db| {
             if let Some(existing) = db.mailbox(&row.username)? {
-                return if existing == *row {
+                let same = MailboxRow {
+                    password: row.password.clone(),
+                    ..existing.clone()
+                } == *row;
+                return if same && existing.password == password {
                     Ok(InsertOutcome::AlreadyPresent)
                 } else {
                     Err(db.conflict(
@@ -1055,7 +1091,7 @@ impl SqlDb {
                 &row.username,
                 &[
                     (Param::Username, Value::Text(row.username.clone())),
-                    (Param::Password, Value::Text(row.password.clone())),
+                    (Param::Password, Value::Text(password.clone())),
                     (Param::Name, Value::Text(row.name.clone())),
                     (Param::Maildir, Value::Text(row.maildir.clone())),
                     (Param::Quota, Value::Int(quota)),
@@ -1078,9 +1114,30 @@ impl SqlDb {
         old_maildir: &str,
         new_maildir: &str,
     ) -> Result<Outcome, SqlError> {
+        self.relocate(username, old_maildir, new_maildir, false)
+    }
+
+    /// `update_location`, but the row stays locked (or becomes so): the
+    /// new location is staged, and `unlock` makes it live.
+    pub fn move_locked(
+        &mut self,
+        username: &str,
+        old_maildir: &str,
+        new_maildir: &str,
+    ) -> Result<Outcome, SqlError> {
+        self.relocate(username, old_maildir, new_maildir, true)
+    }
+
+    fn relocate(
+        &mut self,
+        username: &str,
+        old_maildir: &str,
+        new_maildir: &str,
+        locked: bool,
+    ) -> Result<Outcome, SqlError> {
         self.transaction(QueryKind::UpdateLocation, username, |db| {
             let row = db.existing(username)?;
-            if row.maildir == new_maildir && !is_locked(&row) {
+            if row.maildir == new_maildir && is_locked(&row) == locked {
                 return Ok(Outcome::Unchanged);
             }
             if row.maildir != old_maildir && row.maildir != new_maildir {
@@ -1097,10 +1154,7 @@ impl SqlDb {
                     (Param::Username, Value::Text(username.into())),
                     (Param::Maildir, Value::Text(new_maildir.into())),
                     (Param::OldMaildir, Value::Text(row.maildir.clone())),
-                    (
-                        Param::Password,
-                        Value::Text(strip_lock(&row.password).into()),
-                    ),
+                    (Param::Password, Value::Text(lock_as(&row.password, locked))),
                     (Param::OldPassword, Value::Text(row.password.clone())),
                 ],
             )?;
