@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::copy;
 use crate::job::{Domain, Job, LocalPart};
 use crate::migrate::mailbox::{self, State};
-use crate::migrate::{Env, MailboxError, Named, RunError, select_mailboxes};
+use crate::migrate::{Env, MailboxError, Named, RunError, select_mailboxes, server};
 use crate::report::SkippedFolder;
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +44,9 @@ pub struct MailboxPlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub domain: String,
+    /// What stops the job as a whole (a cutover would be refused).
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
     pub in_place: bool,
     pub source_userdb: String,
     pub target_userdb: String,
@@ -59,8 +62,15 @@ pub fn plan(
 ) -> Result<Plan, RunError> {
     let job = Job::inspection("plan", domain, mailboxes);
     let env = Env::open(cfg, &job)?;
+    let (problems, warnings) = match server::compare_namespaces(cfg) {
+        server::Namespaces::Same => (Vec::new(), Vec::new()),
+        server::Namespaces::Unknown(why) => (Vec::new(), vec![why]),
+        server::Namespaces::Differ(why) => (vec![why], Vec::new()),
+    };
     let mut out = Plan {
         domain: job.domain.to_string(),
+        problems,
+        warnings,
         in_place: env.target.in_place(),
         source_userdb: env.source.describe(),
         target_userdb: env.target.describe(),

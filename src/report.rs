@@ -94,6 +94,10 @@ pub struct Report {
     pub totals: Totals,
     pub started: String,
     pub finished: String,
+    /// What a sysadmin should know about the job as a whole (not in the
+    /// customer's e-mail).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl Report {
@@ -127,6 +131,7 @@ impl Report {
             totals,
             started,
             finished: now_rfc3339(),
+            warnings: Vec::new(),
         }
     }
 }

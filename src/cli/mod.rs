@@ -632,6 +632,9 @@ fn print_report(report: &Report, json: bool) {
             println!("      warning: {w}");
         }
     }
+    for w in &report.warnings {
+        println!("warning: {w}");
+    }
     let t = &report.totals;
     println!(
         "{} mailboxes ({} failed), {} messages, {}, {} folders skipped",
@@ -659,6 +662,12 @@ fn print_plan(plan: &Plan, json: bool) {
             ""
         }
     );
+    for p in &plan.problems {
+        println!("  PROBLEM: {p}");
+    }
+    for w in &plan.warnings {
+        println!("  warning: {w}");
+    }
     for m in &plan.mailboxes {
         println!(
             "  {} [{:?}] hash {} — {} messages, {}",

@@ -6,7 +6,7 @@ pub mod folders;
 pub mod mailbox;
 pub(crate) mod manifest;
 pub(crate) mod ownership;
-mod server;
+pub(crate) mod server;
 pub mod sweep;
 mod switch;
 pub mod verify;
@@ -285,6 +285,19 @@ pub fn run_job(
 ) -> Result<Report, RunError> {
     let started = now_rfc3339();
     let env = Env::open(cfg, job)?;
+    // Before a cutover: clients must see the same folder names.
+    if job.cutover {
+        match server::compare_namespaces(cfg) {
+            server::Namespaces::Same => {}
+            server::Namespaces::Unknown(why) => info!("{why}"),
+            server::Namespaces::Differ(problem) => {
+                return Err(RunError::Config {
+                    key: "verify.doveadm_config",
+                    problem,
+                });
+            }
+        }
+    }
     let selected = select_mailboxes(&env)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.migration.threads)
@@ -348,13 +361,18 @@ pub fn run_job(
         return Err(RunError::Interrupted);
     }
     read_back_switched(&env, switched, &mut reports);
-    let report = Report::finish(
+    let mut report = Report::finish(
         job.id.as_str().to_string(),
         job.domain.to_string(),
         job.mode,
         reports,
         started,
     );
+    if job.cutover && cfg.cutover.freeze_command.is_empty() {
+        let w = "no [cutover] freeze_command: IMAP/POP3 sessions open on the old server at the freeze were not ended, and what such a session changed after the final pass stays in the old store (the sweep moves new mail only)";
+        warn!(job = job.id.as_str(), "{w}");
+        report.warnings.push(w.into());
+    }
     info!(job = job.id.as_str(), status = ?report.status, "job finished");
     Ok(report)
 }

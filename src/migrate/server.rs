@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use crate::config::{Config, UserdbFormat};
 use crate::dovecot::{Doveadm, Namespace, Status};
 use crate::maildir::names::FolderName;
 
@@ -23,6 +24,49 @@ pub(crate) struct FolderFacts {
     pub uids: Option<(u32, u32)>,
     /// HIGHESTMODSEQ the old server had (read before the switch).
     pub old_modseq: Option<u64>,
+}
+
+/// What the new server's clients will see against what the old server's
+/// clients saw, where both are known.
+pub(crate) enum Namespaces {
+    Same,
+    /// Not compared, and why.
+    Unknown(String),
+    /// They differ: the sentence saying how.
+    Differ(String),
+}
+
+/// Compares the new server's inbox namespace with the old one's (Courier's
+/// clients saw `INBOX.` and `.`; an old Dovecot's is read from its own
+/// configuration). Clients that see other names re-download everything
+/// and re-create every folder.
+pub(crate) fn compare_namespaces(cfg: &Config) -> Namespaces {
+    let Some(new) = &cfg.verify.doveadm else {
+        return Namespaces::Unknown(
+            "the new server's namespace is not checked ([verify] doveadm is not set)".into(),
+        );
+    };
+    let old = match (&cfg.source.userdb_format, &cfg.source.doveadm) {
+        (UserdbFormat::CourierUserdb, _) => Ok(Namespace::courier()),
+        (_, Some(d)) => d.namespace(cfg.source.layout),
+        (_, None) => {
+            return Namespaces::Unknown(
+                "what the old server's clients saw is not known ([source] doveadm is not set); the namespaces are not compared".into(),
+            );
+        }
+    };
+    match (old, new.namespace(cfg.target.layout)) {
+        (Ok(o), Ok(n)) if o == n => Namespaces::Same,
+        (Ok(o), Ok(n)) => Namespaces::Differ(format!(
+            "the new Dovecot ({}) shows folders with {n}, but the old server's clients saw {o}: every client would download everything again and re-create its folders; give the new Dovecot's inbox namespace prefix = {:?} and separator = {}",
+            new.describe(),
+            o.prefix,
+            o.separator
+        )),
+        (Err(e), _) | (_, Err(e)) => {
+            Namespaces::Differ(format!("cannot compare the namespaces: {e}"))
+        }
+    }
 }
 
 /// Raises every folder's HIGHESTMODSEQ on the new server to at least the
