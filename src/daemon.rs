@@ -117,7 +117,7 @@ impl Progress for Tracker {
 enum JobResult {
     /// The report, and the verification after it (none after a pre-sync;
     /// a verify that could not run is an error, never a pass).
-    Ran(Report, Option<Result<Verification, String>>),
+    Ran(Box<Report>, Option<Result<Verification, String>>),
     /// Stopped on request; stays in `active/` and resumes next start.
     Interrupted,
     Failed(String),
@@ -126,7 +126,7 @@ enum JobResult {
 impl From<Result<Report, RunError>> for JobResult {
     fn from(r: Result<Report, RunError>) -> JobResult {
         match r {
-            Ok(report) => JobResult::Ran(report, None),
+            Ok(report) => JobResult::Ran(Box::new(report), None),
             Err(RunError::Interrupted) => JobResult::Interrupted,
             Err(e) => JobResult::Failed(e.to_string()),
         }
@@ -150,9 +150,9 @@ impl Verdict {
         let (report, verification, mut error) = match result {
             JobResult::Interrupted => return None,
             JobResult::Ran(r, Some(Err(e))) => {
-                (Some(r), None, Some(format!("verify could not run: {e}")))
+                (Some(*r), None, Some(format!("verify could not run: {e}")))
             }
-            JobResult::Ran(r, v) => (Some(r), v.and_then(Result::ok), None),
+            JobResult::Ran(r, v) => (Some(*r), v.and_then(Result::ok), None),
             JobResult::Failed(e) => (None, None, Some(e)),
         };
         if verification.as_ref().is_some_and(|v| !v.ok) {
@@ -845,7 +845,11 @@ mod tests {
     /// (it used to be filed done with `verify: null`).
     #[test]
     fn a_verify_that_errors_fails_the_job() {
-        let v = Verdict::of(JobResult::Ran(done_report(), Some(Err("boom".into())))).unwrap();
+        let v = Verdict::of(JobResult::Ran(
+            Box::new(done_report()),
+            Some(Err("boom".into())),
+        ))
+        .unwrap();
         assert_eq!(v.status, RecordStatus::Failed);
         assert_eq!(v.error.as_deref(), Some("verify could not run: boom"));
         let ok = Verification {
@@ -853,9 +857,9 @@ mod tests {
             ok: true,
             mailboxes: Vec::new(),
         };
-        let v = Verdict::of(JobResult::Ran(done_report(), Some(Ok(ok)))).unwrap();
+        let v = Verdict::of(JobResult::Ran(Box::new(done_report()), Some(Ok(ok)))).unwrap();
         assert_eq!(v.status, RecordStatus::Done);
-        let presync = Verdict::of(JobResult::Ran(done_report(), None)).unwrap();
+        let presync = Verdict::of(JobResult::Ran(Box::new(done_report()), None)).unwrap();
         assert_eq!(presync.status, RecordStatus::Done);
         assert!(Verdict::of(JobResult::Interrupted).is_none());
     }
