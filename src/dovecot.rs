@@ -60,8 +60,20 @@ impl std::fmt::Display for Namespace {
 /// One line of `doveadm mailbox status`: the mailbox and its fields.
 pub type Status = HashMap<String, HashMap<String, String>>;
 
+/// What `doveadm` printed and, when it exited non-zero, why (stderr).
+struct Reply {
+    stdout: String,
+    failure: Option<String>,
+    /// It exited saying it does not know the user.
+    no_user: bool,
+}
+
+/// doveadm's exit status for a user the server does not know (EX_NOUSER).
+const NO_USER: i32 = 67;
+
 impl Doveadm {
-    fn run(&self, args: &[&str]) -> Result<String, String> {
+    /// Runs `doveadm [-c config] args`; `what` names the command in errors.
+    fn call(&self, what: &str, args: &[&str]) -> Result<Reply, String> {
         let mut cmd = Command::new(&self.bin);
         if let Some(c) = &self.config {
             cmd.arg("-c").arg(c);
@@ -71,44 +83,109 @@ impl Doveadm {
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("{}: {e}", self.bin.display()))?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        let failure = (!out.status.success()).then(|| {
+            format!(
+                "doveadm {what} failed ({}): {}",
+                out.status,
+                crate::shown::bytes(out.stderr.trim_ascii())
+            )
+        });
+        Ok(Reply {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            failure,
+            no_user: out.status.code() == Some(NO_USER),
+        })
+    }
+
+    fn run(&self, what: &str, args: &[&str]) -> Result<String, String> {
+        let reply = self.call(what, args)?;
+        match reply.failure {
+            None => Ok(reply.stdout),
+            Some(f) => Err(f),
         }
-        let what: Vec<&str> = args
-            .iter()
-            .copied()
-            .take_while(|a| !a.starts_with('-'))
-            .collect();
-        Err(format!(
-            "doveadm {} failed ({}): {}",
-            what.join(" "),
-            out.status,
-            crate::shown::bytes(out.stderr.trim_ascii())
-        ))
     }
 
     /// The inbox namespace of the server's configuration (`doveadm
     /// config -n` prints only what differs from the defaults: no separator
     /// means the mailbox format's, `.` for Maildir++ and `/` for `fs`).
     pub fn namespace(&self, layout: Layout) -> Result<Namespace, String> {
-        let text = self.run(&["config", "-n"])?;
+        let text = self.run("config", &["config", "-n"])?;
         Ok(parse_namespace(&text, layout))
     }
 
-    /// `doveadm user`: the user's userdb fields.
-    pub fn user(&self, user: &str) -> Result<HashMap<String, String>, String> {
-        let out = self.run(&["user", user])?;
+    /// `doveadm user`: the user's userdb fields; `None` for a user the
+    /// server does not know.
+    pub fn user(&self, user: &str) -> Result<Option<HashMap<String, String>>, String> {
+        self.lookup("user", &["user", user])
+    }
+
+    /// `doveadm auth lookup`: the user's passdb fields (`nologin` among
+    /// them when logins are refused); `None` for a user it does not know.
+    pub fn passdb(&self, user: &str) -> Result<Option<HashMap<String, String>>, String> {
+        self.lookup("auth lookup", &["auth", "lookup", user])
+    }
+
+    /// Fields printed as `key<tab>value` (userdb) or `  key : value`
+    /// (passdb), one per line.
+    fn lookup(&self, what: &str, args: &[&str]) -> Result<Option<HashMap<String, String>>, String> {
+        let reply = self.call(what, args)?;
+        match reply.failure {
+            _ if reply.no_user => return Ok(None),
+            Some(f) => return Err(f),
+            None => {}
+        }
+        let field = |l: &str| {
+            let (k, v) = l.split_once('\t').or_else(|| l.split_once(':'))?;
+            Some((k.trim().to_string(), v.trim().to_string()))
+        };
+        let bare = |l: &str| {
+            let k = l.trim();
+            (!k.is_empty() && !k.contains(' ')).then(|| (k.to_string(), String::new()))
+        };
+        Ok(Some(
+            reply
+                .stdout
+                .lines()
+                .skip(1)
+                .filter_map(|l| field(l).or_else(|| bare(l)))
+                .collect(),
+        ))
+    }
+
+    /// Forgets what the server's auth cache holds for `user` (harmless
+    /// where no cache is configured).
+    pub fn flush_auth_cache(&self, user: &str) -> Result<(), String> {
+        self.run("auth cache flush", &["auth", "cache", "flush", user])
+            .map(drop)
+    }
+
+    /// How many IMAP/POP3 sessions of `user` the server has open.
+    pub fn sessions(&self, user: &str) -> Result<usize, String> {
+        let out = self.run("who", &["who", "-1", user])?;
         Ok(out
             .lines()
-            .filter_map(|l| l.split_once('\t'))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect())
+            .filter(|l| l.split_whitespace().next() == Some(user))
+            .count())
     }
 
     /// `doveadm mailbox status` of every mailbox of `user`.
     pub fn status(&self, user: &str, fields: &str) -> Result<Status, String> {
-        let out = self.run(&["-f", "tab", "mailbox", "status", "-u", user, fields, "*"])?;
+        let out = self.run("mailbox status", &status_args(user, fields))?;
         parse_status(&out)
+    }
+
+    /// Like [`Self::status`], for every mailbox the server can open, with
+    /// its complaint about the others.
+    pub fn status_readable(
+        &self,
+        user: &str,
+        fields: &str,
+    ) -> Result<(Status, Option<String>), String> {
+        let reply = self.call("mailbox status", &status_args(user, fields))?;
+        match parse_status(&reply.stdout) {
+            Ok(status) => Ok((status, reply.failure)),
+            Err(e) => Err(reply.failure.unwrap_or(e)),
+        }
     }
 
     /// Raises a mailbox's HIGHESTMODSEQ to at least `modseq`.
@@ -123,7 +200,7 @@ impl Doveadm {
             &min,
             mailbox,
         ];
-        self.run(&args).map(drop)
+        self.run("mailbox update", &args).map(drop)
     }
 
     pub fn describe(&self) -> String {
@@ -132,6 +209,10 @@ impl Doveadm {
             None => self.bin.display().to_string(),
         }
     }
+}
+
+fn status_args<'a>(user: &'a str, fields: &'a str) -> [&'a str; 8] {
+    ["-f", "tab", "mailbox", "status", "-u", user, fields, "*"]
 }
 
 /// `-f tab` output: a header line naming the columns, then one line per

@@ -391,16 +391,8 @@ use common::scenario::{ACCOUNTS, Scenario};
 
 /// Runs the scenario's whole-domain job; returns (exit code, report).
 fn run_scenario(s: &Scenario) -> (i32, Value) {
-    let job = s.dir.join("example-cz.json");
-    std::fs::write(&job, r#"{"domain": "example.cz", "mode": "move"}"#).unwrap();
-    let out = std::process::Command::new(common::fixture::BIN)
-        .args(["--config", s.config.to_str().unwrap(), "run", "--json"])
-        .arg(&job)
-        .output()
-        .unwrap();
-    let report: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
-    (out.status.code().unwrap(), report)
+    let (code, report, _) = s.run_job();
+    (code, report)
 }
 
 fn verify_json(config: &Path) -> (i32, Value) {

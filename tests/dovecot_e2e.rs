@@ -734,16 +734,8 @@ fn migration_to_fs_layout() {
 
 /// Runs the scenario's job with `run --json`; every mailbox must succeed.
 fn run_scenario_job(s: &Scenario) -> serde_json::Value {
-    let job = s.dir.join("example-cz.json");
-    fs::write(&job, r#"{"domain": "example.cz", "mode": "move"}"#).unwrap();
-    let out = std::process::Command::new(common::fixture::BIN)
-        .args(["--config", s.config.to_str().unwrap(), "run", "--json"])
-        .arg(&job)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let (code, report, _) = s.run_job();
+    assert_eq!(code, 0, "{report:#}");
     report
 }
 

@@ -44,8 +44,10 @@ pub const UIDLIST: &str = "dovecot-uidlist";
 pub const KEYWORDS: &str = "dovecot-keywords";
 pub const SUBSCRIPTIONS: &str = "subscriptions";
 pub const MAILDIRFOLDER: &str = "maildirfolder";
-/// Dovecot index files: rebuilt from the Maildir, never carried (they hold
-/// the old tree's sync state and would hide a replaced uidlist).
+/// Dovecot index files: rebuilt from the Maildir, never carried with a
+/// folder's messages (they hold the old tree's sync state and would hide a
+/// replaced uidlist). Only an emptied skipped folder gets the first three
+/// (see `EXPUNGE_RECORD`).
 pub const INDEX_FILES: &[&str] = &[
     "dovecot.index",
     "dovecot.index.log",
@@ -55,6 +57,13 @@ pub const INDEX_FILES: &[&str] = &[
     "dovecot.list.index.log",
     "dovecot.list.index.log.2",
 ];
+/// The index of a folder whose messages are not migrated: carried into its
+/// emptied copy, the new Dovecot finds every message it lists gone and
+/// records their expunge above the old HIGHESTMODSEQ, so a QRESYNC client
+/// is told (`VANISHED`) rather than left with copies it would upload again.
+pub const EXPUNGE_RECORD: &[&str] = &["dovecot.index", "dovecot.index.log", "dovecot.index.log.2"];
+/// Larger index files are not carried (the folder is emptied all the same).
+pub const MAX_INDEX_FILE: u64 = 256 << 20;
 
 /// `s` split at the first `sep`, which belongs to neither part
 /// (`<[u8]>::split_once` is not stable yet).

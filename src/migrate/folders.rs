@@ -494,9 +494,10 @@ fn empty_skipped_folder(
     }
     if pass == Pass::Final {
         let shown = folder.display();
-        let uids = match folder.open(src) {
-            Ok(src_dir) => emptied_uidlist(&src_dir, uid, &shown, &mut out.warnings)?,
-            Err(_) => None,
+        let src_dir = folder.open(src).ok();
+        let uids = match &src_dir {
+            Some(d) => emptied_uidlist(d, uid, &shown, &mut out.warnings)?,
+            None => None,
         };
         let attrs = ctx.attrs();
         for idx in maildir::INDEX_FILES {
@@ -504,6 +505,11 @@ fn empty_skipped_folder(
                 .dir
                 .unlink_if_exists(idx)
                 .map_err(|e| MailboxError::io(&target.dir.child_path(idx), e))?;
+        }
+        if uids.is_some()
+            && let Some(d) = &src_dir
+        {
+            carry_expunge_record(d, uid, &target.dir, &attrs, &shown, &mut out.warnings)?;
         }
         put_control(&target.dir, maildir::UIDLIST, uids, &attrs)?;
         if ctx.layout == Layout::MaildirPlusPlus {
@@ -516,6 +522,34 @@ fn empty_skipped_folder(
         }
     }
     Ok(Some(rel))
+}
+
+/// Copies the old Dovecot's index of a skipped folder into its emptied
+/// copy (see `maildir::EXPUNGE_RECORD`); a folder without one (Courier, or
+/// indexes kept elsewhere) has nothing to carry.
+fn carry_expunge_record(
+    src: &Dir,
+    uid: u32,
+    dst: &Dir,
+    attrs: &FileAttrs,
+    shown: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(), MailboxError> {
+    for name in maildir::EXPUNGE_RECORD {
+        match src.read_file(name, maildir::MAX_INDEX_FILE, uid) {
+            Ok(data) => put_control(dst, name, data, attrs)?,
+            Err(e) => {
+                warnings.push(format!(
+                    "{shown}: {name} not carried ({e}); a QRESYNC client is not told its messages are gone"
+                ));
+                for name in maildir::EXPUNGE_RECORD {
+                    put_control(dst, name, None, attrs)?;
+                }
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The header of a skipped folder's uidlist (Dovecot's, else Courier's

@@ -35,6 +35,7 @@ use crate::userdb::sql::{self, MailboxRow, SqlSettings};
 use crate::userdb::{Account, SourceDb};
 
 use super::folders::{self, FolderScan, MailboxSync, OWNER_MARKER, Pass, SyncContext};
+use super::server;
 use super::switch::{self, NewLogin};
 use super::{MailboxError, Named, RunError, manifest, open_root, ownership};
 
@@ -870,7 +871,7 @@ fn copy_and_switch(
     }
     env.source.freeze(&mb.source_key, env.cfg.migration.fsync)?;
     let frozen_at = std::time::Instant::now();
-    let mut warnings = freeze_command(env, mb);
+    let mut warnings = let_go_on_the_old_server(env, mb)?;
     if !env.cfg.cutover.freeze_grace.is_zero() {
         std::thread::sleep(env.cfg.cutover.freeze_grace);
     }
@@ -979,19 +980,25 @@ fn old_modseqs(
         .iter()
         .filter(|_| ctx.skipped == SkippedFolders::Empty);
     let folders: Vec<&folders::SourceFolder> = kept.chain(emptied).collect();
-    let status = env.cfg.source.doveadm.as_ref().map(|d| {
-        d.namespace(env.cfg.source.layout)
-            .and_then(|ns| Ok((ns, d.status(&a.mailbox.source_key, "highestmodseq")?)))
-    });
-    let (ns, status) = match status {
-        Some(Ok(s)) => (Some(s.0), s.1),
-        Some(Err(e)) => {
-            warnings.push(format!("HIGHESTMODSEQ not carried: {e}"));
-            (None, Default::default())
-        }
-        None => (None, Default::default()),
+    let Some(doveadm) = &env.cfg.source.doveadm else {
+        return folders
+            .into_iter()
+            .map(|f| manifest::Mailbox {
+                name: f.name.clone(),
+                old_modseq: None,
+            })
+            .collect();
     };
-    folders
+    let status = doveadm.namespace(env.cfg.source.layout).and_then(|ns| {
+        let (status, complaint) =
+            doveadm.status_readable(&a.mailbox.source_key, "highestmodseq")?;
+        Ok((ns, status, complaint))
+    });
+    let (ns, status, complaint) = match status {
+        Ok((ns, status, complaint)) => (Some(ns), status, complaint),
+        Err(e) => (None, Default::default(), Some(e)),
+    };
+    let listed: Vec<manifest::Mailbox> = folders
         .into_iter()
         .map(|f| manifest::Mailbox {
             name: f.name.clone(),
@@ -1001,7 +1008,23 @@ fn old_modseqs(
                     .and_then(|fields| fields.get("highestmodseq")?.parse().ok())
             }),
         })
-        .collect()
+        .collect();
+    let unknown: Vec<String> = listed
+        .iter()
+        .filter(|m| m.old_modseq.is_none())
+        .map(|m| {
+            crate::shown::text(&m.name.as_ref().map_or("INBOX".into(), |n| n.to_string()))
+                .to_string()
+        })
+        .collect();
+    if !unknown.is_empty() {
+        warnings.push(format!(
+            "HIGHESTMODSEQ not carried for {} (the old server does not report it{})",
+            unknown.join(", "),
+            complaint.map(|c| format!(": {c}")).unwrap_or_default()
+        ));
+    }
+    listed
 }
 
 /// Step 2: the bulk pass, then delta passes while the mailbox is live, so
@@ -1033,6 +1056,25 @@ fn bulk_passes(
         }
         passes += 1;
     }
+}
+
+/// Step 4b: the old server lets go of the frozen mailbox. Asked through
+/// `[source] doveadm`, it must refuse the login before the freeze command
+/// runs (a client the command disconnects reconnects at once), and have no
+/// session left after it; else the mailbox fails with its old login back.
+fn let_go_on_the_old_server(env: &Env<'_>, mb: &Mailbox) -> Result<Vec<String>, MailboxError> {
+    let old = env.cfg.source.doveadm.as_ref();
+    if let Some(d) = old {
+        server::wait_for_freeze(d, &mb.source_key, |p| env.source.freeze_seen(p))
+            .map_err(MailboxError::OldServer)?;
+    }
+    let warnings = freeze_command(env, mb);
+    if let Some(d) = old
+        && !env.cfg.cutover.freeze_command.is_empty()
+    {
+        server::wait_for_sessions_to_end(d, &mb.source_key).map_err(MailboxError::OldServer)?;
+    }
+    Ok(warnings)
 }
 
 /// Runs `[cutover] freeze_command` for the user (no shell). Its failure is

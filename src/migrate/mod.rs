@@ -80,6 +80,9 @@ pub enum MailboxError {
     /// The new server, asked before the login went live, disagrees.
     #[error("the new Dovecot does not serve the mailbox as copied: {0}")]
     NewServer(String),
+    /// The old server, asked after the freeze, would still serve it.
+    #[error("{0}; the old login is given back")]
+    OldServer(String),
 }
 
 impl MailboxError {

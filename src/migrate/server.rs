@@ -7,6 +7,7 @@
 //! UIDNEXT?
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crate::config::{Config, UserdbFormat};
 use crate::dovecot::{Doveadm, Namespace, Status};
@@ -69,6 +70,71 @@ pub(crate) fn compare_namespaces(cfg: &Config) -> Namespaces {
     }
 }
 
+/// How long a server may take to see a userdb change: Dovecot re-reads a
+/// passwd-file at most about once a second.
+const SEEN_WITHIN: Duration = Duration::from_secs(5);
+
+/// Asks `seen` every 200 ms until it says yes or `SEEN_WITHIN` has passed.
+fn seen_within(mut seen: impl FnMut() -> Result<bool, String>) -> Result<bool, String> {
+    let start = Instant::now();
+    loop {
+        if seen()? {
+            return Ok(true);
+        }
+        if start.elapsed() >= SEEN_WITHIN {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the new server resolves a login just written. Its auth
+/// cache is flushed first: a client that tried to log in before the
+/// migration left a "no such user" there (a failed flush is harmless: no
+/// cache, and the lookups say the rest).
+pub(crate) fn wait_for_user(doveadm: &Doveadm, user: &str) -> Result<(), String> {
+    let _ = doveadm.flush_auth_cache(user);
+    if seen_within(|| Ok(doveadm.user(user)?.is_some()))? {
+        return Ok(());
+    }
+    Err(format!(
+        "the new Dovecot does not know the user {} s after its login was written",
+        SEEN_WITHIN.as_secs()
+    ))
+}
+
+/// Waits until the old server refuses a frozen login: its auth cache
+/// flushed (a cached login would keep working for `auth_cache_ttl`), then
+/// until its passdb shows the freeze (`seen`).
+pub(crate) fn wait_for_freeze(
+    doveadm: &Doveadm,
+    user: &str,
+    seen: impl Fn(Option<&HashMap<String, String>>) -> bool,
+) -> Result<(), String> {
+    doveadm.flush_auth_cache(user)?;
+    if seen_within(|| Ok(seen(doveadm.passdb(user)?.as_ref())))? {
+        return Ok(());
+    }
+    Err(format!(
+        "the old Dovecot still accepts the login {} s after it was refused in its userdb",
+        SEEN_WITHIN.as_secs()
+    ))
+}
+
+/// Waits until the old server has no session of `user` left: the freeze
+/// command ended them, and a session that was finishing a command has
+/// written it (Dovecot drops a session from `doveadm who` as it ends).
+pub(crate) fn wait_for_sessions_to_end(doveadm: &Doveadm, user: &str) -> Result<(), String> {
+    if seen_within(|| Ok(doveadm.sessions(user)? == 0))? {
+        return Ok(());
+    }
+    Err(format!(
+        "{} session(s) still open on the old Dovecot {} s after the freeze command",
+        doveadm.sessions(user)?,
+        SEEN_WITHIN.as_secs()
+    ))
+}
+
 /// Raises every folder's HIGHESTMODSEQ on the new server to at least the
 /// old server's: a CONDSTORE/QRESYNC client that remembers the old value
 /// must see every later change (RFC 7162 forbids going backwards while
@@ -96,7 +162,8 @@ pub(crate) fn check(
     folders: &[FolderFacts],
 ) -> Vec<String> {
     let mut problems = match doveadm.user(&mb.target_key) {
-        Ok(fields) => check_user(&fields, mb, home),
+        Ok(Some(fields)) => check_user(&fields, mb, home),
+        Ok(None) => return vec!["the new Dovecot does not know the user".into()],
         Err(e) => return vec![e],
     };
     match doveadm.status(&mb.target_key, "messages uidvalidity uidnext highestmodseq") {

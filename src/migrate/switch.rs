@@ -265,6 +265,7 @@ pub(crate) fn ready_on_new_server(
     let ns = doveadm
         .namespace(env.cfg.target.layout)
         .map_err(new_server)?;
+    server::wait_for_user(doveadm, &a.mailbox.target_key).map_err(new_server)?;
     let facts = folder_facts(env, a, md)?;
     server::raise_modseqs(doveadm, &ns, &a.mailbox, &facts).map_err(new_server)?;
     let problems = server::check(

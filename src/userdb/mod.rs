@@ -222,6 +222,20 @@ impl SourceDb {
         Ok(())
     }
 
+    /// Whether a server's passdb lookup of a frozen account (`None`: it
+    /// does not know the user) shows that it now refuses the login. A
+    /// file's freeze is a `nologin` the server sees once it re-reads the
+    /// file; a SQL row is read at every login and its changed hash never
+    /// shows.
+    pub fn freeze_seen(&self, passdb: Option<&std::collections::HashMap<String, String>>) -> bool {
+        match self {
+            SourceDb::PasswdFile { .. } | SourceDb::Courier { .. } => {
+                passdb.is_none_or(|fields| fields.contains_key(passwd_file::NOLOGIN))
+            }
+            SourceDb::Sql { .. } => true,
+        }
+    }
+
     /// Refuses logins but keeps the account resolvable (mail still arrives).
     pub fn freeze(&self, key: &str, fsync: bool) -> Result<(), UserdbError> {
         self.rewrite(key, fsync, true)

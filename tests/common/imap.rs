@@ -2,7 +2,8 @@
 //!
 //! It speaks just enough IMAP to fill and inspect a mailbox store through a
 //! real server: LOGIN, AUTHENTICATE PLAIN (with SASL-IR), LIST, LSUB, CREATE,
-//! SUBSCRIBE, SELECT/EXAMINE, UID FETCH, APPEND, UID STORE, EXPUNGE, LOGOUT.
+//! SUBSCRIBE, SELECT/EXAMINE, UID FETCH, APPEND, UID STORE, EXPUNGE, LOGOUT,
+//! and a QRESYNC resynchronisation (RFC 7162) as a CONDSTORE client does it.
 //!
 //! Mailbox names are UTF-8 Rust strings at this API; the client converts them
 //! to and from IMAP modified UTF-7 (RFC 3501 §5.1.3) itself, see [`mutf7`].
@@ -14,7 +15,7 @@
 //! Set `IMAP_DEBUG=1` to get the protocol exchange on stderr (credentials
 //! are not printed).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -1125,4 +1126,115 @@ impl ImapClient {
             subscriptions: self.lsub(),
         }
     }
+}
+
+/// What a QRESYNC client learns when it re-opens a mailbox with the
+/// UIDVALIDITY and HIGHESTMODSEQ it remembers (RFC 7162 §3.2.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resync {
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub exists: u32,
+    pub highestmodseq: u64,
+    /// `VANISHED (EARLIER)`: messages expunged since the remembered state.
+    pub vanished: BTreeSet<u32>,
+    /// UID → flags of every message changed since the remembered modseq.
+    pub changed: BTreeMap<u32, BTreeSet<String>>,
+}
+
+/// `1:3,7` → {1, 2, 3, 7}.
+fn uid_set(text: &str) -> BTreeSet<u32> {
+    let mut set = BTreeSet::new();
+    for range in text.split(',') {
+        let (a, b) = range.split_once(':').unwrap_or((range, range));
+        let (a, b): (u32, u32) = (a.parse().unwrap(), b.parse().unwrap());
+        set.extend(a.min(b)..=a.max(b));
+    }
+    set
+}
+
+impl ImapClient {
+    /// `ENABLE QRESYNC`; panics when the server does not confirm it.
+    pub fn enable_qresync(&mut self) {
+        let resp = self.command("ENABLE QRESYNC").unwrap().ok().unwrap();
+        assert!(
+            resp.untagged_with("ENABLED").next().is_some(),
+            "QRESYNC not enabled: {:?}",
+            resp.untagged
+        );
+    }
+
+    /// SELECT with `(CONDSTORE)`, or with `(QRESYNC (uidvalidity modseq))`
+    /// when the client remembers a state (after [`Self::enable_qresync`]).
+    pub fn select_resync(
+        &mut self,
+        name: &str,
+        remembered: Option<(u32, u64)>,
+    ) -> Result<Resync, String> {
+        let tail = match remembered {
+            None => "(CONDSTORE)".to_string(),
+            Some((uv, modseq)) => format!("(QRESYNC ({uv} {modseq}))"),
+        };
+        let resp = self
+            .command_parts(&[Part::text("SELECT"), Part::mailbox(name), Part::text(&tail)])
+            .map_err(|e| format!("I/O error: {e}"))?
+            .ok()?;
+        let mut r = Resync {
+            uidvalidity: 0,
+            uidnext: 0,
+            exists: 0,
+            highestmodseq: 0,
+            vanished: BTreeSet::new(),
+            changed: BTreeMap::new(),
+        };
+        for line in &resp.untagged {
+            let text = String::from_utf8_lossy(line);
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let number = |w: &str| w.trim_end_matches(']').parse::<u64>().unwrap_or(0);
+            match words.as_slice() {
+                [n, kw, ..] if kw.eq_ignore_ascii_case("EXISTS") => r.exists = number(n) as u32,
+                ["OK", "[UIDVALIDITY", v, ..] => r.uidvalidity = number(v) as u32,
+                ["OK", "[UIDNEXT", v, ..] => r.uidnext = number(v) as u32,
+                ["OK", "[HIGHESTMODSEQ", v, ..] => r.highestmodseq = number(v),
+                ["VANISHED", "(EARLIER)", set] => r.vanished.extend(uid_set(set)),
+                [_, kw, ..] if kw.eq_ignore_ascii_case("FETCH") => {
+                    let (uid, flags) = fetched_flags(line)?;
+                    r.changed.insert(uid, flags);
+                }
+                _ => {}
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// The UID and flags of a `* n FETCH (UID u FLAGS (...) MODSEQ (m))`.
+fn fetched_flags(line: &[u8]) -> Result<(u32, BTreeSet<String>), String> {
+    let tokens = parse_tokens(line)?;
+    let Some(Token::List(items)) = tokens.get(2) else {
+        return Err(format!(
+            "malformed FETCH {:?}",
+            String::from_utf8_lossy(line)
+        ));
+    };
+    let (mut uid, mut flags) = (None, BTreeSet::new());
+    for pair in items.chunks(2) {
+        match (
+            pair[0].as_atom().map(str::to_ascii_uppercase).as_deref(),
+            pair.get(1),
+        ) {
+            (Some("UID"), Some(v)) => uid = v.as_u64().map(|u| u as u32),
+            (Some("FLAGS"), Some(Token::List(fl))) => {
+                flags = fl
+                    .iter()
+                    .filter_map(Token::as_text)
+                    .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+                    .collect()
+            }
+            _ => {}
+        }
+    }
+    let uid =
+        uid.ok_or_else(|| format!("FETCH without UID: {:?}", String::from_utf8_lossy(line)))?;
+    Ok((uid, flags))
 }

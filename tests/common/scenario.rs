@@ -321,6 +321,43 @@ impl Scenario {
         }
     }
 
+    /// Runs a move job for example.cz with `run --json`: (exit code,
+    /// report, stderr).
+    pub fn run_job(&self) -> (i32, serde_json::Value, String) {
+        let job = self.dir.join("example-cz.json");
+        fs::write(&job, r#"{"domain": "example.cz", "mode": "move"}"#).unwrap();
+        let out = std::process::Command::new(super::fixture::BIN)
+            .args(["--config", self.config.to_str().unwrap(), "run", "--json"])
+            .arg(&job)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        (out.status.code().unwrap(), report, stderr)
+    }
+
+    /// Appends `text` to the config.
+    pub fn add_config(&self, text: &str) {
+        let config = fs::read_to_string(&self.config).unwrap();
+        fs::write(&self.config, format!("{config}{text}")).unwrap();
+    }
+
+    /// Lets the job ask the old server (`[source] doveadm`) and the new
+    /// one (`[verify] doveadm`, with the config of `new`).
+    pub fn ask_servers(&self, new: &Dovecot) {
+        let config = fs::read_to_string(&self.config).unwrap();
+        let keys = |dc: &Dovecot| {
+            format!(
+                "doveadm = \"{}\"\ndoveadm_config = \"{}\"\n",
+                dovecot::DOVEADM_BIN,
+                dc.config_path().display()
+            )
+        };
+        let config = config.replacen("[source]\n", &format!("[source]\n{}", keys(&self.old)), 1);
+        fs::write(&self.config, format!("{config}[verify]\n{}", keys(new))).unwrap();
+    }
+
     /// The migration's report lines for the accounts (any order, from one
     /// or several jobs) and the new userdb.
     pub fn check_reports(&self, mailboxes: &[&serde_json::Value]) {
