@@ -233,3 +233,49 @@ fn skipped_folders_are_emptied_or_left_out() {
         }
     }
 }
+
+/// Point 3: a new Dovecot whose inbox namespace differs from the one the
+/// old server's clients saw (here `INBOX.` and `.` against the old
+/// server's empty prefix and `/`) would make every client download
+/// everything again: `plan` says so and a cutover job is refused as a
+/// configuration error naming both, before anything is frozen.
+#[test]
+fn a_new_server_with_another_namespace_is_refused() {
+    if !needs_root_and_dovecot("a_new_server_with_another_namespace_is_refused") {
+        return;
+    }
+    let s = Scenario::prepare("mm-namespace-", "");
+    let new = new_server(
+        &s,
+        "namespace inbox {\n  prefix = INBOX.\n  separator = .\n}\n",
+    );
+    s.ask_servers(&new);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(common::fixture::BIN)
+            .args(["--config", s.config.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let plan = cli(&["plan", "--domain", "example.cz", "--json"]);
+    assert_eq!(plan.status.code(), Some(78));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let problems = plan["problems"].to_string();
+    assert!(
+        problems.contains(r#"prefix \"INBOX.\" and separator '.'"#)
+            && problems.contains(r#"prefix \"\" and separator '/'"#),
+        "{problems}"
+    );
+    let job = s.dir.join("example-cz.json");
+    std::fs::write(&job, r#"{"domain": "example.cz", "mode": "move"}"#).unwrap();
+    let run = cli(&["run", job.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("INBOX.") && stderr.contains("'/'"), "{stderr}");
+    // Nothing was touched: the old server still lets everyone in.
+    assert_eq!(std::fs::read_to_string(&s.users_new).unwrap(), "");
+    let (user, pass, _, _) = ACCOUNTS[0];
+    let mut c = scenario::connect(&s.old);
+    c.authenticate_plain(user, pass).unwrap();
+    c.logout().unwrap();
+}

@@ -318,6 +318,39 @@ fn courier_store_migrates_to_dovecot() {
         !log.contains("Error:") && !log.contains("Fatal:"),
         "errors in the new server's log:\n{log}"
     );
+
+    // Courier's clients saw `INBOX.` and `.`: a new server that shows
+    // folders otherwise (this one: no prefix, `/`) is a problem for a
+    // cutover; one with Courier's namespace is not.
+    let base = fs::read_to_string(&config).unwrap();
+    let plan = |server: &Dovecot| {
+        fs::write(
+            &config,
+            format!(
+                "{base}[verify]\ndoveadm = \"{}\"\ndoveadm_config = \"{}\"\n",
+                dovecot::DOVEADM_BIN,
+                server.config_path().display()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(common::fixture::BIN)
+            .args(["--config", config.to_str().unwrap(), "plan", "--json"])
+            .args(["--domain", "example.cz"])
+            .output()
+            .unwrap();
+        let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), plan["problems"].to_string())
+    };
+    let (code, problems) = plan(&dc);
+    assert_eq!(code, Some(78), "{problems}");
+    assert!(problems.contains(r#"prefix \"INBOX.\" and separator '.'"#), "{problems}");
+    drop(dc);
+    let courier_like = Dovecot::start_configured(
+        &dir.join("courier-like-server"),
+        dovecot::Auth::PasswdFile(users_new.clone()),
+        "namespace inbox {\n  prefix = INBOX.\n  separator = .\n}\n",
+    );
+    assert_eq!(plan(&courier_like), (Some(0), "[]".to_string()));
 }
 
 /// Damaged Courier metadata costs only what it described, per folder, and

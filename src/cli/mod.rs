@@ -239,7 +239,12 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             let (domain, mailboxes) = target.parse()?;
             let plan = plan::plan(&cfg, domain, mailboxes)?;
             print_plan(&plan, json);
-            Ok(exit::OK)
+            // A cutover job would be refused as a configuration error.
+            Ok(if plan.problems.is_empty() {
+                exit::OK
+            } else {
+                exit::CONFIG
+            })
         }
         Command::Demo { dir, fixtures } => demo::run(&dir, &fixtures),
         Command::Sweep { target, json } => {
