@@ -9,20 +9,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::dovecot::{self, Dovecot};
-use common::fixture::{Host, body, is_root};
+use common::fixture::{Host, body};
 use common::imap::{ImapClient, Resync};
 use common::scenario::{self, ACCOUNTS, Scenario};
-
-fn needs_root_and_dovecot(test: &str) -> bool {
-    if !dovecot::require_dovecot(test) {
-        return false;
-    }
-    if !is_root() {
-        eprintln!("SKIPPED {test}: needs root (Dovecot serves mail as other uids)");
-        return false;
-    }
-    true
-}
 
 /// jan's session on `dc`, with QRESYNC enabled.
 fn jan_on(dc: &Dovecot) -> ImapClient {
@@ -70,7 +59,9 @@ fn new_server(s: &Scenario, extra_conf: &str) -> Dovecot {
 /// every flag change made on the new server after the switch.
 #[test]
 fn no_flag_change_after_the_switch_is_missed_by_a_qresync_client() {
-    if !needs_root_and_dovecot("no_flag_change_after_the_switch_is_missed_by_a_qresync_client") {
+    if !dovecot::require_root_and_dovecot(
+        "no_flag_change_after_the_switch_is_missed_by_a_qresync_client",
+    ) {
         return;
     }
     let s = Scenario::prepare("mm-modseq-", "");
@@ -134,7 +125,7 @@ fn no_flag_change_after_the_switch_is_missed_by_a_qresync_client() {
 /// of the same name.
 #[test]
 fn skipped_folders_show_their_messages_expunged() {
-    if !needs_root_and_dovecot("skipped_folders_show_their_messages_expunged") {
+    if !dovecot::require_root_and_dovecot("skipped_folders_show_their_messages_expunged") {
         return;
     }
     let s = Scenario::prepare("mm-skipped-", "");
@@ -241,7 +232,7 @@ fn skipped_folders_are_emptied_or_left_out() {
 /// configuration error naming both, before anything is frozen.
 #[test]
 fn a_new_server_with_another_namespace_is_refused() {
-    if !needs_root_and_dovecot("a_new_server_with_another_namespace_is_refused") {
+    if !dovecot::require_root_and_dovecot("a_new_server_with_another_namespace_is_refused") {
         return;
     }
     let s = Scenario::prepare("mm-namespace-", "");
@@ -271,11 +262,226 @@ fn a_new_server_with_another_namespace_is_refused() {
     let run = cli(&["run", job.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("INBOX.") && stderr.contains("'/'"), "{stderr}");
+    assert!(
+        stderr.contains("INBOX.") && stderr.contains("'/'"),
+        "{stderr}"
+    );
     // Nothing was touched: the old server still lets everyone in.
     assert_eq!(std::fs::read_to_string(&s.users_new).unwrap(), "");
     let (user, pass, _, _) = ACCOUNTS[0];
     let mut c = scenario::connect(&s.old);
     c.authenticate_plain(user, pass).unwrap();
     c.logout().unwrap();
+}
+
+/// What a client on the old server did, as far as the server confirmed it.
+#[derive(Default, Debug)]
+struct Confirmed {
+    /// Subjects of APPENDs the server said OK to, and of those whose answer
+    /// was lost (they may or may not have been stored).
+    appended: Vec<String>,
+    unanswered: Vec<String>,
+    /// UID → whether it is `\Flagged` after the last STORE that was
+    /// answered OK; `None` when the last one's answer was lost.
+    flagged: BTreeMap<u32, Option<bool>>,
+    sessions: u32,
+    refused_logins: u32,
+}
+
+/// A client like a desktop one: logged in to the old server, it appends
+/// and flags messages in jan's INBOX without pause and reconnects at once
+/// when its session ends, until `stop`.
+fn busy_client(
+    port: u16,
+    uids: Vec<u32>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Confirmed {
+    use std::sync::atomic::Ordering;
+    let (user, pass, _, _) = ACCOUNTS[0];
+    let mut done = Confirmed::default();
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut c) = ImapClient::connect(port) else {
+            continue;
+        };
+        if c.authenticate_plain(user, pass).is_err() {
+            done.refused_logins += 1;
+            continue;
+        }
+        done.sessions += 1;
+        if c.try_select("INBOX").is_err() {
+            continue;
+        }
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let subject = format!("live {n}");
+            match c.append("INBOX", &[], None, &scenario::message(&subject, "x")) {
+                Ok(()) => done.appended.push(subject),
+                Err(e) if e.starts_with("I/O") => {
+                    done.unanswered.push(subject);
+                    break;
+                }
+                Err(_) => {}
+            }
+            let uid = uids[n % uids.len()];
+            let set = (n / uids.len()).is_multiple_of(2);
+            let op = if set { "+FLAGS" } else { "-FLAGS" };
+            match c.uid_store(uid, op, &["\\Flagged"]) {
+                Ok(()) => {
+                    done.flagged.insert(uid, Some(set));
+                }
+                Err(e) if e.starts_with("I/O") => {
+                    done.flagged.insert(uid, None);
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    done
+}
+
+/// A webmail-like client: one login per request, without pause, until
+/// `stop`; how many were let in.
+fn login_poller(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u32 {
+    let (user, pass, _, _) = ACCOUNTS[0];
+    let mut logins = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok(mut c) = ImapClient::connect(port)
+            && c.authenticate_plain(user, pass).is_ok()
+        {
+            logins += 1;
+            let _ = c.logout();
+        }
+    }
+    logins
+}
+
+/// Point 4: a client keeps working on the old server across the freeze.
+/// With `freeze_command = doveadm kick %u` (and the old server asked
+/// through `[source] doveadm`), everything the server confirmed to it is
+/// in the new store, nothing twice: its reconnects are refused once the
+/// login is frozen, and the final pass starts only when its session is
+/// gone.
+#[test]
+fn a_client_busy_on_the_old_server_loses_nothing_at_the_freeze() {
+    if !dovecot::require_root_and_dovecot(
+        "a_client_busy_on_the_old_server_loses_nothing_at_the_freeze",
+    ) {
+        return;
+    }
+    let s = Scenario::prepare("mm-busy-", "");
+    let new = new_server(&s, "");
+    s.ask_servers(&new);
+    s.add_config(&format!(
+        "[cutover]\nfreeze_command = [\"{}\", \"-c\", \"{}\", \"kick\", \"%u\"]\n",
+        dovecot::DOVEADM_BIN,
+        s.old.config_path().display()
+    ));
+    let uids = s.before[0].mailbox("INBOX").unwrap().uids();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (port, stop) = (s.old.port(), stop.clone());
+        std::thread::spawn(move || busy_client(port, uids, stop))
+    };
+    // Logins that keep the old server's view of its passwd-file fresh:
+    // Dovecot re-reads it at most once a second, so a login right after
+    // the freeze may still be let in unless the job waits for the server.
+    let poller = {
+        let (port, stop) = (s.old.port(), stop.clone());
+        std::thread::spawn(move || login_poller(port, stop))
+    };
+    // The client is at work before the job starts.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (code, report, stderr) = s.run_job();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let done = client.join().unwrap();
+    let polled = poller.join().unwrap();
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert!(
+        report["warnings"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+
+    eprintln!(
+        "busy client: {} sessions, {} appends confirmed, {} unanswered, {} logins refused; {polled} polling logins",
+        done.sessions,
+        done.appended.len(),
+        done.unanswered.len(),
+        done.refused_logins
+    );
+    let mut c = jan_on(&new);
+    c.examine("INBOX");
+    let inbox = c.uid_fetch_all();
+    c.logout().unwrap();
+    let count = |subject: &str| {
+        let header = format!("Subject: {subject}\r\n");
+        inbox
+            .iter()
+            .filter(|m| String::from_utf8_lossy(&m.body).contains(&header))
+            .count()
+    };
+    let lost: Vec<&String> = done.appended.iter().filter(|s| count(s) != 1).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} confirmed appends are not on the new server once (first: {:?})",
+        lost.len(),
+        done.appended.len(),
+        lost.first()
+    );
+    for subject in &done.unanswered {
+        assert!(count(subject) <= 1, "{subject} twice");
+    }
+    for (uid, flagged) in &done.flagged {
+        let Some(flagged) = flagged else { continue };
+        let m = inbox.iter().find(|m| m.uid == *uid).unwrap();
+        assert_eq!(
+            m.flags.contains("\\Flagged"),
+            *flagged,
+            "UID {uid}: the confirmed flag change is lost"
+        );
+    }
+    assert!(
+        done.appended.len() > 10 && done.refused_logins > 0,
+        "the client did not work across the freeze"
+    );
+}
+
+/// Point 4, without a freeze command: the job says once, in its report
+/// and its log, that sessions open on the old server were not ended.
+#[test]
+fn a_cutover_without_a_freeze_command_warns_once() {
+    let h = Host::new("");
+    for user in ["jan@example.cz", "eva@example.cz"] {
+        let md = h.add_user(user, "{PLAIN}x", "");
+        md.folder("").msg(
+            "cur",
+            "1500000000.M1P1.old:2,S",
+            &body(user, 30),
+            1_500_000_000,
+        );
+    }
+    let job = h.job("j", r#"{"domain": "example.cz", "mode": "move"}"#);
+    let out = h.run(&["run", "--json", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("no [cutover] freeze_command"),
+        "{report:#}"
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("no [cutover] freeze_command").count(),
+        1,
+        "{log}"
+    );
+    // A pre-sync freezes nothing: no warning.
+    let presync = h.job(
+        "p",
+        r#"{"domain": "example.cz", "mode": "move", "cutover": false}"#,
+    );
+    let out = h.run(&["run", "--json", presync.to_str().unwrap()]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["warnings"], serde_json::json!([]), "{report:#}");
 }

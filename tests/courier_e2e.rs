@@ -343,7 +343,10 @@ fn courier_store_migrates_to_dovecot() {
     };
     let (code, problems) = plan(&dc);
     assert_eq!(code, Some(78), "{problems}");
-    assert!(problems.contains(r#"prefix \"INBOX.\" and separator '.'"#), "{problems}");
+    assert!(
+        problems.contains(r#"prefix \"INBOX.\" and separator '.'"#),
+        "{problems}"
+    );
     drop(dc);
     let courier_like = Dovecot::start_configured(
         &dir.join("courier-like-server"),
@@ -519,4 +522,84 @@ fn makeuserdb_publishes_the_freeze_to_authlib() {
         fetch("jana@example.cz", "userdbshadow.dat").contains("systempw="),
         "passwords stay in the shadow file"
     );
+}
+
+/// The freeze command shipped for Courier sources (`systemd/courier-kick`)
+/// ends the sessions of the one user, real Courier imapd processes, and
+/// returns once they are gone; another user's session stays.
+#[test]
+fn courier_kick_ends_only_that_users_sessions() {
+    let root = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/courier-root/root"
+    ));
+    if !root.join("usr/bin/imapd").exists() || !dovecot::running_as_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root after fixtures/courier/check.py"
+        );
+        eprintln!(
+            "SKIPPED courier_kick_ends_only_that_users_sessions: needs root and the unpacked Courier"
+        );
+        return;
+    }
+    let tmp = dovecot::scratch_dir("mm-courier-kick-");
+    let imapd = |user: &str| {
+        let home = tmp.path().join(user);
+        for sub in ["cur", "new", "tmp"] {
+            fs::create_dir_all(home.join("Maildir").join(sub)).unwrap();
+        }
+        let lib = [
+            "usr/lib/x86_64-linux-gnu",
+            "lib/x86_64-linux-gnu",
+            "usr/lib",
+        ]
+        .map(|d| root.join(d).display().to_string())
+        .join(":");
+        let mut child = std::process::Command::new(root.join("usr/bin/imapd"))
+            .arg("Maildir")
+            .current_dir(&home)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("LD_LIBRARY_PATH", lib)
+            .env("HOME", &home)
+            .env("AUTHENTICATED", user)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Logged in: the greeting is there.
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("PREAUTH") {
+            line.clear();
+            assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0);
+        }
+        (child, out)
+    };
+    let (mut jana, _jana_out) = imapd("jana@example.cz");
+    let (mut other, _other_out) = imapd("other@example.org");
+    let kick =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/courier-kick"))
+            .arg("jana@example.cz")
+            .output()
+            .unwrap();
+    assert!(
+        kick.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kick.stderr)
+    );
+    // Gone when the command returned (only the zombie is left to reap).
+    let gone = std::fs::read_to_string(format!("/proc/{}/stat", jana.id()))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true);
+    assert!(gone, "jana's imapd still runs");
+    assert!(jana.wait().is_ok());
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "another user's session was ended"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
 }

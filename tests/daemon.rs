@@ -656,13 +656,7 @@ fn the_daemon_sweeps_late_mail_after_the_delay() {
         .unwrap()
         .replace("sweep_delay = 0", "sweep_delay = 2");
     fs::write(&h.config, cfg).unwrap();
-    let inbox = h.add_user("jan@a.cz", "{PLAIN}x", "").folder("");
-    inbox.msg(
-        "cur",
-        "1600000000.M1P1.h:2,S",
-        &body("old", 100),
-        1_600_000_000,
-    );
+    let inbox = jan_with_one_message(&h);
     let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
     drop_job(
         &spool.join("incoming"),
@@ -694,13 +688,7 @@ fn an_in_place_job_is_done_mailed_and_swept() {
         .replace("sweep_delay = 0", "sweep_delay = 2")
         .replace("userdb = \"users.new\"", "userdb = \"users.old\"");
     fs::write(&h.config, cfg).unwrap();
-    let inbox = h.add_user("jan@a.cz", "{PLAIN}x", "").folder("");
-    inbox.msg(
-        "cur",
-        "1600000000.M1P1.h:2,S",
-        &body("old", 100),
-        1_600_000_000,
-    );
+    let inbox = jan_with_one_message(&h);
     let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
     drop_job(
         &spool.join("incoming"),
@@ -718,6 +706,18 @@ fn an_in_place_job_is_done_mailed_and_swept() {
 
 /// Delivers a message to jan@a.cz's old INBOX after the switch and waits
 /// until the daemon's sweep for job `id` has moved it into the new one.
+/// jan@a.cz with one message in the old INBOX, which is returned.
+fn jan_with_one_message(h: &Host) -> common::fixture::Folder {
+    let inbox = h.add_user("jan@a.cz", "{PLAIN}x", "").folder("");
+    inbox.msg(
+        "cur",
+        "1600000000.M1P1.h:2,S",
+        &body("old", 100),
+        1_600_000_000,
+    );
+    inbox
+}
+
 fn late_mail_is_swept(h: &Host, spool: &Path, inbox: &common::fixture::Folder, id: &str) {
     inbox.msg(
         "new",

@@ -406,24 +406,15 @@ fn verify_json(config: &Path) -> (i32, Value) {
     (out.status.code().unwrap(), v)
 }
 
-fn needs_root_and_dovecot(test: &str) -> bool {
-    if !dovecot::require_dovecot(test) {
-        return false;
-    }
-    if !is_root() {
-        eprintln!("SKIPPED {test}: needs root (Dovecot serves mail as other uids)");
-        return false;
-    }
-    true
-}
-
 /// A1: without `[target] uid/gid` the new entries carry the source's uid
 /// (5001 here) and the tree must belong to exactly that uid: a real Dovecot
 /// serves every folder to every user (it answered [SERVERBUG] on a tree
 /// that stayed root's).
 #[test]
 fn without_target_ids_the_tree_belongs_to_the_uid_of_the_new_entry() {
-    if !needs_root_and_dovecot("without_target_ids_the_tree_belongs_to_the_uid_of_the_new_entry") {
+    if !dovecot::require_root_and_dovecot(
+        "without_target_ids_the_tree_belongs_to_the_uid_of_the_new_entry",
+    ) {
         return;
     }
     let s = Scenario::prepare("mm-noids-", "");
@@ -443,8 +434,9 @@ fn without_target_ids_the_tree_belongs_to_the_uid_of_the_new_entry() {
 /// reads every folder.
 #[test]
 fn a_root_only_maildir_left_by_a_crash_is_repaired_before_the_switch() {
-    if !needs_root_and_dovecot("a_root_only_maildir_left_by_a_crash_is_repaired_before_the_switch")
-    {
+    if !dovecot::require_root_and_dovecot(
+        "a_root_only_maildir_left_by_a_crash_is_repaired_before_the_switch",
+    ) {
         return;
     }
     let s = Scenario::prepare("mm-crashdirs-", "");
@@ -468,7 +460,7 @@ fn a_root_only_maildir_left_by_a_crash_is_repaired_before_the_switch() {
 /// fails every mailbox although every file is in place.
 #[test]
 fn verify_asks_the_new_dovecot() {
-    if !needs_root_and_dovecot("verify_asks_the_new_dovecot") {
+    if !dovecot::require_root_and_dovecot("verify_asks_the_new_dovecot") {
         return;
     }
     let s = Scenario::prepare("mm-doveadm-", "");
@@ -511,7 +503,7 @@ fn verify_asks_the_new_dovecot() {
 /// its carried UID, the other as a message of its own).
 #[test]
 fn a_duplicate_base_name_migrates_as_two_messages() {
-    if !needs_root_and_dovecot("a_duplicate_base_name_migrates_as_two_messages") {
+    if !dovecot::require_root_and_dovecot("a_duplicate_base_name_migrates_as_two_messages") {
         return;
     }
     let s = Scenario::prepare("mm-dup-", "");

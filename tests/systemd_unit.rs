@@ -53,7 +53,7 @@ fn unit_has_the_promised_settings() {
         "PrivateTmp=yes",
         "ProtectHome=read-only",
         "NoNewPrivileges=yes",
-        "CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH",
+        "CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_SETUID CAP_SETGID CAP_KILL",
         "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(

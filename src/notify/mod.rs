@@ -946,6 +946,20 @@ mod tests {
         }
     }
 
+    /// The job's warnings are for the sysadmin (e.g. open sessions not
+    /// ended at the freeze), never in the customer's e-mail.
+    #[test]
+    fn job_warnings_stay_out_of_the_mail() {
+        let s = settings(raw_from("mm@example.net"));
+        let mut r = mixed_report();
+        r.warnings
+            .push("no [cutover] freeze_command: sessions".into());
+        for t in [&s.done, &s.failed] {
+            let (_, body) = render(t, &facts(Some(&r), true));
+            assert!(!body.contains("freeze_command"), "{body}");
+        }
+    }
+
     #[test]
     fn defaults() {
         let s = Settings::from_raw(RawSettings::default(), &same).unwrap();

@@ -107,6 +107,19 @@ pub fn require_dovecot(test: &str) -> bool {
     false
 }
 
+/// Like [`require_dovecot`], for a test that also needs root (Dovecot
+/// serves the mail as other uids); without root it is skipped, loudly.
+pub fn require_root_and_dovecot(test: &str) -> bool {
+    if !require_dovecot(test) {
+        return false;
+    }
+    if !running_as_root() {
+        eprintln!("SKIPPED {test}: needs root (Dovecot serves mail as other uids)");
+        return false;
+    }
+    true
+}
+
 /// Effective uid and gid of this process (from /proc/self/status).
 pub fn current_uid_gid() -> (u32, u32) {
     let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");

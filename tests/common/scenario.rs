@@ -137,6 +137,12 @@ fn fill_jan(c: &mut ImapClient) {
     }
     c.select("INBOX");
     c.uid_store(5, "+FLAGS", &["\\Seen"]).unwrap();
+    // Keywords a client sets on stored messages (not at APPEND).
+    c.select("Odeslané");
+    c.uid_store(1, "+FLAGS", &["Projekt-X", "$MDNSent"])
+        .unwrap();
+    c.select("Archive/2019");
+    c.uid_store(3, "+FLAGS", &["$Forwarded"]).unwrap();
     for name in [
         "INBOX",
         "Odeslané",
@@ -422,6 +428,11 @@ impl Scenario {
                 assert!(
                     after.mailbox("Trash 2020").is_some()
                         && after.mailbox("Spam reports").is_some()
+                );
+                let sent = after.mailbox("Odeslané").unwrap().message(1).unwrap();
+                assert!(
+                    sent.flags.contains("Projekt-X") && sent.flags.contains("$MDNSent"),
+                    "keywords a client set: {sent:?}"
                 );
             }
             imap::assert_snapshots_equal(&with_skipped_emptied(before[i].clone()), &after);
