@@ -745,7 +745,11 @@ fn undo(env: &Env<'_>, user: &str, named: &Named, stage: Stage, e: MailboxError)
         .source
         .thaw(&a.mailbox.source_key, env.cfg.migration.fsync)
     {
-        Ok(()) => e,
+        // The staged write's outcome no longer matters: it is taken back.
+        Ok(()) => match e {
+            MailboxError::SwitchUnknown(cause) => MailboxError::Sql(cause),
+            e => e,
+        },
         Err(t) => failed_too("restoring the old login", &t),
     }
 }
@@ -881,8 +885,10 @@ fn copy_and_switch(
     ownership::repair(&home, mb.owner, !claim.owner_known)?;
     ownership::check_reachable(&env.target_root_path, &mb.maildir_rel(), mb.owner)
         .map_err(MailboxError::Conflict)?;
-    let previous = switch::stage(env, a)?;
-    stage.replace(Stage::Staged(Box::new(previous)));
+    // Staged before the write: a write cut short (a lost connection around
+    // its commit, a panic) is taken back like a finished one.
+    stage.replace(Stage::Staged(Box::new(switch::previous(env, a)?)));
+    switch::stage(env, a)?;
     warnings.extend(go_live(env, a, &md, stage)?);
     if let Some(c) = &mut content {
         c.sync.warnings.extend(warnings);

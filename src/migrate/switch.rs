@@ -93,11 +93,26 @@ pub(crate) fn login(env: &Env<'_>, a: &Assessment) -> Result<NewLogin, MailboxEr
     })
 }
 
-/// Writes the new login staged (idempotent) and returns what it replaced.
-pub(crate) fn stage(env: &Env<'_>, a: &Assessment) -> Result<Previous, MailboxError> {
+/// What staging will replace in a userdb rewritten in place, read before
+/// it writes.
+pub(crate) fn previous(env: &Env<'_>, a: &Assessment) -> Result<Previous, MailboxError> {
+    Ok(match &env.target {
+        Placement::PasswdFileInPlace(_) => Previous {
+            entry: Some(env.passwd_entry(&a.mailbox)?),
+            sql_maildir: None,
+        },
+        Placement::SqlInPlace(_) => Previous {
+            entry: None,
+            sql_maildir: Some(a.source.sql_maildir.clone().unwrap_or_default()),
+        },
+        Placement::PasswdFile(_) | Placement::Sql(_) => Previous::default(),
+    })
+}
+
+/// Writes the new login staged (idempotent).
+pub(crate) fn stage(env: &Env<'_>, a: &Assessment) -> Result<(), MailboxError> {
     let mb = &a.mailbox;
     let fsync = env.cfg.migration.fsync;
-    let mut previous = Previous::default();
     match &env.target {
         Placement::PasswdFile(path) => {
             let staged = env.target_entry(&a.source, mb).frozen();
@@ -123,9 +138,7 @@ pub(crate) fn stage(env: &Env<'_>, a: &Assessment) -> Result<Previous, MailboxEr
             })?;
         }
         Placement::PasswdFileInPlace(path) => {
-            previous.entry = Some(rewrite_in_place(env, path, a, |e| {
-                env.switched_in_place(e, mb).frozen()
-            })?);
+            rewrite_in_place(env, path, a, |e| env.switched_in_place(e, mb).frozen())?;
         }
         Placement::Sql(s) => {
             let row = env.target_row(&a.source, mb)?;
@@ -135,10 +148,9 @@ pub(crate) fn stage(env: &Env<'_>, a: &Assessment) -> Result<Previous, MailboxEr
             let old = a.source.sql_maildir.clone().unwrap_or_default();
             let new = env.target_maildir_rel(mb);
             sql::with_retry(s, |db| db.move_locked(&mb.source_key, &old, &new)).map_err(unknown)?;
-            previous.sql_maildir = Some(old);
         }
     }
-    Ok(previous)
+    Ok(())
 }
 
 /// Takes a staged login back after a failure, as far as that can be done:
@@ -160,6 +172,11 @@ pub(crate) fn unstage(
     match &env.target {
         Placement::PasswdFile(path) => {
             let staged = env.target_entry(&a.source, mb).frozen();
+            // A staging write that never happened leaves nothing to edit
+            // (and the file may not be writable at all).
+            if PasswdFile::load(path)?.find(&staged.user)?.map(|(_, e)| e) != Some(staged.clone()) {
+                return Ok(());
+            }
             passwd_file::edit(path, None, fsync, |file: &PasswdFile| {
                 Ok::<_, MailboxError>(match file.find(&staged.user)? {
                     Some((_, e)) if e == staged => Some(Change::Remove {
