@@ -851,10 +851,10 @@ impl Config {
     }
 
     /// The source userdb of `domain`.
-    pub fn source_db(&self, domain: &Domain) -> crate::userdb::SourceDb {
+    pub fn source_db(&self, domain: &Domain) -> crate::userdb::Source {
         let path = match &self.source.userdb {
             Userdb::Sql(settings) => {
-                return crate::userdb::SourceDb::Sql {
+                return crate::userdb::Source::Sql {
                     settings: settings.clone(),
                     default_scheme: self.source.default_scheme.clone(),
                     mail_root: self.source.mail_root.clone(),
@@ -863,15 +863,33 @@ impl Config {
             Userdb::File(p) => p.for_domain(domain),
         };
         match self.source.userdb_format {
-            UserdbFormat::CourierUserdb => crate::userdb::SourceDb::Courier {
+            UserdbFormat::CourierUserdb => crate::userdb::Source::Courier {
                 path,
                 makeuserdb: self.source.makeuserdb.clone(),
             },
-            _ => crate::userdb::SourceDb::PasswdFile {
+            _ => crate::userdb::Source::PasswdFile {
                 path,
                 default_scheme: self.source.default_scheme.clone(),
             },
         }
+    }
+
+    /// The target userdb of `domain`: where new logins are written.
+    pub fn target_db(&self, domain: &Domain) -> crate::userdb::Target {
+        use crate::userdb::target::{NewEntries, TargetDb};
+        let db = match &self.target.userdb {
+            Userdb::File(p) => TargetDb::File(p.for_domain(domain)),
+            Userdb::Sql(s) => TargetDb::Sql(s.clone()),
+        };
+        let new = NewEntries {
+            mail_root: self.target.mail_root.clone(),
+            owner: self.target.owner,
+            layout: self.target.layout,
+            folder_names: self.target.folder_names,
+            lowercase_logins: self.target.lowercase_logins,
+            fsync: self.migration.fsync,
+        };
+        crate::userdb::Target::new(db, self.in_place(domain), new)
     }
 }
 

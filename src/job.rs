@@ -175,6 +175,14 @@ struct RawJob {
     cutover: Option<bool>,
 }
 
+/// What a command covers: a domain, and the listed mailboxes of it or
+/// (`None`) every mailbox of the domain in the source userdb.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub domain: Domain,
+    pub mailboxes: Option<Vec<LocalPart>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: JobId,
@@ -189,15 +197,11 @@ pub struct Job {
 }
 
 impl Job {
-    /// A job that only looks (for `plan` and `verify`): never run, no e-mail.
-    pub fn inspection(id: &str, domain: Domain, mailboxes: Option<Vec<LocalPart>>) -> Job {
-        Job {
-            id: JobId::parse(id).expect("a valid fixed id"),
-            domain,
-            mode: Mode::Move,
-            mailboxes,
-            notify: None,
-            cutover: true,
+    /// The domain and mailboxes the job covers.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            domain: self.domain.clone(),
+            mailboxes: self.mailboxes.clone(),
         }
     }
 

@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::copy;
-use crate::job::{Domain, Job, LocalPart};
-use crate::migrate::mailbox::{self, State};
+use crate::job::{Domain, LocalPart, Scope};
+use crate::migrate::assess::{self, State};
 use crate::migrate::{Env, MailboxError, Named, RunError, select_mailboxes, server};
 use crate::report::SkippedFolder;
 
@@ -60,15 +60,14 @@ pub fn plan(
     domain: Domain,
     mailboxes: Option<Vec<LocalPart>>,
 ) -> Result<Plan, RunError> {
-    let job = Job::inspection("plan", domain, mailboxes);
-    let env = Env::open(cfg, &job)?;
+    let env = Env::open(cfg, Scope { domain, mailboxes })?;
     let (problems, warnings) = match server::compare_namespaces(cfg) {
         server::Namespaces::Same => (Vec::new(), Vec::new()),
         server::Namespaces::Unknown(why) => (Vec::new(), vec![why]),
         server::Namespaces::Differ(why) => (vec![why], Vec::new()),
     };
     let mut out = Plan {
-        domain: job.domain.to_string(),
+        domain: env.scope.domain.to_string(),
         problems,
         warnings,
         in_place: env.target.in_place(),
@@ -110,7 +109,7 @@ fn empty(user: String, status: PlanStatus) -> MailboxPlan {
 }
 
 fn plan_mailbox(env: &Env<'_>, named: &Named) -> MailboxPlan {
-    let mut p = empty(named.user(&env.job.domain), PlanStatus::Pending);
+    let mut p = empty(named.user(&env.scope.domain), PlanStatus::Pending);
     if let Err(e) = fill(env, named, &mut p) {
         p.status = PlanStatus::Error;
         p.problems.push(e.to_string());
@@ -119,7 +118,7 @@ fn plan_mailbox(env: &Env<'_>, named: &Named) -> MailboxPlan {
 }
 
 fn fill(env: &Env<'_>, named: &Named, p: &mut MailboxPlan) -> Result<(), MailboxError> {
-    let a = mailbox::assess(env, named)?;
+    let a = assess::assess(env, named)?;
     p.user.clone_from(&a.mailbox.user);
     p.hash_scheme = a.scheme.clone();
     match &a.state {
@@ -139,14 +138,14 @@ fn fill(env: &Env<'_>, named: &Named, p: &mut MailboxPlan) -> Result<(), Mailbox
         }
         State::Pending => {}
     }
-    let (target, claimable) = mailbox::target_status(env, &a.mailbox)?;
+    let (target, claimable) = assess::target_status(env, &a.mailbox)?;
     p.target_maildir = Some(target.display().to_string());
     if claimable == Some(false) {
         p.status = PlanStatus::Conflict;
         p.problems
             .push(MailboxError::TargetNotOurs { path: target }.to_string());
     }
-    let (source, scanned) = mailbox::scan_source(env, &a)?;
+    let (source, scanned) = assess::scan_source(env, &a)?;
     p.source_maildir = Some(source.display().to_string());
     let Some((dir, scan)) = scanned else {
         p.warnings.push(

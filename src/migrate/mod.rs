@@ -1,7 +1,9 @@
 //! Running a job: the per-mailbox protocol (`mailbox`) over every mailbox
 //! the job names, with folder content handled by `folders`.
 
+pub mod assess;
 mod courier;
+pub mod env;
 pub mod folders;
 pub mod mailbox;
 pub(crate) mod manifest;
@@ -26,8 +28,8 @@ use crate::report::{MailboxReport, MailboxStatus, Report, now_rfc3339};
 use crate::safe_fs::Dir;
 use crate::userdb::passwd_file::UserdbError;
 
+pub use env::Env;
 use folders::SyncContext;
-pub use mailbox::Env;
 
 /// Why one mailbox could not be migrated. The job goes on with the others.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,19 @@ pub enum MailboxError {
     /// The old server, asked after the freeze, would still serve it.
     #[error("{0}; the old login is given back")]
     OldServer(String),
+}
+
+impl From<crate::userdb::TargetError> for MailboxError {
+    fn from(e: crate::userdb::TargetError) -> MailboxError {
+        use crate::userdb::TargetError as T;
+        match e {
+            T::Userdb(e) => MailboxError::Userdb(e),
+            T::Sql(e) => MailboxError::Sql(e),
+            T::MayHaveCommitted(e) => MailboxError::SwitchUnknown(e),
+            T::Conflict(why) => MailboxError::Conflict(why),
+            T::NotFound { user, db } => MailboxError::NotInSource { user, db },
+        }
+    }
 }
 
 impl MailboxError {
@@ -184,8 +199,8 @@ pub type Selected = Result<Named, (String, String)>;
 /// domain in the source userdb (in file order). A whole-domain job that
 /// finds none is an error: a typo must not report success.
 pub fn select_mailboxes(env: &Env<'_>) -> Result<Vec<Selected>, RunError> {
-    let domain = &env.job.domain;
-    if let Some(list) = &env.job.mailboxes {
+    let domain = &env.scope.domain;
+    if let Some(list) = &env.scope.mailboxes {
         return Ok(list
             .iter()
             .map(|local| {
@@ -200,7 +215,7 @@ pub fn select_mailboxes(env: &Env<'_>) -> Result<Vec<Selected>, RunError> {
         .source
         .users(domain.as_str())
         .map_err(RunError::Userdb)?;
-    let listed_by_domain = matches!(env.source, crate::userdb::SourceDb::Sql { .. });
+    let listed_by_domain = env.source.lists_by_domain();
     let selected = domain_users(
         users,
         domain,
@@ -229,7 +244,7 @@ pub(crate) fn each_mailbox<T>(
         .into_iter()
         .map(|sel| match sel {
             Ok(named) => (
-                named.user(&env.job.domain),
+                named.user(&env.scope.domain),
                 f(&named).map_err(|e| e.to_string()),
             ),
             Err((user, why)) => (user, Err(why)),
@@ -287,7 +302,7 @@ pub fn run_job(
     resumed: &[MailboxReport],
 ) -> Result<Report, RunError> {
     let started = now_rfc3339();
-    let env = Env::open(cfg, job)?;
+    let env = Env::open(cfg, job.scope())?;
     // Before a cutover: clients must see the same folder names.
     if job.cutover {
         match server::compare_namespaces(cfg) {
@@ -337,7 +352,7 @@ pub fn run_job(
                     .find(|r| r.user == user && r.status == MailboxStatus::Done)
                 {
                     Some(done) => done.clone(),
-                    None => mailbox::migrate(&env, &ctx, &named),
+                    None => mailbox::migrate(&env, job, &ctx, &named),
                 };
                 progress.mailbox_finished(&r);
                 if r.status == MailboxStatus::Done {
@@ -385,7 +400,7 @@ pub fn run_job(
 /// index in `reports`) is read back once more.
 fn read_back_switched(env: &Env<'_>, switched: Vec<(usize, Named)>, reports: &mut [MailboxReport]) {
     for (i, named) in switched {
-        let w = mailbox::assess(env, &named)
+        let w = assess::assess(env, &named)
             .and_then(|a| switch::read_back(env, &a))
             .unwrap_or_else(|e| vec![format!("reading the userdbs back failed: {e}")]);
         for w in &w {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::safe_fs::{Dir, Kind, Owner};
 
 use super::MailboxError;
-use super::mailbox::Mailbox;
+use super::env::Mailbox;
 use super::manifest::MANIFEST;
 
 pub(crate) const DIR_MODE: u32 = 0o700;

@@ -13,7 +13,7 @@ use crate::config::{Config, UserdbFormat};
 use crate::dovecot::{Doveadm, Namespace, Status};
 use crate::maildir::names::FolderName;
 
-use super::mailbox::Mailbox;
+use super::env::Mailbox;
 
 /// What the target holds of one folder.
 #[derive(Debug, Clone)]

@@ -9,11 +9,11 @@ use std::os::unix::ffi::OsStrExt;
 
 use serde::{Deserialize, Serialize};
 
-use super::mailbox::{self, State};
+use super::assess::{self, State};
 use super::{Env, MailboxError, Named, RunError, each_mailbox, folders, manifest};
 use crate::config::Config;
 use crate::copy::{self, TargetFolder};
-use crate::job::{Domain, Job, LocalPart};
+use crate::job::{Domain, LocalPart, Scope};
 use crate::maildir::filename;
 use crate::report::now_rfc3339;
 
@@ -39,8 +39,7 @@ pub fn sweep(
     domain: Domain,
     mailboxes: Option<Vec<LocalPart>>,
 ) -> Result<Sweep, RunError> {
-    let job = Job::inspection("sweep", domain, mailboxes);
-    let env = Env::open(cfg, &job)?;
+    let env = Env::open(cfg, Scope { domain, mailboxes })?;
     let out: Vec<SweptMailbox> = each_mailbox(&env, |named| sweep_mailbox(&env, named))?
         .into_iter()
         .map(|(user, r)| {
@@ -53,7 +52,7 @@ pub fn sweep(
         })
         .collect();
     Ok(Sweep {
-        domain: job.domain.to_string(),
+        domain: env.scope.domain.to_string(),
         at: now_rfc3339(),
         moved: out.iter().map(|m| m.moved).sum(),
         mailboxes: out,
@@ -61,7 +60,7 @@ pub fn sweep(
 }
 
 fn sweep_mailbox(env: &Env<'_>, named: &Named) -> Result<(u64, Vec<String>), MailboxError> {
-    let a = mailbox::assess(env, named)?;
+    let a = assess::assess(env, named)?;
     if a.state != State::AlreadyMigrated {
         return Ok((0, vec!["not migrated (yet); nothing to sweep".into()]));
     }
@@ -76,7 +75,7 @@ fn sweep_mailbox(env: &Env<'_>, named: &Named) -> Result<(u64, Vec<String>), Mai
             vec!["no manifest (migrated before sweeps existed); not swept".into()],
         ));
     };
-    let Some(src) = mailbox::old_maildir(env, &a)?.dir else {
+    let Some(src) = assess::old_maildir(env, &a)?.dir else {
         return Ok((0, Vec::new()));
     };
     let uid = src

@@ -8,263 +8,13 @@
 //! locked row, which the next run takes up) and the old login returns.
 
 use crate::safe_fs::Dir;
-use crate::userdb::SourceDb;
-use crate::userdb::passwd_file::{self, Change, Entry, PasswdFile};
-use crate::userdb::sql;
+use crate::userdb::NewLogin;
 
+use super::assess::Assessment;
+use super::env::Env;
 use super::folders::{self, SourceFolder};
-use super::mailbox::{Assessment, Env, Placement};
 use super::server::{self, FolderFacts};
 use super::{MailboxError, manifest};
-
-/// Where a mailbox's new login stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NewLogin {
-    Absent,
-    /// A separate userdb has another entry under that name.
-    Other,
-    /// Written, refusing logins.
-    Staged,
-    Live,
-}
-
-/// What staging replaced in a userdb rewritten in place, to put it back.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Previous {
-    entry: Option<Entry>,
-    sql_maildir: Option<String>,
-}
-
-/// A transient failure of a transaction that may have committed.
-fn unknown(e: sql::SqlError) -> MailboxError {
-    if e.is_transient() {
-        MailboxError::SwitchUnknown(e)
-    } else {
-        e.into()
-    }
-}
-
-/// Where the new login stands, as the target userdb says now.
-pub(crate) fn login(env: &Env<'_>, a: &Assessment) -> Result<NewLogin, MailboxError> {
-    let mb = &a.mailbox;
-    let of = |exists: bool, live: bool, staged: bool| match (live, staged, exists) {
-        (true, _, _) => NewLogin::Live,
-        (_, true, _) => NewLogin::Staged,
-        (_, _, true) => NewLogin::Other,
-        _ => NewLogin::Absent,
-    };
-    Ok(match &env.target {
-        Placement::PasswdFile(path) => {
-            let expected = env.target_entry(&a.source, mb);
-            let found = PasswdFile::load(path)?
-                .find(&expected.user)?
-                .map(|(_, e)| e);
-            of(
-                found.is_some(),
-                found.as_ref() == Some(&expected),
-                found == Some(expected.frozen()),
-            )
-        }
-        Placement::PasswdFileInPlace(_) => {
-            let current = env.passwd_entry(mb)?;
-            let live = env.switched_in_place(&current, mb);
-            of(false, current == live, current == live.frozen())
-        }
-        Placement::Sql(s) => {
-            let expected = env.target_row(&a.source, mb)?;
-            let found = sql::with_retry(s, |db| db.mailbox(&expected.username))?;
-            let unlocked = found.as_ref().map(|r| sql::MailboxRow {
-                password: sql::strip_lock(&r.password).to_string(),
-                ..r.clone()
-            });
-            let locked = found.as_ref().is_some_and(sql::is_locked);
-            let same = unlocked.as_ref() == Some(&expected);
-            of(found.is_some(), same && !locked, same && locked)
-        }
-        Placement::SqlInPlace(_) => {
-            let row = env.source.account(&mb.source_key)?;
-            let new = env.target_maildir_rel(mb);
-            let here = row
-                .as_ref()
-                .is_some_and(|r| r.sql_maildir.as_deref() == Some(&new));
-            let locked = row.is_some_and(|r| r.refuses_login);
-            of(false, here && !locked, here && locked)
-        }
-    })
-}
-
-/// What staging will replace in a userdb rewritten in place, read before
-/// it writes.
-pub(crate) fn previous(env: &Env<'_>, a: &Assessment) -> Result<Previous, MailboxError> {
-    Ok(match &env.target {
-        Placement::PasswdFileInPlace(_) => Previous {
-            entry: Some(env.passwd_entry(&a.mailbox)?),
-            sql_maildir: None,
-        },
-        Placement::SqlInPlace(_) => Previous {
-            entry: None,
-            sql_maildir: Some(a.source.sql_maildir.clone().unwrap_or_default()),
-        },
-        Placement::PasswdFile(_) | Placement::Sql(_) => Previous::default(),
-    })
-}
-
-/// Writes the new login staged (idempotent).
-pub(crate) fn stage(env: &Env<'_>, a: &Assessment) -> Result<(), MailboxError> {
-    let mb = &a.mailbox;
-    let fsync = env.cfg.migration.fsync;
-    match &env.target {
-        Placement::PasswdFile(path) => {
-            let staged = env.target_entry(&a.source, mb).frozen();
-            let live = env.target_entry(&a.source, mb);
-            let line = passwd_file::check_writable(&staged).map_err(MailboxError::Conflict)?;
-            // A new file takes the source file's owner and mode.
-            let like = match &env.source {
-                SourceDb::PasswdFile { path, .. } | SourceDb::Courier { path, .. } => {
-                    Some(path.as_path())
-                }
-                SourceDb::Sql { .. } => None,
-            };
-            passwd_file::edit(path, like, fsync, |file: &PasswdFile| {
-                match file.find(&staged.user)? {
-                    Some((_, e)) if e == staged || e == live => Ok(None),
-                    Some((no, _)) => Err(MailboxError::Conflict(format!(
-                        "{} line {no} already has a different entry for {}; not overwriting it",
-                        path.display(),
-                        staged.user
-                    ))),
-                    None => Ok(Some(Change::Append(line.clone()))),
-                }
-            })?;
-        }
-        Placement::PasswdFileInPlace(path) => {
-            rewrite_in_place(env, path, a, |e| env.switched_in_place(e, mb).frozen())?;
-        }
-        Placement::Sql(s) => {
-            let row = env.target_row(&a.source, mb)?;
-            sql::with_retry(s, |db| db.insert_staged(&row)).map_err(unknown)?;
-        }
-        Placement::SqlInPlace(s) => {
-            let old = a.source.sql_maildir.clone().unwrap_or_default();
-            let new = env.target_maildir_rel(mb);
-            sql::with_retry(s, |db| db.move_locked(&mb.source_key, &old, &new)).map_err(unknown)?;
-        }
-    }
-    Ok(())
-}
-
-/// Takes a staged login back after a failure, as far as that can be done:
-/// a separate passwd-file loses the staged line, an entry rewritten in
-/// place gets back what it had; a separate database keeps its locked row
-/// (no query deletes rows), which the next run takes up.
-pub(crate) fn unstage(
-    env: &Env<'_>,
-    a: &Assessment,
-    previous: &Previous,
-) -> Result<(), MailboxError> {
-    let mb = &a.mailbox;
-    let fsync = env.cfg.migration.fsync;
-    let cannot = || {
-        MailboxError::Conflict(
-            "the staged login could not be taken back (the run that staged it stopped); both logins stay refused until the job runs again".into(),
-        )
-    };
-    match &env.target {
-        Placement::PasswdFile(path) => {
-            let staged = env.target_entry(&a.source, mb).frozen();
-            // A staging write that never happened leaves nothing to edit
-            // (and the file may not be writable at all).
-            if PasswdFile::load(path)?.find(&staged.user)?.map(|(_, e)| e) != Some(staged.clone()) {
-                return Ok(());
-            }
-            passwd_file::edit(path, None, fsync, |file: &PasswdFile| {
-                Ok::<_, MailboxError>(match file.find(&staged.user)? {
-                    Some((_, e)) if e == staged => Some(Change::Remove {
-                        user: staged.user.clone(),
-                    }),
-                    _ => None,
-                })
-            })?;
-        }
-        Placement::PasswdFileInPlace(path) => {
-            let before = previous.entry.clone().ok_or_else(cannot)?;
-            rewrite_in_place(env, path, a, |_| before.clone())?;
-        }
-        Placement::Sql(_) => {}
-        Placement::SqlInPlace(s) => {
-            let old = previous.sql_maildir.clone().ok_or_else(cannot)?;
-            let new = env.target_maildir_rel(mb);
-            sql::with_retry(s, |db| db.move_locked(&mb.source_key, &new, &old))?;
-        }
-    }
-    Ok(())
-}
-
-/// Makes the staged login live.
-pub(crate) fn enable(env: &Env<'_>, a: &Assessment) -> Result<(), MailboxError> {
-    let mb = &a.mailbox;
-    let fsync = env.cfg.migration.fsync;
-    match &env.target {
-        Placement::PasswdFile(path) => {
-            let live = env.target_entry(&a.source, mb);
-            let line = passwd_file::check_writable(&live).map_err(MailboxError::Conflict)?;
-            passwd_file::edit(path, None, fsync, |file: &PasswdFile| {
-                match file.find(&live.user)? {
-                    Some((_, e)) if e == live => Ok::<_, MailboxError>(None),
-                    Some(_) => Ok(Some(Change::Replace {
-                        user: live.user.clone(),
-                        line: line.clone(),
-                    })),
-                    None => Ok(Some(Change::Append(line.clone()))),
-                }
-            })?;
-        }
-        Placement::PasswdFileInPlace(path) => {
-            rewrite_in_place(env, path, a, Entry::thawed)?;
-        }
-        Placement::Sql(s) => {
-            let username = env.target_row(&a.source, mb)?.username;
-            sql::with_retry(s, |db| db.unlock(&username)).map_err(unknown)?;
-        }
-        Placement::SqlInPlace(s) => {
-            sql::with_retry(s, |db| db.unlock(&mb.source_key)).map_err(unknown)?;
-        }
-    }
-    Ok(())
-}
-
-/// Rewrites the shared passwd-file entry with `f`; returns it as it was.
-fn rewrite_in_place(
-    env: &Env<'_>,
-    path: &std::path::Path,
-    a: &Assessment,
-    f: impl Fn(&Entry) -> Entry,
-) -> Result<Entry, MailboxError> {
-    let key = &a.mailbox.source_key;
-    let mut before = None;
-    passwd_file::edit(path, None, env.cfg.migration.fsync, |file: &PasswdFile| {
-        let Some((_, current)) = file.find(key)? else {
-            return Err(MailboxError::NotInSource {
-                user: key.clone(),
-                db: path.display().to_string(),
-            });
-        };
-        let new = f(&current);
-        before = Some(current.clone());
-        if new == current {
-            return Ok(None);
-        }
-        let line = passwd_file::check_writable(&new).map_err(MailboxError::Conflict)?;
-        Ok(Some(Change::Replace {
-            user: key.clone(),
-            line,
-        }))
-    })?;
-    before.ok_or_else(|| MailboxError::NotInSource {
-        user: key.clone(),
-        db: path.display().to_string(),
-    })
-}
 
 /// With the new server's doveadm: raises each folder's HIGHESTMODSEQ to
 /// the old server's, then asks the server whether it serves the staged
@@ -289,7 +39,7 @@ pub(crate) fn ready_on_new_server(
         doveadm,
         &ns,
         &a.mailbox,
-        env.home_served(&a.mailbox).as_deref(),
+        env.target.home_served(&a.new_account(env)).as_deref(),
         &facts,
     );
     if problems.is_empty() {
@@ -355,18 +105,18 @@ fn facts_of(
 /// said in the mailbox's warnings.
 pub(crate) fn read_back(env: &Env<'_>, a: &Assessment) -> Result<Vec<String>, MailboxError> {
     let mb = &a.mailbox;
-    let fsync = env.cfg.migration.fsync;
+    let account = a.new_account(env);
     let mut warnings = Vec::new();
     let undone = "another writer of the userdb (one that ignores its lock)";
-    if login(env, a)? != NewLogin::Live {
-        stage(env, a)?;
-        enable(env, a)?;
+    if env.target.login(&env.source, &account)? != NewLogin::Live {
+        env.target.stage(&env.source, &account)?;
+        env.target.enable(&account)?;
         warnings.push(format!("{undone} undid the new login; written again"));
     }
     if !env.target.in_place() {
         let now = env.source.account(&mb.source_key)?;
         if now.is_some_and(|s| !s.refuses_login) {
-            env.source.freeze(&mb.source_key, fsync)?;
+            env.source.freeze(&mb.source_key, env.cfg.migration.fsync)?;
             warnings.push(format!(
                 "{undone} undid the refusal of the old login; refused again"
             ));

@@ -10,14 +10,14 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::assess::{self, Assessment};
 use super::folders::{self, SourceFolder};
-use super::mailbox::{self, Assessment};
 use super::server::{self, FolderFacts};
 use super::{Env, MailboxError, Named, RunError, courier, each_mailbox, manifest, ownership};
 use crate::classify::SkippedFolders;
 use crate::config::Config;
 use crate::copy::{self, Listing};
-use crate::job::{Domain, Job, LocalPart};
+use crate::job::{Domain, LocalPart, Scope};
 use crate::maildir::{self, filename};
 use crate::safe_fs::Dir;
 
@@ -44,8 +44,7 @@ pub fn verify(
     domain: Domain,
     mailboxes: Option<Vec<LocalPart>>,
 ) -> Result<Verification, RunError> {
-    let job = Job::inspection("verify", domain, mailboxes);
-    let env = Env::open(cfg, &job)?;
+    let env = Env::open(cfg, Scope { domain, mailboxes })?;
     let checks = each_mailbox(&env, |named| {
         let mut c = MailboxCheck {
             user: String::new(),
@@ -76,7 +75,7 @@ pub fn verify(
         })
         .collect();
     Ok(Verification {
-        domain: job.domain.to_string(),
+        domain: env.scope.domain.to_string(),
         ok: out.iter().all(|c| c.ok),
         mailboxes: out,
     })
@@ -90,7 +89,7 @@ fn hash_body(h: &str) -> &str {
 }
 
 fn check_mailbox(env: &Env<'_>, named: &Named, c: &mut MailboxCheck) -> Result<(), MailboxError> {
-    let a = mailbox::assess(env, named)?;
+    let a = assess::assess(env, named)?;
     let mb = &a.mailbox;
     check_logins(env, &a, c)?;
     let rel = mb.maildir_rel();
@@ -116,7 +115,7 @@ fn check_mailbox(env: &Env<'_>, named: &Named, c: &mut MailboxCheck) -> Result<(
     if let Err(p) = ownership::check_reachable(&env.target_root_path, &rel, mb.owner) {
         c.problems.push(p);
     }
-    let Some(source) = mailbox::old_maildir(env, &a)?.dir else {
+    let Some(source) = assess::old_maildir(env, &a)?.dir else {
         return Ok(());
     };
     let scan = folders::scan(
@@ -166,7 +165,7 @@ fn check_mailbox(env: &Env<'_>, named: &Named, c: &mut MailboxCheck) -> Result<(
                 doveadm,
                 &ns,
                 mb,
-                env.home_served(mb).as_deref(),
+                env.target.home_served(&a.new_account(env)).as_deref(),
                 &facts,
             )),
             Err(e) => c.problems.push(e),
@@ -207,7 +206,7 @@ fn stray_folders(
 /// The new login is there with the source's hash and the new location; the
 /// old one is refused (where there are two).
 fn check_logins(env: &Env<'_>, a: &Assessment, c: &mut MailboxCheck) -> Result<(), MailboxError> {
-    let (expected, actual) = env.target_login(&a.source, &a.mailbox)?;
+    let (expected, actual) = env.target.logins(&a.new_account(env))?;
     match actual {
         None => c.problems.push(format!(
             "no entry for {} in {}",
