@@ -62,6 +62,17 @@ pub struct Finished {
 
 pub fn gather(spool: &Spool, last: usize) -> Result<Status, SpoolError> {
     let daemon_pid = spool.running_daemon();
+    Ok(Status {
+        spool: spool.path().display().to_string(),
+        queued: queued(spool)?,
+        running: running(spool, daemon_pid.as_deref())?,
+        finished: finished(spool, last)?,
+        daemon_pid,
+    })
+}
+
+/// The submitted jobs, with why the daemon will refuse one.
+fn queued(spool: &Spool) -> Result<Vec<Queued>, SpoolError> {
     let mut queued = Vec::new();
     for e in spool.list(Place::Incoming)? {
         let (domain, mode, problem) = match spool.load(&e, None) {
@@ -77,11 +88,16 @@ pub fn gather(spool: &Spool, last: usize) -> Result<Status, SpoolError> {
             problem,
         });
     }
+    Ok(queued)
+}
+
+/// The jobs the daemon took up: running, or interrupted with its daemon.
+fn running(spool: &Spool, daemon_pid: Option<&str>) -> Result<Vec<RunningJob>, SpoolError> {
     let mut running = Vec::new();
     for e in spool.list(Place::Active)? {
         let id = e.base();
         let p = spool.read_progress(&id);
-        let live = matches!((&daemon_pid, &p), (Some(pid), Some(p)) if *pid == p.pid.to_string());
+        let live = matches!((daemon_pid, &p), (Some(pid), Some(p)) if pid == p.pid.to_string());
         let mut job = RunningJob {
             domain: spool.load(&e, None).ok().map(|j| j.domain.to_string()),
             id,
@@ -111,6 +127,11 @@ pub fn gather(spool: &Spool, last: usize) -> Result<Status, SpoolError> {
         }
         running.push(job);
     }
+    Ok(running)
+}
+
+/// The `last` finished jobs, newest first.
+fn finished(spool: &Spool, last: usize) -> Result<Vec<Finished>, SpoolError> {
     let mut finished: Vec<Finished> = Vec::new();
     for place in [Place::Done, Place::Failed] {
         for r in spool.records(place)? {
@@ -135,11 +156,5 @@ pub fn gather(spool: &Spool, last: usize) -> Result<Status, SpoolError> {
     }
     finished.sort_by(|a, b| b.finished.cmp(&a.finished).then(b.id.cmp(&a.id)));
     finished.truncate(last);
-    Ok(Status {
-        spool: spool.path().display().to_string(),
-        daemon_pid,
-        queued,
-        running,
-        finished,
-    })
+    Ok(finished)
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, Userdb};
+use crate::config::Config;
 use crate::job::{Domain, LocalPart, Scope};
 use crate::maildir;
 use crate::safe_fs::{Dir, Owner};
@@ -123,9 +123,10 @@ impl<'a> Env<'a> {
             let local = LocalPart::parse(l).map_err(MailboxError::Conflict)?;
             (local, account.key.clone())
         };
-        let target_key = match &self.cfg.target.userdb {
-            Userdb::File(p) if p.per_domain() => local.to_string(),
-            _ => user.clone(),
+        let target_key = if self.cfg.target.userdb.per_domain() {
+            local.to_string()
+        } else {
+            user.clone()
         };
         let home_rel = self
             .cfg

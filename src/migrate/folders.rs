@@ -161,7 +161,6 @@ pub fn scan(
     classifier: &Classifier,
     layout: Layout,
 ) -> Result<FolderScan, MailboxError> {
-    let io = |e| MailboxError::io(src.path(), e);
     let mut scan = FolderScan {
         copy: vec![SourceFolder {
             name: None,
@@ -169,51 +168,12 @@ pub fn scan(
         }],
         ..FolderScan::default()
     };
-    let mut seen: HashMap<FolderName, PathBuf> = HashMap::new();
-    let mut found = Vec::new();
     let mut candidates: Vec<(FolderName, PathBuf)> = Vec::new();
-    if layout == Layout::Fs {
-        fs_folders(src, Path::new(""), &[], &mut candidates, &mut scan.warnings)?;
+    match layout {
+        Layout::Fs => fs_folders(src, Path::new(""), &[], &mut candidates, &mut scan.warnings)?,
+        Layout::MaildirPlusPlus => maildirpp_folders(src, &mut candidates, &mut scan.warnings)?,
     }
-    for e in src.entries().map_err(io)? {
-        if layout == Layout::Fs {
-            break;
-        }
-        let raw = e.name.as_bytes();
-        if raw.first() != Some(&b'.') || raw == b"." || raw == b".." {
-            continue;
-        }
-        let shown = String::from_utf8_lossy(raw).into_owned();
-        match e.kind {
-            Kind::Dir => {}
-            Kind::Other => {
-                scan.warnings.push(format!(
-                    "{shown:?} is not a directory (symlink?); not followed"
-                ));
-                continue;
-            }
-            // Maildir++ readers ignore dot-files in the root.
-            Kind::File => continue,
-        }
-        let (name, _) = FolderName::from_dir_name(raw).map_err(|err| MailboxError::FolderName {
-            dir: src.child_path(&e.name),
-            err,
-        })?;
-        candidates.push((name, PathBuf::from(&e.name)));
-    }
-    for (name, dir) in candidates {
-        if let Some(other) = seen.insert(name.clone(), dir.clone()) {
-            return Err(MailboxError::NameConflict {
-                name: name.to_string(),
-                first: other.display().to_string(),
-                second: dir.display().to_string(),
-            });
-        }
-        found.push((name, dir));
-    }
-    // Report order: by decoded name, parents before children.
-    found.sort();
-    for (name, dir) in found {
+    for (name, dir) in unique(candidates)? {
         if let Some(reason) = classifier.classify(&name) {
             scan.skipped.push(SkippedFolder {
                 name: name.to_string(),
@@ -226,31 +186,20 @@ pub fn scan(
             });
             continue;
         }
-        // A folder we cannot read fails the mailbox: skipping it would
-        // lose its mail without anyone noticing.
-        let unreadable = |e: std::io::Error| MailboxError::io(&src.path().join(&dir), e);
-        let d = match src.open_beneath(&dir) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // just deleted
-            Err(e) => return Err(unreadable(e)),
-        };
-        let mut is_folder = false;
-        for s in copy::SUBDIRS {
-            match d.stat_at(s) {
-                Ok(st) => is_folder |= crate::safe_fs::kind_of(&st) == Kind::Dir,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(unreadable(e)),
+        match holds_mail(src, &dir)? {
+            // Just deleted.
+            None => continue,
+            Some(true) => {}
+            Some(false) => {
+                // In the fs layout a parent without mail of its own is normal.
+                if layout == Layout::MaildirPlusPlus {
+                    scan.warnings.push(format!(
+                        "{:?} has no cur/ or new/; not a Maildir folder, not copied",
+                        dir.display()
+                    ));
+                }
+                continue;
             }
-        }
-        if !is_folder {
-            // In the fs layout a parent without mail of its own is normal.
-            if layout == Layout::MaildirPlusPlus {
-                scan.warnings.push(format!(
-                    "{:?} has no cur/ or new/; not a Maildir folder, not copied",
-                    dir.display()
-                ));
-            }
-            continue;
         }
         scan.copy.push(SourceFolder {
             name: Some(name),
@@ -258,6 +207,80 @@ pub fn scan(
         });
     }
     Ok(scan)
+}
+
+/// The `.`-directories of a Maildir++ root: (decoded name, relative path).
+fn maildirpp_folders(
+    src: &Dir,
+    out: &mut Vec<(FolderName, PathBuf)>,
+    warnings: &mut Vec<String>,
+) -> Result<(), MailboxError> {
+    for e in src.entries().map_err(|e| MailboxError::io(src.path(), e))? {
+        let raw = e.name.as_bytes();
+        if raw.first() != Some(&b'.') || raw == b"." || raw == b".." {
+            continue;
+        }
+        let shown = String::from_utf8_lossy(raw).into_owned();
+        match e.kind {
+            Kind::Dir => {}
+            Kind::Other => {
+                warnings.push(format!(
+                    "{shown:?} is not a directory (symlink?); not followed"
+                ));
+                continue;
+            }
+            // Maildir++ readers ignore dot-files in the root.
+            Kind::File => continue,
+        }
+        let (name, _) = FolderName::from_dir_name(raw).map_err(|err| MailboxError::FolderName {
+            dir: src.child_path(&e.name),
+            err,
+        })?;
+        out.push((name, PathBuf::from(&e.name)));
+    }
+    Ok(())
+}
+
+/// The folders sorted for the report (by decoded name, parents before
+/// children); two directories decoding to one name are an error.
+fn unique(
+    candidates: Vec<(FolderName, PathBuf)>,
+) -> Result<Vec<(FolderName, PathBuf)>, MailboxError> {
+    let mut seen: HashMap<FolderName, PathBuf> = HashMap::new();
+    let mut found = Vec::new();
+    for (name, dir) in candidates {
+        if let Some(other) = seen.insert(name.clone(), dir.clone()) {
+            return Err(MailboxError::NameConflict {
+                name: name.to_string(),
+                first: other.display().to_string(),
+                second: dir.display().to_string(),
+            });
+        }
+        found.push((name, dir));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Whether the folder at `dir` has a `cur/` or `new/` (`None`: it
+/// was just deleted). A folder we cannot read fails the mailbox: skipping
+/// it would lose its mail without anyone noticing.
+fn holds_mail(src: &Dir, dir: &Path) -> Result<Option<bool>, MailboxError> {
+    let unreadable = |e: std::io::Error| MailboxError::io(&src.path().join(dir), e);
+    let d = match src.open_beneath(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unreadable(e)),
+    };
+    let mut is_folder = false;
+    for s in copy::SUBDIRS {
+        match d.stat_at(s) {
+            Ok(st) => is_folder |= crate::safe_fs::kind_of(&st) == Kind::Dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(unreadable(e)),
+        }
+    }
+    Ok(Some(is_folder))
 }
 
 /// What a pass over a whole mailbox found and did.
@@ -355,23 +378,8 @@ pub fn sync_mailbox(
         .st_uid;
     let mut kept_dirs: BTreeSet<PathBuf> = BTreeSet::new();
     for folder in &scan.copy {
-        let shown = folder.display();
-        let src_dir = match folder.open(src) {
-            Ok(d) => d,
-            // Deleted by the user since the scan: gone here too (the
-            // target copy is removed below as a stale folder).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && folder.name.is_some() => {
-                out.warnings
-                    .push(format!("{shown}: deleted in the source during the pass"));
-                continue;
-            }
-            Err(e) => {
-                return Err(MailboxError::io(
-                    &src.path()
-                        .join(folder.dir.as_deref().unwrap_or(Path::new(""))),
-                    e,
-                ));
-            }
+        let Some(src_dir) = open_source_folder(src, folder, &mut out.warnings)? else {
+            continue;
         };
         let rel = folder
             .target_dir(ctx.names, ctx.layout)
@@ -387,61 +395,7 @@ pub fn sync_mailbox(
             }
         };
         let target = TargetFolder::open(dst_dir, ctx.copy.owner)?;
-        // Courier keywords become letters in the names; a Dovecot
-        // keywords file, where one exists, already says what they mean.
-        let courier_keywords = match src_dir.stat_at(maildir::KEYWORDS) {
-            Ok(_) => None,
-            Err(_) => courier::read_keywords(&src_dir, uid, &shown, &mut out.warnings)?,
-        };
-        let (listing, assignment, changes) = sync_folder_until_stable(
-            ctx,
-            &src_dir,
-            uid,
-            &target,
-            &shown,
-            courier_keywords.as_ref(),
-        )?;
-        out.changes += changes;
-        for p in &listing.not_files {
-            out.warnings.push(format!(
-                "{}: not a regular file; not copied",
-                crate::shown::path(p)
-            ));
-        }
-        if pass == Pass::Bulk {
-            continue;
-        }
-        let m = copy::compare(&listing, &target.list()?);
-        if !m.is_empty() {
-            return Err(MailboxError::Verify {
-                folder: shown,
-                mismatch: m,
-            });
-        }
-        out.folders += 1;
-        out.messages += listing.len() as u64;
-        out.bytes = out.bytes.saturating_add(copy::listing_bytes(
-            &target.dir,
-            &listing,
-            copy::Side::Target,
-        )?);
-        let present = courier::present_bases(&listing);
-        out.manifest.push((
-            folder
-                .dir
-                .as_ref()
-                .map(|d| d.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            present.clone(),
-        ));
-        let has_cur = !listing.cur.is_empty();
-        drop(listing);
-        let found = FolderFacts {
-            present: &present,
-            has_cur,
-            courier_keywords: assignment,
-        };
-        carry_folder_files(ctx, &src_dir, uid, &target.dir, folder, found, &mut out)?;
+        pass_folder(ctx, &src_dir, uid, &target, folder, pass, &mut out)?;
     }
     if ctx.skipped == SkippedFolders::Empty {
         for folder in &scan.skip {
@@ -458,6 +412,94 @@ pub fn sync_mailbox(
         courier::root_warnings(src, &mut out.warnings);
     }
     Ok(out)
+}
+
+/// A kept source folder, open; `None` when the user deleted it since the
+/// scan (its target copy is then removed as a stale folder).
+fn open_source_folder(
+    src: &Dir,
+    folder: &SourceFolder,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Dir>, MailboxError> {
+    match folder.open(src) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && folder.name.is_some() => {
+            warnings.push(format!(
+                "{}: deleted in the source during the pass",
+                folder.display()
+            ));
+            Ok(None)
+        }
+        Err(e) => Err(MailboxError::io(
+            &src.path()
+                .join(folder.dir.as_deref().unwrap_or(Path::new(""))),
+            e,
+        )),
+    }
+}
+
+/// One folder in one pass: its messages synced; in the final pass also
+/// verified, counted, listed for the manifest, and its control files
+/// carried.
+fn pass_folder(
+    ctx: &SyncContext<'_>,
+    src_dir: &Dir,
+    uid: u32,
+    target: &TargetFolder,
+    folder: &SourceFolder,
+    pass: Pass,
+    out: &mut MailboxSync,
+) -> Result<(), MailboxError> {
+    let shown = folder.display();
+    // Courier keywords become letters in the names; a Dovecot
+    // keywords file, where one exists, already says what they mean.
+    let courier_keywords = match src_dir.stat_at(maildir::KEYWORDS) {
+        Ok(_) => None,
+        Err(_) => courier::read_keywords(src_dir, uid, &shown, &mut out.warnings)?,
+    };
+    let (listing, assignment, changes) =
+        sync_folder_until_stable(ctx, src_dir, uid, target, &shown, courier_keywords.as_ref())?;
+    out.changes += changes;
+    for p in &listing.not_files {
+        out.warnings.push(format!(
+            "{}: not a regular file; not copied",
+            crate::shown::path(p)
+        ));
+    }
+    if pass == Pass::Bulk {
+        return Ok(());
+    }
+    let m = copy::compare(&listing, &target.list()?);
+    if !m.is_empty() {
+        return Err(MailboxError::Verify {
+            folder: shown,
+            mismatch: m,
+        });
+    }
+    out.folders += 1;
+    out.messages += listing.len() as u64;
+    out.bytes = out.bytes.saturating_add(copy::listing_bytes(
+        &target.dir,
+        &listing,
+        copy::Side::Target,
+    )?);
+    let present = courier::present_bases(&listing);
+    out.manifest.push((
+        folder
+            .dir
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        present.clone(),
+    ));
+    let has_cur = !listing.cur.is_empty();
+    drop(listing);
+    let found = FolderFacts {
+        present: &present,
+        has_cur,
+        courier_keywords: assignment,
+    };
+    carry_folder_files(ctx, src_dir, uid, &target.dir, folder, found, out)
 }
 
 /// A skipped folder in the target: there, but empty. The final pass gives
@@ -623,8 +665,36 @@ fn carry_folder_files(
         dst.unlink_if_exists(idx)
             .map_err(|e| MailboxError::io(&dst.child_path(idx), e))?;
     }
-    let uidlist = read_uidlist(src, uid)?;
-    let uid_bytes = match uidlist {
+    let uid_bytes = carried_uidlist(src, uid, &shown, folder, &found, out)?;
+    put_control(dst, maildir::UIDLIST, uid_bytes, &attrs)?;
+    let kw_bytes = carried_keywords(src, uid, &shown, found.courier_keywords, out)?;
+    put_control(dst, maildir::KEYWORDS, kw_bytes, &attrs)?;
+    let acl = courier::acl(src, uid, &shown, &mut out.warnings)?;
+    put_control(dst, DOVECOT_ACL, acl, &attrs)?;
+
+    if folder.name.is_some() && ctx.layout == Layout::MaildirPlusPlus {
+        match dst.create_file(maildir::MAILDIRFOLDER, 0o600) {
+            Ok(f) => crate::safe_fs::apply_attrs(&f, &attrs),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| MailboxError::io(&dst.child_path(maildir::MAILDIRFOLDER), e))?;
+    }
+    Ok(())
+}
+
+/// The `dovecot-uidlist` to write: Dovecot's own, else one built from
+/// Courier's; `None` (with a warning where messages lose their UIDs)
+/// when neither is usable.
+fn carried_uidlist(
+    src: &Dir,
+    uid: u32,
+    shown: &str,
+    folder: &SourceFolder,
+    found: &FolderFacts<'_>,
+    out: &mut MailboxSync,
+) -> Result<Option<Vec<u8>>, MailboxError> {
+    Ok(match read_uidlist(src, uid)? {
         Some(Ok(l)) => Some(l.to_bytes()),
         Some(Err(e)) => {
             out.uids_preserved = false;
@@ -637,7 +707,7 @@ fn carry_folder_files(
         None => match courier::uidlist(
             src,
             uid,
-            &shown,
+            shown,
             found.present,
             folder.name.is_none(),
             &mut out.warnings,
@@ -656,12 +726,21 @@ fn carry_folder_files(
             }
             None => None,
         },
-    };
-    put_control(dst, maildir::UIDLIST, uid_bytes, &attrs)?;
+    })
+}
 
+/// The `dovecot-keywords` to write: Dovecot's own, else Courier's
+/// keywords as letters (at most 26; the rest are reported dropped).
+fn carried_keywords(
+    src: &Dir,
+    uid: u32,
+    shown: &str,
+    courier_keywords: Option<Assignment>,
+    out: &mut MailboxSync,
+) -> Result<Option<Vec<u8>>, MailboxError> {
     let keywords = read_control(src, maildir::KEYWORDS, uid, keywords::MAX_BYTES)?
         .map(|d| Keywords::parse(&d));
-    let kw_bytes = match keywords {
+    Ok(match keywords {
         Some(Ok(k)) => Some(k.to_bytes()),
         Some(Err(e)) => {
             out.warnings.push(format!(
@@ -670,7 +749,7 @@ fn carry_folder_files(
             ));
             None
         }
-        None => found.courier_keywords.map(|a| {
+        None => courier_keywords.map(|a| {
             for (name, n) in &a.dropped {
                 out.warnings.push(format!(
                     "{shown}: keyword {name:?} ({n} messages) dropped: Dovecot keeps at most 26 per folder"
@@ -678,20 +757,7 @@ fn carry_folder_files(
             }
             a.keywords.to_bytes()
         }),
-    };
-    put_control(dst, maildir::KEYWORDS, kw_bytes, &attrs)?;
-    let acl = courier::acl(src, uid, &shown, &mut out.warnings)?;
-    put_control(dst, DOVECOT_ACL, acl, &attrs)?;
-
-    if folder.name.is_some() && ctx.layout == Layout::MaildirPlusPlus {
-        match dst.create_file(maildir::MAILDIRFOLDER, 0o600) {
-            Ok(f) => crate::safe_fs::apply_attrs(&f, &attrs),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(e),
-        }
-        .map_err(|e| MailboxError::io(&dst.child_path(maildir::MAILDIRFOLDER), e))?;
-    }
-    Ok(())
+    })
 }
 
 /// At most `limit + 1` bytes of a control file: one larger than its

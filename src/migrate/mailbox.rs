@@ -16,6 +16,10 @@
 //! so a failed mailbox keeps its old login and gets no target entry.
 //! Every step is idempotent, so re-running a job completes whatever was
 //! left.
+//!
+//! Step 1 is `assess` (shared with the read-only commands); the userdbs
+//! are written through `userdb::Source` and `userdb::Target`; the new
+//! server's check before the login goes live is in `switch`.
 
 use std::cell::RefCell;
 
@@ -86,11 +90,14 @@ pub fn migrate(env: &Env<'_>, job: &Job, ctx: &SyncContext<'_>, named: &Named) -
     report
 }
 
+/// What a finished mailbox's report says of its content.
 struct Content {
     sync: MailboxSync,
     skipped: Vec<crate::report::SkippedFolder>,
 }
 
+/// The protocol for one mailbox, from where it stands (`user` learns its
+/// name as the source spells it; `stage` how far it got).
 fn run(
     env: &Env<'_>,
     job: &Job,
@@ -457,7 +464,7 @@ fn undo(env: &Env<'_>, user: &str, named: &Named, stage: Stage, e: MailboxError)
     if let Some(previous) = previous
         && let Err(t) = env.target.unstage(&a.new_account(env), &previous)
     {
-        return failed_too("taking the staged login back", &t);
+        return failed_too("taking the staged login back", &MailboxError::from(t));
     }
     match env
         .source

@@ -305,16 +305,7 @@ pub fn run_job(
     let env = Env::open(cfg, job.scope())?;
     // Before a cutover: clients must see the same folder names.
     if job.cutover {
-        match server::compare_namespaces(cfg) {
-            server::Namespaces::Same => {}
-            server::Namespaces::Unknown(why) => info!("{why}"),
-            server::Namespaces::Differ(problem) => {
-                return Err(RunError::Config {
-                    key: "verify.doveadm_config",
-                    problem,
-                });
-            }
-        }
+        same_namespaces(cfg)?;
     }
     let selected = select_mailboxes(&env)?;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -345,16 +336,7 @@ pub fn run_job(
         }
         let report = match sel {
             Ok(named) => {
-                let user = named.user(&job.domain);
-                progress.mailbox_started(&user);
-                let r = match resumed
-                    .iter()
-                    .find(|r| r.user == user && r.status == MailboxStatus::Done)
-                {
-                    Some(done) => done.clone(),
-                    None => mailbox::migrate(&env, job, &ctx, &named),
-                };
-                progress.mailbox_finished(&r);
+                let r = migrate_one(&env, job, &ctx, &named, resumed);
                 if r.status == MailboxStatus::Done {
                     switched.push((reports.len(), named));
                 }
@@ -362,15 +344,7 @@ pub fn run_job(
             }
             Err((user, why)) => MailboxReport::failed(user, why),
         };
-        match &report.error {
-            Some(e) => warn!(user = %report.user, "mailbox failed: {e}"),
-            None => {
-                info!(user = %report.user, status = ?report.status, messages = report.messages, bytes = report.bytes, "mailbox finished")
-            }
-        }
-        for w in &report.warnings {
-            warn!(user = %report.user, "{w}");
-        }
+        log_mailbox(&report);
         reports.push(report);
     }
     // The last mailbox may have been rolled back by the stop.
@@ -393,6 +367,56 @@ pub fn run_job(
     }
     info!(job = job.id.as_str(), status = ?report.status, "job finished");
     Ok(report)
+}
+
+/// Refuses a cutover after which clients would see other folder names.
+fn same_namespaces(cfg: &Config) -> Result<(), RunError> {
+    match server::compare_namespaces(cfg) {
+        server::Namespaces::Same => Ok(()),
+        server::Namespaces::Unknown(why) => {
+            info!("{why}");
+            Ok(())
+        }
+        server::Namespaces::Differ(problem) => Err(RunError::Config {
+            key: "verify.doveadm_config",
+            problem,
+        }),
+    }
+}
+
+/// One selected mailbox migrated, or its report kept from the interrupted
+/// run that finished it.
+fn migrate_one(
+    env: &Env<'_>,
+    job: &Job,
+    ctx: &SyncContext<'_>,
+    named: &Named,
+    resumed: &[MailboxReport],
+) -> MailboxReport {
+    let progress = ctx.workers.progress;
+    let user = named.user(&job.domain);
+    progress.mailbox_started(&user);
+    let r = match resumed
+        .iter()
+        .find(|r| r.user == user && r.status == MailboxStatus::Done)
+    {
+        Some(done) => done.clone(),
+        None => mailbox::migrate(env, job, ctx, named),
+    };
+    progress.mailbox_finished(&r);
+    r
+}
+
+fn log_mailbox(report: &MailboxReport) {
+    match &report.error {
+        Some(e) => warn!(user = %report.user, "mailbox failed: {e}"),
+        None => {
+            info!(user = %report.user, status = ?report.status, messages = report.messages, bytes = report.bytes, "mailbox finished")
+        }
+    }
+    for w in &report.warnings {
+        warn!(user = %report.user, "{w}");
+    }
 }
 
 /// A writer that ignores the userdb's lock may have undone an earlier

@@ -118,37 +118,7 @@ fn check_mailbox(env: &Env<'_>, named: &Named, c: &mut MailboxCheck) -> Result<(
     let Some(source) = assess::old_maildir(env, &a)?.dir else {
         return Ok(());
     };
-    let scan = folders::scan(
-        &source,
-        &env.cfg.migration.classifier,
-        env.cfg.source.layout,
-    )?;
-    let uid = source
-        .stat()
-        .map_err(|e| MailboxError::io(source.path(), e))?
-        .st_uid;
-    let mut expected_dirs = BTreeSet::new();
-    let mut facts = Vec::new();
-    // Skipped folders are there, empty, when they are kept that way.
-    let emptied = match env.cfg.migration.skipped_folders {
-        SkippedFolders::Empty => scan.skip.as_slice(),
-        SkippedFolders::Absent => &[],
-    };
-    let folders = scan.copy.iter().map(|f| (f, false));
-    for (folder, empty) in folders.chain(emptied.iter().map(|f| (f, true))) {
-        let dst_rel = folder
-            .target_dir(env.cfg.target.folder_names, env.cfg.target.layout)
-            .map_err(MailboxError::Conflict)?;
-        if let Some(r) = &dst_rel {
-            expected_dirs.insert(r.clone());
-        }
-        let here = Folders {
-            source: &source,
-            target: &target,
-            uid,
-        };
-        facts.extend(check_folder(here, folder, dst_rel, empty, c)?);
-    }
+    let (expected_dirs, mut facts) = check_folders(env, &source, &target, c)?;
     if let Some(doveadm) = &env.cfg.verify.doveadm {
         // What the switch recorded of the old server's HIGHESTMODSEQ.
         let old: Vec<manifest::Mailbox> = manifest::load(&target)?
@@ -175,6 +145,45 @@ fn check_mailbox(env: &Env<'_>, named: &Named, c: &mut MailboxCheck) -> Result<(
         stray_folders(&target, &expected_dirs, c)?;
     }
     Ok(())
+}
+
+/// Compares every folder the target should hold; returns the folder
+/// directories expected in the target and what it holds of each folder
+/// (for the new server's own view).
+fn check_folders(
+    env: &Env<'_>,
+    source: &Dir,
+    target: &Dir,
+    c: &mut MailboxCheck,
+) -> Result<(BTreeSet<PathBuf>, Vec<FolderFacts>), MailboxError> {
+    let scan = folders::scan(source, &env.cfg.migration.classifier, env.cfg.source.layout)?;
+    let uid = source
+        .stat()
+        .map_err(|e| MailboxError::io(source.path(), e))?
+        .st_uid;
+    let mut expected_dirs = BTreeSet::new();
+    let mut facts = Vec::new();
+    // Skipped folders are there, empty, when they are kept that way.
+    let emptied = match env.cfg.migration.skipped_folders {
+        SkippedFolders::Empty => scan.skip.as_slice(),
+        SkippedFolders::Absent => &[],
+    };
+    let folders = scan.copy.iter().map(|f| (f, false));
+    for (folder, empty) in folders.chain(emptied.iter().map(|f| (f, true))) {
+        let dst_rel = folder
+            .target_dir(env.cfg.target.folder_names, env.cfg.target.layout)
+            .map_err(MailboxError::Conflict)?;
+        if let Some(r) = &dst_rel {
+            expected_dirs.insert(r.clone());
+        }
+        let here = Folders {
+            source,
+            target,
+            uid,
+        };
+        facts.extend(check_folder(here, folder, dst_rel, empty, c)?);
+    }
+    Ok((expected_dirs, facts))
 }
 
 /// Maildir++ folders in the target that the source does not have.
