@@ -161,7 +161,8 @@ impl Cutover {
             Domain::parse("d.example").expect("valid"),
         );
         for a in &freeze_command {
-            expand_user(a, &probe.0, &probe.1).map_err(invalid("cutover.freeze_command"))?;
+            crate::vars::expand_user(a, &probe.0, &probe.1)
+                .map_err(invalid("cutover.freeze_command"))?;
         }
         let max_delta_passes = raw.max_delta_passes.unwrap_or(3);
         if max_delta_passes > 20 {
@@ -200,53 +201,10 @@ impl Cutover {
         Some(
             self.freeze_command
                 .iter()
-                .map(|a| expand_user(a, local, domain).expect("validated"))
+                .map(|a| crate::vars::expand_user(a, local, domain).expect("validated"))
                 .collect(),
         )
     }
-}
-
-/// `%u` user@domain, `%d` domain, `%n` local part, `%%` a percent sign:
-/// the one expander of the configuration's user templates.
-fn expand_user(s: &str, local: &LocalPart, domain: &Domain) -> Result<String, String> {
-    let mut out = String::new();
-    for piece in pieces(s)? {
-        match piece {
-            Piece::Text(t) => out.push_str(t),
-            Piece::Var('u') => out.push_str(&format!("{local}@{domain}")),
-            Piece::Var('d') => out.push_str(domain.as_str()),
-            Piece::Var(_) => out.push_str(local.as_str()),
-        }
-    }
-    Ok(out)
-}
-
-/// A template cut into literal text and `%` variables.
-enum Piece<'a> {
-    Text(&'a str),
-    Var(char),
-}
-
-fn pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while let Some(p) = rest.find('%') {
-        out.push(Piece::Text(&rest[..p]));
-        let mut after = rest[p + 1..].chars();
-        match after.next() {
-            Some('%') => out.push(Piece::Text("%")),
-            Some(v @ ('u' | 'd' | 'n')) => out.push(Piece::Var(v)),
-            other => {
-                return Err(format!(
-                    "unknown variable %{} (use %u, %d, %n or %%)",
-                    other.map(String::from).unwrap_or_default()
-                ));
-            }
-        }
-        rest = after.as_str();
-    }
-    out.push(Piece::Text(rest));
-    Ok(out)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -450,13 +408,7 @@ pub struct HomeTemplate(String);
 
 impl HomeTemplate {
     fn parse(s: &str) -> Result<HomeTemplate, String> {
-        let vars: Vec<char> = pieces(s)?
-            .into_iter()
-            .filter_map(|p| match p {
-                Piece::Var(v) => Some(v),
-                Piece::Text(_) => None,
-            })
-            .collect();
+        let vars = crate::vars::user_variables(s)?;
         // Homes of two mailboxes (of any two domains) must never coincide.
         let names_both = vars.contains(&'u') || vars.contains(&'d') && vars.contains(&'n');
         if !names_both {
@@ -484,7 +436,7 @@ impl HomeTemplate {
     }
 
     pub fn expand(&self, local: &LocalPart, domain: &Domain) -> Result<PathBuf, String> {
-        expand_user(&self.0, local, domain).map(PathBuf::from)
+        crate::vars::expand_user(&self.0, local, domain).map(PathBuf::from)
     }
 }
 
