@@ -25,6 +25,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Failure + '_ {
 }
 
 pub(super) fn run(dir: &Path, fixtures: &Path) -> Result<u8, Failure> {
+    // Both defaults are relative to the current directory: a packaged
+    // binary knows no source tree.
+    if !fixtures.join("config.toml").is_file() {
+        return Err(Failure(
+            exit::NOINPUT,
+            format!(
+                "{}: no demo host there (run from the repository root, or give --fixtures DIR)",
+                fixtures.display()
+            ),
+        ));
+    }
     if dir.exists() {
         if !dir.join(STAMP).exists() {
             return Err(Failure(
