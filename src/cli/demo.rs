@@ -156,3 +156,25 @@ fn set_mtime_from_name(path: &Path) -> Result<(), Failure> {
     )
     .map_err(|e| io(path)(e.into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A packaged binary run outside the source tree says where it looked
+    /// and which flag to give, before it touches `--dir`.
+    #[test]
+    fn no_demo_host_names_the_path_and_the_flag() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("demo");
+        let Err(Failure(code, msg)) = run(&dir, &t.path().join("nowhere")) else {
+            panic!("a missing demo host must fail");
+        };
+        assert_eq!(code, exit::NOINPUT);
+        assert!(
+            msg.contains("nowhere") && msg.contains("--fixtures"),
+            "{msg}"
+        );
+        assert!(!dir.exists());
+    }
+}
