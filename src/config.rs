@@ -40,6 +40,14 @@ pub enum ConfigError {
     },
 }
 
+/// A bad value before the file's name is added: (config key, problem).
+type Invalid = (&'static str, String);
+
+/// Tags a problem with its key, for `map_err`.
+fn invalid(key: &'static str) -> impl Fn(String) -> Invalid {
+    move |problem| (key, problem)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UserdbFormat {
@@ -96,6 +104,22 @@ pub struct VerifySettings {
     pub doveadm: Option<Doveadm>,
 }
 
+impl VerifySettings {
+    fn parse(
+        raw: RawVerify,
+        resolve: &impl Fn(&Path) -> PathBuf,
+    ) -> Result<VerifySettings, Invalid> {
+        Ok(VerifySettings {
+            doveadm: doveadm(
+                raw.doveadm.as_deref(),
+                raw.doveadm_config.as_deref(),
+                resolve,
+            )
+            .map_err(invalid("verify.doveadm"))?,
+        })
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCutover {
@@ -123,6 +147,52 @@ pub struct Cutover {
 }
 
 impl Cutover {
+    fn parse(raw: RawCutover) -> Result<Cutover, Invalid> {
+        let freeze_command = raw.freeze_command.unwrap_or_default();
+        if let Some(first) = freeze_command.first()
+            && !first.starts_with('/')
+        {
+            return Err(invalid("cutover.freeze_command")(format!(
+                "{first:?}: the program must be an absolute path (no shell, no PATH search)"
+            )));
+        }
+        let probe = (
+            LocalPart::parse("n").expect("valid"),
+            Domain::parse("d.example").expect("valid"),
+        );
+        for a in &freeze_command {
+            crate::vars::expand_user(a, &probe.0, &probe.1)
+                .map_err(invalid("cutover.freeze_command"))?;
+        }
+        let max_delta_passes = raw.max_delta_passes.unwrap_or(3);
+        if max_delta_passes > 20 {
+            return Err(invalid("cutover.max_delta_passes")(format!(
+                "{max_delta_passes} is more than 20"
+            )));
+        }
+        let freeze_grace = raw.freeze_grace.unwrap_or(0);
+        if freeze_grace > 600 {
+            return Err(invalid("cutover.freeze_grace")(format!(
+                "{freeze_grace} s is more than 600"
+            )));
+        }
+        Ok(Cutover {
+            freeze_command,
+            freeze_grace: Duration::from_secs(freeze_grace),
+            max_delta_passes,
+            delta_threshold: raw.delta_threshold.unwrap_or(100),
+            sweep_delay: match raw.sweep_delay.unwrap_or(600) {
+                0 => None,
+                s if s > MAX_SWEEP_DELAY => {
+                    return Err(invalid("cutover.sweep_delay")(format!(
+                        "{s} s is more than {MAX_SWEEP_DELAY} s (a year)"
+                    )));
+                }
+                s => Some(Duration::from_secs(s)),
+            },
+        })
+    }
+
     /// The freeze command for one user, `None` when none is configured.
     pub fn command_for(&self, local: &LocalPart, domain: &Domain) -> Option<Vec<String>> {
         if self.freeze_command.is_empty() {
@@ -131,53 +201,10 @@ impl Cutover {
         Some(
             self.freeze_command
                 .iter()
-                .map(|a| expand_user(a, local, domain).expect("validated"))
+                .map(|a| crate::vars::expand_user(a, local, domain).expect("validated"))
                 .collect(),
         )
     }
-}
-
-/// `%u` user@domain, `%d` domain, `%n` local part, `%%` a percent sign:
-/// the one expander of the configuration's user templates.
-fn expand_user(s: &str, local: &LocalPart, domain: &Domain) -> Result<String, String> {
-    let mut out = String::new();
-    for piece in pieces(s)? {
-        match piece {
-            Piece::Text(t) => out.push_str(t),
-            Piece::Var('u') => out.push_str(&format!("{local}@{domain}")),
-            Piece::Var('d') => out.push_str(domain.as_str()),
-            Piece::Var(_) => out.push_str(local.as_str()),
-        }
-    }
-    Ok(out)
-}
-
-/// A template cut into literal text and `%` variables.
-enum Piece<'a> {
-    Text(&'a str),
-    Var(char),
-}
-
-fn pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while let Some(p) = rest.find('%') {
-        out.push(Piece::Text(&rest[..p]));
-        let mut after = rest[p + 1..].chars();
-        match after.next() {
-            Some('%') => out.push(Piece::Text("%")),
-            Some(v @ ('u' | 'd' | 'n')) => out.push(Piece::Var(v)),
-            other => {
-                return Err(format!(
-                    "unknown variable %{} (use %u, %d, %n or %%)",
-                    other.map(String::from).unwrap_or_default()
-                ));
-            }
-        }
-        rest = after.as_str();
-    }
-    out.push(Piece::Text(rest));
-    Ok(out)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -381,13 +408,7 @@ pub struct HomeTemplate(String);
 
 impl HomeTemplate {
     fn parse(s: &str) -> Result<HomeTemplate, String> {
-        let vars: Vec<char> = pieces(s)?
-            .into_iter()
-            .filter_map(|p| match p {
-                Piece::Var(v) => Some(v),
-                Piece::Text(_) => None,
-            })
-            .collect();
+        let vars = crate::vars::user_variables(s)?;
         // Homes of two mailboxes (of any two domains) must never coincide.
         let names_both = vars.contains(&'u') || vars.contains(&'d') && vars.contains(&'n');
         if !names_both {
@@ -415,7 +436,7 @@ impl HomeTemplate {
     }
 
     pub fn expand(&self, local: &LocalPart, domain: &Domain) -> Result<PathBuf, String> {
-        expand_user(&self.0, local, domain).map(PathBuf::from)
+        crate::vars::expand_user(&self.0, local, domain).map(PathBuf::from)
     }
 }
 
@@ -452,6 +473,166 @@ pub struct Target {
     pub lowercase_logins: bool,
 }
 
+impl Source {
+    fn parse(raw: RawSource, resolve: &impl Fn(&Path) -> PathBuf) -> Result<Source, Invalid> {
+        let default_scheme = raw.default_scheme.unwrap_or_else(|| "CRYPT".into());
+        if !is_scheme_name(&default_scheme) {
+            return Err(invalid("source.default_scheme")(format!(
+                "{default_scheme:?} is not a password scheme name"
+            )));
+        }
+        match (&raw.makeuserdb, raw.userdb_format) {
+            (Some(_), UserdbFormat::PasswdFile | UserdbFormat::Sql) => {
+                return Err(invalid("source.makeuserdb")(
+                    "only for userdb_format = \"courier-userdb\"".into(),
+                ));
+            }
+            (Some(p), _) if !p.is_absolute() => {
+                return Err(invalid("source.makeuserdb")(
+                    "must be an absolute path".into(),
+                ));
+            }
+            _ => {}
+        }
+        let userdb = Userdb::parse(
+            "source",
+            RawUserdb {
+                userdb: &raw.userdb,
+                format: raw.userdb_format,
+                password_file: raw.password_file.as_deref(),
+                schema: raw.schema.as_deref(),
+                queries: raw.queries.as_ref(),
+            },
+            resolve,
+        )?;
+        let doveadm = match raw.userdb_format {
+            // Courier has no doveadm; its clients' view is known.
+            UserdbFormat::CourierUserdb if raw.doveadm.is_some() => {
+                return Err(invalid("source.doveadm")(
+                    "a Courier source has no doveadm".into(),
+                ));
+            }
+            _ => doveadm(
+                raw.doveadm.as_deref(),
+                raw.doveadm_config.as_deref(),
+                resolve,
+            )
+            .map_err(invalid("source.doveadm"))?,
+        };
+        Ok(Source {
+            userdb,
+            userdb_format: raw.userdb_format,
+            mail_root: resolve(&raw.mail_root),
+            default_scheme,
+            makeuserdb: raw.makeuserdb,
+            layout: layout(raw.layout.as_deref()).map_err(invalid("source.layout"))?,
+            doveadm,
+        })
+    }
+}
+
+impl Target {
+    fn parse(raw: RawTarget, resolve: &impl Fn(&Path) -> PathBuf) -> Result<Target, Invalid> {
+        let owner = match (raw.uid, raw.gid) {
+            (None, None) => None,
+            (Some(0), _) | (_, Some(0)) => {
+                return Err(invalid("target.uid")(
+                    "uid/gid 0 is refused by Dovecot's passwd-file; use the mail user's ids".into(),
+                ));
+            }
+            (Some(uid), Some(gid)) => Some(Owner { uid, gid }),
+            _ => {
+                return Err(invalid("target.uid")(
+                    "set both uid and gid, or neither".into(),
+                ));
+            }
+        };
+        if raw.userdb_format == UserdbFormat::CourierUserdb {
+            return Err(invalid("target.userdb_format")(
+                "the new Dovecot's userdb must be \"passwd-file\" or \"sql\"".into(),
+            ));
+        }
+        let folder_names = match raw.folder_names.as_deref() {
+            None | Some("mutf7") => NameEncoding::Mutf7,
+            Some("utf8") => NameEncoding::Utf8,
+            Some(other) => {
+                return Err(invalid("target.folder_names")(format!(
+                    "{other:?} is neither \"mutf7\" nor \"utf8\""
+                )));
+            }
+        };
+        let userdb = Userdb::parse(
+            "target",
+            RawUserdb {
+                userdb: &raw.userdb,
+                format: raw.userdb_format,
+                password_file: raw.password_file.as_deref(),
+                schema: raw.schema.as_deref(),
+                queries: raw.queries.as_ref(),
+            },
+            resolve,
+        )?;
+        Ok(Target {
+            userdb,
+            userdb_format: raw.userdb_format,
+            mail_root: resolve(&raw.mail_root),
+            home: HomeTemplate::parse(raw.home.as_deref().unwrap_or("%d/%n"))
+                .map_err(invalid("target.home"))?,
+            owner,
+            folder_names,
+            layout: layout(raw.layout.as_deref()).map_err(invalid("target.layout"))?,
+            lowercase_logins: match raw.auth_username_format.as_deref() {
+                None | Some("%Lu") => true,
+                Some("%u") => false,
+                Some(other) => {
+                    return Err(invalid("target.auth_username_format")(format!(
+                        "{other:?} is neither \"%Lu\" (Dovecot's default) nor \"%u\""
+                    )));
+                }
+            },
+        })
+    }
+}
+
+/// What one side cannot check alone: a Courier userdb is never the
+/// target, two sides in one database share a mail root, the new tree has
+/// an owner to give, and the two stores stay apart.
+fn check_sides(source: &Source, target: &Target) -> Result<(), Invalid> {
+    if source.userdb_format == UserdbFormat::CourierUserdb
+        && matches!((&source.userdb, &target.userdb), (Userdb::File(s), Userdb::File(t)) if s == t)
+    {
+        return Err(invalid("target.userdb")(
+            "a Courier userdb cannot be rewritten in place; the target must be a passwd-file of its own".into(),
+        ));
+    }
+    if let (Userdb::Sql(s), Userdb::Sql(t)) = (&source.userdb, &target.userdb)
+        && same_database(s, t)
+        && source.mail_root != target.mail_root
+    {
+        // The services read `maildir` relative to one base: rows
+        // already switched and rows not yet switched must share it.
+        return Err(invalid("target.mail_root")(
+            "one SQL database for source and target (in place) needs one mail_root for both; give the new Maildirs their own home (e.g. home = \"v2/%d/%n\")".into(),
+        ));
+    }
+    if matches!(source.userdb, Userdb::Sql(_))
+        && matches!(target.userdb, Userdb::File(_))
+        && target.owner.is_none()
+    {
+        return Err(invalid("target.uid")(
+            "an SQL source has no uid/gid to carry; set target.uid and target.gid".into(),
+        ));
+    }
+    if matches!(target.userdb, Userdb::Sql(_)) && target.owner.is_none() {
+        // The new Dovecot's user_query names the owner, not the row:
+        // the tree must be given exactly that uid/gid.
+        return Err(invalid("target.uid")(
+            "an SQL target's rows carry no uid/gid; set target.uid and target.gid to what the new Dovecot's user_query returns".into(),
+        ));
+    }
+    check_roots(&source.mail_root, &target.mail_root)
+}
+
 #[derive(Debug, Clone)]
 pub struct Migration {
     pub skipped_folders: SkippedFolders,
@@ -464,11 +645,80 @@ pub struct Migration {
     pub classifier: Classifier,
 }
 
+impl Migration {
+    fn parse(raw: RawMigration) -> Result<Migration, Invalid> {
+        let threads = raw.threads.unwrap_or(8);
+        if !(1..=256).contains(&threads) {
+            return Err(invalid("migration.threads")(format!(
+                "{threads} is not between 1 and 256"
+            )));
+        }
+        for (key, list) in [
+            ("migration.skip_folders", &raw.skip_folders),
+            ("migration.keep_folders", &raw.keep_folders),
+        ] {
+            if let Some(bad) = list
+                .iter()
+                .find(|n| n.split('/').any(|l| l.trim().is_empty()))
+            {
+                return Err(invalid(key)(format!(
+                    "{bad:?} is not a folder name (use / between levels)"
+                )));
+            }
+        }
+        Ok(Migration {
+            skipped_folders: match raw.skipped_folders.as_deref() {
+                None | Some("empty") => SkippedFolders::Empty,
+                Some("absent") => SkippedFolders::Absent,
+                Some(other) => {
+                    return Err(invalid("migration.skipped_folders")(format!(
+                        "{other:?} is neither \"empty\" nor \"absent\""
+                    )));
+                }
+            },
+            max_message_size: match raw.max_message_size.unwrap_or(1 << 30) {
+                n if n < 1024 => {
+                    return Err(invalid("migration.max_message_size")(format!(
+                        "{n} bytes is less than 1024"
+                    )));
+                }
+                n => n,
+            },
+            threads,
+            fsync: raw.fsync.unwrap_or(true),
+            sync: match raw.sync.as_deref() {
+                None | Some("batch") => SyncMethod::Batch,
+                Some("per-file") => SyncMethod::PerFile,
+                Some(other) => {
+                    return Err(invalid("migration.sync")(format!(
+                        "{other:?} is neither \"batch\" nor \"per-file\""
+                    )));
+                }
+            },
+            classifier: Classifier::new(&raw.skip_folders, &raw.keep_folders),
+        })
+    }
+}
+
 /// A group whose members may submit jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmitGroup {
     pub name: String,
     pub gid: u32,
+}
+
+impl SubmitGroup {
+    /// The host's group of that name.
+    fn named(name: String) -> Result<SubmitGroup, String> {
+        match nix::unistd::Group::from_name(&name) {
+            Ok(Some(g)) => Ok(SubmitGroup {
+                name,
+                gid: g.gid.as_raw(),
+            }),
+            Ok(None) => Err(format!("no group named {name:?} on this host")),
+            Err(e) => Err(format!("{name:?}: {e}")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -479,6 +729,33 @@ pub struct Daemon {
     pub max_parallel_jobs: usize,
     /// Watch `incoming/` with inotify (off for NFS, which sends no events).
     pub inotify: bool,
+}
+
+impl Daemon {
+    fn parse(raw: RawDaemon) -> Result<Daemon, Invalid> {
+        let rescan = raw.rescan_interval.unwrap_or(30);
+        if !(1..=3600).contains(&rescan) {
+            return Err(invalid("daemon.rescan_interval")(format!(
+                "{rescan} is not between 1 and 3600 seconds"
+            )));
+        }
+        let max_parallel_jobs = raw.max_parallel_jobs.unwrap_or(1);
+        if !(1..=64).contains(&max_parallel_jobs) {
+            return Err(invalid("daemon.max_parallel_jobs")(format!(
+                "{max_parallel_jobs} is not between 1 and 64"
+            )));
+        }
+        let submit_group = match raw.submit_group {
+            None => None,
+            Some(name) => Some(SubmitGroup::named(name).map_err(invalid("daemon.submit_group"))?),
+        };
+        Ok(Daemon {
+            submit_group,
+            rescan_interval: Duration::from_secs(rescan),
+            max_parallel_jobs,
+            inotify: raw.inotify.unwrap_or(true),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -509,324 +786,34 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        let invalid = |key: &'static str| {
-            move |problem: String| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key,
-                problem,
-            }
+        let invalid = |(key, problem): Invalid| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            problem,
         };
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            base
-        };
-        let base = std::path::absolute(&base).map_err(|e| invalid("path")(e.to_string()))?;
+        let base = config_dir(path).map_err(|e| invalid(("path", e.to_string())))?;
         let resolve = |p: &Path| lexical_normalize(&base.join(p));
-        let resolve_str = |s: &str| resolve(Path::new(s)).to_string_lossy().into_owned();
+        Config::from_raw(raw, &resolve).map_err(invalid)
+    }
 
-        let default_scheme = raw.source.default_scheme.unwrap_or_else(|| "CRYPT".into());
-        if !is_scheme_name(&default_scheme) {
-            return Err(invalid("source.default_scheme")(format!(
-                "{default_scheme:?} is not a password scheme name"
-            )));
-        }
-        let owner = match (raw.target.uid, raw.target.gid) {
-            (None, None) => None,
-            (Some(0), _) | (_, Some(0)) => {
-                return Err(invalid("target.uid")(
-                    "uid/gid 0 is refused by Dovecot's passwd-file; use the mail user's ids".into(),
-                ));
-            }
-            (Some(uid), Some(gid)) => Some(Owner { uid, gid }),
-            _ => {
-                return Err(invalid("target.uid")(
-                    "set both uid and gid, or neither".into(),
-                ));
-            }
-        };
-        let threads = raw.migration.threads.unwrap_or(8);
-        if !(1..=256).contains(&threads) {
-            return Err(invalid("migration.threads")(format!(
-                "{threads} is not between 1 and 256"
-            )));
-        }
-        for (key, list) in [
-            ("migration.skip_folders", &raw.migration.skip_folders),
-            ("migration.keep_folders", &raw.migration.keep_folders),
-        ] {
-            if let Some(bad) = list
-                .iter()
-                .find(|n| n.split('/').any(|l| l.trim().is_empty()))
-            {
-                return Err(invalid(key)(format!(
-                    "{bad:?} is not a folder name (use / between levels)"
-                )));
-            }
-        }
-        if raw.target.userdb_format == UserdbFormat::CourierUserdb {
-            return Err(invalid("target.userdb_format")(
-                "the new Dovecot's userdb must be \"passwd-file\" or \"sql\"".into(),
-            ));
-        }
-        match (&raw.source.makeuserdb, raw.source.userdb_format) {
-            (Some(_), UserdbFormat::PasswdFile | UserdbFormat::Sql) => {
-                return Err(invalid("source.makeuserdb")(
-                    "only for userdb_format = \"courier-userdb\"".into(),
-                ));
-            }
-            (Some(p), _) if !p.is_absolute() => {
-                return Err(invalid("source.makeuserdb")(
-                    "must be an absolute path".into(),
-                ));
-            }
-            _ => {}
-        }
-        if raw.source.userdb_format == UserdbFormat::CourierUserdb
-            && resolve_str(&raw.source.userdb) == resolve_str(&raw.target.userdb)
-        {
-            return Err(invalid("target.userdb")(
-                "a Courier userdb cannot be rewritten in place; the target must be a passwd-file of its own".into(),
-            ));
-        }
-        let folder_names = match raw.target.folder_names.as_deref() {
-            None | Some("mutf7") => NameEncoding::Mutf7,
-            Some("utf8") => NameEncoding::Utf8,
-            Some(other) => {
-                return Err(invalid("target.folder_names")(format!(
-                    "{other:?} is neither \"mutf7\" nor \"utf8\""
-                )));
-            }
-        };
-        let freeze_command = raw.cutover.freeze_command.unwrap_or_default();
-        if let Some(first) = freeze_command.first()
-            && !first.starts_with('/')
-        {
-            return Err(invalid("cutover.freeze_command")(format!(
-                "{first:?}: the program must be an absolute path (no shell, no PATH search)"
-            )));
-        }
-        let probe = (
-            LocalPart::parse("n").expect("valid"),
-            Domain::parse("d.example").expect("valid"),
-        );
-        for a in &freeze_command {
-            expand_user(a, &probe.0, &probe.1).map_err(invalid("cutover.freeze_command"))?;
-        }
-        let max_delta_passes = raw.cutover.max_delta_passes.unwrap_or(3);
-        if max_delta_passes > 20 {
-            return Err(invalid("cutover.max_delta_passes")(format!(
-                "{max_delta_passes} is more than 20"
-            )));
-        }
-        let freeze_grace = raw.cutover.freeze_grace.unwrap_or(0);
-        if freeze_grace > 600 {
-            return Err(invalid("cutover.freeze_grace")(format!(
-                "{freeze_grace} s is more than 600"
-            )));
-        }
-        let cutover = Cutover {
-            freeze_command,
-            freeze_grace: Duration::from_secs(freeze_grace),
-            max_delta_passes,
-            delta_threshold: raw.cutover.delta_threshold.unwrap_or(100),
-            sweep_delay: match raw.cutover.sweep_delay.unwrap_or(600) {
-                0 => None,
-                s if s > MAX_SWEEP_DELAY => {
-                    return Err(invalid("cutover.sweep_delay")(format!(
-                        "{s} s is more than {MAX_SWEEP_DELAY} s (a year)"
-                    )));
-                }
-                s => Some(Duration::from_secs(s)),
-            },
-        };
-        let rescan = raw.daemon.rescan_interval.unwrap_or(30);
-        if !(1..=3600).contains(&rescan) {
-            return Err(invalid("daemon.rescan_interval")(format!(
-                "{rescan} is not between 1 and 3600 seconds"
-            )));
-        }
-        let max_parallel_jobs = raw.daemon.max_parallel_jobs.unwrap_or(1);
-        if !(1..=64).contains(&max_parallel_jobs) {
-            return Err(invalid("daemon.max_parallel_jobs")(format!(
-                "{max_parallel_jobs} is not between 1 and 64"
-            )));
-        }
-        let submit_group = match raw.daemon.submit_group {
-            None => None,
-            Some(name) => match nix::unistd::Group::from_name(&name) {
-                Ok(Some(g)) => Some(SubmitGroup {
-                    name,
-                    gid: g.gid.as_raw(),
-                }),
-                Ok(None) => {
-                    return Err(invalid("daemon.submit_group")(format!(
-                        "no group named {name:?} on this host"
-                    )));
-                }
-                Err(e) => return Err(invalid("daemon.submit_group")(format!("{name:?}: {e}"))),
-            },
-        };
-        let notify =
-            crate::notify::Settings::from_raw(raw.notify, &resolve).map_err(|(key, problem)| {
-                ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    key,
-                    problem,
-                }
-            })?;
-        let source_userdb = Userdb::parse(
-            "source",
-            RawUserdb {
-                userdb: &raw.source.userdb,
-                format: raw.source.userdb_format,
-                password_file: raw.source.password_file.as_deref(),
-                schema: raw.source.schema.as_deref(),
-                queries: raw.source.queries.as_ref(),
-            },
-            resolve,
-        )
-        .map_err(|(k, p)| invalid(k)(p))?;
-        let target_userdb = Userdb::parse(
-            "target",
-            RawUserdb {
-                userdb: &raw.target.userdb,
-                format: raw.target.userdb_format,
-                password_file: raw.target.password_file.as_deref(),
-                schema: raw.target.schema.as_deref(),
-                queries: raw.target.queries.as_ref(),
-            },
-            resolve,
-        )
-        .map_err(|(k, p)| invalid(k)(p))?;
-        if let (Userdb::Sql(s), Userdb::Sql(t)) = (&source_userdb, &target_userdb)
-            && same_database(s, t)
-            && resolve(&raw.source.mail_root) != resolve(&raw.target.mail_root)
-        {
-            // The services read `maildir` relative to one base: rows
-            // already switched and rows not yet switched must share it.
-            return Err(invalid("target.mail_root")(
-                "one SQL database for source and target (in place) needs one mail_root for both; give the new Maildirs their own home (e.g. home = \"v2/%d/%n\")".into(),
-            ));
-        }
-        if matches!(source_userdb, Userdb::Sql(_))
-            && matches!(target_userdb, Userdb::File(_))
-            && owner.is_none()
-        {
-            return Err(invalid("target.uid")(
-                "an SQL source has no uid/gid to carry; set target.uid and target.gid".into(),
-            ));
-        }
-        if matches!(target_userdb, Userdb::Sql(_)) && owner.is_none() {
-            // The new Dovecot's user_query names the owner, not the row:
-            // the tree must be given exactly that uid/gid.
-            return Err(invalid("target.uid")(
-                "an SQL target's rows carry no uid/gid; set target.uid and target.gid to what the new Dovecot's user_query returns".into(),
-            ));
-        }
-        let (source_root, target_root) = (
-            resolve(&raw.source.mail_root),
-            resolve(&raw.target.mail_root),
-        );
-        check_roots(&source_root, &target_root).map_err(|(k, p)| invalid(k)(p))?;
+    /// The sections one by one, then what ties the two sides together.
+    fn from_raw(raw: RawConfig, resolve: &impl Fn(&Path) -> PathBuf) -> Result<Config, Invalid> {
+        let source = Source::parse(raw.source, resolve)?;
+        let target = Target::parse(raw.target, resolve)?;
+        check_sides(&source, &target)?;
         Ok(Config {
-            verify: VerifySettings {
-                doveadm: doveadm(
-                    raw.verify.doveadm.as_deref(),
-                    raw.verify.doveadm_config.as_deref(),
-                    &resolve,
-                )
-                .map_err(invalid("verify.doveadm"))?,
-            },
-            cutover,
-            notify,
-            daemon: Daemon {
-                submit_group,
-                rescan_interval: Duration::from_secs(rescan),
-                max_parallel_jobs,
-                inotify: raw.daemon.inotify.unwrap_or(true),
-            },
             spool_dir: resolve(
                 raw.spool_dir
                     .as_deref()
                     .unwrap_or(Path::new("/var/spool/maildir-migrate")),
             ),
-            source: Source {
-                userdb: source_userdb,
-                userdb_format: raw.source.userdb_format,
-                mail_root: source_root,
-                default_scheme,
-                makeuserdb: raw.source.makeuserdb,
-                layout: layout(raw.source.layout.as_deref()).map_err(invalid("source.layout"))?,
-                doveadm: match raw.source.userdb_format {
-                    // Courier has no doveadm; its clients' view is known.
-                    UserdbFormat::CourierUserdb if raw.source.doveadm.is_some() => {
-                        return Err(invalid("source.doveadm")(
-                            "a Courier source has no doveadm".into(),
-                        ));
-                    }
-                    _ => doveadm(
-                        raw.source.doveadm.as_deref(),
-                        raw.source.doveadm_config.as_deref(),
-                        &resolve,
-                    )
-                    .map_err(invalid("source.doveadm"))?,
-                },
-            },
-            target: Target {
-                userdb: target_userdb,
-                userdb_format: raw.target.userdb_format,
-                mail_root: target_root,
-                home: HomeTemplate::parse(raw.target.home.as_deref().unwrap_or("%d/%n"))
-                    .map_err(invalid("target.home"))?,
-                owner,
-                folder_names,
-                layout: layout(raw.target.layout.as_deref()).map_err(invalid("target.layout"))?,
-                lowercase_logins: match raw.target.auth_username_format.as_deref() {
-                    None | Some("%Lu") => true,
-                    Some("%u") => false,
-                    Some(other) => {
-                        return Err(invalid("target.auth_username_format")(format!(
-                            "{other:?} is neither \"%Lu\" (Dovecot's default) nor \"%u\""
-                        )));
-                    }
-                },
-            },
-            migration: Migration {
-                skipped_folders: match raw.migration.skipped_folders.as_deref() {
-                    None | Some("empty") => SkippedFolders::Empty,
-                    Some("absent") => SkippedFolders::Absent,
-                    Some(other) => {
-                        return Err(invalid("migration.skipped_folders")(format!(
-                            "{other:?} is neither \"empty\" nor \"absent\""
-                        )));
-                    }
-                },
-                max_message_size: match raw.migration.max_message_size.unwrap_or(1 << 30) {
-                    n if n < 1024 => {
-                        return Err(invalid("migration.max_message_size")(format!(
-                            "{n} bytes is less than 1024"
-                        )));
-                    }
-                    n => n,
-                },
-                threads,
-                fsync: raw.migration.fsync.unwrap_or(true),
-                sync: match raw.migration.sync.as_deref() {
-                    None | Some("batch") => SyncMethod::Batch,
-                    Some("per-file") => SyncMethod::PerFile,
-                    Some(other) => {
-                        return Err(invalid("migration.sync")(format!(
-                            "{other:?} is neither \"batch\" nor \"per-file\""
-                        )));
-                    }
-                },
-                classifier: Classifier::new(
-                    &raw.migration.skip_folders,
-                    &raw.migration.keep_folders,
-                ),
-            },
+            source,
+            target,
+            migration: Migration::parse(raw.migration)?,
+            cutover: Cutover::parse(raw.cutover)?,
+            daemon: Daemon::parse(raw.daemon)?,
+            notify: crate::notify::Settings::from_raw(raw.notify, resolve)?,
+            verify: VerifySettings::parse(raw.verify, resolve)?,
         })
     }
 
@@ -891,6 +878,16 @@ impl Config {
         };
         crate::userdb::Target::new(db, self.in_place(domain), new)
     }
+}
+
+/// The directory relative paths are read against: the config file's own,
+/// made absolute.
+fn config_dir(path: &Path) -> std::io::Result<PathBuf> {
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    if base.as_os_str().is_empty() {
+        return std::path::absolute(".");
+    }
+    std::path::absolute(&base)
 }
 
 /// One database: same server, database and schema (whoever logs in).

@@ -789,7 +789,7 @@ impl Daemon {
                     t.done.load(Ordering::Relaxed),
                     t.total.load(Ordering::Relaxed),
                     t.messages.load(Ordering::Relaxed),
-                    indicatif::HumanBytes(t.bytes.load(Ordering::Relaxed)),
+                    crate::shown::bytes_human(t.bytes.load(Ordering::Relaxed)),
                     match self.running.len() {
                         1 => String::new(),
                         n => format!(" (+{} more jobs)", n - 1),

@@ -165,14 +165,18 @@ impl fmt::Display for LocalPart {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A job file as written: read by [`Job::parse`], written by `submit`.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawJob {
-    domain: String,
-    mode: Mode,
-    mailboxes: Option<Vec<String>>,
-    notify: Option<String>,
-    cutover: Option<bool>,
+pub struct RawJob {
+    pub domain: String,
+    pub mode: Mode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mailboxes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cutover: Option<bool>,
 }
 
 /// What a command covers: a domain, and the listed mailboxes of it or

@@ -22,3 +22,4 @@ pub mod shown;
 pub mod spool;
 pub mod status;
 pub mod userdb;
+pub mod vars;

@@ -25,6 +25,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Failure + '_ {
 }
 
 pub(super) fn run(dir: &Path, fixtures: &Path) -> Result<u8, Failure> {
+    // Both defaults are relative to the current directory: a packaged
+    // binary knows no source tree.
+    if !fixtures.join("config.toml").is_file() {
+        return Err(Failure(
+            exit::NOINPUT,
+            format!(
+                "{}: no demo host there (run from the repository root, or give --fixtures DIR)",
+                fixtures.display()
+            ),
+        ));
+    }
     if dir.exists() {
         if !dir.join(STAMP).exists() {
             return Err(Failure(
@@ -144,4 +155,26 @@ fn set_mtime_from_name(path: &Path) -> Result<(), Failure> {
         UtimensatFlags::NoFollowSymlink,
     )
     .map_err(|e| io(path)(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A packaged binary run outside the source tree says where it looked
+    /// and which flag to give, before it touches `--dir`.
+    #[test]
+    fn no_demo_host_names_the_path_and_the_flag() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("demo");
+        let Err(Failure(code, msg)) = run(&dir, &t.path().join("nowhere")) else {
+            panic!("a missing demo host must fail");
+        };
+        assert_eq!(code, exit::NOINPUT);
+        assert!(
+            msg.contains("nowhere") && msg.contains("--fixtures"),
+            "{msg}"
+        );
+        assert!(!dir.exists());
+    }
 }

@@ -14,11 +14,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 mod demo;
 
 use crate::config::{self, Config};
-use crate::job::{Domain, Job, JobError, JobId, LocalPart};
+use crate::job::{Domain, Job, JobError, JobId, LocalPart, Mode, RawJob};
 use crate::migrate::{self, RunError};
 use crate::plan::{self, Plan};
 use crate::progress::Progress;
 use crate::report::{JobStatus, MailboxStatus, Report};
+use crate::shown::bytes_human;
 use crate::spool::{Spool, SpoolError};
 
 pub mod exit {
@@ -27,6 +28,8 @@ pub mod exit {
     pub const PARTIAL: u8 = 1;
     pub const USAGE: u8 = 64;
     pub const DATAERR: u8 = 65;
+    /// `demo`: no demo host where `--fixtures` points.
+    pub const NOINPUT: u8 = 66;
     /// `submit`: the job id is already used.
     pub const CANTCREAT: u8 = 73;
     pub const IOERR: u8 = 74;
@@ -133,12 +136,16 @@ enum Command {
         last: usize,
     },
     /// Migrate the bundled demo host (fixtures/demo) in a scratch copy.
+    ///
+    /// Run it from the repository root, or name the demo host with
+    /// --fixtures. Exit status: 0 migrated, 1 some mailbox failed, 64
+    /// usage, 66 no demo host at --fixtures, 74 I/O error.
     Demo {
         /// Where to build the scratch copy (replaced if it is an earlier demo).
-        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/demo"))]
+        #[arg(long, value_name = "DIR", default_value = "target/demo")]
         dir: PathBuf,
         /// The demo host to copy.
-        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/demo"))]
+        #[arg(long, value_name = "DIR", default_value = "fixtures/demo")]
         fixtures: PathBuf,
     },
 }
@@ -218,81 +225,11 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             json,
             no_progress,
             job,
-        } => {
-            let cfg = load_config(cli.config)?;
-            let job = Job::load(&job).map_err(|e| match e {
-                JobError::Read { .. } => Failure(exit::IOERR, e.to_string()),
-                _ => Failure(exit::DATAERR, e.to_string()),
-            })?;
-            let show_bar = !no_progress && std::io::stderr().is_terminal();
-            let report = run_with_progress(&cfg, &job, show_bar)?;
-            print_report(&report, json);
-            Ok(if report.status == JobStatus::Done {
-                exit::OK
-            } else {
-                exit::PARTIAL
-            })
-        }
-        Command::Plan { target, json } => {
-            init_logging(None);
-            let cfg = load_config(cli.config)?;
-            let (domain, mailboxes) = target.parse()?;
-            let plan = plan::plan(&cfg, domain, mailboxes)?;
-            print_plan(&plan, json);
-            // A cutover job would be refused as a configuration error.
-            Ok(if plan.problems.is_empty() {
-                exit::OK
-            } else {
-                exit::CONFIG
-            })
-        }
+        } => run(cli.config, &job, json, no_progress),
+        Command::Plan { target, json } => plan(cli.config, target, json),
         Command::Demo { dir, fixtures } => demo::run(&dir, &fixtures),
-        Command::Sweep { target, json } => {
-            init_logging(None);
-            let cfg = load_config(cli.config)?;
-            let (domain, mailboxes) = target.parse()?;
-            let s = migrate::sweep::sweep(&cfg, domain, mailboxes)?;
-            if json {
-                print_json(&s);
-            } else {
-                for m in &s.mailboxes {
-                    println!("  {:<32} {} late messages moved", m.user, m.moved);
-                    for p in &m.problems {
-                        println!("      {p}");
-                    }
-                }
-                println!("domain {}: {} late messages moved", s.domain, s.moved);
-            }
-            Ok(exit::OK)
-        }
-        Command::Verify { target, json } => {
-            init_logging(None);
-            let cfg = load_config(cli.config)?;
-            let (domain, mailboxes) = target.parse()?;
-            let v = migrate::verify::verify(&cfg, domain, mailboxes)?;
-            if json {
-                print_json(&v);
-            } else {
-                for m in &v.mailboxes {
-                    println!(
-                        "  {:<32} {:<8} {} folders, {} messages",
-                        m.user,
-                        if m.ok { "equal" } else { "DIFFERS" },
-                        m.folders,
-                        m.messages
-                    );
-                    for p in &m.problems {
-                        println!("      {p}");
-                    }
-                }
-                println!(
-                    "domain {}: {}",
-                    v.domain,
-                    if v.ok { "equal" } else { "DIFFERS" }
-                );
-            }
-            Ok(if v.ok { exit::OK } else { exit::PARTIAL })
-        }
+        Command::Sweep { target, json } => sweep(cli.config, target, json),
+        Command::Verify { target, json } => verify(cli.config, target, json),
         Command::Daemon => {
             init_logging(None);
             let path = config_path(cli.config);
@@ -308,30 +245,17 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             id,
             presync,
         } => {
-            let cfg = load_config(cli.config)?;
-            let spool = Spool::open(&cfg.spool_dir).map_err(spool_failure)?;
-            let domain = Domain::parse(&domain).map_err(|e| Failure(exit::USAGE, e))?;
-            let id = match id {
-                Some(id) => JobId::parse(&id).map_err(|e| Failure(exit::USAGE, e))?,
-                None => generated_id(&domain),
+            let job = RawJob {
+                domain,
+                mode: match mode {
+                    ModeArg::Move => Mode::Move,
+                    ModeArg::Recreate => Mode::Recreate,
+                },
+                mailboxes: (!mailboxes.is_empty()).then_some(mailboxes),
+                notify,
+                cutover: presync.then_some(false),
             };
-            let mut job = serde_json::json!({
-                "domain": domain.as_str(),
-                "mode": match mode { ModeArg::Move => "move", ModeArg::Recreate => "recreate" },
-            });
-            if !mailboxes.is_empty() {
-                job["mailboxes"] = serde_json::json!(mailboxes);
-            }
-            if let Some(n) = notify {
-                job["notify"] = serde_json::json!(n);
-            }
-            if presync {
-                job["cutover"] = serde_json::json!(false);
-            }
-            let text = serde_json::to_string_pretty(&job).expect("serialisable") + "\n";
-            spool.submit(&id, &text).map_err(spool_failure)?;
-            println!("{}", id.as_str());
-            Ok(exit::OK)
+            submit(cli.config, job, id)
         }
         Command::Status { json, last } => {
             let cfg = load_config(cli.config)?;
@@ -341,6 +265,73 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
     }
+}
+
+fn run(config: Option<PathBuf>, job: &Path, json: bool, no_progress: bool) -> Result<u8, Failure> {
+    let cfg = load_config(config)?;
+    let job = Job::load(job).map_err(|e| match e {
+        JobError::Read { .. } => Failure(exit::IOERR, e.to_string()),
+        _ => Failure(exit::DATAERR, e.to_string()),
+    })?;
+    let show_bar = !no_progress && std::io::stderr().is_terminal();
+    let report = run_with_progress(&cfg, &job, show_bar)?;
+    print_report(&report, json);
+    Ok(if report.status == JobStatus::Done {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
+}
+
+fn plan(config: Option<PathBuf>, target: DomainArgs, json: bool) -> Result<u8, Failure> {
+    init_logging(None);
+    let cfg = load_config(config)?;
+    let (domain, mailboxes) = target.parse()?;
+    let plan = plan::plan(&cfg, domain, mailboxes)?;
+    print_plan(&plan, json);
+    // A cutover job would be refused as a configuration error.
+    Ok(if plan.problems.is_empty() {
+        exit::OK
+    } else {
+        exit::CONFIG
+    })
+}
+
+fn sweep(config: Option<PathBuf>, target: DomainArgs, json: bool) -> Result<u8, Failure> {
+    init_logging(None);
+    let cfg = load_config(config)?;
+    let (domain, mailboxes) = target.parse()?;
+    let s = migrate::sweep::sweep(&cfg, domain, mailboxes)?;
+    print_sweep(&s, json);
+    Ok(exit::OK)
+}
+
+fn verify(config: Option<PathBuf>, target: DomainArgs, json: bool) -> Result<u8, Failure> {
+    init_logging(None);
+    let cfg = load_config(config)?;
+    let (domain, mailboxes) = target.parse()?;
+    let v = migrate::verify::verify(&cfg, domain, mailboxes)?;
+    print_verify(&v, json);
+    Ok(if v.ok { exit::OK } else { exit::PARTIAL })
+}
+
+/// Files the job in the spool's queue under `id` (default: generated).
+fn submit(config: Option<PathBuf>, job: RawJob, id: Option<String>) -> Result<u8, Failure> {
+    let cfg = load_config(config)?;
+    let spool = Spool::open(&cfg.spool_dir).map_err(spool_failure)?;
+    let domain = Domain::parse(&job.domain).map_err(|e| Failure(exit::USAGE, e))?;
+    let id = match id {
+        Some(id) => JobId::parse(&id).map_err(|e| Failure(exit::USAGE, e))?,
+        None => generated_id(&domain),
+    };
+    let job = RawJob {
+        domain: domain.as_str().to_string(),
+        ..job
+    };
+    let text = serde_json::to_string_pretty(&job).expect("serialisable") + "\n";
+    spool.submit(&id, &text).map_err(spool_failure)?;
+    println!("{}", id.as_str());
+    Ok(exit::OK)
 }
 
 fn spool_failure(e: SpoolError) -> Failure {
@@ -374,6 +365,44 @@ fn print_json(value: &impl serde::Serialize) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("serialisable")
+    );
+}
+
+fn print_sweep(s: &migrate::sweep::Sweep, json: bool) {
+    if json {
+        print_json(s);
+        return;
+    }
+    for m in &s.mailboxes {
+        println!("  {:<32} {} late messages moved", m.user, m.moved);
+        for p in &m.problems {
+            println!("      {p}");
+        }
+    }
+    println!("domain {}: {} late messages moved", s.domain, s.moved);
+}
+
+fn print_verify(v: &migrate::verify::Verification, json: bool) {
+    if json {
+        print_json(v);
+        return;
+    }
+    for m in &v.mailboxes {
+        println!(
+            "  {:<32} {:<8} {} folders, {} messages",
+            m.user,
+            if m.ok { "equal" } else { "DIFFERS" },
+            m.folders,
+            m.messages
+        );
+        for p in &m.problems {
+            println!("      {p}");
+        }
+    }
+    println!(
+        "domain {}: {}",
+        v.domain,
+        if v.ok { "equal" } else { "DIFFERS" }
     );
 }
 
@@ -411,9 +440,9 @@ fn print_status(s: &crate::status::Status, json: bool) {
             r.mailboxes_total,
             r.mailboxes_failed,
             r.messages,
-            indicatif::HumanBytes(r.bytes),
+            bytes_human(r.bytes),
             r.bytes_per_sec
-                .map(|b| format!(" at {}/s", indicatif::HumanBytes(b)))
+                .map(|b| format!(" at {}/s", bytes_human(b)))
                 .unwrap_or_default(),
             r.eta_secs
                 .map(|e| format!(
@@ -441,7 +470,7 @@ fn print_status(s: &crate::status::Status, json: bool) {
             f.mailboxes,
             f.failed_mailboxes,
             f.messages,
-            indicatif::HumanBytes(f.bytes),
+            bytes_human(f.bytes),
             f.notification
                 .as_deref()
                 .map(|n| format!(", e-mail {n}"))
@@ -476,7 +505,7 @@ impl Bar {
                 w,
                 "{} messages, {}",
                 m.load(Ordering::Relaxed),
-                indicatif::HumanBytes(b.load(Ordering::Relaxed))
+                bytes_human(b.load(Ordering::Relaxed))
             );
         })
         .with_key("rate", {
@@ -486,7 +515,7 @@ impl Bar {
                 let _ = write!(
                     w,
                     "{}/s",
-                    indicatif::HumanBytes((b.load(Ordering::Relaxed) as f64 / secs) as u64)
+                    bytes_human((b.load(Ordering::Relaxed) as f64 / secs) as u64)
                 );
             }
         });
@@ -619,7 +648,7 @@ fn print_report(report: &Report, json: bool) {
             m.user,
             status,
             m.messages,
-            indicatif::HumanBytes(m.bytes).to_string(),
+            bytes_human(m.bytes),
             m.folders,
             if m.uids_preserved || m.status != MailboxStatus::Done {
                 ""
@@ -646,7 +675,7 @@ fn print_report(report: &Report, json: bool) {
         t.mailboxes,
         t.failed_mailboxes,
         t.messages,
-        indicatif::HumanBytes(t.bytes),
+        bytes_human(t.bytes),
         t.skipped_folders
     );
 }
@@ -680,7 +709,7 @@ fn print_plan(plan: &Plan, json: bool) {
             m.status,
             m.hash_scheme.as_deref().unwrap_or("(empty)"),
             m.messages,
-            indicatif::HumanBytes(m.bytes)
+            bytes_human(m.bytes)
         );
         if let (Some(s), Some(t)) = (&m.source_maildir, &m.target_maildir) {
             println!("      {s} → {t}");
@@ -690,7 +719,7 @@ fn print_plan(plan: &Plan, json: bool) {
                 "      copy {:?}: {} messages, {}",
                 f.name,
                 f.messages,
-                indicatif::HumanBytes(f.bytes)
+                bytes_human(f.bytes)
             );
         }
         for s in &m.skipped_folders {
@@ -707,7 +736,7 @@ fn print_plan(plan: &Plan, json: bool) {
         "{} mailboxes, {} messages, {}",
         plan.mailboxes.len(),
         plan.messages,
-        indicatif::HumanBytes(plan.bytes)
+        bytes_human(plan.bytes)
     );
 }
 

@@ -108,28 +108,37 @@ pub fn maildir_path(
     }
     let raw_path = parts.next().unwrap_or_default();
     for opt in parts {
-        let (key, value) = match opt.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (opt, None),
-        };
-        if key == "LAYOUT" {
-            let Some(value) = value else {
-                return Err(format!(
-                    "{location} has LAYOUT without a value (LAYOUT=maildir++ or LAYOUT=fs)"
-                ));
-            };
-            let said = Layout::parse(&value.to_ascii_lowercase()).map_err(|_| {
-                format!("{location}: its LAYOUT is neither \"maildir++\" nor \"fs\"")
-            })?;
-            if said != layout {
-                return Err(format!(
-                    "{location} says LAYOUT={} but [source] layout is {:?}",
-                    said.name(),
-                    layout.name()
-                ));
-            }
-            continue;
-        }
+        check_location_option(opt, layout, &location)?;
+    }
+    let (tilde, rest) = match raw_path.strip_prefix('~') {
+        Some(rest) => (home_abs()?, rest),
+        None => ("", raw_path),
+    };
+    let expanded = crate::vars::expand(rest, crate::vars::MAIL_LOCATION, |v| match v {
+        'u' => Ok(user.to_string()),
+        'n' => Ok(local.to_string()),
+        'd' => Ok(domain.to_string()),
+        _ => home_abs().map(str::to_string),
+    })
+    .map_err(|e| match e {
+        crate::vars::ExpandError::Unknown(_) => format!("{location} uses an unsupported variable"),
+        crate::vars::ExpandError::Value(e) => e,
+    })?;
+    let path = format!("{tilde}{expanded}");
+    if !path.starts_with('/') {
+        return Err(format!("{location} is not an absolute path"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// One `:OPTION` of a mail location: `LAYOUT` must agree with the
+/// configured layout; only options that move index files are fine.
+fn check_location_option(opt: &str, layout: Layout, location: &str) -> Result<(), String> {
+    let (key, value) = match opt.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (opt, None),
+    };
+    if key != "LAYOUT" {
         let fine = matches!(key, "INDEX" | "INDEXPVT" | "VOLATILEDIR" | "UTF-8" | "");
         if !fine {
             return Err(format!(
@@ -137,39 +146,23 @@ pub fn maildir_path(
                 shown::text(opt)
             ));
         }
+        return Ok(());
     }
-    let mut path = String::new();
-    let mut it = raw_path.chars().peekable();
-    if it.peek() == Some(&'~') {
-        it.next();
-        path.push_str(home_abs()?);
+    let Some(value) = value else {
+        return Err(format!(
+            "{location} has LAYOUT without a value (LAYOUT=maildir++ or LAYOUT=fs)"
+        ));
+    };
+    let said = Layout::parse(&value.to_ascii_lowercase())
+        .map_err(|_| format!("{location}: its LAYOUT is neither \"maildir++\" nor \"fs\""))?;
+    if said != layout {
+        return Err(format!(
+            "{location} says LAYOUT={} but [source] layout is {:?}",
+            said.name(),
+            layout.name()
+        ));
     }
-    while let Some(c) = it.next() {
-        if c != '%' {
-            path.push(c);
-            continue;
-        }
-        let mut v = it.next();
-        let lower = v == Some('L');
-        if lower {
-            v = it.next();
-        }
-        let value = match v {
-            Some('u') => user.to_string(),
-            Some('n') => local.to_string(),
-            Some('d') => domain.to_string(),
-            Some('h') => home_abs()?.to_string(),
-            Some('%') => "%".to_string(),
-            _ => {
-                return Err(format!("{location} uses an unsupported variable"));
-            }
-        };
-        path.push_str(&if lower { value.to_lowercase() } else { value });
-    }
-    if !path.starts_with('/') {
-        return Err(format!("{location} is not an absolute path"));
-    }
-    Ok(PathBuf::from(path))
+    Ok(())
 }
 
 #[cfg(test)]

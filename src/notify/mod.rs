@@ -180,68 +180,19 @@ pub struct Settings {
     failed: Template,
 }
 
+/// A bad `[notify]` value: (config key, problem).
+type Invalid = (&'static str, String);
+
 impl Settings {
-    /// `resolve` turns a config-relative path into an absolute one. Errors
-    /// are (config key, problem).
+    /// `resolve` turns a config-relative path into an absolute one.
     pub fn from_raw(
         raw: RawSettings,
         resolve: &dyn Fn(&Path) -> PathBuf,
-    ) -> Result<Settings, (&'static str, String)> {
+    ) -> Result<Settings, Invalid> {
         let server = Server::parse(raw.smtp.as_deref().unwrap_or(DEFAULT_SMTP))
             .map_err(|e| ("notify.smtp", e))?;
-
-        let from = match raw.from {
-            Some(f) => f.parse::<Mailbox>().map_err(|e| {
-                (
-                    "notify.from",
-                    format!("{f:?} is not an e-mail address: {e}"),
-                )
-            })?,
-            None => {
-                let host = nix::unistd::gethostname()
-                    .ok()
-                    .and_then(|h| h.into_string().ok())
-                    .unwrap_or_else(|| "localhost".into());
-                let f = format!("postmaster@{host}");
-                f.parse::<Mailbox>().map_err(|e| {
-                    (
-                        "notify.from",
-                        format!(
-                            "the default {f:?} is not an e-mail address ({e}); set notify.from"
-                        ),
-                    )
-                })?
-            }
-        };
-
-        let auth = match (raw.username, raw.password_file) {
-            (None, None) => None,
-            (Some(username), Some(file)) => {
-                if username.is_empty() || username.chars().any(char::is_control) {
-                    return Err((
-                        "notify.username",
-                        "must be non-empty, without control characters".into(),
-                    ));
-                }
-                Some(Auth {
-                    username,
-                    password_file: resolve(&file),
-                })
-            }
-            (Some(_), None) => {
-                return Err((
-                    "notify.password_file",
-                    "set both username and password_file, or neither".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err((
-                    "notify.username",
-                    "set both username and password_file, or neither".into(),
-                ));
-            }
-        };
-
+        let from = sender(raw.from)?;
+        let auth = Auth::from_raw(raw.username, raw.password_file, resolve)?;
         let starttls = raw.starttls.unwrap_or_default();
         if auth.is_some() && starttls == StartTls::Off && !server.is_loopback() {
             return Err((
@@ -252,44 +203,19 @@ impl Settings {
                 ),
             ));
         }
-
-        let timeout = raw.timeout_secs.unwrap_or(30);
-        if !(1..=600).contains(&timeout) {
-            return Err((
-                "notify.timeout_secs",
-                format!("{timeout} is not between 1 and 600"),
-            ));
-        }
-        let retries = raw.retries.unwrap_or(3);
-        if retries > 10 {
-            return Err((
-                "notify.retries",
-                format!("{retries} is not between 0 and 10"),
-            ));
-        }
-        let retry_delay = raw.retry_delay_secs.unwrap_or(5);
-        if retry_delay > 3600 {
-            return Err((
-                "notify.retry_delay_secs",
-                format!("{retry_delay} is not between 0 and 3600"),
-            ));
-        }
-
-        let done = Template::load(
-            raw.done_template.as_deref(),
-            resolve,
-            "done.txt",
-            DONE_TEMPLATE,
-        )
-        .map_err(|e| ("notify.done_template", e))?;
-        let failed = Template::load(
-            raw.failed_template.as_deref(),
-            resolve,
-            "failed.txt",
-            FAILED_TEMPLATE,
-        )
-        .map_err(|e| ("notify.failed_template", e))?;
-
+        let timeout = within(
+            "notify.timeout_secs",
+            raw.timeout_secs.unwrap_or(30),
+            1,
+            600,
+        )?;
+        let retries = within("notify.retries", raw.retries.unwrap_or(3), 0, 10)?;
+        let retry_delay = within(
+            "notify.retry_delay_secs",
+            raw.retry_delay_secs.unwrap_or(5),
+            0,
+            3600,
+        )?;
         Ok(Settings {
             server,
             from,
@@ -298,10 +224,91 @@ impl Settings {
             timeout: Duration::from_secs(timeout),
             retries,
             retry_delay: Duration::from_secs(retry_delay),
-            done,
-            failed,
+            done: Template::load(
+                raw.done_template.as_deref(),
+                resolve,
+                "done.txt",
+                DONE_TEMPLATE,
+            )
+            .map_err(|e| ("notify.done_template", e))?,
+            failed: Template::load(
+                raw.failed_template.as_deref(),
+                resolve,
+                "failed.txt",
+                FAILED_TEMPLATE,
+            )
+            .map_err(|e| ("notify.failed_template", e))?,
         })
     }
+}
+
+/// `notify.from`, by default `postmaster@<this host>`.
+fn sender(from: Option<String>) -> Result<Mailbox, Invalid> {
+    if let Some(f) = from {
+        return f.parse::<Mailbox>().map_err(|e| {
+            (
+                "notify.from",
+                format!("{f:?} is not an e-mail address: {e}"),
+            )
+        });
+    }
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    let f = format!("postmaster@{host}");
+    f.parse::<Mailbox>().map_err(|e| {
+        (
+            "notify.from",
+            format!("the default {f:?} is not an e-mail address ({e}); set notify.from"),
+        )
+    })
+}
+
+impl Auth {
+    /// `username` and `password_file` go together or not at all.
+    fn from_raw(
+        username: Option<String>,
+        password_file: Option<PathBuf>,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+    ) -> Result<Option<Auth>, Invalid> {
+        match (username, password_file) {
+            (None, None) => Ok(None),
+            (Some(username), Some(file)) => {
+                if username.is_empty() || username.chars().any(char::is_control) {
+                    return Err((
+                        "notify.username",
+                        "must be non-empty, without control characters".into(),
+                    ));
+                }
+                Ok(Some(Auth {
+                    username,
+                    password_file: resolve(&file),
+                }))
+            }
+            (Some(_), None) => Err((
+                "notify.password_file",
+                "set both username and password_file, or neither".into(),
+            )),
+            (None, Some(_)) => Err((
+                "notify.username",
+                "set both username and password_file, or neither".into(),
+            )),
+        }
+    }
+}
+
+/// `value` if it is between `min` and `max` (both included).
+fn within<T: PartialOrd + fmt::Display>(
+    key: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, Invalid> {
+    if value < min || value > max {
+        return Err((key, format!("{value} is not between {min} and {max}")));
+    }
+    Ok(value)
 }
 
 // ---------------------------------------------------------------------------

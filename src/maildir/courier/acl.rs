@@ -106,60 +106,8 @@ pub fn convert(data: &[u8]) -> Result<AclConversion, AclError> {
     let mut warnings = Vec::new();
     let mut entries: Vec<Entry> = Vec::new();
     for (i, line) in data.split(|&b| b == b'\n').enumerate() {
-        let no = i + 1;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(|&b| b == b' ') {
-            continue;
-        }
-        let Ok(line) = std::str::from_utf8(line) else {
-            warnings.push(format!(
-                "courierimapacl line {no}: not UTF-8, ignored: {:?}",
-                shown::bytes(line)
-            ));
-            continue;
-        };
-        let (raw_id, raw_rights) = match line.split_once(' ') {
-            Some((id, r)) => (id, r.trim_matches(' ')),
-            None => (line, ""),
-        };
-        let (negative, bare) = match raw_id.strip_prefix('-') {
-            Some(b) => (true, b),
-            None => (false, raw_id),
-        };
-        let Some(id) = identifier(bare) else {
-            warnings.push(format!(
-                "courierimapacl line {no}: unknown identifier {:?}, entry ignored",
-                shown::text(raw_id)
-            ));
-            continue;
-        };
-        // Courier drops negative administrator entries when it reads.
-        if negative && id == ADMINS {
-            continue;
-        }
-        let mut unknown = BTreeSet::new();
-        let set = rights(raw_rights, &mut unknown);
-        if !unknown.is_empty() {
-            let u: String = unknown.into_iter().collect();
-            warnings.push(format!(
-                "courierimapacl line {no}: unknown rights {:?} for {:?} dropped",
-                shown::text(&u),
-                shown::text(raw_id)
-            ));
-        }
-        match entries
-            .iter_mut()
-            .find(|e| e.negative == negative && e.id == id)
-        {
-            // Courier keeps the last line for an identifier; the two
-            // spellings of administrators are one Dovecot identifier.
-            Some(e) if id == ADMINS => e.rights.extend(set),
-            Some(e) => e.rights = set,
-            None => entries.push(Entry {
-                negative,
-                id,
-                rights: set,
-            }),
+        if let Some(entry) = entry(i + 1, line, &mut warnings) {
+            add(&mut entries, entry);
         }
     }
 
@@ -174,11 +122,7 @@ pub fn convert(data: &[u8]) -> Result<AclConversion, AclError> {
     }
     entries.retain(|e| !e.rights.is_empty());
 
-    let is_default = entries.iter().all(|e| {
-        !e.negative
-            && (e.id == ADMINS || (e.id == "owner" && ALL.chars().all(|c| e.rights.contains(&c))))
-    }) && entries.iter().any(|e| e.id == "owner");
-    if is_default {
+    if is_default(&entries) {
         return Ok(AclConversion {
             lines: None,
             warnings,
@@ -205,6 +149,78 @@ pub fn convert(data: &[u8]) -> Result<AclConversion, AclError> {
         lines: Some(lines),
         warnings,
     })
+}
+
+/// Line `no` as an entry: `None` for a blank line, an unusable one (with
+/// a warning) or one Courier ignores itself.
+fn entry(no: usize, line: &[u8], warnings: &mut Vec<String>) -> Option<Entry> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().all(|&b| b == b' ') {
+        return None;
+    }
+    let Ok(line) = std::str::from_utf8(line) else {
+        warnings.push(format!(
+            "courierimapacl line {no}: not UTF-8, ignored: {:?}",
+            shown::bytes(line)
+        ));
+        return None;
+    };
+    let (raw_id, raw_rights) = match line.split_once(' ') {
+        Some((id, r)) => (id, r.trim_matches(' ')),
+        None => (line, ""),
+    };
+    let (negative, bare) = match raw_id.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, raw_id),
+    };
+    let Some(id) = identifier(bare) else {
+        warnings.push(format!(
+            "courierimapacl line {no}: unknown identifier {:?}, entry ignored",
+            shown::text(raw_id)
+        ));
+        return None;
+    };
+    // Courier drops negative administrator entries when it reads.
+    if negative && id == ADMINS {
+        return None;
+    }
+    let mut unknown = BTreeSet::new();
+    let set = rights(raw_rights, &mut unknown);
+    if !unknown.is_empty() {
+        let u: String = unknown.into_iter().collect();
+        warnings.push(format!(
+            "courierimapacl line {no}: unknown rights {:?} for {:?} dropped",
+            shown::text(&u),
+            shown::text(raw_id)
+        ));
+    }
+    Some(Entry {
+        negative,
+        id,
+        rights: set,
+    })
+}
+
+/// Courier keeps the last line for an identifier; the two spellings of
+/// administrators are one Dovecot identifier.
+fn add(entries: &mut Vec<Entry>, entry: Entry) {
+    match entries
+        .iter_mut()
+        .find(|e| e.negative == entry.negative && e.id == entry.id)
+    {
+        Some(e) if entry.id == ADMINS => e.rights.extend(entry.rights),
+        Some(e) => e.rights = entry.rights,
+        None => entries.push(entry),
+    }
+}
+
+/// Courier's default: the owner with every right, administrators, nobody
+/// else (Dovecot's default then says the same without a file).
+fn is_default(entries: &[Entry]) -> bool {
+    entries.iter().all(|e| {
+        !e.negative
+            && (e.id == ADMINS || (e.id == "owner" && ALL.chars().all(|c| e.rights.contains(&c))))
+    }) && entries.iter().any(|e| e.id == "owner")
 }
 
 #[cfg(test)]

@@ -84,15 +84,45 @@ impl Uiddb {
 /// new UIDVALIDITY); unreadable or over-long record lines are skipped and
 /// listed.
 pub fn parse(data: &[u8]) -> Result<Uiddb, UiddbError> {
-    let too_long = || format!("longer than {MAX_LINE} bytes, not a uiddb line");
     let mut lines = numbered_lines(data);
     let (_, head) = lines
         .next()
         .filter(|(_, l)| !l.is_empty())
         .ok_or_else(|| err(1, "empty file"))?;
+    let (uid_validity, next_uid) = header(head)?;
+    let mut db = Uiddb {
+        uid_validity,
+        next_uid,
+        records: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for (no, line) in lines.filter(|(_, l)| !l.is_empty()) {
+        match record(no, line) {
+            Ok(r) => db.records.push(r),
+            Err(e) => db.skipped.push(e),
+        }
+    }
+    Ok(db)
+}
+
+fn too_long() -> String {
+    format!("longer than {MAX_LINE} bytes, not a uiddb line")
+}
+
+/// `1 <uidvalidity> <nextuid>`: the UIDVALIDITY and the next UID.
+fn header(head: &[u8]) -> Result<(u32, u64), UiddbError> {
     if head.len() > MAX_LINE {
         return Err(err(1, too_long()));
     }
+    let broken = || {
+        err(
+            1,
+            format!(
+                "broken header {:?}: expected `1 <uidvalidity> <nextuid>`",
+                shown(head)
+            ),
+        )
+    };
     let fields: Vec<&[u8]> = head
         .split(|&b| b == b' ')
         .filter(|f| !f.is_empty())
@@ -102,84 +132,47 @@ pub fn parse(data: &[u8]) -> Result<Uiddb, UiddbError> {
         Some(v) if num(v).is_some() => {
             return Err(err(1, format!("unsupported version {}", shown(v))));
         }
-        _ => {
-            return Err(err(
-                1,
-                format!(
-                    "broken header {:?}: expected `1 <uidvalidity> <nextuid>`",
-                    shown(head)
-                ),
-            ));
-        }
+        _ => return Err(broken()),
     }
     let [_, v, n] = fields[..] else {
-        return Err(err(
-            1,
-            format!(
-                "broken header {:?}: expected `1 <uidvalidity> <nextuid>`",
-                shown(head)
-            ),
-        ));
+        return Err(broken());
     };
     let (Some(v), Some(next_uid)) = (num(v), num(n)) else {
-        return Err(err(
+        return Err(broken());
+    };
+    match u32::try_from(v) {
+        Ok(v) if v != 0 => Ok((v, next_uid)),
+        _ => Err(err(
             1,
-            format!(
-                "broken header {:?}: expected `1 <uidvalidity> <nextuid>`",
-                shown(head)
-            ),
+            format!("UIDVALIDITY {v} cannot be kept (Dovecot needs 1..2^32-1)"),
+        )),
+    }
+}
+
+/// `<uid> <base>` on line `no`, or why the line is skipped.
+fn record(no: usize, line: &[u8]) -> Result<UiddbRecord, UiddbError> {
+    if line.len() > MAX_LINE {
+        return Err(err(no, too_long()));
+    }
+    let Some((uid, name)) = split_once(line, b' ') else {
+        return Err(err(
+            no,
+            format!("record without a file name: {:?}", shown(line)),
         ));
     };
-    let uid_validity = match u32::try_from(v) {
-        Ok(v) if v != 0 => v,
-        _ => {
-            return Err(err(
-                1,
-                format!("UIDVALIDITY {v} cannot be kept (Dovecot needs 1..2^32-1)"),
-            ));
-        }
+    let Some(uid) = num(uid) else {
+        return Err(err(no, format!("unreadable UID in {:?}", shown(line))));
     };
-
-    let mut db = Uiddb {
-        uid_validity,
-        next_uid,
-        records: Vec::new(),
-        skipped: Vec::new(),
-    };
-    for (no, line) in lines {
-        if line.is_empty() {
-            continue;
-        }
-        if line.len() > MAX_LINE {
-            db.skipped.push(err(no, too_long()));
-            continue;
-        }
-        let Some((uid, name)) = split_once(line, b' ') else {
-            db.skipped.push(err(
-                no,
-                format!("record without a file name: {:?}", shown(line)),
-            ));
-            continue;
-        };
-        let Some(uid) = num(uid) else {
-            db.skipped
-                .push(err(no, format!("unreadable UID in {:?}", shown(line))));
-            continue;
-        };
-        // Courier stores the base; older tools wrote the full name.
-        let base = filename::base(name);
-        if base.is_empty() || base.contains(&b'/') {
-            db.skipped
-                .push(err(no, format!("invalid file name in {:?}", shown(line))));
-            continue;
-        }
-        db.records.push(UiddbRecord {
-            line: no,
-            uid,
-            base: base.to_vec(),
-        });
+    // Courier stores the base; older tools wrote the full name.
+    let base = filename::base(name);
+    if base.is_empty() || base.contains(&b'/') {
+        return Err(err(no, format!("invalid file name in {:?}", shown(line))));
     }
-    Ok(db)
+    Ok(UiddbRecord {
+        line: no,
+        uid,
+        base: base.to_vec(),
+    })
 }
 
 /// The result of [`to_uidlist`].
@@ -258,8 +251,64 @@ pub fn to_uidlist(
 ) -> Conversion {
     let mut warnings = Vec::new();
     let mut tally = Tally::default();
+    let (order, seen) = listed(present, &mut tally);
+    let mut uid_validity = db.map_or(now.max(1), Uiddb::uid_validity);
+    let (candidates, next) = match db {
+        Some(db) => candidates(db, &seen, &mut tally),
+        None => (Vec::new(), 1),
+    };
+    let mut assigned = unique_uids(candidates, &mut warnings, &mut tally);
+    let newcomers: Vec<&[u8]> = order
+        .iter()
+        .copied()
+        .filter(|b| !assigned.contains_key(b))
+        .collect();
+    // The last UID must stay below 2^32-1 with room for Dovecot's next one.
+    let fits = next
+        .checked_add(newcomers.len() as u64)
+        .is_some_and(|end| end < u64::from(u32::MAX));
+    let (renumbered, next) = if fits {
+        number_from(next, &newcomers, &mut assigned)
+    } else {
+        // Out of UIDs: start over like a new mailbox. Clients resync once.
+        let old = uid_validity;
+        uid_validity = if now > old {
+            now
+        } else {
+            old.wrapping_add(1).max(1)
+        };
+        warnings.push(format!(
+            "UIDs exhausted (next UID {next}); all {} messages renumbered from 1 with new UIDVALIDITY {uid_validity} (was {old})",
+            order.len()
+        ));
+        assigned.clear();
+        number_from(1, &order, &mut assigned)
+    };
+    let kept = order.len().saturating_sub(renumbered.len());
 
-    // The messages, in the caller's order, each once.
+    // Both are non-zero and `next` < 2^32-1 here; the fallbacks only keep
+    // this free of panics.
+    let v = NonZeroU32::new(uid_validity).unwrap_or(NonZeroU32::MIN);
+    let n = u32::try_from(next)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .unwrap_or(NonZeroU32::MIN);
+    let mut uidlist = Uidlist::new(v, n);
+    uidlist.records = records(&order, &assigned, pop3);
+
+    tally.into_warnings(&mut warnings);
+    Conversion {
+        uidlist,
+        uid_validity,
+        kept,
+        renumbered,
+        warnings,
+    }
+}
+
+/// The messages to list, in the caller's order, each once, and the set
+/// of them.
+fn listed<'a>(present: &'a [Vec<u8>], tally: &mut Tally) -> (Vec<&'a [u8]>, HashSet<&'a [u8]>) {
     let mut order: Vec<&[u8]> = Vec::with_capacity(present.len());
     let mut seen: HashSet<&[u8]> = HashSet::with_capacity(present.len());
     for base in present {
@@ -277,47 +326,59 @@ pub fn to_uidlist(
             order.push(base);
         }
     }
+    (order, seen)
+}
 
-    let mut uid_validity = db.map_or(now.max(1), Uiddb::uid_validity);
-    let mut next: u64 = 1;
-    // Candidate (uid, base) pairs of present messages, in file order.
-    let mut candidates: Vec<(u32, &[u8])> = Vec::new();
-    if let Some(db) = db {
-        next = next.max(db.next_uid);
-        for e in &db.skipped {
-            tally.add("unreadable uiddb line ignored", e);
-        }
-        let mut claimed: HashSet<&[u8]> = HashSet::new();
-        for r in &db.records {
-            let uid = match u32::try_from(r.uid) {
-                Ok(u) if u != 0 && u != u32::MAX => u,
-                _ => {
-                    if seen.contains(&r.base[..]) {
-                        tally.add(
-                            "UID outside 1..2^32-2 ignored",
-                            format!("line {}: {}", r.line, r.uid),
-                        );
-                    }
-                    continue;
-                }
-            };
-            // A UID once given is never given again, even if its message
-            // is gone: a client may still cache it.
-            next = next.max(u64::from(uid) + 1);
-            if !seen.contains(&r.base[..]) {
-                continue;
-            }
-            if !claimed.insert(&r.base[..]) {
-                tally.add(
-                    "file listed twice in uiddb, first UID kept",
-                    format!("line {}: {:?}", r.line, shown(&r.base)),
-                );
-                continue;
-            }
-            candidates.push((uid, &r.base[..]));
-        }
+/// The uiddb's (uid, base) pairs of present messages, in file order, and
+/// the first UID never given.
+fn candidates<'a>(
+    db: &'a Uiddb,
+    seen: &HashSet<&[u8]>,
+    tally: &mut Tally,
+) -> (Vec<(u32, &'a [u8])>, u64) {
+    let mut next = db.next_uid.max(1);
+    for e in &db.skipped {
+        tally.add("unreadable uiddb line ignored", e);
     }
+    let mut candidates = Vec::new();
+    let mut claimed: HashSet<&[u8]> = HashSet::new();
+    for r in &db.records {
+        let uid = match u32::try_from(r.uid) {
+            Ok(u) if u != 0 && u != u32::MAX => u,
+            _ => {
+                if seen.contains(&r.base[..]) {
+                    tally.add(
+                        "UID outside 1..2^32-2 ignored",
+                        format!("line {}: {}", r.line, r.uid),
+                    );
+                }
+                continue;
+            }
+        };
+        // A UID once given is never given again, even if its message
+        // is gone: a client may still cache it.
+        next = next.max(u64::from(uid) + 1);
+        if !seen.contains(&r.base[..]) {
+            continue;
+        }
+        if !claimed.insert(&r.base[..]) {
+            tally.add(
+                "file listed twice in uiddb, first UID kept",
+                format!("line {}: {:?}", r.line, shown(&r.base)),
+            );
+            continue;
+        }
+        candidates.push((uid, &r.base[..]));
+    }
+    (candidates, next)
+}
 
+/// The UIDs kept: each candidate's, unless an earlier message has it.
+fn unique_uids<'a>(
+    mut candidates: Vec<(u32, &'a [u8])>,
+    warnings: &mut Vec<String>,
+    tally: &mut Tally,
+) -> HashMap<&'a [u8], u32> {
     // Courier shows messages sorted by UID whatever the line order, so
     // sorting loses nothing; only a UID used twice is a real conflict.
     if candidates
@@ -327,7 +388,7 @@ pub fn to_uidlist(
         warnings.push("uiddb records were not in UID order; sorted, UIDs kept".to_string());
     }
     candidates.sort_by_key(|&(uid, _)| uid);
-    let mut assigned: HashMap<&[u8], u32> = HashMap::with_capacity(order.len());
+    let mut assigned = HashMap::with_capacity(candidates.len());
     let mut last = 0;
     for (uid, base) in candidates {
         if uid == last {
@@ -340,51 +401,36 @@ pub fn to_uidlist(
         last = uid;
         assigned.insert(base, uid);
     }
+    assigned
+}
 
-    let newcomers: Vec<&[u8]> = order
-        .iter()
-        .copied()
-        .filter(|b| !assigned.contains_key(b))
-        .collect();
-    // The last UID must stay below 2^32-1 with room for Dovecot's next one.
-    let fits = next
-        .checked_add(newcomers.len() as u64)
-        .is_some_and(|end| end < u64::from(u32::MAX));
-    let mut renumbered = Vec::with_capacity(newcomers.len());
-    if fits {
-        let mut uid = next as u32;
-        for base in newcomers {
-            assigned.insert(base, uid);
-            renumbered.push((base.to_vec(), uid));
-            uid += 1;
-        }
-        next = u64::from(uid);
-    } else {
-        // Out of UIDs: start over like a new mailbox. Clients resync once.
-        let old = uid_validity;
-        uid_validity = if now > old {
-            now
-        } else {
-            old.wrapping_add(1).max(1)
-        };
-        warnings.push(format!(
-            "UIDs exhausted (next UID {next}); all {} messages renumbered from 1 with new UIDVALIDITY {uid_validity} (was {old})",
-            order.len()
-        ));
-        assigned.clear();
-        for (i, base) in order.iter().enumerate() {
-            let uid = i as u32 + 1;
-            assigned.insert(base, uid);
-            renumbered.push((base.to_vec(), uid));
-        }
-        next = order.len() as u64 + 1;
+/// Gives `bases` the UIDs from `first` on (the caller checked they fit):
+/// the new (base, UID) pairs and the next UID.
+fn number_from<'a>(
+    first: u64,
+    bases: &[&'a [u8]],
+    assigned: &mut HashMap<&'a [u8], u32>,
+) -> (Vec<(Vec<u8>, u32)>, u64) {
+    let mut renumbered = Vec::with_capacity(bases.len());
+    let mut uid = first as u32;
+    for &base in bases {
+        assigned.insert(base, uid);
+        renumbered.push((base.to_vec(), uid));
+        uid += 1;
     }
-    let kept = order.len().saturating_sub(renumbered.len());
+    (renumbered, u64::from(uid))
+}
 
+/// The uidlist records in UID order, with Courier's POP3 order and UIDL.
+fn records(
+    order: &[&[u8]],
+    assigned: &HashMap<&[u8], u32>,
+    pop3: Option<&Pop3List>,
+) -> Vec<Record> {
     let pop3_by_base: HashMap<&[u8], &super::pop3::Pop3Entry> = pop3
         .map(|l| l.entries.iter().map(|e| (&e.base[..], e)).collect())
         .unwrap_or_default();
-    // Every listed message was assigned a UID above.
+    // Every listed message was assigned a UID.
     let mut records: Vec<Record> = order
         .iter()
         .filter_map(|base| {
@@ -407,25 +453,7 @@ pub fn to_uidlist(
         })
         .collect();
     records.sort_by_key(|r| r.uid);
-
-    // Both are non-zero and `next` < 2^32-1 here; the fallbacks only keep
-    // this free of panics.
-    let v = NonZeroU32::new(uid_validity).unwrap_or(NonZeroU32::MIN);
-    let n = u32::try_from(next)
-        .ok()
-        .and_then(NonZeroU32::new)
-        .unwrap_or(NonZeroU32::MIN);
-    let mut uidlist = Uidlist::new(v, n);
-    uidlist.records = records;
-
-    tally.into_warnings(&mut warnings);
-    Conversion {
-        uidlist,
-        uid_validity,
-        kept,
-        renumbered,
-        warnings,
-    }
+    records
 }
 
 #[cfg(test)]
