@@ -1,6 +1,6 @@
 //! Integration tests: the real binary on generated old hosts.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 

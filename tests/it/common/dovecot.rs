@@ -690,10 +690,6 @@ service imap-login {{
         self.port
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn config_path(&self) -> &Path {
         &self.conf
     }
@@ -701,11 +697,6 @@ service imap-login {{
     /// The `instance_name` (unique per instance and test process).
     pub fn instance_name(&self) -> &str {
         &self.instance
-    }
-
-    /// Pid of the master process (`dovecot -F`), while it runs.
-    pub fn master_pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     /// `doveadm -c <conf> args...`.

@@ -3,10 +3,6 @@
 //! * [`imap`]: a small synchronous IMAP4rev1 client (plaintext, for tests)
 //!   with account snapshots and a readable snapshot diff.
 //! * [`dovecot`]: starts and stops private Dovecot instances for tests.
-//!
-//! Every test binary that wants them says `mod common;`; not every binary
-//! uses every helper, hence the `dead_code` allowance.
-#![allow(dead_code)]
 
 pub mod daemon;
 pub mod dovecot;

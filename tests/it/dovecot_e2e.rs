@@ -1,6 +1,6 @@
 //! End-to-end tests against a real, private Dovecot (see `common::dovecot`).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;

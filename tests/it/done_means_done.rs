@@ -4,7 +4,7 @@
 //! generated hosts; the ones that need it prove the result through a real
 //! Dovecot.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

@@ -1,12 +1,12 @@
 //! The shipped systemd unit and sample config are checked, not just shipped.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
 use common::fixture::BIN;
 
-const UNIT: &str = include_str!("../systemd/maildir-migrate.service");
+const UNIT: &str = include_str!("../../systemd/maildir-migrate.service");
 
 fn tool_available(name: &str) -> bool {
     Command::new(name).arg("--version").output().is_ok()
@@ -62,7 +62,7 @@ fn unit_has_the_promised_settings() {
         );
     }
     // Every path the sample config writes to is writable under the unit.
-    let config = include_str!("../systemd/config.toml");
+    let config = include_str!("../../systemd/config.toml");
     let writable: Vec<&str> = UNIT
         .lines()
         .filter_map(|l| l.strip_prefix("ReadWritePaths="))

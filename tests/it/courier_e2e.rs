@@ -4,7 +4,7 @@
 //! what Courier reported: folders, UIDVALIDITY, UIDNEXT, UIDs, flags,
 //! keywords, dates, sizes, subscriptions and POP3 UIDLs.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -3,7 +3,7 @@
 //! middle of a large job, one daemon per spool, SIGHUP, and the completion
 //! e-mail over a real SMTP dialogue.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

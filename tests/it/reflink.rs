@@ -2,7 +2,7 @@
 //! btrfs image made here): the copied messages share the source's extents
 //! instead of duplicating them, and the migration still verifies.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! A target filesystem that runs full: the job fails with a clear error,
 //! the source is untouched, and once there is room a re-run completes.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -929,10 +929,6 @@ impl ImapClient {
         self.simple_mailbox_command("SUBSCRIBE", name)
     }
 
-    pub fn unsubscribe(&mut self, name: &str) -> Result<(), String> {
-        self.simple_mailbox_command("UNSUBSCRIBE", name)
-    }
-
     fn open_mailbox(&mut self, verb: &str, name: &str) -> Result<SelectInfo, String> {
         let resp = self
             .command_parts(&[Part::text(verb), Part::mailbox(name)])

@@ -1,7 +1,7 @@
 //! Crash safety of `run`: kill -9 at many moments of a job, then finish
 //! it; the result must equal an uninterrupted run's, byte for byte.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};

@@ -5,7 +5,7 @@
 //! migrated users with their original passwords while the old login is
 //! refused.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! on the old server across the freeze, and keywords it set. Real Dovecot
 //! on both sides, spoken to over IMAP as the clients do.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
