@@ -5,6 +5,7 @@ use crate::common;
 use std::os::unix::fs::MetadataExt;
 
 use common::fixture::{Host, body, column, is_root, tree};
+use common::require::{Need, require};
 use serde_json::Value;
 
 const JAN: &str = "jan@example.cz";
@@ -1000,12 +1001,7 @@ fn sweep_moves_late_mail_exactly_once() {
 /// move; nothing in the source changes.
 #[test]
 fn an_unreadable_source_folder_fails_only_its_mailbox() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED an_unreadable_source_folder_fails_only_its_mailbox: needs root to switch to nobody"
-        );
-        return;
-    }
+    require!(Need::Root);
     let h = Host::new("");
     let locked = h.add_user(JAN, "{PLAIN}x", "");
     locked.folder("").msg(

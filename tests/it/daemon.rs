@@ -14,8 +14,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use common::daemon::{DaemonProc, drop_job, drop_job_with, record, wait_until};
-use common::dovecot;
 use common::fixture::{BIN, Host, body, tree};
+use common::require::{Need, require};
 use common::scenario::{ACCOUNTS, Scenario};
 use common::smtp::{SmtpSink, parse_message};
 
@@ -86,9 +86,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 /// dates, and the customer gets the bilingual e-mail over real SMTP.
 #[test]
 fn daemon_migrates_and_notifies() {
-    if !dovecot::require_dovecot("daemon_migrates_and_notifies") {
-        return;
-    }
+    require!(Need::Dovecot);
     let smtp = SmtpSink::start();
     let s = Scenario::prepare("mm-daemon-", "");
     let spool_dir = s.dir.join("spool");
@@ -573,10 +571,7 @@ fn jobs_are_found_by_inotify_and_by_rescan_alone() {
 /// group, and a job file of another user in that group is run.
 #[test]
 fn submit_group_members_may_queue_jobs() {
-    if !common::fixture::is_root() {
-        eprintln!("SKIPPED submit_group_members_may_queue_jobs: needs root for chown");
-        return;
-    }
+    require!(Need::Root);
     let (h, spool) = spool_host_with(
         &closed_port(),
         Some("rescan_interval = 1\nsubmit_group = \"mail\""),
@@ -870,10 +865,7 @@ fn record_of(spool: &Path, file: &str) -> Option<(PathBuf, serde_json::Value)> {
 #[test]
 fn a_submitter_cannot_change_a_claimed_job_or_forge_a_sweep() {
     use std::os::unix::fs::{FileExt, MetadataExt};
-    if !common::fixture::is_root() {
-        eprintln!("SKIPPED a_submitter_cannot_change_a_claimed_job_or_forge_a_sweep: needs root");
-        return;
-    }
+    require!(Need::Root);
     let (h, spool) = spool_host_with(
         &closed_port(),
         Some("rescan_interval = 1\nsubmit_group = \"mail\""),
