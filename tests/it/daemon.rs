@@ -528,7 +528,13 @@ fn a_second_sigterm_exits_at_once() {
     wait_until("the stop request", Duration::from_secs(5), || {
         d.log().contains("stop requested").then_some(())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The e-mail's first attempt times out (timeout_secs = 5) after the
+    // stop request; a retry follows, so the daemon is still there.
+    wait_until("the first e-mail attempt to fail", JOB_TIMEOUT, || {
+        d.log()
+            .contains("notification attempt failed")
+            .then_some(())
+    });
     assert!(
         d.wait_exit_or_none(Duration::ZERO).is_none(),
         "still waiting for the e-mail"
@@ -550,8 +556,9 @@ fn jobs_are_found_by_inotify_and_by_rescan_alone() {
     ] {
         let (h, spool) = spool_host_with(&closed_port(), Some(daemon));
         h.add_user("jan@a.cz", "{PLAIN}x", "");
+        // READY=1 (awaited by start) comes after the watch is set and the
+        // first scan is done: the job below is found by `how` alone.
         let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
-        std::thread::sleep(Duration::from_millis(200));
         drop_job(
             &spool.join("incoming"),
             "j",

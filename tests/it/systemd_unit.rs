@@ -74,7 +74,8 @@ fn unit_has_the_promised_settings() {
 }
 
 /// The sample config is valid as shipped (`plan` loads it; its paths do
-/// not exist here, so it stops at the userdb, exit 74/78, not at the config).
+/// not exist here, so it stops at one of them, exit 74/78, not at the
+/// config nor at the command line, exit 64).
 #[test]
 fn sample_config_parses() {
     let out = Command::new(BIN)
@@ -91,4 +92,15 @@ fn sample_config_parses() {
         "the sample config does not load: {err}"
     );
     assert_ne!(out.status.code(), Some(0), "no such host here: {err}");
+    assert!(
+        matches!(out.status.code(), Some(74 | 78)),
+        "{:?}: {err}",
+        out.status
+    );
+    assert!(
+        ["/etc/mail-old/passwd", "/var/mail-old"]
+            .iter()
+            .any(|p| err.contains(p)),
+        "stopped at one of the sample's paths: {err}"
+    );
 }
