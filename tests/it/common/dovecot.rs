@@ -519,7 +519,7 @@ impl Dovecot {
             }
         };
         let mut c = format!(
-            r#"# Private test instance written by tests/common/dovecot.rs.
+            r#"# Private test instance written by tests/it/common/dovecot.rs.
 # Deliberately self-contained: /etc/dovecot/conf.d is not included.
 instance_name = {instance}
 base_dir = {base_dir}
