@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{dovecot, fixture};
+use super::dovecot;
 
 /// Where `fixtures/courier/check.py` unpacks Courier's packages.
 pub const COURIER_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/courier-root/root");
@@ -41,7 +41,7 @@ pub enum Need {
 impl Need {
     fn present(self) -> bool {
         match self {
-            Need::Root => fixture::is_root(),
+            Need::Root => nix::unistd::geteuid().is_root(),
             Need::Dovecot => dovecot::dovecot_available(),
             Need::Pop3 => dovecot::pop3_available(),
             Need::Postgres => listening(5432) && tool_runs("psql"),
