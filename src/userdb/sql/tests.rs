@@ -1,6 +1,9 @@
 //! Against the real servers: PostgreSQL (postgres@127.0.0.1:5432, trust)
 //! and MariaDB (root@127.0.0.1:3306). Every test works in its own database.
+//! Without a server its tests are skipped loudly, and fail under `CI=true`
+//! (the rule of `tests/it/common/require.rs`, which a unit test cannot use).
 
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -96,6 +99,39 @@ fn admin_url(driver: Driver, dbname: &str) -> String {
 fn open(driver: Driver, dbname: &str) -> Conn {
     let s = SqlSettings::parse(&admin_url(driver, dbname), None, SqlSchema::PostfixAdmin).unwrap();
     Conn::open(&s.url).unwrap()
+}
+
+/// Returns from the calling test when `driver`'s server is not listening.
+macro_rules! require_server {
+    ($driver:expr) => {
+        if !server_listening($driver) {
+            return;
+        }
+    };
+}
+
+/// `true` when the server answers; otherwise a loud SKIPPED banner, or a
+/// panic when `CI=true`.
+fn server_listening(driver: Driver) -> bool {
+    let port = match driver {
+        Driver::Postgres => 5432,
+        Driver::Mysql => 3306,
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok() {
+        return true;
+    }
+    let thread = std::thread::current();
+    let msg = format!(
+        "{} needs {driver:?} on {addr}",
+        thread.name().unwrap_or("this test")
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and {msg}");
+    }
+    let bar = "!".repeat(78);
+    eprintln!("\n{bar}\n!!! SKIPPED: {msg}\n{bar}\n");
+    false
 }
 
 /// Placeholder `n` (1-based) in the driver's syntax.
@@ -266,6 +302,7 @@ fn row(db: &mut SqlDb, user: &str) -> MailboxRow {
 }
 
 fn scenario(driver: Driver) {
+    require_server!(driver);
     let src = TempDb::new(driver);
     src.fill();
     let mut db = SqlDb::connect(&src.settings(SqlSchema::PostfixAdmin)).unwrap();
@@ -434,6 +471,7 @@ fn scenario(driver: Driver) {
 }
 
 fn custom_queries(driver: Driver) {
+    require_server!(driver);
     let src = TempDb::new(driver);
     src.fill();
     let before = [src.dump("example.com"), src.dump("example.org")];
@@ -493,6 +531,7 @@ fn custom_queries(driver: Driver) {
 }
 
 fn connection_loss(driver: Driver) {
+    require_server!(driver);
     let src = TempDb::new(driver);
     src.fill();
     let mut db = SqlDb::connect(&src.settings(SqlSchema::PostfixAdmin)).unwrap();
@@ -588,6 +627,7 @@ fn mysql_connection_loss_is_transient_and_commits_nothing() {
 
 #[test]
 fn wrong_password_is_a_permanent_connect_error_without_the_password() {
+    require_server!(Driver::Mysql);
     let s = SqlSettings::parse(
         "mysql://root:Wr0ng-pw@127.0.0.1:3306/test",
         None,

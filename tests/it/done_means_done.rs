@@ -4,12 +4,13 @@
 //! generated hosts; the ones that need it prove the result through a real
 //! Dovecot.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::fixture::{Host, body, is_root};
+use common::fixture::{Host, body};
+use common::require::{Need, require};
 use serde_json::Value;
 
 const HASH: &str = "{PLAIN}secret";
@@ -331,10 +332,7 @@ fn an_entry_that_cannot_be_frozen_fails_before_the_copy() {
 /// owner and mode of everything.
 #[test]
 fn owner_and_mode_are_asserted_before_the_switch_and_verified() {
-    if !is_root() {
-        eprintln!("SKIPPED owner_and_mode_are_asserted_before_the_switch_and_verified: needs root");
-        return;
-    }
+    require!(Need::Root);
     let h = Host::new("");
     two_folder_user(&h, "jan@example.cz");
     let target = h.target_maildir("jan@example.cz");
@@ -412,11 +410,7 @@ fn verify_json(config: &Path) -> (i32, Value) {
 /// that stayed root's).
 #[test]
 fn without_target_ids_the_tree_belongs_to_the_uid_of_the_new_entry() {
-    if !dovecot::require_root_and_dovecot(
-        "without_target_ids_the_tree_belongs_to_the_uid_of_the_new_entry",
-    ) {
-        return;
-    }
+    require!(Need::Dovecot, Need::Root);
     let s = Scenario::prepare("mm-noids-", "");
     let config = std::fs::read_to_string(&s.config).unwrap();
     std::fs::write(&s.config, config.replace("uid = 5000\ngid = 5000\n", "")).unwrap();
@@ -434,11 +428,7 @@ fn without_target_ids_the_tree_belongs_to_the_uid_of_the_new_entry() {
 /// reads every folder.
 #[test]
 fn a_root_only_maildir_left_by_a_crash_is_repaired_before_the_switch() {
-    if !dovecot::require_root_and_dovecot(
-        "a_root_only_maildir_left_by_a_crash_is_repaired_before_the_switch",
-    ) {
-        return;
-    }
+    require!(Need::Dovecot, Need::Root);
     let s = Scenario::prepare("mm-crashdirs-", "");
     let md = s.dir.join("newmail/example.cz/jan/Maildir");
     for sub in ["cur", "new", "tmp"] {
@@ -460,9 +450,7 @@ fn a_root_only_maildir_left_by_a_crash_is_repaired_before_the_switch() {
 /// fails every mailbox although every file is in place.
 #[test]
 fn verify_asks_the_new_dovecot() {
-    if !dovecot::require_root_and_dovecot("verify_asks_the_new_dovecot") {
-        return;
-    }
+    require!(Need::Dovecot, Need::Root);
     let s = Scenario::prepare("mm-doveadm-", "");
     let (code, report) = run_scenario(&s);
     assert_eq!(code, 0, "{report:#}");
@@ -503,9 +491,7 @@ fn verify_asks_the_new_dovecot() {
 /// its carried UID, the other as a message of its own).
 #[test]
 fn a_duplicate_base_name_migrates_as_two_messages() {
-    if !dovecot::require_root_and_dovecot("a_duplicate_base_name_migrates_as_two_messages") {
-        return;
-    }
+    require!(Need::Dovecot, Need::Root);
     let s = Scenario::prepare("mm-dup-", "");
     let inbox = s.dir.join("oldmail/example.cz/jan/Maildir/cur");
     let (a, b) = (
@@ -690,12 +676,7 @@ fn lines_appended_during_a_job_are_kept() {
 /// with its old login back: no user is left with neither login.
 #[test]
 fn a_switch_that_writes_nothing_gives_the_old_login_back() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED a_switch_that_writes_nothing_gives_the_old_login_back: needs root for chattr"
-        );
-        return;
-    }
+    require!(Need::Root);
     let h = Host::new("");
     one_message_user(&h, "jan@example.cz", "");
     let db = h.root.join("newdb");
@@ -715,7 +696,7 @@ fn a_switch_that_writes_nothing_gives_the_old_login_back() {
         .status();
     let m = mailbox(&report, "jan@example.cz");
     if m["warnings"].to_string().contains("freeze command") {
-        eprintln!("SKIPPED: chattr +i does not work here: {m}");
+        common::require::skip(&format!("needs a working chattr +i: {m}"));
         return;
     }
     assert_eq!(code, 1, "{report:#}");
@@ -730,10 +711,7 @@ fn a_switch_that_writes_nothing_gives_the_old_login_back() {
 /// the new owner's before the switch.
 #[test]
 fn a_changed_owner_reaches_every_file_before_the_switch() {
-    if !is_root() {
-        eprintln!("SKIPPED a_changed_owner_reaches_every_file_before_the_switch: needs root");
-        return;
-    }
+    require!(Need::Root);
     let h = Host::new("uid = 5000\ngid = 5000\n");
     two_folder_user(&h, "jan@example.cz");
     let presync = h.job(

@@ -78,46 +78,14 @@ const MAX_BASE_DIR_LEN: usize = 70;
 
 static INSTANCE_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Are `dovecot` and `doveadm` installed?
 /// Dovecot's POP3 server (Debian: dovecot-pop3d).
 pub fn pop3_available() -> bool {
     Path::new("/usr/lib/dovecot/pop3").exists()
 }
 
+/// Are `dovecot` and `doveadm` installed?
 pub fn dovecot_available() -> bool {
     Path::new(DOVECOT_BIN).is_file() && Path::new(DOVEADM_BIN).is_file()
-}
-
-/// `true` when Dovecot is installed. Otherwise prints a loud SKIPPED banner
-/// on stderr and returns `false` (the test should return early), except when
-/// the environment variable `CI` is `true`: there a missing Dovecot is a
-/// failure, so this panics.
-pub fn require_dovecot(test: &str) -> bool {
-    if dovecot_available() {
-        return true;
-    }
-    let msg = format!(
-        "{test} needs Dovecot: {DOVECOT_BIN} and {DOVEADM_BIN} (apt-get install dovecot-imapd)"
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true and {msg}");
-    }
-    let bar = "!".repeat(78);
-    eprintln!("\n{bar}\n!!! SKIPPED: {msg}\n{bar}\n");
-    false
-}
-
-/// Like [`require_dovecot`], for a test that also needs root (Dovecot
-/// serves the mail as other uids); without root it is skipped, loudly.
-pub fn require_root_and_dovecot(test: &str) -> bool {
-    if !require_dovecot(test) {
-        return false;
-    }
-    if !running_as_root() {
-        eprintln!("SKIPPED {test}: needs root (Dovecot serves mail as other uids)");
-        return false;
-    }
-    true
 }
 
 /// Effective uid and gid of this process (from /proc/self/status).
@@ -395,7 +363,7 @@ impl Dovecot {
     pub fn start_configured(dir: &Path, auth: Auth, extra: &str) -> Dovecot {
         assert!(
             dovecot_available(),
-            "Dovecot is not installed (use require_dovecot first)"
+            "Dovecot is not installed (use require!(Need::Dovecot) first)"
         );
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let dir = fs::canonicalize(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
@@ -551,7 +519,7 @@ impl Dovecot {
             }
         };
         let mut c = format!(
-            r#"# Private test instance written by tests/common/dovecot.rs.
+            r#"# Private test instance written by tests/it/common/dovecot.rs.
 # Deliberately self-contained: /etc/dovecot/conf.d is not included.
 instance_name = {instance}
 base_dir = {base_dir}
@@ -690,10 +658,6 @@ service imap-login {{
         self.port
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn config_path(&self) -> &Path {
         &self.conf
     }
@@ -701,11 +665,6 @@ service imap-login {{
     /// The `instance_name` (unique per instance and test process).
     pub fn instance_name(&self) -> &str {
         &self.instance
-    }
-
-    /// Pid of the master process (`dovecot -F`), while it runs.
-    pub fn master_pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     /// `doveadm -c <conf> args...`.

@@ -5,7 +5,7 @@
 //! migrated users with their original passwords while the old login is
 //! refused.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::dovecot::{self, Auth, Dovecot};
 use common::fixture::{BIN, Host, Maildir, body, column};
 use common::imap::{ImapClient, assert_snapshots_equal};
+use common::require::{Need, require};
 use common::sqldb::{Engine, TestDb};
 
 const ENGINES: [Engine; 2] = [Engine::Postgres, Engine::Mariadb];
@@ -135,9 +136,7 @@ fn expect_code(h: &Host, job: &Path, code: i32) -> serde_json::Value {
 
 #[test]
 fn a_domain_moves_to_a_separate_database() {
-    if !dovecot::require_dovecot("a_domain_moves_to_a_separate_database") {
-        return;
-    }
+    require!(Need::Dovecot, Need::Postgres, Need::Mariadb);
     for engine in ENGINES {
         let h = Host::new("");
         let (src, hashes, dst) = separate(&h, engine, 3);
@@ -231,6 +230,7 @@ fn cased_row(h: &Host, db: &TestDb, user: &str, local: &str) {
 /// target does find it, so there it moves as spelt.
 #[test]
 fn sql_usernames_keep_the_case_of_their_row() {
+    require!(Need::Postgres, Need::Mariadb);
     let h = Host::new("");
     let (src, _) = source(&h, Engine::Mariadb, 0);
     cased_row(&h, &src, "lower@a.cz", "lower");
@@ -293,9 +293,7 @@ fn sql_usernames_keep_the_case_of_their_row() {
 
 #[test]
 fn one_database_is_updated_in_place() {
-    if !dovecot::require_dovecot("one_database_is_updated_in_place") {
-        return;
-    }
+    require!(Need::Dovecot, Need::Postgres, Need::Mariadb);
     for engine in ENGINES {
         let h = Host::new("");
         let (db, _) = source(&h, engine, 2);
@@ -331,9 +329,7 @@ fn one_database_is_updated_in_place() {
 
 #[test]
 fn a_killed_run_resumes_to_the_same_result() {
-    if !dovecot::require_dovecot("a_killed_run_resumes_to_the_same_result") {
-        return;
-    }
+    require!(Need::Dovecot, Need::Postgres, Need::Mariadb);
     for engine in ENGINES {
         for in_place in [false, true] {
             killed_and_resumed(engine, in_place);
@@ -426,9 +422,7 @@ fn login(dc: &Dovecot, user: &str, pw: &str) -> Result<ImapClient, String> {
 
 #[test]
 fn dovecot_with_its_sql_driver_serves_the_migrated_users() {
-    if !dovecot::require_dovecot("dovecot_with_its_sql_driver_serves_the_migrated_users") {
-        return;
-    }
+    require!(Need::Dovecot, Need::Postgres, Need::Mariadb);
     let uid = if dovecot::running_as_root() {
         5000
     } else {
@@ -567,9 +561,7 @@ impl Relay {
 
 #[test]
 fn connections_cut_mid_job_never_leave_two_logins() {
-    if !dovecot::require_dovecot("connections_cut_mid_job_never_leave_two_logins") {
-        return;
-    }
+    require!(Need::Dovecot, Need::Postgres, Need::Mariadb);
     for engine in ENGINES {
         let h = Host::new("");
         let (src, _, dst) = separate(&h, engine, 200);

@@ -4,7 +4,7 @@
 //! what Courier reported: folders, UIDVALIDITY, UIDNEXT, UIDs, flags,
 //! keywords, dates, sizes, subscriptions and POP3 UIDLs.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -12,6 +12,7 @@ use std::path::Path;
 
 use common::dovecot::{self, Dovecot};
 use common::imap::ImapClient;
+use common::require::{COURIER_ROOT, Need, require};
 use common::scenario::owned_dir;
 use serde_json::Value;
 
@@ -57,9 +58,7 @@ fn connect(dc: &Dovecot) -> ImapClient {
 
 #[test]
 fn courier_store_migrates_to_dovecot() {
-    if !dovecot::require_dovecot("courier_store_migrates_to_dovecot") {
-        return;
-    }
+    require!(Need::Dovecot);
     assert_eq!(epoch("01-Jan-1970 01:00:00 +0100"), 0);
     let expected = json("expected.json");
     let hashes = json("hashes.json");
@@ -294,7 +293,8 @@ fn courier_store_migrates_to_dovecot() {
     assert_eq!(after.subscriptions, subs);
 
     // POP3: Dovecot gives the UIDLs Courier's pop3d gave (or would give).
-    if let Some(port) = dc.pop3_port() {
+    if common::require::available(Need::Pop3) {
+        let port = dc.pop3_port().expect("POP3 is served when installed");
         let got = common::pop3::uidl(port, JANA, PASSWORD).unwrap();
         let inbox = &expected["folders"][0];
         assert_eq!(inbox["name"], "INBOX");
@@ -306,12 +306,6 @@ fn courier_store_migrates_to_dovecot() {
             .collect();
         let got: Vec<&str> = got.iter().map(|(_, u)| u.as_str()).collect();
         assert_eq!(got, want);
-    } else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "dovecot-pop3d is missing on CI"
-        );
-        eprintln!("SKIPPED the POP3 part: dovecot-pop3d is not installed");
     }
     let log = dc.log();
     assert!(
@@ -434,25 +428,9 @@ fn damaged_courier_metadata_falls_back_per_folder() {
 /// fixture builder unpacked) compiles the edited text, checked with gdbmtool.
 #[test]
 fn makeuserdb_publishes_the_freeze_to_authlib() {
-    let root = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/target/courier-root/root"
-    ));
+    require!(Need::Courier, Need::Gdbmtool);
+    let root = Path::new(COURIER_ROOT);
     let script = root.join("usr/sbin/makeuserdb");
-    let have_gdbmtool = std::process::Command::new("gdbmtool")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !script.exists() || !have_gdbmtool {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run fixtures/courier/check.py first and install gdbmtool"
-        );
-        eprintln!(
-            "SKIPPED makeuserdb_publishes_the_freeze_to_authlib: run fixtures/courier/check.py (unpacks Courier) and install gdbmtool"
-        );
-        return;
-    }
     let h = common::fixture::Host::new("");
     // Courier's script with its helper's path pointed into the unpacked tree.
     let makedat = root.join("usr/lib/courier/courier-authlib/makedatprog");
@@ -529,20 +507,8 @@ fn makeuserdb_publishes_the_freeze_to_authlib() {
 /// returns once they are gone; another user's session stays.
 #[test]
 fn courier_kick_ends_only_that_users_sessions() {
-    let root = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/target/courier-root/root"
-    ));
-    if !root.join("usr/bin/imapd").exists() || !dovecot::running_as_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs as root after fixtures/courier/check.py"
-        );
-        eprintln!(
-            "SKIPPED courier_kick_ends_only_that_users_sessions: needs root and the unpacked Courier"
-        );
-        return;
-    }
+    require!(Need::Courier, Need::Root);
+    let root = Path::new(COURIER_ROOT);
     let tmp = dovecot::scratch_dir("mm-courier-kick-");
     let imapd = |user: &str| {
         let home = tmp.path().join(user);

@@ -2,7 +2,7 @@
 //! changes flags and expunges until the old login is refused; after the
 //! job the target holds exactly the source's final state.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -9,8 +9,12 @@
 //! sessions fail temporarily, for retry tests.
 //!
 //! [`parse_message`] unfolds headers, decodes an RFC 2047 subject and a
-//! quoted-printable / base64 / 7bit / 8bit body as UTF-8. The decoders are
-//! written here on purpose: the test must not trust the encoder's own crate.
+//! quoted-printable / base64 / 7bit / 8bit body as UTF-8. The decoding is
+//! done by the `base64` and `quoted_printable` crates, not by the encoder's
+//! own (`email-encoding`, through lettre). RFC 2047 words are split here: the
+//! crates for them (`rfc2047-decoder`, `mail-parser`) decode each word to
+//! text on its own, and a character split across two words must still
+//! come out whole.
 //!
 //! Set `SMTP_DEBUG=1` to get the dialogue on stderr.
 
@@ -19,6 +23,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 
 /// A session idle longer than this is dropped (its thread ends).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -473,62 +480,22 @@ fn decode_word(word: &str) -> Option<Vec<u8>> {
 /// Quoted-printable (RFC 2045 §6.7): `=XX` escapes, `=` before a line end
 /// is a soft break.
 pub fn qp_decode(data: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(data.len());
-    let mut i = 0;
-    while i < data.len() {
-        if data[i] != b'=' {
-            out.push(data[i]);
-            i += 1;
-        } else if data[i + 1..].starts_with(b"\r\n") {
-            i += 3;
-        } else if data[i + 1..].starts_with(b"\n") {
-            i += 2;
-        } else {
-            let pair = data
-                .get(i + 1..i + 3)
-                .and_then(|p| Some((hex(p[0])?, hex(p[1])?)));
-            let (hi, lo) = pair.unwrap_or_else(|| {
-                panic!(
-                    "bad quoted-printable escape at byte {i}: {:?}",
-                    String::from_utf8_lossy(&data[i..data.len().min(i + 3)])
-                )
-            });
-            out.push(hi << 4 | lo);
-            i += 3;
-        }
-    }
-    out
+    quoted_printable::decode(data, quoted_printable::ParseMode::Strict).unwrap_or_else(|e| {
+        panic!(
+            "bad quoted-printable {:?}: {e}",
+            String::from_utf8_lossy(data)
+        )
+    })
 }
 
-/// Standard base64; whitespace ignored, decoding stops at padding.
+/// Standard base64 with padding; whitespace (line breaks) ignored.
 pub fn base64_decode(data: &[u8]) -> Vec<u8> {
-    let value = |b: u8| -> u32 {
-        match b {
-            b'A'..=b'Z' => u32::from(b - b'A'),
-            b'a'..=b'z' => u32::from(b - b'a') + 26,
-            b'0'..=b'9' => u32::from(b - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("bad base64 byte {:?}", b as char),
-        }
-    };
-    let mut out = Vec::with_capacity(data.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for &b in data {
-        if b.is_ascii_whitespace() {
-            continue;
-        }
-        if b == b'=' {
-            break;
-        }
-        acc = (acc << 6) | value(b);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
+    let text: Vec<u8> = data
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    STANDARD
+        .decode(&text)
+        .unwrap_or_else(|e| panic!("bad base64 {:?}: {e}", String::from_utf8_lossy(data)))
 }

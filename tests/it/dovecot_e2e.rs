@@ -1,6 +1,6 @@
 //! End-to-end tests against a real, private Dovecot (see `common::dovecot`).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use common::dovecot::{self, Dovecot};
 use common::imap::{self, mutf7};
+use common::require::{Need, require};
 use common::scenario::{ACCOUNTS, OLD_UID, Scenario, connect, message, owned_dir};
 
 const USER1: &str = "alice@example.cz";
@@ -64,9 +65,7 @@ fn check_codecs() {
 fn harness_smoke() {
     let t0 = Instant::now();
     check_codecs();
-    if !dovecot::require_dovecot("harness_smoke") {
-        return;
-    }
+    require!(Need::Dovecot);
     let root = dovecot::running_as_root();
     let tmp = dovecot::scratch_dir("dovecot-e2e-");
     let dir = tmp.path();
@@ -405,9 +404,7 @@ fn harness_smoke() {
 
 #[test]
 fn migration_end_to_end() {
-    if !dovecot::require_dovecot("migration_end_to_end") {
-        return;
-    }
+    require!(Need::Dovecot);
     let s = Scenario::prepare("mm-e2e-", "");
     let report = run_scenario_job(&s);
     assert_eq!(report["totals"]["mailboxes"], ACCOUNTS.len());
@@ -426,9 +423,7 @@ fn migration_end_to_end() {
 /// reload by mtime/size) and serve the migrated mail with the same UIDs.
 #[test]
 fn in_place_switch_under_a_running_dovecot() {
-    if !dovecot::require_dovecot("in_place_switch_under_a_running_dovecot") {
-        return;
-    }
+    require!(Need::Dovecot);
     let root = dovecot::running_as_root();
     let tmp = dovecot::scratch_dir("mm-inplace-");
     let dir = tmp.path();
@@ -536,9 +531,7 @@ fn in_place_switch_under_a_running_dovecot() {
 #[test]
 fn carried_hashes_verify_in_dovecot() {
     use maildir_migrate::userdb::scheme::carry;
-    if !dovecot::require_dovecot("carried_hashes_verify_in_dovecot") {
-        return;
-    }
+    require!(Need::Dovecot);
     let pw = "Heslo-ř 7";
     let bare = |scheme: &str| {
         dovecot::hash_password(scheme, pw)
@@ -594,9 +587,7 @@ fn carried_hashes_verify_in_dovecot() {
 #[test]
 fn courier_hash_forms_verify_in_dovecot() {
     use maildir_migrate::userdb::scheme::carry_courier;
-    if !dovecot::require_dovecot("courier_hash_forms_verify_in_dovecot") {
-        return;
-    }
+    require!(Need::Dovecot);
     let pw = "Heslo-ř 7";
     let script = r#"
 import base64, crypt, hashlib, hmac, sys
@@ -670,9 +661,7 @@ for k, v in out.items():
 /// `:UTF-8` in the mail location; Dovecot serves the same account.
 #[test]
 fn migration_to_utf8_folder_names() {
-    if !dovecot::require_dovecot("migration_to_utf8_folder_names") {
-        return;
-    }
+    require!(Need::Dovecot);
     let s = Scenario::prepare("mm-utf8-", "folder_names = \"utf8\"\n");
     let report = run_scenario_job(&s);
     let jan = s.dir.join("newmail/example.cz/jan/Maildir");
@@ -692,9 +681,7 @@ fn migration_to_utf8_folder_names() {
 /// An old Dovecot with `LAYOUT=fs` folders, migrated into Maildir++.
 #[test]
 fn migration_from_fs_layout() {
-    if !dovecot::require_dovecot("migration_from_fs_layout") {
-        return;
-    }
+    require!(Need::Dovecot);
     let s = Scenario::prepare_layout("mm-fs-src-", true, "");
     let jan_old = s.dir.join("oldmail/example.cz/jan/Maildir");
     assert!(
@@ -713,9 +700,7 @@ fn migration_from_fs_layout() {
 /// Maildir++ into a new Dovecot with `LAYOUT=fs`.
 #[test]
 fn migration_to_fs_layout() {
-    if !dovecot::require_dovecot("migration_to_fs_layout") {
-        return;
-    }
+    require!(Need::Dovecot);
     let s = Scenario::prepare("mm-fs-dst-", "layout = \"fs\"\n");
     let report = run_scenario_job(&s);
     let jan = s.dir.join("newmail/example.cz/jan/Maildir");
@@ -744,9 +729,7 @@ fn run_scenario_job(s: &Scenario) -> serde_json::Value {
 /// carried UIDNEXT while every carried UID stays as it was.
 #[test]
 fn swept_late_mail_appears_in_dovecot_with_a_new_uid() {
-    if !dovecot::require_dovecot("swept_late_mail_appears_in_dovecot_with_a_new_uid") {
-        return;
-    }
+    require!(Need::Dovecot);
     let s = Scenario::prepare("mm-sweep-", "");
     run_scenario_job(&s);
     let (user, pass, _, _) = ACCOUNTS[0];
@@ -807,9 +790,7 @@ fn swept_late_mail_appears_in_dovecot_with_a_new_uid() {
 /// latest flags, and the messages that had UIDs keep them.
 #[test]
 fn live_changes_and_late_mail_arrive_exactly_once_in_dovecot() {
-    if !dovecot::require_dovecot("live_changes_and_late_mail_arrive_exactly_once_in_dovecot") {
-        return;
-    }
+    require!(Need::Dovecot);
     let s = Scenario::prepare("mm-live-", "\n[cutover]\nfreeze_grace = 1\n");
     let inbox = s.dir.join("oldmail/example.cz/jan/Maildir");
     let root = dovecot::running_as_root();

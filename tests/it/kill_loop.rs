@@ -1,11 +1,16 @@
 //! Crash safety of `run`: kill -9 at many moments of a job, then finish
-//! it; the result must equal an uninterrupted run's, byte for byte.
+//! it; the result must equal an uninterrupted run's, byte for byte. The
+//! moments are steps of the job (lines of its debug log: a copied message,
+//! a finished mailbox, …), not delays, so a slow or loaded machine kills
+//! as many runs mid-job as a fast one.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 
 use common::fixture::{BIN, Host, body, tree};
 
@@ -57,6 +62,63 @@ fn outcome(h: &Host) -> (Tree, String, String) {
     (t, read(&h.users_old), read(&h.users_new))
 }
 
+/// What one run of the job did, from its log.
+struct Round {
+    status: ExitStatus,
+    /// Log lines seen (one per step of the job).
+    steps: usize,
+    started: bool,
+    finished: bool,
+    last_lines: Vec<String>,
+}
+
+impl Round {
+    /// Killed after the job had started and before it had finished.
+    fn killed_mid_job(&self) -> bool {
+        let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
+        self.started && !self.finished && self.status.signal() == Some(sigkill)
+    }
+}
+
+/// Runs the job with its debug log on a pipe; with `kill_after`, kill -9
+/// as soon as that many log lines have arrived.
+fn run_logged(h: &Host, job: &Path, kill_after: Option<usize>) -> Round {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&h.config)
+        .args(["run", "--no-progress"])
+        .arg(job)
+        .env("MAILDIR_MIGRATE_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = BufReader::new(child.stderr.take().unwrap());
+    let (mut steps, mut started, mut finished) = (0, false, false);
+    let mut last_lines = Vec::new();
+    for line in log.split(b'\n') {
+        let line = String::from_utf8_lossy(&line.unwrap()).into_owned();
+        steps += 1;
+        started |= line.contains("job started");
+        finished |= line.contains("job finished");
+        last_lines.push(line);
+        if last_lines.len() > 20 {
+            last_lines.remove(0);
+        }
+        if kill_after == Some(steps) {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    Round {
+        status: child.wait().unwrap(),
+        steps,
+        started,
+        finished,
+        last_lines,
+    }
+}
+
 #[test]
 fn kill_9_at_any_moment_then_rerun_equals_an_uninterrupted_run() {
     let rounds: u64 = std::env::var(ROUNDS_ENV)
@@ -65,36 +127,32 @@ fn kill_9_at_any_moment_then_rerun_equals_an_uninterrupted_run() {
         .unwrap_or(20);
     let reference = host();
     let job = reference.job("j", r#"{"domain": "kill.cz", "mode": "move"}"#);
-    let (code, report) = reference.run_job(&job);
-    assert_eq!(code, 0, "{report:#}");
+    let full = run_logged(&reference, &job, None);
+    assert_eq!(full.status.code(), Some(0), "{:#?}", full.last_lines);
+    assert!(full.started && full.finished, "{:#?}", full.last_lines);
     let want = outcome(&reference);
 
     let h = host();
     let job = h.job("j", r#"{"domain": "kill.cz", "mode": "move"}"#);
-    // A fixed sequence of kill moments from a few ms to well into the job.
+    // A fixed sequence of kill moments, each within the first 2/rounds of
+    // an uninterrupted run's steps: on average the rounds together take
+    // the job to its end, so the kills spread over all of it.
+    let window = (2 * full.steps as u64 / rounds.max(1)).max(1);
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut killed = 0;
+    let (mut killed, mut with_work) = (0, 0);
+    let mut done = false;
     for _ in 0..rounds {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_millis(2 + seed % 50);
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&h.config)
-            .args(["run", "--no-progress"])
-            .arg(&job)
-            .env("MAILDIR_MIGRATE_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
+        let r = run_logged(&h, &job, Some(1 + (seed % window) as usize));
+        if !done {
+            with_work += 1;
+        }
+        if r.killed_mid_job() {
             killed += 1;
         }
-        child.wait().unwrap();
+        done |= r.status.success();
         // Userdbs are never partial: every line parses as an entry.
         for db in [&h.users_old, &h.users_new] {
             if let Ok(text) = std::fs::read_to_string(db) {
@@ -105,11 +163,16 @@ fn kill_9_at_any_moment_then_rerun_equals_an_uninterrupted_run() {
             }
         }
     }
-    // Later rounds of a long soak may find the job already done.
+    // Later rounds of a long soak may find the job already done; while it
+    // was not, nearly every kill must have landed mid-job.
     let wanted = rounds.min(20) / 2;
     assert!(
         killed >= wanted,
         "only {killed} of {rounds} runs were killed mid-job"
+    );
+    assert!(
+        killed * 4 >= with_work * 3,
+        "only {killed} of the {with_work} runs before the job was done were killed mid-job"
     );
     let (code, report) = h.run_job(&job);
     assert!(code == 0, "{report:#}");
@@ -135,6 +198,6 @@ fn kill_9_at_any_moment_then_rerun_equals_an_uninterrupted_run() {
         .collect();
     assert!(differ.is_empty(), "target differs at {differ:?}");
     eprintln!(
-        "{killed} of {rounds} runs killed mid-job; the final state equals the uninterrupted run"
+        "{killed} of {rounds} runs killed mid-job ({with_work} before it was done); the final state equals the uninterrupted run"
     );
 }

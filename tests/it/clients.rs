@@ -4,13 +4,14 @@
 //! on the old server across the freeze, and keywords it set. Real Dovecot
 //! on both sides, spoken to over IMAP as the clients do.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::dovecot::{self, Dovecot};
 use common::fixture::{Host, body};
 use common::imap::{ImapClient, Resync};
+use common::require::{Need, require};
 use common::scenario::{self, ACCOUNTS, Scenario};
 
 /// jan's session on `dc`, with QRESYNC enabled.
@@ -59,11 +60,7 @@ fn new_server(s: &Scenario, extra_conf: &str) -> Dovecot {
 /// every flag change made on the new server after the switch.
 #[test]
 fn no_flag_change_after_the_switch_is_missed_by_a_qresync_client() {
-    if !dovecot::require_root_and_dovecot(
-        "no_flag_change_after_the_switch_is_missed_by_a_qresync_client",
-    ) {
-        return;
-    }
+    require!(Need::Dovecot, Need::Root);
     let s = Scenario::prepare("mm-modseq-", "");
     // A client flips flags for a while: the old server's modseqs climb well
     // above what a fresh index starts at.
@@ -125,9 +122,7 @@ fn no_flag_change_after_the_switch_is_missed_by_a_qresync_client() {
 /// of the same name.
 #[test]
 fn skipped_folders_show_their_messages_expunged() {
-    if !dovecot::require_root_and_dovecot("skipped_folders_show_their_messages_expunged") {
-        return;
-    }
+    require!(Need::Dovecot, Need::Root);
     let s = Scenario::prepare("mm-skipped-", "");
     let old = remembered(&s.old);
     let (code, report, stderr) = s.run_job();
@@ -232,9 +227,7 @@ fn skipped_folders_are_emptied_or_left_out() {
 /// configuration error naming both, before anything is frozen.
 #[test]
 fn a_new_server_with_another_namespace_is_refused() {
-    if !dovecot::require_root_and_dovecot("a_new_server_with_another_namespace_is_refused") {
-        return;
-    }
+    require!(Need::Dovecot, Need::Root);
     let s = Scenario::prepare("mm-namespace-", "");
     let new = new_server(
         &s,
@@ -365,11 +358,7 @@ fn login_poller(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) 
 /// gone.
 #[test]
 fn a_client_busy_on_the_old_server_loses_nothing_at_the_freeze() {
-    if !dovecot::require_root_and_dovecot(
-        "a_client_busy_on_the_old_server_loses_nothing_at_the_freeze",
-    ) {
-        return;
-    }
+    require!(Need::Dovecot, Need::Root);
     let s = Scenario::prepare("mm-busy-", "");
     let new = new_server(&s, "");
     s.ask_servers(&new);

@@ -30,29 +30,10 @@ const MAX_LITERAL: usize = 1 << 30;
 // base64 (RFC 4648) and modified UTF-7 (the library's codec)
 // ---------------------------------------------------------------------------
 
-const B64_STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Standard base64 with padding (used for SASL).
 pub fn base64_encode(data: &[u8]) -> String {
-    let (alphabet, pad) = (B64_STD, true);
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let chars = chunk.len() + 1; // 1 byte -> 2 chars, 2 -> 3, 3 -> 4
-        for i in 0..4 {
-            if i < chars {
-                out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else if pad {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 /// IMAP modified UTF-7 for mailbox names (RFC 3501 §5.1.3).
@@ -927,10 +908,6 @@ impl ImapClient {
 
     pub fn subscribe(&mut self, name: &str) -> Result<(), String> {
         self.simple_mailbox_command("SUBSCRIBE", name)
-    }
-
-    pub fn unsubscribe(&mut self, name: &str) -> Result<(), String> {
-        self.simple_mailbox_command("UNSUBSCRIBE", name)
     }
 
     fn open_mailbox(&mut self, verb: &str, name: &str) -> Result<SelectInfo, String> {

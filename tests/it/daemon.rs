@@ -3,7 +3,7 @@
 //! middle of a large job, one daemon per spool, SIGHUP, and the completion
 //! e-mail over a real SMTP dialogue.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -14,8 +14,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use common::daemon::{DaemonProc, drop_job, drop_job_with, record, wait_until};
-use common::dovecot;
 use common::fixture::{BIN, Host, body, tree};
+use common::require::{Need, require};
 use common::scenario::{ACCOUNTS, Scenario};
 use common::smtp::{SmtpSink, parse_message};
 
@@ -86,9 +86,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 /// dates, and the customer gets the bilingual e-mail over real SMTP.
 #[test]
 fn daemon_migrates_and_notifies() {
-    if !dovecot::require_dovecot("daemon_migrates_and_notifies") {
-        return;
-    }
+    require!(Need::Dovecot);
     let smtp = SmtpSink::start();
     let s = Scenario::prepare("mm-daemon-", "");
     let spool_dir = s.dir.join("spool");
@@ -248,7 +246,9 @@ fn refused_job_files_land_in_failed_and_the_daemon_lives_on() {
     drop_job_with(&inc, "world-writable", good, |p| {
         fs::set_permissions(p, fs::Permissions::from_mode(0o666)).unwrap()
     });
-    if common::fixture::is_root() {
+    // Only root can give a job file another owner.
+    let root = common::require::available(Need::Root);
+    if root {
         drop_job_with(&inc, "foreign-owner", good, |p| {
             std::os::unix::fs::chown(p, Some(4321), Some(4321)).unwrap()
         });
@@ -264,7 +264,7 @@ fn refused_job_files_land_in_failed_and_the_daemon_lives_on() {
         ("world-writable", "untrusted job file"),
         ("link", "untrusted job file"),
     ];
-    if common::fixture::is_root() {
+    if root {
         expect.push(("foreign-owner", "untrusted job file"));
     }
     for (id, why) in expect {
@@ -530,7 +530,13 @@ fn a_second_sigterm_exits_at_once() {
     wait_until("the stop request", Duration::from_secs(5), || {
         d.log().contains("stop requested").then_some(())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The e-mail's first attempt times out (timeout_secs = 5) after the
+    // stop request; a retry follows, so the daemon is still there.
+    wait_until("the first e-mail attempt to fail", JOB_TIMEOUT, || {
+        d.log()
+            .contains("notification attempt failed")
+            .then_some(())
+    });
     assert!(
         d.wait_exit_or_none(Duration::ZERO).is_none(),
         "still waiting for the e-mail"
@@ -552,8 +558,9 @@ fn jobs_are_found_by_inotify_and_by_rescan_alone() {
     ] {
         let (h, spool) = spool_host_with(&closed_port(), Some(daemon));
         h.add_user("jan@a.cz", "{PLAIN}x", "");
+        // READY=1 (awaited by start) comes after the watch is set and the
+        // first scan is done: the job below is found by `how` alone.
         let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
-        std::thread::sleep(Duration::from_millis(200));
         drop_job(
             &spool.join("incoming"),
             "j",
@@ -573,10 +580,7 @@ fn jobs_are_found_by_inotify_and_by_rescan_alone() {
 /// group, and a job file of another user in that group is run.
 #[test]
 fn submit_group_members_may_queue_jobs() {
-    if !common::fixture::is_root() {
-        eprintln!("SKIPPED submit_group_members_may_queue_jobs: needs root for chown");
-        return;
-    }
+    require!(Need::Root);
     let (h, spool) = spool_host_with(
         &closed_port(),
         Some("rescan_interval = 1\nsubmit_group = \"mail\""),
@@ -870,10 +874,7 @@ fn record_of(spool: &Path, file: &str) -> Option<(PathBuf, serde_json::Value)> {
 #[test]
 fn a_submitter_cannot_change_a_claimed_job_or_forge_a_sweep() {
     use std::os::unix::fs::{FileExt, MetadataExt};
-    if !common::fixture::is_root() {
-        eprintln!("SKIPPED a_submitter_cannot_change_a_claimed_job_or_forge_a_sweep: needs root");
-        return;
-    }
+    require!(Need::Root);
     let (h, spool) = spool_host_with(
         &closed_port(),
         Some("rescan_interval = 1\nsubmit_group = \"mail\""),

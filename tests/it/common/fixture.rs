@@ -202,7 +202,3 @@ pub fn column<'a>(array: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
         })
         .collect()
 }
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}

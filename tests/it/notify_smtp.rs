@@ -1,6 +1,6 @@
 //! The completion e-mail over a real SMTP dialogue with a loopback sink.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,10 +1,11 @@
 //! Integration tests: the real binary on generated old hosts.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 
-use common::fixture::{Host, body, column, is_root, tree};
+use common::fixture::{Host, body, column, tree};
+use common::require::{Need, require};
 use serde_json::Value;
 
 const JAN: &str = "jan@example.cz";
@@ -216,7 +217,8 @@ fn move_copies_content_and_carries_the_password() {
         // Skipped folders keep their subscriptions: they are there, empty.
         "V\t2\n\nINBOX\nOdeslan&AOk-\nKo&AWE-\nArchive\t2019\nKontakty\nEntw&APw-rfe\n"
     );
-    if is_root() {
+    // The owners are root's to give.
+    if common::require::available(Need::Root) {
         for (path, (_, _, uid, _, _)) in tree(&h.new.join("example.cz")) {
             // The manifest is the tool's own record, not the mail user's.
             let want = if path.ends_with(".maildir-migrate-manifest") {
@@ -424,7 +426,8 @@ fn per_mailbox_failures_do_not_stop_the_job() {
     // A file the mailbox owner does not own (a planted hard link, say).
     let sneaky = h.add_user("sneaky@example.cz", "{PLAIN}s", "");
     sneaky.folder("").msg("cur", "1.a:2,S", b"mine", 1);
-    if is_root() {
+    let root = common::require::available(Need::Root);
+    if root {
         std::os::unix::fs::chown(sneaky.0.join("cur/1.a:2,S"), Some(4242), None).unwrap();
     }
     let users_new_before = std::fs::read_to_string(&h.users_new).unwrap();
@@ -442,7 +445,7 @@ fn per_mailbox_failures_do_not_stop_the_job() {
         ("busy@example.cz", "not created by maildir-migrate"),
     ]
     .into_iter()
-    .chain(is_root().then_some(("sneaky@example.cz", "belongs to uid 4242")))
+    .chain(root.then_some(("sneaky@example.cz", "belongs to uid 4242")))
     {
         let m = mailbox(&report, user);
         assert_eq!(m["status"], "failed", "{user}");
@@ -1000,12 +1003,7 @@ fn sweep_moves_late_mail_exactly_once() {
 /// move; nothing in the source changes.
 #[test]
 fn an_unreadable_source_folder_fails_only_its_mailbox() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED an_unreadable_source_folder_fails_only_its_mailbox: needs root to switch to nobody"
-        );
-        return;
-    }
+    require!(Need::Root);
     let h = Host::new("");
     let locked = h.add_user(JAN, "{PLAIN}x", "");
     locked.folder("").msg(
