@@ -41,7 +41,7 @@ pub enum ConfigError {
 }
 
 /// A bad value before the file's name is added: (config key, problem).
-type Invalid = (&'static str, String);
+pub type Invalid = (&'static str, String);
 
 /// Tags a problem with its key, for `map_err`.
 fn invalid(key: &'static str) -> impl Fn(String) -> Invalid {

@@ -23,6 +23,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Invalid;
 use crate::job::Mode;
 use crate::report::{MailboxStatus, Report, now_rfc3339};
 
@@ -179,9 +180,6 @@ pub struct Settings {
     done: Template,
     failed: Template,
 }
-
-/// A bad `[notify]` value: (config key, problem).
-type Invalid = (&'static str, String);
 
 impl Settings {
     /// `resolve` turns a config-relative path into an absolute one.
