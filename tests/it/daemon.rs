@@ -455,14 +455,15 @@ fn interrupted_job_completes_exactly_once(
             d.log()
         );
     }
+    // The record is written first; the job's files leave active/ (for
+    // done/) just after.
+    wait_until("active/ emptied", Duration::from_secs(10), || {
+        names_in(&spool.join("active")).is_empty().then_some(())
+    });
     assert_eq!(
         names_in(&spool.join("done")),
         ["big.json", "big.report.json"]
     );
-    // The record is written first; the job's files leave active/ just after.
-    wait_until("active/ emptied", Duration::from_secs(10), || {
-        names_in(&spool.join("active")).is_empty().then_some(())
-    });
     assert!(names_in(&spool.join("failed")).is_empty());
     // Every message exactly once, byte for byte, under its own name.
     for m in 0..mailboxes {
