@@ -329,22 +329,7 @@ where
     let lock = lock_file(&lock_path).map_err(io_err(&lock_path))?;
 
     // Re-read under the lock: the file is the truth, not our earlier view.
-    let current = read_db_file(&path)?;
-    let found = current
-        .lines
-        .iter()
-        .enumerate()
-        .rfind(|(_, line)| is_account(line) && line.split('\t').next() == Some(name));
-    let (i, line) = found.ok_or_else(|| UserdbError::BadEntry {
-        path: path.clone(),
-        line: 0,
-        problem: format!("account {} disappeared", crate::shown::text(name)),
-    })?;
-    let old = Entry::parse(line).map_err(|problem| UserdbError::BadEntry {
-        path: path.clone(),
-        line: i + 1,
-        problem,
-    })?;
+    let (current, i, old) = account_line(&path, name)?;
     let new = f(&old)?;
     if new == old {
         return Ok(false);
@@ -395,6 +380,28 @@ where
     }
     drop(lock);
     Ok(true)
+}
+
+/// The file at `path` as it is now, with the index and entry of the line
+/// of account `name` (the last line naming it).
+fn account_line(path: &Path, name: &str) -> Result<(DbFile, usize, Entry), UserdbError> {
+    let current = read_db_file(path)?;
+    let found = current
+        .lines
+        .iter()
+        .enumerate()
+        .rfind(|(_, line)| is_account(line) && line.split('\t').next() == Some(name));
+    let (i, line) = found.ok_or_else(|| UserdbError::BadEntry {
+        path: path.to_path_buf(),
+        line: 0,
+        problem: format!("account {} disappeared", crate::shown::text(name)),
+    })?;
+    let old = Entry::parse(line).map_err(|problem| UserdbError::BadEntry {
+        path: path.to_path_buf(),
+        line: i + 1,
+        problem,
+    })?;
+    Ok((current, i, old))
 }
 
 /// `makeuserdb -f <db>` rebuilds `userdb.dat`; its failure is an error
