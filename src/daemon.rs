@@ -45,18 +45,6 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
-impl DaemonError {
-    /// sysexits: 75 (try later) when another daemon holds the spool, 78
-    /// for an unusable spool, 74 for other I/O.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            DaemonError::Spool(SpoolError::Locked { .. }) => 75,
-            DaemonError::Spool(SpoolError::Unsafe { .. }) => 78,
-            _ => 74,
-        }
-    }
-}
-
 enum Msg {
     /// Something changed in `incoming/` (a hint only).
     Changed,
