@@ -516,16 +516,7 @@ impl TargetFolder {
                 got: n,
             });
         }
-        apply_attrs(
-            &dst,
-            &FileAttrs {
-                mode: 0o600,
-                owner: opts.owner,
-                mtime: None,
-                fsync: false,
-            },
-        )
-        .map_err(at(dst_path()))?;
+        apply_attrs(&dst, &FileAttrs::private(opts.owner, false)).map_err(at(dst_path()))?;
         let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
         let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
         futimens(dst.as_fd(), &atime, &mtime).map_err(|e| at(dst_path())(e.into()))?;

@@ -510,10 +510,8 @@ impl Spool {
             return Ok(Ok(job));
         }
         let dir = self.dir(entry.place);
-        let attrs = FileAttrs {
-            mtime: Some(TimeSpec::new(st.st_mtime, st.st_mtime_nsec)),
-            ..record_attrs(true)
-        };
+        let attrs =
+            record_attrs(true).with_mtime(Some(TimeSpec::new(st.st_mtime, st.st_mtime_nsec)));
         dir.write_atomic(&entry.name, &data, &attrs)
             .map_err(at(dir.child_path(&entry.name)))?;
         Ok(Ok(job))
@@ -828,12 +826,7 @@ fn own_file_problem(st: &FileStat, me: u32) -> Option<String> {
 }
 
 fn record_attrs(fsync: bool) -> FileAttrs {
-    FileAttrs {
-        mode: 0o640,
-        owner: None,
-        mtime: None,
-        fsync,
-    }
+    FileAttrs::new(0o640, None, fsync)
 }
 
 fn write_record(dir: &Dir, name: &OsStr, record: &impl Serialize) -> Result<(), SpoolError> {
