@@ -65,6 +65,26 @@ pub struct CopyOptions {
     pub max_message_size: u64,
 }
 
+impl CopyOptions {
+    /// The same, writing everything as `owner` (each mailbox's target
+    /// belongs to the uid/gid its new entry names).
+    pub fn with_owner(self, owner: Owner) -> CopyOptions {
+        CopyOptions {
+            owner: Some(owner),
+            ..self
+        }
+    }
+
+    /// The same, with every file on disk before it gets its name.
+    pub fn durable(self) -> CopyOptions {
+        CopyOptions {
+            fsync: true,
+            sync: SyncMethod::PerFile,
+            ..self
+        }
+    }
+}
+
 /// How copied files are made durable before they get their final names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMethod {
@@ -591,11 +611,7 @@ impl TargetFolder {
         source_uid: u32,
         opts: &CopyOptions,
     ) -> Result<Option<u64>, CopyError> {
-        let durable = CopyOptions {
-            fsync: true,
-            sync: SyncMethod::PerFile,
-            ..*opts
-        };
+        let durable = opts.durable();
         let Some(s) = self.stage(src_sub, name, source_uid, sub, &durable)? else {
             return Ok(None);
         };

@@ -293,10 +293,7 @@ impl SyncContext<'_> {
     pub(crate) fn for_owner(&self, owner: Owner) -> SyncContext<'_> {
         SyncContext {
             classifier: self.classifier,
-            copy: CopyOptions {
-                owner: Some(owner),
-                ..self.copy
-            },
+            copy: self.copy.with_owner(owner),
             workers: Workers {
                 pool: self.workers.pool,
                 progress: self.workers.progress,
