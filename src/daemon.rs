@@ -28,8 +28,8 @@ use crate::notify;
 use crate::progress::Progress;
 use crate::report::{JobStatus, MailboxReport, MailboxStatus, Report, rfc3339};
 use crate::spool::{
-    Entry, JobRecord, Lock, Place, ProgressFile, RecordStatus, Rejected, Spool, SpoolError,
-    SweepDue, Trust,
+    Entry, JobRecord, Lock, Notification, Place, ProgressFile, RecordStatus, Rejected, Spool,
+    SpoolError, SweepDue, Trust,
 };
 
 /// A stop request must end the process within this (systemd waits longer).
@@ -682,7 +682,7 @@ impl Daemon {
         record.report = report;
         record.verify = verification;
         if let Some(to) = &run.job.notify {
-            record.notification = Some(serde_json::json!({ "status": "pending", "to": to }));
+            record.notification = Some(Notification::pending(to));
         }
         if let Some(e) = &record.error {
             error!(job = %id, "job failed: {e}");
@@ -752,7 +752,7 @@ impl Daemon {
         let result = (|| -> Result<(), String> {
             let data = std::fs::read(path).map_err(|e| e.to_string())?;
             let mut record: JobRecord = serde_json::from_slice(&data).map_err(|e| e.to_string())?;
-            record.notification = Some(serde_json::to_value(&outcome).map_err(|e| e.to_string())?);
+            record.notification = Some(Notification::Finished(outcome));
             self.spool
                 .update_record(path, &record)
                 .map_err(|e| e.to_string())

@@ -599,7 +599,7 @@ pub struct Facts<'a> {
     pub report: Option<&'a Report>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeStatus {
     Sent,
@@ -607,7 +607,7 @@ pub enum OutcomeStatus {
 }
 
 /// How the notification went; stored in the job's report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     pub status: OutcomeStatus,
     pub to: String,
