@@ -111,6 +111,34 @@ enum JobResult {
     Failed(String),
 }
 
+impl JobResult {
+    /// Runs a job on the worker thread: the engine, then (for a cutover)
+    /// the check against the source before the job is filed; a pre-sync
+    /// has nothing to verify yet.
+    fn run(
+        cfg: &Config,
+        job: &Job,
+        progress: &dyn Progress,
+        stop: &AtomicBool,
+        done_before: &[MailboxReport],
+    ) -> JobResult {
+        // A panic is a failed job, not a job that runs forever.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut r = JobResult::from(migrate::run_job(cfg, job, progress, stop, done_before));
+            if let JobResult::Ran(_, v) = &mut r
+                && job.cutover
+            {
+                *v = Some(
+                    migrate::verify::verify(cfg, job.domain.clone(), job.mailboxes.clone())
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            r
+        }))
+        .unwrap_or_else(|_| JobResult::Failed("internal error (panic); see the log".into()))
+    }
+}
+
 impl From<Result<Report, RunError>> for JobResult {
     fn from(r: Result<Report, RunError>) -> JobResult {
         match r {
@@ -568,24 +596,7 @@ impl Daemon {
     fn start(&mut self, entry: Entry, job: Job, resumed: bool) {
         let id = job.id.as_str().to_string();
         let started = now();
-        let checkpoint = if resumed {
-            self.spool.read_progress(&id)
-        } else {
-            None
-        };
-        let first_started = checkpoint.as_ref().map_or(started, |p| p.first_started);
-        let done_before: Vec<MailboxReport> = checkpoint
-            .map(|p| p.finished)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.status == MailboxStatus::Done)
-            .collect();
-        if !done_before.is_empty() {
-            info!(job = %id, mailboxes = done_before.len(), "resuming after the checkpoint");
-        }
-        if resumed {
-            info!(job = %id, "resuming a job interrupted by a stop or crash");
-        }
+        let (first_started, done_before) = self.resume_point(&id, resumed, started);
         let tracker = Arc::new(Tracker::default());
         let worker = {
             let (cfg, job, tracker, stop, tx) = (
@@ -597,34 +608,7 @@ impl Daemon {
             );
             let id = id.clone();
             move || {
-                // A panic is a failed job, not a job that runs forever.
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let mut r = JobResult::from(migrate::run_job(
-                        &cfg,
-                        &job,
-                        &*tracker,
-                        &stop,
-                        &done_before,
-                    ));
-                    // The job is checked against the source before it is
-                    // filed; a pre-sync has nothing to verify yet.
-                    if let JobResult::Ran(_, v) = &mut r
-                        && job.cutover
-                    {
-                        *v = Some(
-                            migrate::verify::verify(
-                                &cfg,
-                                job.domain.clone(),
-                                job.mailboxes.clone(),
-                            )
-                            .map_err(|e| e.to_string()),
-                        );
-                    }
-                    r
-                }))
-                .unwrap_or_else(|_| {
-                    JobResult::Failed("internal error (panic); see the log".into())
-                });
+                let result = JobResult::run(&cfg, &job, &*tracker, &stop, &done_before);
                 let _ = tx.send(Msg::Finished { id, result });
             }
         };
@@ -650,6 +634,30 @@ impl Daemon {
                 handle,
             },
         );
+    }
+
+    /// When a job first started and the mailboxes it already finished:
+    /// from its checkpoint when it resumes, else none and `started`.
+    fn resume_point(&self, id: &str, resumed: bool, started: i64) -> (i64, Vec<MailboxReport>) {
+        let checkpoint = if resumed {
+            self.spool.read_progress(id)
+        } else {
+            None
+        };
+        let first_started = checkpoint.as_ref().map_or(started, |p| p.first_started);
+        let done_before: Vec<MailboxReport> = checkpoint
+            .map(|p| p.finished)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.status == MailboxStatus::Done)
+            .collect();
+        if !done_before.is_empty() {
+            info!(job = %id, mailboxes = done_before.len(), "resuming after the checkpoint");
+        }
+        if resumed {
+            info!(job = %id, "resuming a job interrupted by a stop or crash");
+        }
+        (first_started, done_before)
     }
 
     fn finished(&mut self, id: &str, result: JobResult) {
