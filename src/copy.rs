@@ -1,7 +1,12 @@
 //! Copying one folder's message files: byte for byte, base name, info part
-//! and mtime (= IMAP INTERNALDATE) kept, written under a temporary name in
-//! the target's `tmp/`, synced, then renamed into `cur/` or `new/` without
-//! replacing anything. Files run in parallel on the job's rayon pool.
+//! and mtime (= IMAP INTERNALDATE) kept. Each file is written unnamed
+//! (`O_TMPFILE`) in the target's `cur/` or `new/`; a batch of them is made
+//! durable by one `syncfs` (or each by `fsync`: `migration.sync`), then
+//! each gets its name by `linkat`, never replacing anything, so a crash
+//! leaves no partial message under a final name. Where the filesystem
+//! refuses `O_TMPFILE` (NFS, old kernels), a file is written under a
+//! temporary name in `tmp/` and renamed instead. Files run in parallel on
+//! the job's rayon pool.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -63,6 +68,26 @@ pub struct CopyOptions {
     /// A bigger message is refused (a sparse file would become that many
     /// real blocks in the target).
     pub max_message_size: u64,
+}
+
+impl CopyOptions {
+    /// The same, writing everything as `owner` (each mailbox's target
+    /// belongs to the uid/gid its new entry names).
+    pub fn with_owner(self, owner: Owner) -> CopyOptions {
+        CopyOptions {
+            owner: Some(owner),
+            ..self
+        }
+    }
+
+    /// The same, with every file on disk before it gets its name.
+    pub fn durable(self) -> CopyOptions {
+        CopyOptions {
+            fsync: true,
+            sync: SyncMethod::PerFile,
+            ..self
+        }
+    }
 }
 
 /// How copied files are made durable before they get their final names.
@@ -336,42 +361,9 @@ pub fn sync_folder(
     workers: &Workers<'_>,
 ) -> Result<SyncStats, CopyError> {
     let mut stats = SyncStats::default();
-    let existing = dst.list()?;
-    let mut by_base: HashMap<&[u8], (usize, &OsString)> = HashMap::with_capacity(existing.len());
-    for (sub, name) in existing.iter() {
-        let base = filename::base(name.as_bytes());
-        if by_base.insert(base, (sub, name)).is_some() {
-            // Two target files for one message: keep the first, drop this.
-            dst.subs[sub]
-                .unlink_if_exists(name)
-                .map_err(at(dst.subs[sub].child_path(name)))?;
-            stats.removed += 1;
-        }
-    }
-    let mut to_copy: Vec<(usize, &OsString)> = Vec::new();
-    for (sub, name) in source.iter() {
-        let want = source.target_name(name);
-        match by_base.remove(filename::base(want.as_bytes())) {
-            Some((tsub, tname)) if tsub == sub && tname == want => {}
-            Some((tsub, tname)) => {
-                dst.subs[tsub]
-                    .rename_noreplace(tname, &dst.subs[sub], want)
-                    .map_err(at(dst.subs[tsub].child_path(tname)))?;
-                stats.renamed += 1;
-            }
-            None => to_copy.push((sub, name)),
-        }
-    }
-    for (sub, name) in by_base.into_values() {
-        dst.subs[sub]
-            .unlink_if_exists(name)
-            .map_err(at(dst.subs[sub].child_path(name)))?;
-        stats.removed += 1;
-    }
-
+    let to_copy = dst.reconcile(source, &mut stats)?;
     let src_subs = [open_sub(src, "cur")?, open_sub(src, "new")?];
-    let batch_sync = opts.fsync && opts.sync == SyncMethod::Batch;
-    let stage = |&(sub, name): &(usize, &OsString)| {
+    let stage = |&(sub, name): &Item<'_>| {
         // Checked per file: a stop waits only for files in flight.
         if workers.stop.load(Ordering::Relaxed) {
             return Err(CopyError::Interrupted);
@@ -385,7 +377,7 @@ pub fn sync_folder(
         }
         Ok(s)
     };
-    let mut publish = |staged: Vec<Option<Staged<'_>>>, batch: &[(usize, &OsString)]| {
+    let publish = |staged: Vec<Option<Staged<'_>>>, batch: &[Item<'_>]| {
         for (s, &(sub, name)) in staged.into_iter().zip(batch) {
             match s {
                 Some(s) => {
@@ -396,48 +388,113 @@ pub fn sync_folder(
                 None => stats.vanished += 1,
             }
         }
-        Ok::<_, CopyError>(())
+        Ok(())
     };
-    let sync = || {
-        dst.dir
-            .sync_filesystem()
-            .map_err(at(dst.dir.path().to_path_buf()))
-    };
-    // Batch k is synced while batch k+1 is copied, then named; the disk
-    // flush never leaves the copy threads idle.
-    let mut unsynced: Option<StagedBatch<'_, '_>> = None;
-    for batch in to_copy.chunks(*BATCH_FILES) {
-        let (staged, synced) = std::thread::scope(|s| {
-            let syncing = unsynced
-                .as_ref()
-                .filter(|_| batch_sync)
-                .map(|_| s.spawn(sync));
-            let staged = workers.each(batch, stage);
-            let synced = syncing.map_or(Ok(()), |h| {
-                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-            });
-            (staged, synced)
-        });
-        // Any failure: the staged files are dropped unnamed.
-        let staged: Vec<Option<Staged<'_>>> = staged.into_iter().collect::<Result<_, _>>()?;
-        synced?;
-        if let Some((done, b)) = unsynced.take() {
-            publish(done, b)?;
-        }
-        unsynced = Some((staged, batch));
-    }
-    if let Some((done, b)) = unsynced {
-        if batch_sync && done.iter().any(Option::is_some) {
-            sync()?;
-        }
-        publish(done, b)?;
-    }
+    let batch_sync = opts.fsync && opts.sync == SyncMethod::Batch;
+    dst.copy_batches(&to_copy, batch_sync, workers, stage, publish)?;
     if opts.fsync && stats != SyncStats::default() {
         for d in &dst.subs {
             d.sync().map_err(at(d.path().to_path_buf()))?;
         }
     }
     Ok(stats)
+}
+
+/// A message of a listing: its subdirectory (index into `SUBDIRS`) and name.
+type Item<'l> = (usize, &'l OsString);
+
+impl TargetFolder {
+    /// Brings what the target already holds in line with the source
+    /// listing (renames for changed flags, removals for messages the
+    /// source lost or holds once) and returns what is left to copy.
+    fn reconcile<'l>(
+        &self,
+        source: &'l Listing,
+        stats: &mut SyncStats,
+    ) -> Result<Vec<Item<'l>>, CopyError> {
+        let existing = self.list()?;
+        let mut by_base: HashMap<&[u8], Item<'_>> = HashMap::with_capacity(existing.len());
+        for (sub, name) in existing.iter() {
+            let base = filename::base(name.as_bytes());
+            if by_base.insert(base, (sub, name)).is_some() {
+                // Two target files for one message: keep the first, drop this.
+                self.remove(sub, name, stats)?;
+            }
+        }
+        let mut to_copy = Vec::new();
+        for (sub, name) in source.iter() {
+            let want = source.target_name(name);
+            match by_base.remove(filename::base(want.as_bytes())) {
+                Some((tsub, tname)) if tsub == sub && tname == want => {}
+                Some((tsub, tname)) => {
+                    self.subs[tsub]
+                        .rename_noreplace(tname, &self.subs[sub], want)
+                        .map_err(at(self.subs[tsub].child_path(tname)))?;
+                    stats.renamed += 1;
+                }
+                None => to_copy.push((sub, name)),
+            }
+        }
+        for (sub, name) in by_base.into_values() {
+            self.remove(sub, name, stats)?;
+        }
+        Ok(to_copy)
+    }
+
+    fn remove(&self, sub: usize, name: &OsStr, stats: &mut SyncStats) -> Result<(), CopyError> {
+        self.subs[sub]
+            .unlink_if_exists(name)
+            .map_err(at(self.subs[sub].child_path(name)))?;
+        stats.removed += 1;
+        Ok(())
+    }
+
+    /// Stages `to_copy` batch by batch and hands each batch to `publish`
+    /// once it is on disk (after one `syncfs` when `batch_sync`). Batch k
+    /// is synced while batch k+1 is copied, then named; the disk flush
+    /// never leaves the copy threads idle.
+    fn copy_batches<'d, 'l>(
+        &'d self,
+        to_copy: &'l [Item<'l>],
+        batch_sync: bool,
+        workers: &Workers<'_>,
+        stage: impl Fn(&Item<'l>) -> Result<Option<Staged<'d>>, CopyError> + Sync,
+        mut publish: impl FnMut(Vec<Option<Staged<'d>>>, &'l [Item<'l>]) -> Result<(), CopyError>,
+    ) -> Result<(), CopyError> {
+        let sync = || {
+            self.dir
+                .sync_filesystem()
+                .map_err(at(self.dir.path().to_path_buf()))
+        };
+        let mut unsynced: Option<StagedBatch<'d, 'l>> = None;
+        for batch in to_copy.chunks(*BATCH_FILES) {
+            let (staged, synced) = std::thread::scope(|s| {
+                let syncing = unsynced
+                    .as_ref()
+                    .filter(|_| batch_sync)
+                    .map(|_| s.spawn(sync));
+                let staged = workers.each(batch, &stage);
+                let synced = syncing.map_or(Ok(()), |h| {
+                    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+                });
+                (staged, synced)
+            });
+            // Any failure: the staged files are dropped unnamed.
+            let staged: Vec<Option<Staged<'d>>> = staged.into_iter().collect::<Result<_, _>>()?;
+            synced?;
+            if let Some((done, b)) = unsynced.take() {
+                publish(done, b)?;
+            }
+            unsynced = Some((staged, batch));
+        }
+        if let Some((done, b)) = unsynced {
+            if batch_sync && done.iter().any(Option::is_some) {
+                sync()?;
+            }
+            publish(done, b)?;
+        }
+        Ok(())
+    }
 }
 
 fn open_sub(folder: &Dir, name: &str) -> Result<Option<Dir>, CopyError> {
@@ -449,7 +506,7 @@ fn open_sub(folder: &Dir, name: &str) -> Result<Option<Dir>, CopyError> {
 }
 
 /// A batch's staged files (`None`: vanished) and what they were copied from.
-type StagedBatch<'d, 'l> = (Vec<Option<Staged<'d>>>, &'l [(usize, &'l OsString)]);
+type StagedBatch<'d, 'l> = (Vec<Option<Staged<'d>>>, &'l [Item<'l>]);
 
 /// A copied message that has no final name yet.
 struct Staged<'a> {
@@ -516,16 +573,7 @@ impl TargetFolder {
                 got: n,
             });
         }
-        apply_attrs(
-            &dst,
-            &FileAttrs {
-                mode: 0o600,
-                owner: opts.owner,
-                mtime: None,
-                fsync: false,
-            },
-        )
-        .map_err(at(dst_path()))?;
+        apply_attrs(&dst, &FileAttrs::private(opts.owner, false)).map_err(at(dst_path()))?;
         let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
         let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
         futimens(dst.as_fd(), &atime, &mtime).map_err(|e| at(dst_path())(e.into()))?;
@@ -600,11 +648,7 @@ impl TargetFolder {
         source_uid: u32,
         opts: &CopyOptions,
     ) -> Result<Option<u64>, CopyError> {
-        let durable = CopyOptions {
-            fsync: true,
-            sync: SyncMethod::PerFile,
-            ..*opts
-        };
+        let durable = opts.durable();
         let Some(s) = self.stage(src_sub, name, source_uid, sub, &durable)? else {
             return Ok(None);
         };

@@ -28,8 +28,8 @@ use crate::notify;
 use crate::progress::Progress;
 use crate::report::{JobStatus, MailboxReport, MailboxStatus, Report, rfc3339};
 use crate::spool::{
-    Entry, JobRecord, Lock, Place, ProgressFile, RecordStatus, Rejected, Spool, SpoolError,
-    SweepDue, Trust,
+    Entry, JobRecord, Lock, Notification, Place, ProgressFile, RecordStatus, Rejected, Spool,
+    SpoolError, SweepDue, Trust,
 };
 
 /// A stop request must end the process within this (systemd waits longer).
@@ -43,18 +43,6 @@ pub enum DaemonError {
     Spool(#[from] SpoolError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
-}
-
-impl DaemonError {
-    /// sysexits: 75 (try later) when another daemon holds the spool, 78
-    /// for an unusable spool, 74 for other I/O.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            DaemonError::Spool(SpoolError::Locked { .. }) => 75,
-            DaemonError::Spool(SpoolError::Unsafe { .. }) => 78,
-            _ => 74,
-        }
-    }
 }
 
 enum Msg {
@@ -121,6 +109,34 @@ enum JobResult {
     /// Stopped on request; stays in `active/` and resumes next start.
     Interrupted,
     Failed(String),
+}
+
+impl JobResult {
+    /// Runs a job on the worker thread: the engine, then (for a cutover)
+    /// the check against the source before the job is filed; a pre-sync
+    /// has nothing to verify yet.
+    fn run(
+        cfg: &Config,
+        job: &Job,
+        progress: &dyn Progress,
+        stop: &AtomicBool,
+        done_before: &[MailboxReport],
+    ) -> JobResult {
+        // A panic is a failed job, not a job that runs forever.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut r = JobResult::from(migrate::run_job(cfg, job, progress, stop, done_before));
+            if let JobResult::Ran(_, v) = &mut r
+                && job.cutover
+            {
+                *v = Some(
+                    migrate::verify::verify(cfg, job.domain.clone(), job.mailboxes.clone())
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            r
+        }))
+        .unwrap_or_else(|_| JobResult::Failed("internal error (panic); see the log".into()))
+    }
 }
 
 impl From<Result<Report, RunError>> for JobResult {
@@ -580,24 +596,7 @@ impl Daemon {
     fn start(&mut self, entry: Entry, job: Job, resumed: bool) {
         let id = job.id.as_str().to_string();
         let started = now();
-        let checkpoint = if resumed {
-            self.spool.read_progress(&id)
-        } else {
-            None
-        };
-        let first_started = checkpoint.as_ref().map_or(started, |p| p.first_started);
-        let done_before: Vec<MailboxReport> = checkpoint
-            .map(|p| p.finished)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.status == MailboxStatus::Done)
-            .collect();
-        if !done_before.is_empty() {
-            info!(job = %id, mailboxes = done_before.len(), "resuming after the checkpoint");
-        }
-        if resumed {
-            info!(job = %id, "resuming a job interrupted by a stop or crash");
-        }
+        let (first_started, done_before) = self.resume_point(&id, resumed, started);
         let tracker = Arc::new(Tracker::default());
         let worker = {
             let (cfg, job, tracker, stop, tx) = (
@@ -609,34 +608,7 @@ impl Daemon {
             );
             let id = id.clone();
             move || {
-                // A panic is a failed job, not a job that runs forever.
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let mut r = JobResult::from(migrate::run_job(
-                        &cfg,
-                        &job,
-                        &*tracker,
-                        &stop,
-                        &done_before,
-                    ));
-                    // The job is checked against the source before it is
-                    // filed; a pre-sync has nothing to verify yet.
-                    if let JobResult::Ran(_, v) = &mut r
-                        && job.cutover
-                    {
-                        *v = Some(
-                            migrate::verify::verify(
-                                &cfg,
-                                job.domain.clone(),
-                                job.mailboxes.clone(),
-                            )
-                            .map_err(|e| e.to_string()),
-                        );
-                    }
-                    r
-                }))
-                .unwrap_or_else(|_| {
-                    JobResult::Failed("internal error (panic); see the log".into())
-                });
+                let result = JobResult::run(&cfg, &job, &*tracker, &stop, &done_before);
                 let _ = tx.send(Msg::Finished { id, result });
             }
         };
@@ -662,6 +634,30 @@ impl Daemon {
                 handle,
             },
         );
+    }
+
+    /// When a job first started and the mailboxes it already finished:
+    /// from its checkpoint when it resumes, else none and `started`.
+    fn resume_point(&self, id: &str, resumed: bool, started: i64) -> (i64, Vec<MailboxReport>) {
+        let checkpoint = if resumed {
+            self.spool.read_progress(id)
+        } else {
+            None
+        };
+        let first_started = checkpoint.as_ref().map_or(started, |p| p.first_started);
+        let done_before: Vec<MailboxReport> = checkpoint
+            .map(|p| p.finished)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.status == MailboxStatus::Done)
+            .collect();
+        if !done_before.is_empty() {
+            info!(job = %id, mailboxes = done_before.len(), "resuming after the checkpoint");
+        }
+        if resumed {
+            info!(job = %id, "resuming a job interrupted by a stop or crash");
+        }
+        (first_started, done_before)
     }
 
     fn finished(&mut self, id: &str, result: JobResult) {
@@ -694,7 +690,7 @@ impl Daemon {
         record.report = report;
         record.verify = verification;
         if let Some(to) = &run.job.notify {
-            record.notification = Some(serde_json::json!({ "status": "pending", "to": to }));
+            record.notification = Some(Notification::pending(to));
         }
         if let Some(e) = &record.error {
             error!(job = %id, "job failed: {e}");
@@ -764,7 +760,7 @@ impl Daemon {
         let result = (|| -> Result<(), String> {
             let data = std::fs::read(path).map_err(|e| e.to_string())?;
             let mut record: JobRecord = serde_json::from_slice(&data).map_err(|e| e.to_string())?;
-            record.notification = Some(serde_json::to_value(&outcome).map_err(|e| e.to_string())?);
+            record.notification = Some(Notification::Finished(outcome));
             self.spool
                 .update_record(path, &record)
                 .map_err(|e| e.to_string())

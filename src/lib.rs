@@ -8,6 +8,7 @@ pub mod config;
 pub mod copy;
 pub mod daemon;
 pub mod dovecot;
+pub mod exit;
 #[cfg(test)]
 mod hostile;
 pub mod job;

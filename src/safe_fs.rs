@@ -25,6 +25,17 @@ pub struct Owner {
     pub gid: u32,
 }
 
+impl Owner {
+    /// The owner of the file `meta` describes.
+    pub fn of(meta: &std::fs::Metadata) -> Owner {
+        use std::os::unix::fs::MetadataExt;
+        Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
+    }
+}
+
 /// What kind of directory entry a name is, read without following links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -295,15 +306,7 @@ impl Dir {
     /// a mode, through a descriptor of that very file.
     pub fn set_owner_and_mode(&self, name: &OsStr, owner: Owner, mode: u32) -> io::Result<()> {
         let (f, _) = self.open_file(name)?;
-        apply_attrs(
-            &f,
-            &FileAttrs {
-                mode,
-                owner: Some(owner),
-                mtime: None,
-                fsync: false,
-            },
-        )
+        apply_attrs(&f, &FileAttrs::new(mode, Some(owner), false))
     }
 
     /// Bytes an unprivileged writer may still use on this filesystem.
@@ -568,6 +571,34 @@ pub struct FileAttrs {
     pub fsync: bool,
 }
 
+impl FileAttrs {
+    /// `mode` and `owner` (`None`: the writer's), the mtime of the write.
+    pub fn new(mode: u32, owner: Option<Owner>, fsync: bool) -> FileAttrs {
+        FileAttrs {
+            mode,
+            owner,
+            mtime: None,
+            fsync,
+        }
+    }
+
+    /// A file for its owner's eyes only (0600): mail, manifests, markers.
+    pub fn private(owner: Option<Owner>, fsync: bool) -> FileAttrs {
+        FileAttrs::new(0o600, owner, fsync)
+    }
+
+    /// The mode and owner of the file `meta` describes, for its replacement.
+    pub fn like(meta: &std::fs::Metadata, fsync: bool) -> FileAttrs {
+        use std::os::unix::fs::MetadataExt;
+        FileAttrs::new(meta.mode() & 0o7777, Some(Owner::of(meta)), fsync)
+    }
+
+    /// The same, with the mtime set to `mtime` (`None`: of the write).
+    pub fn with_mtime(self, mtime: Option<TimeSpec>) -> FileAttrs {
+        FileAttrs { mtime, ..self }
+    }
+}
+
 /// After the last write: the mtime `attrs` asks for, and durability.
 pub fn finish_file(f: &File, attrs: &FileAttrs) -> io::Result<()> {
     if let Some(mtime) = attrs.mtime {
@@ -644,12 +675,7 @@ mod tests {
     fn write_atomic_replaces_and_sets_mode() {
         let t = tempfile::tempdir().unwrap();
         let d = Dir::open_root(t.path()).unwrap();
-        let attrs = FileAttrs {
-            mode: 0o640,
-            owner: None,
-            mtime: None,
-            fsync: true,
-        };
+        let attrs = FileAttrs::new(0o640, None, true);
         d.write_atomic(OsStr::new("x"), b"one", &attrs).unwrap();
         d.write_atomic(OsStr::new("x"), b"two", &attrs).unwrap();
         assert_eq!(std::fs::read(t.path().join("x")).unwrap(), b"two");

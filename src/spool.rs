@@ -189,7 +189,7 @@ pub struct JobRecord {
     #[serde(default)]
     pub verify: Option<crate::migrate::verify::Verification>,
     /// Outcome of the completion e-mail; `None` when the job names no address.
-    pub notification: Option<serde_json::Value>,
+    pub notification: Option<Notification>,
     /// Late-delivery sweeps run after the job.
     #[serde(default)]
     pub sweeps: Vec<crate::migrate::sweep::Sweep>,
@@ -215,6 +215,52 @@ impl JobRecord {
             verify: None,
             notification: None,
             sweeps: Vec::new(),
+        }
+    }
+}
+
+/// What a record says about the job's completion e-mail: due when the
+/// job is filed, then how sending went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Notification {
+    /// Tried first: a pending one lacks an outcome's fields.
+    Finished(crate::notify::Outcome),
+    Pending(PendingNotification),
+}
+
+/// `{"status": "pending", "to": …}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingNotification {
+    status: PendingTag,
+    pub to: String,
+}
+
+/// The one `status` a pending notification has (serde ignores a struct's
+/// own tag when reading).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PendingTag {
+    Pending,
+}
+
+impl Notification {
+    pub fn pending(to: &str) -> Notification {
+        Notification::Pending(PendingNotification {
+            status: PendingTag::Pending,
+            to: to.to_string(),
+        })
+    }
+
+    /// The record's `status` value: pending, sent or failed.
+    pub fn status(&self) -> &'static str {
+        use crate::notify::OutcomeStatus;
+        match self {
+            Notification::Pending(_) => "pending",
+            Notification::Finished(o) => match o.status {
+                OutcomeStatus::Sent => "sent",
+                OutcomeStatus::Failed => "failed",
+            },
         }
     }
 }
@@ -510,10 +556,8 @@ impl Spool {
             return Ok(Ok(job));
         }
         let dir = self.dir(entry.place);
-        let attrs = FileAttrs {
-            mtime: Some(TimeSpec::new(st.st_mtime, st.st_mtime_nsec)),
-            ..record_attrs(true)
-        };
+        let attrs =
+            record_attrs(true).with_mtime(Some(TimeSpec::new(st.st_mtime, st.st_mtime_nsec)));
         dir.write_atomic(&entry.name, &data, &attrs)
             .map_err(at(dir.child_path(&entry.name)))?;
         Ok(Ok(job))
@@ -828,12 +872,7 @@ fn own_file_problem(st: &FileStat, me: u32) -> Option<String> {
 }
 
 fn record_attrs(fsync: bool) -> FileAttrs {
-    FileAttrs {
-        mode: 0o640,
-        owner: None,
-        mtime: None,
-        fsync,
-    }
+    FileAttrs::new(0o640, None, fsync)
 }
 
 fn write_record(dir: &Dir, name: &OsStr, record: &impl Serialize) -> Result<(), SpoolError> {
@@ -930,6 +969,28 @@ mod tests {
             daemon_uid: nix::unistd::geteuid().as_raw(),
             submit_gid: None,
         }
+    }
+
+    #[test]
+    fn notifications_keep_their_record_shape() {
+        let shapes = [
+            serde_json::json!({"status": "pending", "to": "a@b.example"}),
+            serde_json::json!({"status": "sent", "to": "a@b.example", "attempts": 1,
+                "error": null, "finished": "2026-11-29T12:00:00Z"}),
+            serde_json::json!({"status": "failed", "to": "a@b.example", "attempts": 2,
+                "error": "connection refused", "finished": "2026-11-29T12:00:00Z"}),
+        ];
+        for (v, status) in shapes.iter().zip(["pending", "sent", "failed"]) {
+            let n: Notification = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(n.status(), status);
+            assert_eq!(&serde_json::to_value(&n).unwrap(), v);
+        }
+        assert_eq!(
+            serde_json::to_value(Notification::pending("a@b.example")).unwrap(),
+            shapes[0]
+        );
+        let odd = serde_json::json!({"status": "queued", "to": "a@b.example"});
+        assert!(serde_json::from_value::<Notification>(odd).is_err());
     }
 
     #[test]

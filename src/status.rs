@@ -146,11 +146,7 @@ fn finished(spool: &Spool, last: usize) -> Result<Vec<Finished>, SpoolError> {
                 domain: r.domain,
                 finished: r.finished,
                 error: r.error,
-                notification: r
-                    .notification
-                    .as_ref()
-                    .and_then(|n| n["status"].as_str())
-                    .map(String::from),
+                notification: r.notification.as_ref().map(|n| n.status().to_string()),
             });
         }
     }

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 mod demo;
 
 use crate::config::{self, Config};
-use crate::job::{Domain, Job, JobError, JobId, LocalPart, Mode, RawJob};
+use crate::job::{Domain, Job, JobId, LocalPart, Mode, RawJob};
 use crate::migrate::{self, RunError};
 use crate::plan::{self, Plan};
 use crate::progress::Progress;
@@ -22,21 +22,7 @@ use crate::report::{JobStatus, MailboxStatus, Report};
 use crate::shown::bytes_human;
 use crate::spool::{Spool, SpoolError};
 
-pub mod exit {
-    pub const OK: u8 = 0;
-    /// Some mailbox failed; the others were migrated.
-    pub const PARTIAL: u8 = 1;
-    pub const USAGE: u8 = 64;
-    pub const DATAERR: u8 = 65;
-    /// `demo`: no demo host where `--fixtures` points.
-    pub const NOINPUT: u8 = 66;
-    /// `submit`: the job id is already used.
-    pub const CANTCREAT: u8 = 73;
-    pub const IOERR: u8 = 74;
-    /// Interrupted, or another daemon holds the spool: try again later.
-    pub const TEMPFAIL: u8 = 75;
-    pub const CONFIG: u8 = 78;
-}
+use crate::exit;
 
 /// Moves whole mail domains from an old Maildir storage to a new Dovecot,
 /// keeping passwords, folders, flags, keywords, dates and UIDs.
@@ -269,10 +255,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
 
 fn run(config: Option<PathBuf>, job: &Path, json: bool, no_progress: bool) -> Result<u8, Failure> {
     let cfg = load_config(config)?;
-    let job = Job::load(job).map_err(|e| match e {
-        JobError::Read { .. } => Failure(exit::IOERR, e.to_string()),
-        _ => Failure(exit::DATAERR, e.to_string()),
-    })?;
+    let job = Job::load(job).map_err(|e| Failure(e.exit_code(), e.to_string()))?;
     let show_bar = !no_progress && std::io::stderr().is_terminal();
     let report = run_with_progress(&cfg, &job, show_bar)?;
     print_report(&report, json);
@@ -335,14 +318,7 @@ fn submit(config: Option<PathBuf>, job: RawJob, id: Option<String>) -> Result<u8
 }
 
 fn spool_failure(e: SpoolError) -> Failure {
-    let code = match &e {
-        SpoolError::Duplicate { .. } => exit::CANTCREAT,
-        SpoolError::Job(_) => exit::DATAERR,
-        SpoolError::Unsafe { .. } => exit::CONFIG,
-        SpoolError::Locked { .. } => exit::TEMPFAIL,
-        SpoolError::Io { .. } => exit::IOERR,
-    };
-    Failure(code, e.to_string())
+    Failure(e.exit_code(), e.to_string())
 }
 
 /// `<UTC time>-<domain>`, unique enough for a queue fed by people; a

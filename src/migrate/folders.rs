@@ -316,10 +316,7 @@ impl SyncContext<'_> {
     pub(crate) fn for_owner(&self, owner: Owner) -> SyncContext<'_> {
         SyncContext {
             classifier: self.classifier,
-            copy: CopyOptions {
-                owner: Some(owner),
-                ..self.copy
-            },
+            copy: self.copy.with_owner(owner),
             workers: Workers {
                 pool: self.workers.pool,
                 progress: self.workers.progress,
@@ -338,12 +335,7 @@ impl SyncContext<'_> {
     }
 
     pub(crate) fn attrs(&self) -> FileAttrs {
-        FileAttrs {
-            mode: 0o600,
-            owner: self.copy.owner,
-            mtime: None,
-            fsync: self.copy.fsync,
-        }
+        FileAttrs::private(self.copy.owner, self.copy.fsync)
     }
 }
 
@@ -968,12 +960,7 @@ pub fn claim_target(
     md.write_atomic(
         OsStr::new(OWNER_MARKER),
         marker_text.as_bytes(),
-        &FileAttrs {
-            mode: 0o600,
-            owner: Some(owner),
-            mtime: None,
-            fsync,
-        },
+        &FileAttrs::private(Some(owner), fsync),
     )
     .map_err(|e| MailboxError::io(&md.child_path(OWNER_MARKER), e))?;
     Ok(Claim {

@@ -99,12 +99,7 @@ pub fn save(md: &Dir, m: &Manifest, fsync: bool) -> Result<(), MailboxError> {
             out.push(b'\n');
         }
     }
-    let attrs = FileAttrs {
-        mode: 0o600,
-        owner: None,
-        mtime: None,
-        fsync,
-    };
+    let attrs = FileAttrs::private(None, fsync);
     md.write_atomic(OsStr::new(MANIFEST), &out, &attrs)
         .map_err(|e| MailboxError::io(&md.child_path(MANIFEST), e))
 }

@@ -148,28 +148,6 @@ impl RunError {
             e => RunError::Userdb(e),
         }
     }
-
-    /// sysexits: 78 for what the configuration points at, 74 for I/O.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            RunError::Root { source, .. }
-                if matches!(
-                    source.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                78
-            }
-            RunError::Config { .. } => 78,
-            RunError::Userdb(UserdbError::Missing { .. } | UserdbError::Symlink { .. }) => 78,
-            RunError::NoMailboxes { .. } => 65,
-            // A database that is down or restarting: try again later.
-            RunError::Userdb(UserdbError::Sql(e)) if e.is_transient() => 75,
-            // EX_TEMPFAIL: try again later.
-            RunError::Interrupted => 75,
-            _ => 74,
-        }
-    }
 }
 
 /// One mailbox a job covers, as selected: its local part and its key in

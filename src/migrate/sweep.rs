@@ -82,10 +82,7 @@ fn sweep_mailbox(env: &Env<'_>, named: &Named) -> Result<(u64, Vec<String>), Mai
         .stat()
         .map_err(|e| MailboxError::io(src.path(), e))?
         .st_uid;
-    let opts = crate::copy::CopyOptions {
-        owner: Some(mb.owner),
-        ..env.cfg.copy_options()
-    };
+    let opts = env.cfg.copy_options().with_owner(mb.owner);
     let scan = folders::scan(&src, &env.cfg.migration.classifier, env.cfg.source.layout)?;
     let (mut moved, mut problems) = (0, Vec::new());
     for folder in &scan.copy {

@@ -604,7 +604,7 @@ pub struct Facts<'a> {
     pub report: Option<&'a Report>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeStatus {
     Sent,
@@ -612,7 +612,7 @@ pub enum OutcomeStatus {
 }
 
 /// How the notification went; stored in the job's report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     pub status: OutcomeStatus,
     pub to: String,

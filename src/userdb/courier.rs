@@ -10,7 +10,6 @@
 
 use std::ffi::OsString;
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::safe_fs::{Dir, FileAttrs, Owner, apply_attrs, lock_file, split_file_path};
@@ -348,18 +347,7 @@ where
         dir.unlink_if_exists(&tmp)?;
         let mut out = dir.create_file(&tmp, 0o600)?;
         // makeuserdb refuses a text file with group or world bits.
-        apply_attrs(
-            &out,
-            &FileAttrs {
-                mode: 0o600,
-                owner: Some(Owner {
-                    uid: meta.uid(),
-                    gid: meta.gid(),
-                }),
-                mtime: None,
-                fsync,
-            },
-        )?;
+        apply_attrs(&out, &FileAttrs::private(Some(Owner::of(&meta)), fsync))?;
         out.write_all(data.as_bytes())?;
         if fsync {
             out.sync_all()?;

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::sys::time::TimeSpec;
 
-use crate::safe_fs::{Dir, FileAttrs, Owner, lock_file, split_file_path};
+use crate::safe_fs::{Dir, FileAttrs, lock_file, split_file_path};
 
 /// Passdb extra field that refuses logins while keeping the user resolvable.
 pub const NOLOGIN: &str = "nologin";
@@ -500,22 +500,11 @@ fn new_file_attrs(
             None => None,
         },
     };
-    let (mode, owner) = match &like {
-        Some(m) => (
-            m.mode() & 0o7777,
-            Some(Owner {
-                uid: m.uid(),
-                gid: m.gid(),
-            }),
-        ),
-        None => (0o600, None),
+    let attrs = match &like {
+        Some(m) => FileAttrs::like(m, fsync),
+        None => FileAttrs::private(None, fsync),
     };
-    Ok(FileAttrs {
-        mode,
-        owner,
-        mtime: current.meta.as_ref().and_then(|m| bumped_mtime(m.mtime())),
-        fsync,
-    })
+    Ok(attrs.with_mtime(current.meta.as_ref().and_then(|m| bumped_mtime(m.mtime()))))
 }
 
 /// What became of the file at `name` since `read` was taken.
