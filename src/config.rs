@@ -325,6 +325,7 @@ impl Userdb {
     }
 
     /// The file of `domain`, or the database URL (without password).
+    #[cfg(test)]
     pub fn describe(&self, domain: &Domain) -> String {
         match self {
             Userdb::File(p) => p.for_domain(domain).display().to_string(),
@@ -460,7 +461,6 @@ pub struct Source {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub userdb: Userdb,
-    pub userdb_format: UserdbFormat,
     pub mail_root: PathBuf,
     pub home: HomeTemplate,
     pub owner: Option<Owner>,
@@ -574,7 +574,6 @@ impl Target {
         )?;
         Ok(Target {
             userdb,
-            userdb_format: raw.userdb_format,
             mail_root: resolve(&raw.mail_root),
             home: HomeTemplate::parse(raw.home.as_deref().unwrap_or("%d/%n"))
                 .map_err(invalid("target.home"))?,

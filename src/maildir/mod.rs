@@ -1,11 +1,11 @@
 //! Maildir++ on-disk formats and where a user's Maildir lives.
 
-pub mod courier;
-pub mod filename;
-pub mod keywords;
+pub(crate) mod courier;
+pub(crate) mod filename;
+pub(crate) mod keywords;
 pub mod names;
-pub mod subscriptions;
-pub mod uidlist;
+pub(crate) mod subscriptions;
+pub(crate) mod uidlist;
 
 use std::path::PathBuf;
 

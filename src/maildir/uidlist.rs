@@ -133,6 +133,7 @@ impl Uidlist {
     }
 
     /// [`Uidlist::parse_reader`] over bytes already in memory.
+    #[cfg(test)]
     pub fn parse(data: &[u8]) -> Result<Uidlist, UidlistError> {
         Uidlist::parse_reader(data)
     }

@@ -2,12 +2,12 @@
 //! engine works through: the `Source` side (list, read, freeze, thaw) and
 //! the `Target` side (assess, stage, enable, unstage, read back).
 
-pub mod courier;
-pub mod passwd_file;
+pub(crate) mod courier;
+pub(crate) mod passwd_file;
 pub mod scheme;
 mod source;
-pub mod sql;
-pub mod target;
+pub(crate) mod sql;
+pub(crate) mod target;
 
 use std::path::Path;
 

@@ -282,6 +282,7 @@ impl PasswdFile {
         })
     }
 
+    #[cfg(test)]
     pub fn exists(&self) -> bool {
         self.meta.is_some()
     }

@@ -66,6 +66,7 @@ impl Uiddb {
         self.uid_validity
     }
     /// The header's next UID, as written (may be below the highest UID).
+    #[cfg(test)]
     pub fn next_uid(&self) -> u64 {
         self.next_uid
     }
@@ -74,6 +75,7 @@ impl Uiddb {
         &self.records
     }
     /// Lines that were not records (Courier ignores them too).
+    #[cfg(test)]
     pub fn skipped(&self) -> &[UiddbError] {
         &self.skipped
     }

@@ -1047,6 +1047,7 @@ impl SqlDb {
     /// Inserts `row` (use [`MailboxRow::for_target`]) in one transaction.
     /// An identical row is `AlreadyPresent`; a different one is a
     /// [`SqlError::Conflict`] and stays as it is.
+    #[cfg(test)]
     pub fn insert(&mut self, row: &MailboxRow) -> Result<InsertOutcome, SqlError> {
         self.insert_as(row, false)
     }
@@ -1108,6 +1109,7 @@ impl SqlDb {
     /// `old_maildir` to `new_maildir` and strips our lock marker. Already
     /// there and unlocked: `Unchanged`. Any other maildir, or a row changed
     /// concurrently: [`SqlError::Conflict`].
+    #[cfg(test)]
     pub fn update_location(
         &mut self,
         username: &str,
