@@ -31,3 +31,72 @@ pub(crate) mod spool;
 pub(crate) mod status;
 pub mod userdb;
 pub(crate) mod vars;
+
+/// The README's Architecture section, checked: a module uses modules of
+/// its own group or of groups further down, never of a group above it.
+#[cfg(test)]
+mod layers {
+    use std::path::Path;
+
+    /// The README's groups, top first.
+    const GROUPS: &[&[&str]] = &[
+        &["cli", "daemon", "status", "exit"],
+        &["spool"],
+        &["migrate", "plan"],
+        &["config"],
+        &["notify"],
+        &["userdb"],
+        &[
+            "maildir", "copy", "dovecot", "classify", "report", "progress",
+        ],
+        &["job", "vars", "safe_fs", "shown"],
+    ];
+
+    fn layer(module: &str) -> Option<usize> {
+        GROUPS.iter().position(|g| g.contains(&module))
+    }
+
+    /// The modules `code` names as `crate::<module>`.
+    fn used(code: &str) -> impl Iterator<Item = &str> {
+        code.split("crate::").skip(1).map(|rest| {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+    }
+
+    #[test]
+    fn modules_use_only_their_own_group_or_lower_ones() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut upwards = Vec::new();
+        for entry in walkdir::WalkDir::new(&src) {
+            let path = entry.unwrap().into_path();
+            let rel = path
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let module = rel.split(['/', '.']).next().unwrap().to_string();
+            let Some(own) = layer(&module) else { continue };
+            if !rel.ends_with(".rs") || rel.ends_with("tests.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Unit tests may reach anywhere.
+            let code = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+            for other in used(code) {
+                if layer(other).is_some_and(|l| l < own) {
+                    upwards.push(format!("{rel} uses crate::{other}"));
+                }
+            }
+        }
+        assert!(
+            GROUPS
+                .iter()
+                .flat_map(|g| g.iter())
+                .all(|m| { src.join(format!("{m}.rs")).exists() || src.join(m).is_dir() })
+        );
+        assert_eq!(upwards, Vec::<String>::new());
+    }
+}

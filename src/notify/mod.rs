@@ -23,9 +23,13 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Invalid;
 use crate::job::Mode;
 use crate::report::{MailboxStatus, Report, now_rfc3339};
+
+/// A settings problem: the `notify.` key and what is wrong with it (the
+/// configuration's own shape; notify sits below `config`, which embeds
+/// these settings).
+type Invalid = (&'static str, String);
 
 const DONE_TEMPLATE: &str = include_str!("done.txt");
 const FAILED_TEMPLATE: &str = include_str!("failed.txt");
