@@ -1014,6 +1014,7 @@ gid = 5000
         assert!(!c.in_place(&d));
     }
 
+    // Long on purpose: a table of (config, expected error), one case a line.
     #[test]
     fn errors_name_the_file_and_the_problem() {
         let cases = [

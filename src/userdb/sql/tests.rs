@@ -301,6 +301,8 @@ fn row(db: &mut SqlDb, user: &str) -> MailboxRow {
     db.mailbox(user).unwrap().unwrap()
 }
 
+// Long on purpose: one story against a live server (insert, lock, move,
+// conflicts, re-runs), each step checking the rows the previous one left.
 fn scenario(driver: Driver) {
     require_server!(driver);
     let src = TempDb::new(driver);
