@@ -474,6 +474,17 @@ pub struct Target {
 }
 
 impl Source {
+    /// The inbox namespace the old server's clients saw: Courier's is
+    /// fixed, an old Dovecot's is read through `[source] doveadm`; `None`
+    /// where it cannot be known.
+    pub fn clients_namespace(&self) -> Option<Result<crate::dovecot::Namespace, String>> {
+        match (self.userdb_format, &self.doveadm) {
+            (UserdbFormat::CourierUserdb, _) => Some(Ok(crate::dovecot::Namespace::courier())),
+            (_, Some(d)) => Some(d.namespace(self.layout)),
+            (_, None) => None,
+        }
+    }
+
     fn parse(raw: RawSource, resolve: &impl Fn(&Path) -> PathBuf) -> Result<Source, Invalid> {
         let default_scheme = raw.default_scheme.unwrap_or_else(|| "CRYPT".into());
         if !is_scheme_name(&default_scheme) {

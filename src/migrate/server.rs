@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, UserdbFormat};
+use crate::config::Config;
 use crate::dovecot::{Doveadm, Namespace, Status};
 use crate::maildir::names::FolderName;
 
@@ -47,14 +47,10 @@ pub(crate) fn compare_namespaces(cfg: &Config) -> Namespaces {
             "the new server's namespace is not checked ([verify] doveadm is not set)".into(),
         );
     };
-    let old = match (&cfg.source.userdb_format, &cfg.source.doveadm) {
-        (UserdbFormat::CourierUserdb, _) => Ok(Namespace::courier()),
-        (_, Some(d)) => d.namespace(cfg.source.layout),
-        (_, None) => {
-            return Namespaces::Unknown(
-                "what the old server's clients saw is not known ([source] doveadm is not set); the namespaces are not compared".into(),
-            );
-        }
+    let Some(old) = cfg.source.clients_namespace() else {
+        return Namespaces::Unknown(
+            "what the old server's clients saw is not known ([source] doveadm is not set); the namespaces are not compared".into(),
+        );
     };
     match (old, new.namespace(cfg.target.layout)) {
         (Ok(o), Ok(n)) if o == n => Namespaces::Same,
