@@ -20,7 +20,9 @@ use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};
 use lettre::transport::smtp::SmtpTransport;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use crate::job::Mode;
@@ -86,6 +88,9 @@ pub struct RawSettings {
     /// Default `postmaster@<hostname>`.
     pub from: Option<String>,
     pub starttls: Option<StartTls>,
+    /// PEM, one or more CA certificates trusted for STARTTLS besides the
+    /// bundled Mozilla roots (a relay with a private CA).
+    pub ca_file: Option<PathBuf>,
     /// AUTH needs both `username` and `password_file`.
     pub username: Option<String>,
     /// Its first line is the password; read at send time, never logged.
@@ -177,6 +182,8 @@ pub struct Settings {
     server: Server,
     from: Mailbox,
     starttls: StartTls,
+    /// From `ca_file`; trusted besides the bundled roots.
+    ca: Vec<Certificate>,
     auth: Option<Auth>,
     timeout: Duration,
     retries: u32,
@@ -205,6 +212,10 @@ impl Settings {
                 ),
             ));
         }
+        let ca = match raw.ca_file {
+            Some(file) => ca_certificates(&resolve(&file), &server, starttls)?,
+            None => Vec::new(),
+        };
         let timeout = within(
             "notify.timeout_secs",
             raw.timeout_secs.unwrap_or(30),
@@ -222,6 +233,7 @@ impl Settings {
             server,
             from,
             starttls,
+            ca,
             auth,
             timeout: Duration::from_secs(timeout),
             retries,
@@ -242,6 +254,36 @@ impl Settings {
             .map_err(|e| ("notify.failed_template", e))?,
         })
     }
+}
+
+/// `notify.ca_file`: its certificates, each already accepted by rustls as a
+/// trust anchor, so that a bad file is a configuration error and never a
+/// failed mail after a long migration.
+fn ca_certificates(
+    path: &Path,
+    server: &Server,
+    starttls: StartTls,
+) -> Result<Vec<Certificate>, Invalid> {
+    let invalid = |problem: String| ("notify.ca_file", format!("{}: {problem}", path.display()));
+    if starttls == StartTls::Off {
+        return Err(invalid(
+            "is used only for STARTTLS; set starttls = \"required\" (or \"opportunistic\")".into(),
+        ));
+    }
+    let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+    let ders = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("not PEM: {e}")))?;
+    if ders.is_empty() {
+        return Err(invalid("has no PEM CERTIFICATE block".into()));
+    }
+    let ca = ders
+        .into_iter()
+        .map(|der| Certificate::from_der(der.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(e.to_string()))?;
+    tls_parameters(&server.host, &ca).map_err(|e| invalid(e.to_string()))?;
+    Ok(ca)
 }
 
 /// `notify.from`, by default `postmaster@<this host>`.
@@ -727,7 +769,7 @@ pub fn send(settings: &Settings, to: &str, facts: &Facts) -> Outcome {
 fn attempt_once(settings: &Settings, message: &Message) -> Result<(), NotifyError> {
     let host = &settings.server.host;
     let tls_params = || {
-        TlsParameters::new(host.clone()).map_err(|source| NotifyError::Tls {
+        tls_parameters(host, &settings.ca).map_err(|source| NotifyError::Tls {
             host: host.clone(),
             source,
         })
@@ -755,6 +797,25 @@ fn attempt_once(settings: &Settings, message: &Message) -> Result<(), NotifyErro
             server: settings.server.to_string(),
             source,
         })
+}
+
+/// STARTTLS trusts the Mozilla roots bundled into the binary (webpki-roots)
+/// and the `ca_file` certificates, not the host's store: the same binary
+/// trusts the same CAs on every host and in the tests, needs no
+/// ca-certificates package, and a relay with a private CA is named in the
+/// configuration instead of depending on what the host happens to hold.
+fn tls_parameters(
+    host: &str,
+    ca: &[Certificate],
+) -> Result<TlsParameters, lettre::transport::smtp::Error> {
+    ca.iter()
+        .cloned()
+        .fold(
+            TlsParameters::builder(host.to_string())
+                .certificate_store(CertificateStore::WebpkiRoots),
+            |builder, cert| builder.add_root_certificate(cert),
+        )
+        .build()
 }
 
 /// The first line of the file. Errors name the file, never its content.
@@ -1066,6 +1127,46 @@ retry_delay_secs = 0
             problem.starts_with(&format!("{} line 5", broken.display())),
             "{problem}"
         );
+    }
+
+    /// A file rustls would refuse is a configuration error, never a failed
+    /// mail after the migration (a good file: tests/it/notify_smtp.rs).
+    #[test]
+    fn ca_file_is_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("no-cert.pem", "no certificate here\n"),
+            (
+                "bad-base64.pem",
+                "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+            ),
+            (
+                "not-x509.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            ),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let resolve = |p: &Path| dir.path().join(p);
+        for (toml_text, needle) in [
+            ("ca_file = \"missing.pem\"", "missing.pem: No such file"),
+            (
+                "ca_file = \"no-cert.pem\"",
+                "no-cert.pem: has no PEM CERTIFICATE",
+            ),
+            ("ca_file = \"bad-base64.pem\"", "bad-base64.pem: not PEM"),
+            ("ca_file = \"not-x509.pem\"", "not-x509.pem: "),
+        ] {
+            let raw: RawSettings =
+                toml::from_str(&format!("starttls = \"required\"\n{toml_text}")).unwrap();
+            let (k, problem) = Settings::from_raw(raw, &resolve).unwrap_err();
+            assert_eq!(k, "notify.ca_file", "{toml_text}: {problem}");
+            assert!(problem.contains(needle), "{toml_text}: {problem}");
+        }
+        let raw: RawSettings = toml::from_str("ca_file = \"no-cert.pem\"").unwrap();
+        let (k, problem) = Settings::from_raw(raw, &resolve).unwrap_err();
+        assert_eq!(k, "notify.ca_file");
+        assert!(problem.contains("only for STARTTLS"), "{problem}");
     }
 
     #[test]

@@ -3,11 +3,12 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::smtp::{Options, SmtpSink, base64_decode, decode_rfc2047, parse_message, qp_decode};
 use maildir_migrate::job::Mode;
-use maildir_migrate::notify::{self, Facts, OutcomeStatus, RawSettings, Settings};
+use maildir_migrate::notify::{self, Facts, OutcomeStatus, RawSettings, Settings, StartTls};
 use maildir_migrate::report::{MailboxReport, MailboxStatus, Report};
 
 const TO: &str = "owner@example.org";
@@ -262,4 +263,96 @@ fn the_test_decoders_decode() {
     assert_eq!(p.subject, "ab");
     assert_eq!(p.header("x-folded"), Some("one two"));
     assert_eq!(p.body, "š");
+}
+
+/// A private CA made for the test, as a relay's own CA would be.
+struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// The relay's side: a certificate for `name` signed by this CA.
+    fn server(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        Arc::new(config)
+    }
+}
+
+/// STARTTLS required, the relay's CA given as `ca_file`.
+fn starttls_settings(sink: &SmtpSink, ca: &TestCa, dir: &Path) -> Settings {
+    let ca_file = dir.join("relay-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    settings(RawSettings {
+        starttls: Some(StartTls::Required),
+        ca_file: Some(ca_file),
+        ..raw(&sink.addr())
+    })
+}
+
+#[test]
+fn starttls_with_a_private_ca_from_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Relay CA");
+    let sink = SmtpSink::start_tls(ca.server("127.0.0.1"));
+    let s = starttls_settings(&sink, &ca, dir.path());
+    let outcome = notify::send(&s, TO, &facts(None, true));
+    assert_eq!(outcome.status, OutcomeStatus::Sent, "{outcome:?}");
+    let got = sink.wait_for(1, WAIT);
+    assert!(got[0].tls, "the mail came without STARTTLS");
+    assert_eq!(got[0].rcpt_to, [TO]);
+}
+
+#[test]
+fn starttls_refuses_a_certificate_it_cannot_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = TestCa::new("Relay CA");
+    let stranger = TestCa::new("Some other CA");
+    for (case, server) in [
+        ("another name", trusted.server("relay.example.net")),
+        ("another CA", stranger.server("127.0.0.1")),
+    ] {
+        let sink = SmtpSink::start_tls(server);
+        let s = starttls_settings(&sink, &trusted, dir.path());
+        let outcome = notify::send(&s, TO, &facts(None, true));
+        assert_eq!(
+            (outcome.status, outcome.attempts),
+            (OutcomeStatus::Failed, 1),
+            "{case}: {outcome:?}"
+        );
+        let error = outcome.error.unwrap();
+        assert!(
+            error.contains(&sink.addr()) && error.contains("certificate"),
+            "{case}: {error}"
+        );
+        assert!(sink.received().is_empty(), "{case}: delivered anyway");
+    }
 }

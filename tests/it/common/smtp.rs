@@ -3,10 +3,11 @@
 //!
 //! [`SmtpSink`] listens on `127.0.0.1:<free port>`, serves each connection
 //! on its own thread and records every accepted message as a [`Received`]:
-//! greeting 220, EHLO/HELO (8BITMIME advertised, no STARTTLS), MAIL FROM,
-//! RCPT TO, DATA (dot-unstuffed, ends at CRLF.CRLF), RSET, NOOP, QUIT.
-//! [`Options`] can add AUTH PLAIN with fixed credentials and make the first
-//! sessions fail temporarily, for retry tests.
+//! greeting 220, EHLO/HELO (8BITMIME advertised), MAIL FROM, RCPT TO, DATA
+//! (dot-unstuffed, ends at CRLF.CRLF), RSET, NOOP, QUIT. [`Options`] can add
+//! AUTH PLAIN with fixed credentials and make the first sessions fail
+//! temporarily, for retry tests. [`SmtpSink::start_tls`] offers STARTTLS
+//! with a rustls server configuration (a certificate the test made).
 //!
 //! [`parse_message`] unfolds headers, decodes an RFC 2047 subject and a
 //! quoted-printable / base64 / 7bit / 8bit body as UTF-8. The decoding is
@@ -41,6 +42,8 @@ pub struct Received {
     pub mail_from: String,
     pub rcpt_to: Vec<String>,
     pub data: Vec<u8>,
+    /// It came after STARTTLS.
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -53,6 +56,8 @@ pub struct Options {
 
 struct Shared {
     options: Options,
+    /// Offer STARTTLS with this certificate and key.
+    tls: Option<Arc<rustls::ServerConfig>>,
     received: Mutex<Vec<Received>>,
     arrived: Condvar,
     temp_failed: AtomicU32,
@@ -70,10 +75,20 @@ impl SmtpSink {
     }
 
     pub fn start_with(options: Options) -> SmtpSink {
+        SmtpSink::listen(options, None)
+    }
+
+    /// STARTTLS offered (and not required) with this server configuration.
+    pub fn start_tls(config: Arc<rustls::ServerConfig>) -> SmtpSink {
+        SmtpSink::listen(Options::default(), Some(config))
+    }
+
+    fn listen(options: Options, tls: Option<Arc<rustls::ServerConfig>>) -> SmtpSink {
         let listener = TcpListener::bind("127.0.0.1:0").expect("SmtpSink: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("SmtpSink: local_addr");
         let shared = Arc::new(Shared {
             options,
+            tls,
             received: Mutex::new(Vec::new()),
             arrived: Condvar::new(),
             temp_failed: AtomicU32::new(0),
@@ -133,9 +148,39 @@ impl Drop for SmtpSink {
     }
 }
 
+/// The connection, before and after STARTTLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
 struct Session {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    conn: BufReader<Conn>,
     shared: Arc<Shared>,
     debug: bool,
     authenticated: bool,
@@ -146,10 +191,8 @@ struct Session {
 impl Session {
     fn new(stream: TcpStream, shared: Arc<Shared>) -> Session {
         stream.set_read_timeout(Some(IDLE_TIMEOUT)).ok();
-        let writer = stream.try_clone().expect("SmtpSink: clone stream");
         Session {
-            reader: BufReader::new(stream),
-            writer,
+            conn: BufReader::new(Conn::Plain(stream)),
             shared,
             debug: std::env::var_os("SMTP_DEBUG").is_some_and(|v| v == "1"),
             authenticated: false,
@@ -162,14 +205,19 @@ impl Session {
         if self.debug {
             eprintln!("S: {}", text.trim_end().replace("\r\n", "\nS: "));
         }
-        self.writer.write_all(text.as_bytes())?;
-        self.writer.flush()
+        let conn = self.conn.get_mut();
+        conn.write_all(text.as_bytes())?;
+        conn.flush()
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self.conn.get_ref(), Conn::Tls(_))
     }
 
     /// One line with its line end, or `None` at EOF.
     fn line(&mut self, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
         let mut buf = Vec::new();
-        let n = (&mut self.reader)
+        let n = (&mut self.conn)
             .take(limit as u64 + 2)
             .read_until(b'\n', &mut buf)?;
         if n == 0 {
@@ -201,11 +249,17 @@ impl Session {
                     } else {
                         ""
                     };
+                    let starttls = if self.shared.tls.is_some() && !self.is_tls() {
+                        "250-STARTTLS\r\n"
+                    } else {
+                        ""
+                    };
                     self.reply(&format!(
-                        "250-sink.test greets {arg}\r\n250-8BITMIME\r\n{auth}250 SIZE {MAX_MESSAGE}\r\n"
+                        "250-sink.test greets {arg}\r\n250-8BITMIME\r\n{auth}{starttls}250 SIZE {MAX_MESSAGE}\r\n"
                     ))?;
                 }
                 "HELO" => self.reply("250 sink.test\r\n")?,
+                "STARTTLS" => self.starttls()?,
                 "AUTH" => self.auth(arg)?,
                 "MAIL" => self.mail(arg)?,
                 "RCPT" => self.rcpt(arg)?,
@@ -222,6 +276,31 @@ impl Session {
                 }
                 _ => self.reply("500 5.5.1 Unrecognised command\r\n")?,
             }
+        }
+        Ok(())
+    }
+
+    /// RFC 3207: 220, then the TLS handshake on the same connection (it
+    /// happens at the next read), then the client starts over with EHLO.
+    fn starttls(&mut self) -> std::io::Result<()> {
+        let (Some(config), Conn::Plain(tcp)) = (self.shared.tls.clone(), self.conn.get_ref())
+        else {
+            return self.reply("454 4.7.0 TLS not available\r\n");
+        };
+        let tcp = tcp.try_clone()?;
+        if !self.conn.buffer().is_empty() {
+            return self.reply("501 5.5.4 Nothing may follow STARTTLS\r\n");
+        }
+        self.reply("220 2.0.0 Ready to start TLS\r\n")?;
+        let tls = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+        // The plain stream is a clone of the same socket: dropping it with
+        // the old reader leaves the connection open.
+        self.conn = BufReader::new(Conn::Tls(Box::new(rustls::StreamOwned::new(tls, tcp))));
+        self.authenticated = false;
+        self.mail_from = None;
+        self.rcpt_to.clear();
+        if self.debug {
+            eprintln!("-- TLS --");
         }
         Ok(())
     }
@@ -313,6 +392,7 @@ impl Session {
             mail_from: self.mail_from.take().unwrap_or_default(),
             rcpt_to: std::mem::take(&mut self.rcpt_to),
             data,
+            tls: self.is_tls(),
         };
         // Reply first: the client counts the message as sent only then.
         self.reply("250 2.0.0 OK queued\r\n")?;
