@@ -282,7 +282,8 @@ fn ca_certificates(
         .map(|der| Certificate::from_der(der.to_vec()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(e.to_string()))?;
-    tls_parameters(&server.host, &ca).map_err(|e| invalid(e.to_string()))?;
+    tls_parameters(&server.host, &ca)
+        .map_err(|e| invalid(format!("a certificate rustls refuses as a CA: {e}")))?;
     Ok(ca)
 }
 
@@ -1155,7 +1156,10 @@ retry_delay_secs = 0
                 "no-cert.pem: has no PEM CERTIFICATE",
             ),
             ("ca_file = \"bad-base64.pem\"", "bad-base64.pem: not PEM"),
-            ("ca_file = \"not-x509.pem\"", "not-x509.pem: "),
+            (
+                "ca_file = \"not-x509.pem\"",
+                "not-x509.pem: a certificate rustls refuses as a CA",
+            ),
         ] {
             let raw: RawSettings =
                 toml::from_str(&format!("starttls = \"required\"\n{toml_text}")).unwrap();
