@@ -87,6 +87,22 @@ struct RawConfig {
     verify: RawVerify,
 }
 
+/// Every key the parser accepts, dotted (`spool_dir`, `source.queries.list_query`):
+/// what the configuration reference must document.
+#[cfg(test)]
+pub(crate) fn accepted_keys() -> std::collections::BTreeSet<String> {
+    crate::serde_keys::keys::<RawConfig>()
+}
+
+/// Parses `text` as far as keys and value types go (unknown keys are
+/// errors), before any value is validated.
+#[cfg(test)]
+pub(crate) fn parse_keys(text: &str) -> Result<(), String> {
+    toml::from_str::<RawConfig>(text)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVerify {

@@ -26,6 +26,8 @@ pub(crate) mod plan;
 pub(crate) mod progress;
 pub mod report;
 pub(crate) mod safe_fs;
+#[cfg(test)]
+mod serde_keys;
 pub(crate) mod shown;
 pub(crate) mod spool;
 pub(crate) mod status;

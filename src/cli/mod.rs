@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod demo;
+mod man;
 
 use crate::config::{self, Config};
 use crate::job::{Domain, Job, JobId, LocalPart, Mode, RawJob};
@@ -134,6 +135,14 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "fixtures/demo")]
         fixtures: PathBuf,
     },
+    /// Write the man pages (for packaging): maildir-migrate.1, one
+    /// maildir-migrate-<command>.1 per command and maildir-migrate.toml.5.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write them into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// A domain, optionally narrowed to some of its mailboxes.
@@ -214,6 +223,12 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         } => run(cli.config, &job, json, no_progress),
         Command::Plan { target, json } => plan(cli.config, target, json),
         Command::Demo { dir, fixtures } => demo::run(&dir, &fixtures),
+        Command::Man { out } => {
+            use clap::CommandFactory;
+            man::write_all(Cli::command(), &out)
+                .map_err(|e| Failure(exit::IOERR, format!("{}: {e}", out.display())))?;
+            Ok(exit::OK)
+        }
         Command::Sweep { target, json } => sweep(cli.config, target, json),
         Command::Verify { target, json } => verify(cli.config, target, json),
         Command::Daemon => {

@@ -1135,3 +1135,62 @@ fn the_demo_runs() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+/// The hidden `man` command writes a page per command and the
+/// configuration reference, and groff renders each without a warning.
+#[test]
+fn man_pages_are_written_and_render_cleanly() {
+    let t = tempfile::Builder::new()
+        .prefix("mm-man-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let dir = t.path().join("man");
+    let out = std::process::Command::new(common::fixture::BIN)
+        .args(["man", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    let commands = [
+        "daemon", "demo", "plan", "run", "status", "submit", "sweep", "verify",
+    ];
+    let mut expected: Vec<String> = commands
+        .iter()
+        .map(|c| format!("maildir-migrate-{c}.1"))
+        .chain(["maildir-migrate.1".into(), "maildir-migrate.toml.5".into()])
+        .collect();
+    expected.sort();
+    assert_eq!(pages, expected);
+
+    require!(Need::Groff);
+    for page in &pages {
+        // Plain text (-P-cbou: no overstrike, no escapes); -ww: every warning.
+        let out = std::process::Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-P-cbou"])
+            .arg(dir.join(page))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "{page}: {stderr}"
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("NAME"), "{page}: {text}");
+        if page.ends_with(".5") {
+            for shown in ["[source.queries]", "[notify]", "Default:", "Example:"] {
+                assert!(text.contains(shown), "{shown} missing:\n{text}");
+            }
+        }
+    }
+}

@@ -20,7 +20,8 @@
 //!   password never appears in `Debug`, `Display` or errors. TCP only and no
 //!   TLS: neither driver is built with a TLS back end (it would add a TLS
 //!   stack for the common 127.0.0.1 case); reach a remote database through
-//!   an SSH or stunnel tunnel, or add the drivers' `native-tls` features.
+//!   an SSH or stunnel tunnel (the drivers' `native-tls` features would
+//!   bring OpenSSL back, which `.ci/run` refuses).
 //! * Writes run in one transaction each and are guarded (compare-and-swap on
 //!   the values read in that transaction), so a lost connection leaves the
 //!   row as it was and a concurrent change is reported as a conflict, never

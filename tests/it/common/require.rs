@@ -36,6 +36,8 @@ pub enum Need {
     Gdbmtool,
     /// Courier's binaries, unpacked by `fixtures/courier/check.py`.
     Courier,
+    /// `groff`, to render the man pages.
+    Groff,
 }
 
 impl Need {
@@ -48,6 +50,7 @@ impl Need {
             Need::Mariadb => listening(3306) && tool_runs("mysql"),
             Need::SystemdAnalyze => tool_runs("systemd-analyze"),
             Need::Gdbmtool => tool_runs("gdbmtool"),
+            Need::Groff => tool_runs("groff"),
             Need::Courier => ["usr/bin/imapd", "usr/sbin/makeuserdb"]
                 .iter()
                 .all(|f| Path::new(COURIER_ROOT).join(f).exists()),
@@ -65,6 +68,7 @@ impl Need {
             Need::Mariadb => "MariaDB on 127.0.0.1:3306 with mysql",
             Need::SystemdAnalyze => "systemd-analyze (apt-get install systemd)",
             Need::Gdbmtool => "gdbmtool (apt-get install gdbmtool)",
+            Need::Groff => "groff (apt-get install groff-base)",
             Need::Courier => {
                 "the unpacked Courier: run python3 fixtures/courier/check.py --against fixtures/courier/store"
             }
