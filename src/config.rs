@@ -230,6 +230,7 @@ struct RawDaemon {
     rescan_interval: Option<u64>,
     max_parallel_jobs: Option<usize>,
     inotify: Option<bool>,
+    metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -755,10 +756,12 @@ pub struct Daemon {
     pub max_parallel_jobs: usize,
     /// Watch `incoming/` with inotify (off for NFS, which sends no events).
     pub inotify: bool,
+    /// Where the metrics for node_exporter's textfile collector go.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Daemon {
-    fn parse(raw: RawDaemon) -> Result<Daemon, Invalid> {
+    fn parse(raw: RawDaemon, resolve: &impl Fn(&Path) -> PathBuf) -> Result<Daemon, Invalid> {
         let rescan = raw.rescan_interval.unwrap_or(30);
         if !(1..=3600).contains(&rescan) {
             return Err(invalid("daemon.rescan_interval")(format!(
@@ -780,7 +783,23 @@ impl Daemon {
             rescan_interval: Duration::from_secs(rescan),
             max_parallel_jobs,
             inotify: raw.inotify.unwrap_or(true),
+            metrics_file: raw
+                .metrics_file
+                .map(|p| metrics_file(&resolve(&p)))
+                .transpose()
+                .map_err(invalid("daemon.metrics_file"))?,
         })
+    }
+}
+
+/// A file name in a directory that exists (the daemon writes it there
+/// under a temporary name first).
+fn metrics_file(path: &Path) -> Result<PathBuf, String> {
+    let dir = path.parent().filter(|_| path.file_name().is_some());
+    match dir {
+        None => Err(format!("{} is not a file path", path.display())),
+        Some(d) if !d.is_dir() => Err(format!("no directory {}", d.display())),
+        Some(_) => Ok(path.to_path_buf()),
     }
 }
 
@@ -837,7 +856,7 @@ impl Config {
             target,
             migration: Migration::parse(raw.migration)?,
             cutover: Cutover::parse(raw.cutover)?,
-            daemon: Daemon::parse(raw.daemon)?,
+            daemon: Daemon::parse(raw.daemon, resolve)?,
             notify: crate::notify::Settings::from_raw(raw.notify, resolve)?,
             verify: VerifySettings::parse(raw.verify, resolve)?,
         })
@@ -1038,6 +1057,7 @@ gid = 5000
         assert_eq!(c.daemon.max_parallel_jobs, 1);
         assert!(c.daemon.inotify);
         assert_eq!(c.daemon.submit_group, None);
+        assert_eq!(c.daemon.metrics_file, None);
         assert!(!c.in_place(&d));
     }
 
@@ -1134,6 +1154,10 @@ gid = 5000
             (
                 format!("{MINIMAL}[daemon]\nmax_parallel_jobs = 0\n"),
                 "daemon.max_parallel_jobs",
+            ),
+            (
+                format!("{MINIMAL}[daemon]\nmetrics_file = \"/no/such/dir/m.prom\"\n"),
+                "daemon.metrics_file",
             ),
             ("[source\n".to_string(), "line 1"),
         ];

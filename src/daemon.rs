@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::job::{Domain, Job, LocalPart};
+use crate::metrics::{self, Snapshot};
 use crate::migrate::sweep::Sweep;
 use crate::migrate::verify::Verification;
 use crate::migrate::{self, RunError};
@@ -74,6 +75,8 @@ struct Tracker {
     failed: AtomicU64,
     messages: AtomicU64,
     bytes: AtomicU64,
+    /// The current mailbox's old login is frozen.
+    frozen: AtomicBool,
     current: Mutex<String>,
     finished: Mutex<Vec<MailboxReport>>,
 }
@@ -85,11 +88,15 @@ impl Progress for Tracker {
     fn mailbox_started(&self, user: &str) {
         *self.current.lock().expect("not poisoned") = user.to_string();
     }
+    fn mailbox_frozen(&self) {
+        self.frozen.store(true, Ordering::Relaxed);
+    }
     fn message_copied(&self, bytes: u64) {
         self.messages.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
     fn mailbox_finished(&self, report: &MailboxReport) {
+        self.frozen.store(false, Ordering::Relaxed);
         self.done.fetch_add(1, Ordering::Relaxed);
         if report.status == MailboxStatus::Failed {
             self.failed.fetch_add(1, Ordering::Relaxed);
@@ -213,6 +220,11 @@ struct Daemon {
     sweeping: std::collections::HashSet<std::ffi::OsString>,
     /// Last STATUS= sent to systemd (sent again only when it changes).
     last_status: String,
+    /// The metrics counted since start: jobs filed and their mailboxes,
+    /// durations and copies (running jobs are added when written).
+    counted: Snapshot,
+    /// The last metrics write failed (logged once, not every second).
+    metrics_failing: bool,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns once every job is either
@@ -274,12 +286,15 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), DaemonError> {
         stopping: false,
         sweeping: std::collections::HashSet::new(),
         last_status: String::new(),
+        counted: Snapshot::default(),
+        metrics_failing: false,
     };
     d.schedule();
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     d.main_loop(&rx);
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     d.drain(&rx);
+    d.write_metrics();
     info!("daemon stopped");
     Ok(())
 }
@@ -347,6 +362,7 @@ impl Daemon {
             }
             if now >= next_progress {
                 self.publish_progress();
+                self.write_metrics();
                 next_progress = now + PROGRESS_EVERY;
             }
             if now >= next_rescan {
@@ -588,8 +604,9 @@ impl Daemon {
         warn!(file = %entry.name.to_string_lossy(), "job refused: {why}");
         let mut record = JobRecord::new(entry, entry.base(), RecordStatus::Failed, now());
         record.error = Some(why);
-        if let Err(e) = self.spool.finish(entry, &record) {
-            error!("cannot move the refused job to failed/: {e}");
+        match self.spool.finish(entry, &record) {
+            Ok(_) => self.counted.jobs.failed += 1,
+            Err(e) => error!("cannot move the refused job to failed/: {e}"),
         }
     }
 
@@ -669,6 +686,8 @@ impl Daemon {
             self.publish_one(&run);
         }
         let _ = run.handle.join();
+        self.counted.messages_copied += run.tracker.messages.load(Ordering::Relaxed);
+        self.counted.bytes_copied += run.tracker.bytes.load(Ordering::Relaxed);
         let Some(Verdict {
             status,
             report,
@@ -702,6 +721,7 @@ impl Daemon {
                 return;
             }
         };
+        self.count_filed(&record, t);
         if run.job.cutover
             && record.report.is_some()
             && let Some(delay) = self.cfg.cutover.sweep_delay
@@ -725,6 +745,23 @@ impl Daemon {
         }
         if let Some(to) = run.job.notify.clone() {
             self.send_notification(path, to, record);
+        }
+    }
+
+    /// A filed job in the metrics.
+    fn count_filed(&mut self, record: &JobRecord, finished: i64) {
+        let c = &mut self.counted;
+        match record.status {
+            RecordStatus::Done => {
+                c.jobs.done += 1;
+                c.last_success = finished;
+            }
+            RecordStatus::Failed => c.jobs.failed += 1,
+        }
+        c.job_seconds_sum += record.run_secs;
+        c.jobs_timed += 1;
+        for m in record.report.iter().flat_map(|r| &r.mailboxes) {
+            c.mailboxes.count(m.status);
         }
     }
 
@@ -797,6 +834,49 @@ impl Daemon {
             let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
             self.last_status = status;
         }
+    }
+
+    /// Writes `[daemon] metrics_file`, when set: what was counted plus
+    /// the queue and the running jobs as they are now.
+    fn write_metrics(&mut self) {
+        let Some(path) = self.cfg.daemon.metrics_file.clone() else {
+            return;
+        };
+        let mut s = self.counted.clone();
+        s.jobs.queued = self.queued();
+        s.jobs.running = self.running.len() as u64;
+        for r in self.running.values() {
+            let t = &r.tracker;
+            s.messages_copied += t.messages.load(Ordering::Relaxed);
+            s.bytes_copied += t.bytes.load(Ordering::Relaxed);
+            s.frozen_mailboxes += u64::from(t.frozen.load(Ordering::Relaxed));
+        }
+        match metrics::write(&path, &s) {
+            Ok(()) if self.metrics_failing => {
+                info!(file = %path.display(), "metrics written again");
+                self.metrics_failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !self.metrics_failing => {
+                warn!(file = %path.display(), "cannot write the metrics: {e}");
+                self.metrics_failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Jobs waiting: in `incoming/`, or in `active/` and not running.
+    fn queued(&self) -> u64 {
+        let mut n = 0;
+        for place in [Place::Active, Place::Incoming] {
+            if let Ok(list) = self.spool.list(place) {
+                n += list
+                    .iter()
+                    .filter(|e| e.place == Place::Incoming || !self.running.contains_key(&e.base()))
+                    .count() as u64;
+            }
+        }
+        n
     }
 
     fn publish_one(&self, r: &Running) {

@@ -20,6 +20,7 @@ pub(crate) mod exit;
 mod hostile;
 pub mod job;
 pub mod maildir;
+pub(crate) mod metrics;
 pub(crate) mod migrate;
 pub mod notify;
 pub(crate) mod plan;
@@ -42,7 +43,7 @@ mod layers {
 
     /// The README's groups, top first.
     const GROUPS: &[&[&str]] = &[
-        &["cli", "daemon", "status", "exit"],
+        &["cli", "daemon", "metrics", "status", "exit"],
         &["spool"],
         &["migrate", "plan"],
         &["config"],

@@ -350,6 +350,12 @@ const SECTIONS: &[Section] = &[
                 "Jobs at once; never two for one domain.",
             ),
             key("inotify", "true", "false", "false for a spool on NFS."),
+            key(
+                "metrics_file",
+                UNSET,
+                r#""/var/lib/prometheus/node-exporter/maildir-migrate.prom""#,
+                "Prometheus metrics for node_exporter's textfile collector, rewritten every second.",
+            ),
         ],
     },
     Section {

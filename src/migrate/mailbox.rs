@@ -209,6 +209,7 @@ fn copy_and_switch(
         return Ok(Outcome::Presynced);
     }
     env.source.freeze(&mb.source_key, env.cfg.migration.fsync)?;
+    ctx.workers.progress.mailbox_frozen();
     let frozen_at = std::time::Instant::now();
     let mut warnings = let_go_on_the_old_server(env, mb)?;
     if !env.cfg.cutover.freeze_grace.is_zero() {

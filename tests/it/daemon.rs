@@ -962,3 +962,86 @@ fn a_submitter_cannot_change_a_claimed_job_or_forge_a_sweep() {
     assert_eq!(r["status"], "failed", "{r:#}");
     assert!(r["error"].as_str().unwrap().contains("reserved"), "{r:#}");
 }
+
+/// `[daemon] metrics_file`: node_exporter's textfile shows the filed job
+/// and what it copied, is replaced whole (no temp file left, mode 0644),
+/// and promtool accepts it.
+#[test]
+fn the_daemon_writes_prometheus_metrics() {
+    let h = Host::new("");
+    let metrics = h.root.join("metrics");
+    fs::create_dir(&metrics).unwrap();
+    let file = metrics.join("maildir-migrate.prom");
+    let spool = h.root.join("spool");
+    let daemon = format!("rescan_interval = 1\nmetrics_file = \"{}\"", file.display());
+    prepend_config(
+        &h.config,
+        &spool_config(&spool, &closed_port(), Some(&daemon)),
+    );
+    jan_with_one_message(&h);
+    let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
+    drop_job(
+        &spool.join("incoming"),
+        "m",
+        r#"{"domain":"a.cz","mode":"move"}"#,
+    );
+    let r = wait_record(&spool, "done", "m", &d);
+    assert_eq!(r["status"], "done", "{r:#}");
+    let text = wait_until(
+        "the metrics to show the job",
+        Duration::from_secs(10),
+        || {
+            let t = fs::read_to_string(&file).ok()?;
+            t.contains("maildir_migrate_jobs{state=\"done\"} 1\n")
+                .then_some(t)
+        },
+    );
+    let value = |name: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("maildir_migrate_messages_copied_total") > 0, "{text}");
+    assert!(value("maildir_migrate_bytes_copied_total") > 0, "{text}");
+    assert!(
+        value("maildir_migrate_last_success_timestamp_seconds") > 0,
+        "{text}"
+    );
+    assert_eq!(
+        value("maildir_migrate_job_duration_seconds_count"),
+        1,
+        "{text}"
+    );
+    assert_eq!(value("maildir_migrate_frozen_mailboxes"), 0, "{text}");
+    for line in [
+        "maildir_migrate_jobs{state=\"queued\"} 0",
+        "maildir_migrate_jobs{state=\"running\"} 0",
+        "maildir_migrate_jobs{state=\"failed\"} 0",
+        "maildir_migrate_mailboxes_total{status=\"done\"} 1",
+        "maildir_migrate_mailboxes_total{status=\"failed\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
+    }
+    assert_eq!(
+        fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    drop(d);
+    // Stopped: no write in flight, so no temporary name may be left.
+    assert_eq!(names_in(&metrics), ["maildir-migrate.prom"]);
+    if common::require::available(Need::Promtool) {
+        let out = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(fs::File::open(&file).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -38,6 +38,8 @@ pub enum Need {
     Courier,
     /// `groff`, to render the man pages.
     Groff,
+    /// `promtool`, to check the daemon's metrics file.
+    Promtool,
 }
 
 impl Need {
@@ -51,6 +53,7 @@ impl Need {
             Need::SystemdAnalyze => tool_runs("systemd-analyze"),
             Need::Gdbmtool => tool_runs("gdbmtool"),
             Need::Groff => tool_runs("groff"),
+            Need::Promtool => tool_runs("promtool"),
             Need::Courier => ["usr/bin/imapd", "usr/sbin/makeuserdb"]
                 .iter()
                 .all(|f| Path::new(COURIER_ROOT).join(f).exists()),
@@ -69,6 +72,7 @@ impl Need {
             Need::SystemdAnalyze => "systemd-analyze (apt-get install systemd)",
             Need::Gdbmtool => "gdbmtool (apt-get install gdbmtool)",
             Need::Groff => "groff (apt-get install groff-base)",
+            Need::Promtool => "promtool (apt-get install prometheus)",
             Need::Courier => {
                 "the unpacked Courier: run python3 fixtures/courier/check.py --against fixtures/courier/store"
             }
