@@ -88,14 +88,13 @@ pub(super) fn run(dir: &Path, fixtures: &Path) -> Result<u8, Failure> {
          new store     {d}/newmail\n  \
          old userdb    {d}/users.old  (migrated users now carry `nologin`)\n  \
          new userdb    {d}/users.new  (same hashes, explicit {{SCHEME}} prefixes)\n  \
-         job records   {s}/done/*.report.json  (report, verification, e-mail outcome)\n  \
+         job records   {d}/spool/done/*.report.json  (report, verification, e-mail outcome)\n  \
          e-mails       {d}/outbox/*.eml  (the bilingual completion e-mails, [notify] outbox_dir)\n\
          The queue as `status` shows it:\n  \
          cargo run --release -- status --config {d}/config.toml\n\
          Re-running a job is safe; every mailbox then reports \"already migrated\":\n  \
          cargo run --release -- run --config {d}/config.toml {d}/jobs/novak-stavby.json",
         d = dir.display(),
-        s = cfg.spool_dir.display(),
     );
     let all_done = records.iter().all(|r| r.status == RecordStatus::Done);
     Ok(if all_done { exit::OK } else { exit::PARTIAL })
