@@ -119,9 +119,10 @@ enum JobResult {
 }
 
 impl JobResult {
-    /// Runs a job on the worker thread: the engine, then (for a cutover)
-    /// the check against the source before the job is filed; a pre-sync
-    /// has nothing to verify yet.
+    /// Runs a job on the worker thread: the engine, then (for a cutover
+    /// move) the check against the source before the job is filed; a
+    /// pre-sync has nothing to verify yet, and a recreate leaves the
+    /// content behind on purpose (its empty mailboxes always differ).
     fn run(
         cfg: &Config,
         job: &Job,
@@ -134,6 +135,7 @@ impl JobResult {
             let mut r = JobResult::from(migrate::run_job(cfg, job, progress, stop, done_before));
             if let JobResult::Ran(_, v) = &mut r
                 && job.cutover
+                && job.mode == crate::job::Mode::Move
             {
                 *v = Some(
                     migrate::verify::verify(cfg, job.domain.clone(), job.mailboxes.clone())

@@ -1,16 +1,19 @@
 //! `maildir-migrate demo`: copies the bundled demo host into a scratch
-//! directory and runs its jobs there, so the first command of the README
-//! performs a real migration without root and without touching tracked
-//! files.
+//! directory and runs the daemon on it, so the first command of the README
+//! shows the main job (submit, wait, status, completion e-mails) on a real
+//! migration, without root and without touching tracked files.
 
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 
-use super::{Failure, exit, run_files};
-use crate::report::JobStatus;
+use super::{Failure, exit, load_config, print_report, print_status, spool_failure, submit};
+use crate::job::RawJob;
+use crate::spool::{JobRecord, Notification, Place, RecordStatus, Spool};
 
 /// Marks a directory as made by `demo`, so re-running may replace it.
 const STAMP: &str = ".maildir-migrate-demo";
@@ -19,6 +22,9 @@ const ROOT_PLACEHOLDER: &str = "@DEMO_ROOT@";
 /// Placeholder for the demo users' uid and gid: the new tree belongs to
 /// the uid an entry names, and only root may give files to another uid.
 const OWNER_PLACEHOLDER: &str = "@DEMO_UID@:@DEMO_GID@";
+/// The demo takes seconds; this only bounds a daemon that hangs.
+const WAIT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(50);
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Failure + '_ {
     move |e| Failure(exit::IOERR, format!("{}: {e}", path.display()))
@@ -51,30 +57,184 @@ pub(super) fn run(dir: &Path, fixtures: &Path) -> Result<u8, Failure> {
     copy_host(fixtures, dir)?;
     std::fs::write(dir.join(STAMP), b"").map_err(io(dir))?;
 
-    let mut jobs: Vec<_> = std::fs::read_dir(dir.join("jobs"))
-        .map_err(io(&dir.join("jobs")))?
+    let config = dir.join("config.toml");
+    let cfg = load_config(Some(config.clone()))?;
+    let mut daemon = DemoDaemon::start(&config)?;
+    let spool = daemon.wait_for_spool(&cfg.spool_dir)?;
+    println!("== submit");
+    let mut ids = Vec::new();
+    for job in job_files(dir)? {
+        ids.push(submit_file(&config, &job)?);
+    }
+    let records = daemon.wait_for_records(&spool, &ids)?;
+    for r in &records {
+        println!("\n== job {} (from {}/spool/done/)", r.id, dir.display());
+        if let Some(report) = &r.report {
+            print_report(report, false);
+        }
+        if let Some(e) = &r.error {
+            println!("error: {e}");
+        }
+    }
+    println!("\n== status");
+    print_status(
+        &crate::status::gather(&spool, 10).map_err(spool_failure)?,
+        false,
+    );
+    daemon.stop()?;
+    println!(
+        "\nA daemon migrated the demo host in {d} and has stopped:\n  \
+         old store     {d}/oldmail  (untouched, Trash/Spam/Contacts stay here)\n  \
+         new store     {d}/newmail\n  \
+         old userdb    {d}/users.old  (migrated users now carry `nologin`)\n  \
+         new userdb    {d}/users.new  (same hashes, explicit {{SCHEME}} prefixes)\n  \
+         job records   {d}/spool/done/*.report.json  (report, verification, e-mail outcome)\n  \
+         e-mails       {d}/outbox/*.eml  (the bilingual completion e-mails, [notify] outbox_dir)\n\
+         The queue as `status` shows it:\n  \
+         cargo run --release -- status --config {d}/config.toml\n\
+         Re-running a job is safe; every mailbox then reports \"already migrated\":\n  \
+         cargo run --release -- run --config {d}/config.toml {d}/jobs/novak-stavby.json",
+        d = dir.display(),
+    );
+    let all_done = records.iter().all(|r| r.status == RecordStatus::Done);
+    Ok(if all_done { exit::OK } else { exit::PARTIAL })
+}
+
+/// The demo host's job files, in name order.
+fn job_files(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
+    let jobs = dir.join("jobs");
+    let mut files: Vec<_> = std::fs::read_dir(&jobs)
+        .map_err(io(&jobs))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
-    jobs.sort();
-    let mut all_done = true;
-    for job in &jobs {
-        println!("\n== {}", job.display());
-        let report = run_files(&dir.join("config.toml"), job)?;
-        all_done &= report.status == JobStatus::Done;
+    files.sort();
+    Ok(files)
+}
+
+/// Queues a job file through `submit`, under its stem as the id.
+fn submit_file(config: &Path, job: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(job).map_err(io(job))?;
+    let raw: RawJob = serde_json::from_str(&text)
+        .map_err(|e| Failure(exit::DATAERR, format!("{}: {e}", job.display())))?;
+    let id = job
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    submit(Some(config.to_path_buf()), raw, Some(id.clone()))?;
+    Ok(id)
+}
+
+/// `maildir-migrate daemon` as a child process on the demo configuration;
+/// stopped with SIGTERM, also when the demo fails half-way.
+struct DemoDaemon(Child);
+
+impl DemoDaemon {
+    fn start(config: &Path) -> Result<DemoDaemon, Failure> {
+        let exe = std::env::current_exe()
+            .map_err(|e| Failure(exit::IOERR, format!("cannot find this program: {e}")))?;
+        // Not a systemd service, even when the demo runs under one.
+        Command::new(&exe)
+            .arg("--config")
+            .arg(config)
+            .arg("daemon")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map(DemoDaemon)
+            .map_err(io(&exe))
     }
-    println!(
-        "\nThe demo host was migrated in {d}:\n  \
-         old store     {d}/oldmail  (untouched, Trash/Spam/Contacts stay here)\n  \
-         new store     {d}/newmail\n  \
-         old userdb    {d}/users.old  (migrated users now carry `nologin`)\n  \
-         new userdb    {d}/users.new  (same hashes, explicit {{SCHEME}} prefixes)\n\
-         Re-running a job is safe; every mailbox then reports \"already migrated\":\n  \
-         cargo run --release -- run --config {d}/config.toml {d}/jobs/novak-stavby.json",
-        d = dir.display()
-    );
-    Ok(if all_done { exit::OK } else { exit::PARTIAL })
+
+    /// Waits until `check` gives a value, failing when the daemon exits
+    /// or `WAIT` passes.
+    fn wait<T>(&mut self, what: &str, mut check: impl FnMut() -> Option<T>) -> Result<T, Failure> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(v) = check() {
+                return Ok(v);
+            }
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Err(Failure(
+                    exit::IOERR,
+                    format!("the demo daemon exited ({status}) before {what}"),
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(Failure(
+                    exit::TEMPFAIL,
+                    format!("no {what} after {}s", WAIT.as_secs()),
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The spool, once the daemon has made it and holds its lock.
+    fn wait_for_spool(&mut self, path: &Path) -> Result<Spool, Failure> {
+        self.wait("spool held by the daemon", || {
+            Spool::open(path)
+                .ok()
+                .filter(|s| s.running_daemon().is_some())
+        })
+    }
+
+    /// The records of `ids`, once each job is filed and its e-mail written.
+    fn wait_for_records(
+        &mut self,
+        spool: &Spool,
+        ids: &[String],
+    ) -> Result<Vec<JobRecord>, Failure> {
+        self.wait("record of every job with its e-mail", || {
+            let mut filed = Vec::new();
+            for place in [Place::Done, Place::Failed] {
+                filed.extend(spool.records(place).ok()?);
+            }
+            ids.iter()
+                .map(|id| {
+                    filed
+                        .iter()
+                        .find(|r| {
+                            &r.id == id && !matches!(r.notification, Some(Notification::Pending(_)))
+                        })
+                        .cloned()
+                })
+                .collect()
+        })
+    }
+
+    /// SIGTERM, then the daemon's own clean stop.
+    fn stop(&mut self) -> Result<(), Failure> {
+        let status = self.terminate().map_err(|e| Failure(exit::IOERR, e))?;
+        if !status.success() {
+            return Err(Failure(
+                exit::IOERR,
+                format!("the demo daemon did not stop cleanly ({status})"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn terminate(&mut self) -> Result<std::process::ExitStatus, String> {
+        if let Ok(Some(status)) = self.0.try_wait() {
+            return Ok(status);
+        }
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .map_err(|e| format!("cannot stop the demo daemon: {e}"))?;
+        self.0
+            .wait()
+            .map_err(|e| format!("cannot stop the demo daemon: {e}"))
+    }
+}
+
+impl Drop for DemoDaemon {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
 }
 
 /// Copies the fixture tree, fills in the root placeholder, restores the

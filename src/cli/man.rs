@@ -423,6 +423,12 @@ const SECTIONS: &[Section] = &[
                 r#""failed.txt""#,
                 "Template of the message for a failed job.",
             ),
+            key(
+                "outbox_dir",
+                UNSET,
+                r#""/var/lib/maildir-migrate/outbox""#,
+                "Instead of SMTP: each e-mail is written as <id>.eml into this existing, writable directory; excludes smtp, starttls, ca_file, username, password_file and timeout_secs.",
+            ),
         ],
     },
 ];

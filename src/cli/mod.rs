@@ -122,11 +122,14 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         last: usize,
     },
-    /// Migrate the bundled demo host (fixtures/demo) in a scratch copy.
+    /// Migrate the bundled demo host (fixtures/demo) in a scratch copy, through the daemon.
     ///
+    /// Starts the daemon on the copy's spool, submits its jobs, waits for
+    /// them, prints their reports and the status, and stops the daemon.
     /// Run it from the repository root, or name the demo host with
     /// --fixtures. Exit status: 0 migrated, 1 some mailbox failed, 64
-    /// usage, 66 no demo host at --fixtures, 74 I/O error.
+    /// usage, 66 no demo host at --fixtures, 74 I/O error, 75 the daemon
+    /// did not finish in time.
     Demo {
         /// Where to build the scratch copy (replaced if it is an earlier demo).
         #[arg(long, value_name = "DIR", default_value = "target/demo")]
@@ -729,15 +732,6 @@ fn print_plan(plan: &Plan, json: bool) {
         plan.messages,
         bytes_human(plan.bytes)
     );
-}
-
-/// Helpers shared with the demo: load a config and a job from paths.
-fn run_files(config: &Path, job: &Path) -> Result<Report, Failure> {
-    let cfg = load_config(Some(config.to_path_buf()))?;
-    let job = Job::load(job).map_err(|e| Failure(exit::DATAERR, e.to_string()))?;
-    let report = run_with_progress(&cfg, &job, false)?;
-    print_report(&report, false);
-    Ok(report)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The completion e-mail: after a daemon job that names a `notify` address,
-//! one bilingual (Czech, then English) message through SMTP saying what was
-//! migrated, what failed and what is deliberately left behind.
+//! one bilingual (Czech, then English) message through SMTP (or, with
+//! `outbox_dir`, as a file in a directory) saying what was migrated, what
+//! failed and what is deliberately left behind.
 //!
 //! The templates are files a sysadmin can override; they are parsed when the
 //! configuration is loaded, so a broken template is a configuration error and
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lettre::Transport;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};
+use lettre::transport::file::FileTransport;
 use lettre::transport::smtp::SmtpTransport;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
@@ -63,6 +65,11 @@ pub enum NotifyError {
         server: String,
         source: lettre::transport::smtp::Error,
     },
+    #[error("outbox {}: {source}", path.display())]
+    Outbox {
+        path: PathBuf,
+        source: lettre::transport::file::Error,
+    },
     #[error("the SMTP client panicked: {0}")]
     Panic(String),
 }
@@ -105,6 +112,49 @@ pub struct RawSettings {
     pub done_template: Option<PathBuf>,
     /// Default: the built-in `failed.txt`.
     pub failed_template: Option<PathBuf>,
+    /// Instead of SMTP: each e-mail becomes `<uuid>.eml` in this existing,
+    /// writable directory (hosts without a relay, the demo).
+    pub outbox_dir: Option<PathBuf>,
+}
+
+/// The keys that only mean something for SMTP; `outbox_dir` excludes them.
+fn smtp_keys_set(raw: &RawSettings) -> Vec<&'static str> {
+    [
+        ("notify.smtp", raw.smtp.is_some()),
+        ("notify.starttls", raw.starttls.is_some()),
+        ("notify.ca_file", raw.ca_file.is_some()),
+        ("notify.username", raw.username.is_some()),
+        ("notify.password_file", raw.password_file.is_some()),
+        ("notify.timeout_secs", raw.timeout_secs.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect()
+}
+
+/// `notify.outbox_dir`: an existing directory this user may write into,
+/// checked at load so that a wrong path never loses a mail after a job.
+fn outbox_dir(raw: &RawSettings, dir: &Path) -> Result<PathBuf, Invalid> {
+    let invalid = |problem: String| ("notify.outbox_dir", problem);
+    let smtp = smtp_keys_set(raw);
+    if !smtp.is_empty() {
+        return Err(invalid(format!(
+            "writes the e-mails into a directory instead of sending them; \
+             remove {} (SMTP settings) or outbox_dir",
+            smtp.join(", ")
+        )));
+    }
+    let shown = dir.display();
+    let meta = std::fs::metadata(dir).map_err(|e| invalid(format!("{shown}: {e}")))?;
+    if !meta.is_dir() {
+        return Err(invalid(format!("{shown}: is not a directory")));
+    }
+    nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| invalid(format!("{shown}: is not writable by this user ({e})")))?;
+    Ok(dir.to_path_buf())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +240,8 @@ pub struct Settings {
     retry_delay: Duration,
     done: Template,
     failed: Template,
+    /// `outbox_dir`: written there instead of sent (no SMTP key is set).
+    outbox: Option<PathBuf>,
 }
 
 impl Settings {
@@ -198,6 +250,10 @@ impl Settings {
         raw: RawSettings,
         resolve: &dyn Fn(&Path) -> PathBuf,
     ) -> Result<Settings, Invalid> {
+        let outbox = match &raw.outbox_dir {
+            Some(dir) => Some(outbox_dir(&raw, &resolve(dir))?),
+            None => None,
+        };
         let server = Server::parse(raw.smtp.as_deref().unwrap_or(DEFAULT_SMTP))
             .map_err(|e| ("notify.smtp", e))?;
         let from = sender(raw.from)?;
@@ -252,7 +308,16 @@ impl Settings {
                 FAILED_TEMPLATE,
             )
             .map_err(|e| ("notify.failed_template", e))?,
+            outbox,
         })
+    }
+
+    /// Where the e-mail goes, for log lines: the relay or the outbox.
+    fn destination(&self) -> String {
+        match &self.outbox {
+            Some(dir) => dir.display().to_string(),
+            None => self.server.to_string(),
+        }
     }
 }
 
@@ -663,7 +728,7 @@ pub enum OutcomeStatus {
 pub struct Outcome {
     pub status: OutcomeStatus,
     pub to: String,
-    /// SMTP attempts made (0 when the message could not even be composed).
+    /// Delivery attempts made (0 when the message could not even be composed).
     pub attempts: u32,
     /// The last error, without secrets.
     pub error: Option<String>,
@@ -744,7 +809,7 @@ pub fn send(settings: &Settings, to: &str, facts: &Facts) -> Outcome {
             .unwrap_or_else(|panic| Err(NotifyError::Panic(panic_text(&*panic))));
         match result {
             Ok(()) => {
-                tracing::info!(job = facts.job_id, to, attempt, server = %settings.server, "notification sent");
+                tracing::info!(job = facts.job_id, to, attempt, via = %settings.destination(), "notification sent");
                 return outcome(OutcomeStatus::Sent, attempt, None);
             }
             Err(e) => {
@@ -768,6 +833,15 @@ pub fn send(settings: &Settings, to: &str, facts: &Facts) -> Outcome {
 }
 
 fn attempt_once(settings: &Settings, message: &Message) -> Result<(), NotifyError> {
+    if let Some(dir) = &settings.outbox {
+        return FileTransport::new(dir)
+            .send(message)
+            .map(drop)
+            .map_err(|source| NotifyError::Outbox {
+                path: dir.clone(),
+                source,
+            });
+    }
     let host = &settings.server.host;
     let tls_params = || {
         tls_parameters(host, &settings.ca).map_err(|source| NotifyError::Tls {
@@ -1171,6 +1245,48 @@ retry_delay_secs = 0
         let (k, problem) = Settings::from_raw(raw, &resolve).unwrap_err();
         assert_eq!(k, "notify.ca_file");
         assert!(problem.contains("only for STARTTLS"), "{problem}");
+    }
+
+    /// A missing, non-directory or unwritable outbox, or one beside SMTP
+    /// settings, is a configuration error naming `notify.outbox_dir`.
+    #[test]
+    fn outbox_dir_is_checked_at_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let locked = dir.path().join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+        std::fs::create_dir(dir.path().join("outbox")).unwrap();
+        let resolve = |p: &Path| dir.path().join(p);
+        let mut cases = vec![
+            ("outbox_dir = \"missing\"", "missing: No such file"),
+            ("outbox_dir = \"file\"", "file: is not a directory"),
+            (
+                "outbox_dir = \"outbox\"\nsmtp = \"127.0.0.1:25\"",
+                "remove notify.smtp (SMTP",
+            ),
+            (
+                "outbox_dir = \"outbox\"\nusername = \"u\"\npassword_file = \"p\"",
+                "remove notify.username, notify.password_file",
+            ),
+        ];
+        // Root may write anywhere; access(2) says so.
+        if !nix::unistd::geteuid().is_root() {
+            cases.push(("outbox_dir = \"locked\"", "locked: is not writable"));
+        }
+        for (toml_text, needle) in cases {
+            let raw: RawSettings = toml::from_str(toml_text).unwrap();
+            let (k, problem) = Settings::from_raw(raw, &resolve).unwrap_err();
+            assert_eq!(k, "notify.outbox_dir", "{toml_text}: {problem}");
+            assert!(problem.contains(needle), "{toml_text}: {problem}");
+        }
+        let raw: RawSettings = toml::from_str("outbox_dir = \"outbox\"\nretries = 0").unwrap();
+        let s = Settings::from_raw(raw, &resolve).unwrap();
+        assert_eq!(
+            s.outbox.as_deref(),
+            Some(dir.path().join("outbox").as_path())
+        );
     }
 
     #[test]

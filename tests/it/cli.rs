@@ -1094,8 +1094,9 @@ fn an_unreadable_source_folder_fails_only_its_mailbox() {
 }
 
 /// The README's first command: `demo` migrates the bundled host in a
-/// scratch directory (as root or not), and a re-run of a job there is a
-/// no-op.
+/// scratch directory (as root or not) through the daemon: both jobs are
+/// submitted, filed done, shown by `status`, and each leaves its
+/// completion e-mail in the outbox.
 #[test]
 fn the_demo_runs() {
     let t = tempfile::Builder::new()
@@ -1134,6 +1135,48 @@ fn the_demo_runs() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+
+    let jobs = [
+        ("novak-stavby", "novak-stavby.cz", "majitel@novak-stavby.cz"),
+        ("pekarna", "pekarna.sk", "majitel@pekarna.sk"),
+    ];
+    let mails: Vec<common::smtp::Parsed> = std::fs::read_dir(dir.join("outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .map(|p| common::smtp::parse_message(&std::fs::read(p).unwrap()))
+        .collect();
+    assert_eq!(mails.len(), jobs.len(), "one e-mail per job");
+    for (id, domain, to) in jobs {
+        let record: Value = serde_json::from_slice(
+            &std::fs::read(dir.join(format!("spool/done/{id}.report.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(record["status"], "done", "{record}");
+        assert_eq!(record["notification"]["status"], "sent", "{record}");
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("  {id} "))
+                && l.contains(" done ")
+                && l.contains(domain)
+                && l.contains("e-mail sent")),
+            "status shows {id} done:\n{text}"
+        );
+        let mail = mails
+            .iter()
+            .find(|m| m.header("To") == Some(to))
+            .unwrap_or_else(|| panic!("no e-mail to {to}"));
+        assert_eq!(
+            mail.subject,
+            format!("Migrace pošty {domain} dokončena / Mail migration of {domain} finished")
+        );
+        assert!(
+            mail.body.contains("Dobrý den") && mail.body.contains("Hello"),
+            "{}",
+            mail.body
+        );
+    }
+    assert!(text.contains("last finished: 2"), "{text}");
+    assert!(text.contains("outbox/*.eml"), "{text}");
 }
 
 /// The hidden `man` command writes a page per command and the

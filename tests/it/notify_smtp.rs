@@ -356,3 +356,41 @@ fn starttls_refuses_a_certificate_it_cannot_trust() {
         assert!(sink.received().is_empty(), "{case}: delivered anyway");
     }
 }
+
+/// With `outbox_dir` the same mail is written as `<id>.eml` instead of
+/// being sent (hosts without a relay, the demo).
+#[test]
+fn outbox_dir_writes_the_mail_as_a_file() {
+    let t = tempfile::tempdir().unwrap();
+    let s = settings(RawSettings {
+        from: Some("Migrace pošty <mm@example.net>".into()),
+        outbox_dir: Some(t.path().to_path_buf()),
+        ..RawSettings::default()
+    });
+    let report = mixed_report();
+    let outcome = notify::send(&s, TO, &facts(Some(&report), true));
+    assert_eq!(outcome.status, OutcomeStatus::Sent, "{outcome:?}");
+    assert_eq!((outcome.attempts, outcome.error.as_deref()), (1, None));
+    let files: Vec<PathBuf> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].extension().is_some_and(|x| x == "eml"),
+        "{files:?}"
+    );
+    let p = parse_message(&std::fs::read(&files[0]).unwrap());
+    assert_eq!(
+        p.subject,
+        "Migrace pošty example.cz dokončena / Mail migration of example.cz finished"
+    );
+    assert_eq!(p.header("To"), Some(TO));
+    for needle in ["Dobrý den", "Hello", "Přesunuté schránky:   1", "job-42"] {
+        assert!(
+            p.body.contains(needle),
+            "{needle:?} missing from:\n{}",
+            p.body
+        );
+    }
+}
