@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod demo;
@@ -138,6 +138,14 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "fixtures/demo")]
         fixtures: PathBuf,
     },
+    /// Print a shell completion script to standard output, e.g.
+    /// `maildir-migrate completions bash > /etc/bash_completion.d/maildir-migrate`
+    /// (the Debian package installs them for bash, zsh and fish).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Write the man pages (for packaging): maildir-migrate.1, one
     /// maildir-migrate-<command>.1 per command and maildir-migrate.toml.5.
     #[command(hide = true)]
@@ -226,8 +234,14 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         } => run(cli.config, &job, json, no_progress),
         Command::Plan { target, json } => plan(cli.config, target, json),
         Command::Demo { dir, fixtures } => demo::run(&dir, &fixtures),
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(shell, &mut Cli::command(), "maildir-migrate", &mut out);
+            out.flush()
+                .map_err(|e| Failure(exit::IOERR, format!("standard output: {e}")))?;
+            Ok(exit::OK)
+        }
         Command::Man { out } => {
-            use clap::CommandFactory;
             man::write_all(Cli::command(), &out)
                 .map_err(|e| Failure(exit::IOERR, format!("{}: {e}", out.display())))?;
             Ok(exit::OK)

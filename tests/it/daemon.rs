@@ -362,7 +362,7 @@ fn one_daemon_per_spool_and_sighup_keeps_a_good_config() {
 }
 
 /// Builds a domain large enough that a stop lands in the middle.
-fn large_host(mailboxes: usize, per_mailbox: usize) -> (Host, PathBuf) {
+pub(crate) fn large_host(mailboxes: usize, per_mailbox: usize) -> (Host, PathBuf) {
     let (h, spool) = spool_host(&closed_port());
     let mut cfg = fs::read_to_string(&h.config).unwrap();
     cfg.push_str("[migration]\nthreads = 2\n");
@@ -384,19 +384,24 @@ fn large_host(mailboxes: usize, per_mailbox: usize) -> (Host, PathBuf) {
     (h, spool)
 }
 
-/// Interrupts a large job with `interrupt`, restarts, and checks that the
-/// job completes exactly once with nothing missing and nothing doubled.
+/// Mailboxes and messages per mailbox of the interrupted job's domain.
+pub(crate) const LARGE: (usize, usize) = (4, 6000);
+
+/// Interrupts a large job (a `large_host(LARGE)` with its spool) with
+/// `interrupt`, restarts with `start` (given the log file), and checks that
+/// the job completes exactly once with nothing missing and nothing doubled.
 /// `checkpointed`: a stop writes the checkpoint, so the resumed job's
 /// report carries every mailbox's counts (after kill -9 the last second of
 /// progress may be missing, and such a mailbox reports already_migrated).
-fn interrupted_job_completes_exactly_once(
+pub(crate) fn interrupted_job_completes_exactly_once(
+    (h, spool): (Host, PathBuf),
+    start: impl Fn(&Path) -> DaemonProc,
     checkpointed: bool,
     interrupt: impl FnOnce(&mut DaemonProc),
 ) {
-    let (mailboxes, per) = (4, 6000);
-    let (h, spool) = large_host(mailboxes, per);
+    let (mailboxes, per) = LARGE;
     let log = h.root.join("daemon.log");
-    let mut d = DaemonProc::start(&h.config, &log);
+    let mut d = start(&log);
     drop_job(
         &spool.join("incoming"),
         "big",
@@ -430,8 +435,12 @@ fn interrupted_job_completes_exactly_once(
         "the job must still be in active/ (it finished too early to test the stop)"
     );
     assert!(!spool.join("done/big.json").exists());
+    if checkpointed {
+        // A stop (not kill -9) rolls the current mailbox back.
+        every_mailbox_has_exactly_one_login(&h, mailboxes);
+    }
 
-    let mut d = DaemonProc::start(&h.config, &log);
+    let mut d = start(&log);
     let r = wait_record(&spool, "done", "big", &d);
     assert_eq!(r["status"], "done", "{r:#}");
     assert_eq!(r["resumed"], true);
@@ -489,9 +498,38 @@ fn interrupted_job_completes_exactly_once(
     assert_eq!(code.code(), Some(0));
 }
 
+/// After a stop, each mailbox is served by exactly one side: either its
+/// old login works (not migrated, or rolled back by the stop) and it has no
+/// new entry, or the old one is refused and the new one exists.
+fn every_mailbox_has_exactly_one_login(h: &Host, mailboxes: usize) {
+    let old = fs::read_to_string(&h.users_old).unwrap();
+    let new = fs::read_to_string(&h.users_new).unwrap_or_default();
+    let (mut rolled_back, mut switched) = (0, 0);
+    for m in 0..mailboxes {
+        let key = format!("u{m}@big.cz:");
+        let old_line = old.lines().find(|l| l.starts_with(&key)).unwrap();
+        let in_new = new.lines().any(|l| l.starts_with(&key));
+        if old_line.contains("nologin") {
+            assert!(in_new, "{key} refused on both sides:\n{old}\n{new}");
+            switched += 1;
+        } else {
+            assert!(!in_new, "{key} served by both sides:\n{old}\n{new}");
+            rolled_back += 1;
+        }
+    }
+    assert!(switched >= 1 && rolled_back >= 1, "{switched} switched, {rolled_back} not");
+}
+
+/// Starts the daemon just built on the host's config.
+fn start_built(config: &Path) -> impl Fn(&Path) -> DaemonProc + '_ {
+    move |log| DaemonProc::start(config, log)
+}
+
 #[test]
 fn sigterm_mid_job_then_restart_completes_exactly_once() {
-    interrupted_job_completes_exactly_once(true, |d| {
+    let host = large_host(LARGE.0, LARGE.1);
+    let config = host.0.config.clone();
+    interrupted_job_completes_exactly_once(host, start_built(&config), true, |d| {
         let (code, took) = d.stop();
         eprintln!("SIGTERM to exit: {took:?}");
         assert_eq!(code.code(), Some(0), "{}", d.log());
@@ -506,7 +544,9 @@ fn sigterm_mid_job_then_restart_completes_exactly_once() {
 
 #[test]
 fn kill_9_mid_job_then_restart_completes_exactly_once() {
-    interrupted_job_completes_exactly_once(false, |d| {
+    let host = large_host(LARGE.0, LARGE.1);
+    let config = host.0.config.clone();
+    interrupted_job_completes_exactly_once(host, start_built(&config), false, |d| {
         d.signal(Signal::SIGKILL);
         let (code, _) = d.wait_exit(Duration::from_secs(10));
         assert_eq!(code.code(), None, "killed by a signal");

@@ -15,6 +15,7 @@ mod enospc;
 mod kill_loop;
 mod live_writer;
 mod notify_smtp;
+mod package;
 mod reflink;
 mod sql_e2e;
 mod systemd_unit;

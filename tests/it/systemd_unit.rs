@@ -17,7 +17,7 @@ fn unit_verifies_cleanly() {
     // Verified against the binary just built (verify checks ExecStart).
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("maildir-migrate.service");
-    std::fs::write(&unit, UNIT.replace("/usr/local/sbin/maildir-migrate", BIN)).unwrap();
+    std::fs::write(&unit, UNIT.replace("/usr/bin/maildir-migrate", BIN)).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&unit)

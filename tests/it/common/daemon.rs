@@ -23,6 +23,14 @@ pub struct DaemonProc {
 impl DaemonProc {
     /// Starts the daemon and waits for READY=1.
     pub fn start(config: &Path, log: &Path) -> DaemonProc {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(config).arg("daemon");
+        DaemonProc::start_command(cmd, log)
+    }
+
+    /// Starts a daemon command line (a unit's `ExecStart=`, say) as systemd
+    /// would, and waits for READY=1.
+    pub fn start_command(mut cmd: Command, log: &Path) -> DaemonProc {
         let socket_dir = tempfile::tempdir().unwrap();
         let socket_path = socket_dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -39,10 +47,7 @@ impl DaemonProc {
                 }
             });
         }
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .arg("daemon")
+        let child = cmd
             .env("MAILDIR_MIGRATE_LOG", "info")
             .env("NOTIFY_SOCKET", &socket_path)
             .env("WATCHDOG_USEC", "2000000")
