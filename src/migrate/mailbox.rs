@@ -22,9 +22,11 @@
 //! server's check before the login goes live is in `switch`.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::classify::SkippedFolders;
-use crate::copy::TargetFolder;
+use crate::copy::{CopyError, TargetFolder};
 use crate::job::{Job, Mode};
 use crate::report::{MailboxReport, MailboxStatus};
 use crate::safe_fs::Dir;
@@ -212,8 +214,9 @@ fn copy_and_switch(
     ctx.workers.progress.mailbox_frozen();
     let frozen_at = std::time::Instant::now();
     let mut warnings = let_go_on_the_old_server(env, mb)?;
-    if !env.cfg.cutover.freeze_grace.is_zero() {
-        std::thread::sleep(env.cfg.cutover.freeze_grace);
+    if stopped_during(env.cfg.cutover.freeze_grace, ctx.workers.stop) {
+        // Rolled back like a mailbox stopped mid-copy.
+        return Err(CopyError::Interrupted.into());
     }
     let mut content = final_pass(env, ctx, a, source.as_ref(), &md)?;
     // Whatever an earlier run or a crash left: Dovecot, running as the
@@ -232,6 +235,21 @@ fn copy_and_switch(
         c.sync.freeze_ms = Some(frozen_at.elapsed().as_millis() as u64);
     }
     Ok(Outcome::Switched(md, content))
+}
+
+/// Waits out `grace` unless a stop comes first (`true`): a stop must not
+/// wait for a grace of minutes while the old login is refused (systemd
+/// kills a daemon that takes longer than `TimeoutStopSec=`).
+fn stopped_during(grace: Duration, stop: &AtomicBool) -> bool {
+    let end = Instant::now() + grace;
+    while !stop.load(Ordering::Relaxed) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+    true
 }
 
 /// Step 2: the bulk pass, then delta passes while the mailbox is live, so

@@ -517,7 +517,10 @@ fn every_mailbox_has_exactly_one_login(h: &Host, mailboxes: usize) {
             rolled_back += 1;
         }
     }
-    assert!(switched >= 1 && rolled_back >= 1, "{switched} switched, {rolled_back} not");
+    assert!(
+        switched >= 1 && rolled_back >= 1,
+        "{switched} switched, {rolled_back} not"
+    );
 }
 
 /// Starts the daemon just built on the host's config.
@@ -551,6 +554,39 @@ fn kill_9_mid_job_then_restart_completes_exactly_once() {
         let (code, _) = d.wait_exit(Duration::from_secs(10));
         assert_eq!(code.code(), None, "killed by a signal");
     });
+}
+
+/// A stop during `freeze_grace` (the old login already refused) does not
+/// wait the grace out: the daemon exits within seconds, as systemd's
+/// `TimeoutStopSec=` needs, and the mailbox gets its old login back.
+#[test]
+fn a_stop_during_the_freeze_grace_rolls_back_at_once() {
+    let (h, spool) = spool_host(&closed_port());
+    let cfg = fs::read_to_string(&h.config).unwrap();
+    h.write_config(&cfg.replace("[cutover]\n", "[cutover]\nfreeze_grace = 120\n"));
+    jan_with_one_message(&h);
+    let log = h.root.join("daemon.log");
+    let mut d = DaemonProc::start(&h.config, &log);
+    drop_job(
+        &spool.join("incoming"),
+        "grace",
+        r#"{"domain":"a.cz","mode":"move"}"#,
+    );
+    wait_until("the old login refused", JOB_TIMEOUT, || {
+        let old = fs::read_to_string(&h.users_old).ok()?;
+        old.contains("nologin").then_some(())
+    });
+    let (code, took) = d.stop();
+    assert_eq!(code.code(), Some(0), "{}", d.log());
+    assert!(took < Duration::from_secs(5), "stop took {took:?}");
+    let old = fs::read_to_string(&h.users_old).unwrap();
+    assert!(!old.contains("nologin"), "old login not restored: {old}");
+    assert!(
+        !fs::read_to_string(&h.users_new)
+            .unwrap_or_default()
+            .contains("jan@a.cz")
+    );
+    assert!(spool.join("active/grace.json").exists());
 }
 
 /// A first SIGTERM waits (here for an e-mail to a server that never
