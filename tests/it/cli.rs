@@ -1205,7 +1205,7 @@ fn man_pages_are_written_and_render_cleanly() {
         .collect();
     pages.sort();
     let commands = [
-        "daemon", "demo", "plan", "run", "status", "submit", "sweep", "verify",
+        "check", "daemon", "demo", "plan", "run", "status", "submit", "sweep", "verify",
     ];
     let mut expected: Vec<String> = commands
         .iter()
