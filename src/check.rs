@@ -424,11 +424,21 @@ fn free_space(cfg: &Config, domain: &Domain) -> Line {
     match Dir::open_root(root).and_then(|d| d.available_bytes()) {
         Ok(free) if free >= plan.bytes => Line::ok(
             CHECK,
-            format!("domain {domain} needs {}, {} free on {}", bytes_human(plan.bytes), bytes_human(free), root.display()),
+            format!(
+                "domain {domain} has {} still to copy, {} free on {}",
+                bytes_human(plan.bytes),
+                bytes_human(free),
+                root.display()
+            ),
         ),
         Ok(free) => Line::fail(
             CHECK,
-            format!("domain {domain} needs {}, only {} free on {}", bytes_human(plan.bytes), bytes_human(free), root.display()),
+            format!(
+                "domain {domain} has {} still to copy, only {} free on {}",
+                bytes_human(plan.bytes),
+                bytes_human(free),
+                root.display()
+            ),
             "free space or grow the filesystem before the job",
         ),
         Err(e) => Line::fail(CHECK, format!("{}: {e}", root.display()), "correct target.mail_root"),
@@ -441,21 +451,28 @@ fn owner_line(owner: Option<Owner>) -> Line {
     let Some(o) = owner else {
         return Line::ok(CHECK, "unset: each mailbox keeps its source entry's uid/gid");
     };
-    let user = nix::unistd::User::from_uid(o.uid.into()).ok().flatten();
-    let group = nix::unistd::Group::from_gid(o.gid.into()).ok().flatten();
-    match (user, group) {
-        (Some(u), Some(g)) => Line::ok(CHECK, format!("uid {} is {}, gid {} is {}", o.uid, u.name, o.gid, g.name)),
-        (u, g) => Line::warn(
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(o.uid));
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(o.gid));
+    match (user.ok().flatten(), group.ok().flatten()) {
+        (Some(u), Some(g)) => Line::ok(
             CHECK,
-            format!(
-                "{}{}",
-                u.map_or(format!("uid {} has no user here; ", o.uid), |_| String::new()),
-                g.map_or(format!("gid {} has no group here", o.gid), |_| String::new())
-            )
-            .trim_end_matches("; ")
-            .to_string(),
-            "Dovecot accepts bare numbers, but a typo gives the mail to a stranger: create the mail user (useradd) or correct target.uid/gid",
+            format!("uid {} is {}, gid {} is {}", o.uid, u.name, o.gid, g.name),
         ),
+        (u, g) => {
+            let mut unknown = Vec::new();
+            if u.is_none() {
+                unknown.push(format!("uid {} has no user here", o.uid));
+            }
+            if g.is_none() {
+                unknown.push(format!("gid {} has no group here", o.gid));
+            }
+            Line::warn(
+                CHECK,
+                unknown.join("; "),
+                "Dovecot takes bare numbers, but a typo gives the mail to a stranger: \
+                 create the mail user (useradd) or correct target.uid/gid",
+            )
+        }
     }
 }
 

@@ -13,9 +13,8 @@ use serde_json::Value;
 
 use crate::common::daemon::{DaemonProc, wait_until};
 use crate::common::fixture::{BIN, Host, tree};
-use crate::common::require::Need;
+use crate::common::require::{Need, require};
 use crate::common::sqldb::{Engine, TestDb};
-use crate::require;
 
 fn check(config: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -87,20 +86,21 @@ fn the_demo_host_checks_out_and_nothing_changes() {
     let shown = text(&out);
     println!("{shown}");
     assert_eq!(out.status.code(), Some(0), "{shown}");
-    for want in [
-        "OK    config",
-        "OK    source.userdb",
-        "OK    target.userdb",
-        "OK    source.mail_root",
-        "OK    target.mail_root",
-        "OK    copy                    O_TMPFILE works in",
-        "OK    target.free_space       domain novak-stavby.cz needs",
-        "OK    target.uid              unset",
-        "WARN  cutover.freeze_command  unset",
-        "OK    notify                  e-mails are written to",
-        "OK    spool",
+    for (status, check, says) in [
+        ("OK", "config", ""),
+        ("OK", "source.userdb", ""),
+        ("OK", "target.userdb", ""),
+        ("OK", "source.mail_root", ""),
+        ("OK", "target.mail_root", ""),
+        ("OK", "copy", "O_TMPFILE works in"),
+        ("OK", "target.free_space", "domain novak-stavby.cz has 0 B still to copy"),
+        ("OK", "target.uid", "unset"),
+        ("WARN", "cutover.freeze_command", "unset"),
+        ("OK", "notify", "e-mails are written to"),
+        ("OK", "spool", ""),
     ] {
-        assert!(shown.lines().any(|l| l.starts_with(want)), "{want}:\n{shown}");
+        let want = format!("{status:<4}  {check:<22}  {says}");
+        assert!(shown.lines().any(|l| l.starts_with(&want)), "{want}:\n{shown}");
     }
     assert!(!shown.contains("FAIL"), "{shown}");
 
@@ -163,7 +163,7 @@ fn each_broken_part_is_a_fail_line_naming_it() {
         );
     };
     fail("target.mail_root", "newmail: No such file or directory");
-    fail("cutover.freeze_command", "kick: Permission denied");
+    fail("cutover.freeze_command", "kick: EACCES: Permission denied");
     fail("notify", &format!("127.0.0.1:{port}"));
     fail("spool", "world-writable");
     assert!(shown.contains("fix: create it (mkdir -p"), "{shown}");
@@ -186,7 +186,7 @@ fn no_usable_configuration_exits_78() {
     let out = check(&missing, &[]);
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
     assert!(
-        text(&out).starts_with("FAIL  config                  ")
+        text(&out).starts_with(&format!("FAIL  {:<22}  ", "config"))
             && text(&out).contains("nothing.toml"),
         "{}",
         text(&out)
@@ -273,4 +273,26 @@ fn the_daemon_logs_the_checks_at_start() {
     assert!(text.contains("check OK: ") && text.contains("loads"), "{text}");
     assert!(text.contains("cutover.freeze_command"), "{text}");
     d.stop();
+}
+
+/// With `--domain`, the room on the target is compared with what `plan`
+/// would still copy of that domain.
+#[test]
+fn free_space_is_weighed_against_what_is_still_to_copy() {
+    let h = Host::new("[notify]\noutbox_dir = \"outbox\"\n");
+    std::fs::create_dir(h.root.join("outbox")).unwrap();
+    let md = h.add_user("jan@example.cz", "{PLAIN}x", "");
+    md.folder("")
+        .msg("cur", "1.a:2,S", &crate::common::fixture::body("one", 3000), 1_700_000_000);
+    let out = check(&h.config, &["--domain", "example.cz", "--json"]);
+    let l = lines(&out);
+    let space: Vec<_> = l.iter().filter(|l| l.1 == "target.free_space").collect();
+    assert_eq!(space.len(), 1, "{l:?}");
+    assert_eq!(space[0].0, "OK", "{l:?}");
+    assert!(
+        space[0].2.starts_with("domain example.cz has 2.9 KiB still to copy"),
+        "{l:?}"
+    );
+    let without = lines(&check(&h.config, &["--json"]));
+    assert!(status_of(&without, "target.free_space").is_empty());
 }
