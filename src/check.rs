@@ -194,12 +194,17 @@ fn dovecot_auth(cfg: &Config) -> Auth {
             Auth {
                 line: Line::ok(
                     "dovecot.auth",
-                    format!("Dovecot's auth runs as {name} (uid {} gid {})", owner.uid, owner.gid),
+                    format!(
+                        "Dovecot's auth runs as {name} (uid {} gid {})",
+                        owner.uid, owner.gid
+                    ),
                 ),
                 who: Some((name, owner)),
             }
         }
-        _ => unknown(format!("Dovecot's auth user {name:?} is not a user on this host")),
+        _ => unknown(format!(
+            "Dovecot's auth user {name:?} is not a user on this host"
+        )),
     }
 }
 
@@ -248,7 +253,10 @@ fn userdb_line(
         }
         (Userdb::File(p), Some(d)) => p.for_domain(d),
         (Userdb::File(p), None) if p.per_domain() => {
-            return Line::ok(check, "one file per domain (%d): give --domain D to check one");
+            return Line::ok(
+                check,
+                "one file per domain (%d): give --domain D to check one",
+            );
         }
         (Userdb::File(p), None) => p.for_domain(&Domain::parse("d.example").expect("valid")),
     };
@@ -274,7 +282,11 @@ fn userdb_file(check: &'static str, path: &Path, target: bool) -> Line {
             );
         }
         Err(e) => {
-            return Line::fail(check, format!("{shown}: {e}"), format!("create it or correct {check}"));
+            return Line::fail(
+                check,
+                format!("{shown}: {e}"),
+                format!("create it or correct {check}"),
+            );
         }
         Ok(_) if access(path, AccessFlags::R_OK | AccessFlags::W_OK).is_err() => {
             return Line::fail(
@@ -289,7 +301,10 @@ fn userdb_file(check: &'static str, path: &Path, target: bool) -> Line {
         Ok(()) => Line::ok(check, found),
         Err(e) => Line::fail(
             check,
-            format!("{}: the daemon cannot create files there ({e})", dir.display()),
+            format!(
+                "{}: the daemon cannot create files there ({e})",
+                dir.display()
+            ),
             "the rewrite puts a temporary file and a lock file beside the userdb: make the directory writable",
         ),
     }
@@ -308,12 +323,13 @@ fn auth_reads(
     let shown = path.display();
     let dir = path.parent().unwrap_or(Path::new("/"));
     let groups = ownership::groups_of(who);
-    let readable = ownership::check_reachable(dir, Path::new("x"), who).and_then(|()| {
-        match ownership::permits(meta, who.uid, &groups, 0o4) {
-            true => Ok(()),
-            false => Err(format!("{shown} cannot be read by {name}")),
-        }
-    });
+    let readable =
+        ownership::check_reachable(dir, Path::new("x"), who).and_then(
+            |()| match ownership::permits(meta, who.uid, &groups, 0o4) {
+                true => Ok(()),
+                false => Err(format!("{shown} cannot be read by {name}")),
+            },
+        );
     let Err(e) = readable else {
         return Line::ok(
             check,
@@ -335,21 +351,40 @@ fn mail_roots(cfg: &Config) -> Vec<Line> {
     let source = &cfg.source.mail_root;
     let target = &cfg.target.mail_root;
     let mut lines = vec![
-        root_line("source.mail_root", source, AccessFlags::R_OK | AccessFlags::X_OK),
-        root_line("target.mail_root", target, AccessFlags::W_OK | AccessFlags::X_OK),
+        root_line(
+            "source.mail_root",
+            source,
+            AccessFlags::R_OK | AccessFlags::X_OK,
+        ),
+        root_line(
+            "target.mail_root",
+            target,
+            AccessFlags::W_OK | AccessFlags::X_OK,
+        ),
     ];
     if lines.iter().any(|l| l.status == Status::Fail) {
         return lines;
     }
-    lines.push(match Dir::open_root(target).and_then(|d| d.create_anonymous(0o600)) {
-        Ok(Some(_unnamed)) => Line::ok("copy", format!("O_TMPFILE works in {}", target.display())),
-        Ok(None) => Line::warn(
-            "copy",
-            format!("{} refuses O_TMPFILE: messages are staged under names in tmp/", target.display()),
-            "nothing to do; a filesystem with O_TMPFILE (ext4, XFS, btrfs) copies faster",
-        ),
-        Err(e) => Line::fail("copy", format!("{}: O_TMPFILE: {e}", target.display()), "make the target mail root writable"),
-    });
+    lines.push(
+        match Dir::open_root(target).and_then(|d| d.create_anonymous(0o600)) {
+            Ok(Some(_unnamed)) => {
+                Line::ok("copy", format!("O_TMPFILE works in {}", target.display()))
+            }
+            Ok(None) => Line::warn(
+                "copy",
+                format!(
+                    "{} refuses O_TMPFILE: messages are staged under names in tmp/",
+                    target.display()
+                ),
+                "nothing to do; a filesystem with O_TMPFILE (ext4, XFS, btrfs) copies faster",
+            ),
+            Err(e) => Line::fail(
+                "copy",
+                format!("{}: O_TMPFILE: {e}", target.display()),
+                "make the target mail root writable",
+            ),
+        },
+    );
     lines.push(Line::ok("copy", reflink(source, target)));
     lines
 }
@@ -359,9 +394,17 @@ fn root_line(check: &'static str, root: &Path, need: AccessFlags) -> Line {
     match std::fs::metadata(root) {
         Ok(m) if m.is_dir() => match access(root, need) {
             Ok(()) => Line::ok(check, format!("{shown} ({})", fs_name(root))),
-            Err(e) => Line::fail(check, format!("{shown}: {e}"), "run as the daemon's user (root)"),
+            Err(e) => Line::fail(
+                check,
+                format!("{shown}: {e}"),
+                "run as the daemon's user (root)",
+            ),
         },
-        Ok(_) => Line::fail(check, format!("{shown} is not a directory"), format!("correct {check}")),
+        Ok(_) => Line::fail(
+            check,
+            format!("{shown} is not a directory"),
+            format!("correct {check}"),
+        ),
         Err(e) => Line::fail(
             check,
             format!("{shown}: {e}"),
@@ -377,11 +420,14 @@ fn reflink(source: &Path, target: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
     if dev(source) != dev(target) {
-        return "no reflink: the mail roots are on different filesystems (every message is copied)".into();
+        return "no reflink: the mail roots are on different filesystems (every message is copied)"
+            .into();
     }
     match fs_name(target) {
         "btrfs" | "bcachefs" => "reflink: one filesystem, copies share the source's extents".into(),
-        "xfs" => "reflink unknown: XFS shares extents only when made with reflink=1 (xfs_info)".into(),
+        "xfs" => {
+            "reflink unknown: XFS shares extents only when made with reflink=1 (xfs_info)".into()
+        }
         other => format!("no reflink on {other}: every message is copied"),
     }
 }
@@ -418,7 +464,13 @@ fn free_space(cfg: &Config, domain: &Domain) -> Line {
     const CHECK: &str = "target.free_space";
     let plan = match crate::plan::plan(cfg, domain.clone(), None) {
         Ok(p) => p,
-        Err(e) => return Line::fail(CHECK, format!("domain {domain}: {e}"), "see `plan --domain`"),
+        Err(e) => {
+            return Line::fail(
+                CHECK,
+                format!("domain {domain}: {e}"),
+                "see `plan --domain`",
+            );
+        }
     };
     let root = &cfg.target.mail_root;
     match Dir::open_root(root).and_then(|d| d.available_bytes()) {
@@ -441,7 +493,11 @@ fn free_space(cfg: &Config, domain: &Domain) -> Line {
             ),
             "free space or grow the filesystem before the job",
         ),
-        Err(e) => Line::fail(CHECK, format!("{}: {e}", root.display()), "correct target.mail_root"),
+        Err(e) => Line::fail(
+            CHECK,
+            format!("{}: {e}", root.display()),
+            "correct target.mail_root",
+        ),
     }
 }
 
@@ -449,7 +505,10 @@ fn free_space(cfg: &Config, domain: &Domain) -> Line {
 fn owner_line(owner: Option<Owner>) -> Line {
     const CHECK: &str = "target.uid";
     let Some(o) = owner else {
-        return Line::ok(CHECK, "unset: each mailbox keeps its source entry's uid/gid");
+        return Line::ok(
+            CHECK,
+            "unset: each mailbox keeps its source entry's uid/gid",
+        );
     };
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(o.uid));
     let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(o.gid));
@@ -505,13 +564,26 @@ fn freeze_line(command: &[String]) -> Line {
 /// The spool as the daemon would find it (run as the daemon's user).
 fn spool_line(path: &Path) -> Line {
     match crate::spool::Spool::inspect(path) {
-        Ok(true) => Line::ok("spool", format!("{}: owner and modes as the daemon needs them", path.display())),
-        Ok(false) => Line::ok("spool", format!("{} does not exist yet; the daemon creates it", path.display())),
+        Ok(true) => Line::ok(
+            "spool",
+            format!(
+                "{}: owner and modes as the daemon needs them",
+                path.display()
+            ),
+        ),
+        Ok(false) => Line::ok(
+            "spool",
+            format!(
+                "{} does not exist yet; the daemon creates it",
+                path.display()
+            ),
+        ),
         Err(e) => {
             let text = e.to_string();
-            let (found, fix) = text
-                .split_once(" Fix: ")
-                .map_or((text.as_str(), "make it the daemon's, writable by it alone"), |(f, x)| (f, x));
+            let (found, fix) = text.split_once(" Fix: ").map_or(
+                (text.as_str(), "make it the daemon's, writable by it alone"),
+                |(f, x)| (f, x),
+            );
             Line::fail("spool", found, fix)
         }
     }
@@ -549,15 +621,27 @@ mod tests {
         let l = freeze_line(&[plain.display().to_string()]);
         assert_eq!(l.status, Status::Fail, "{l:?}");
         assert!(l.found.contains("Permission denied"), "{l:?}");
-        assert_eq!(freeze_line(&["/nonexistent/kick".into()]).status, Status::Fail);
+        assert_eq!(
+            freeze_line(&["/nonexistent/kick".into()]).status,
+            Status::Fail
+        );
     }
 
     #[test]
     fn owner_lines() {
         assert_eq!(owner_line(None).status, Status::Ok);
-        assert_eq!(owner_line(Some(Owner { uid: 0, gid: 0 })).status, Status::Ok);
-        let l = owner_line(Some(Owner { uid: 4_000_000_000, gid: 4_000_000_000 }));
+        assert_eq!(
+            owner_line(Some(Owner { uid: 0, gid: 0 })).status,
+            Status::Ok
+        );
+        let l = owner_line(Some(Owner {
+            uid: 4_000_000_000,
+            gid: 4_000_000_000,
+        }));
         assert_eq!(l.status, Status::Warn);
-        assert_eq!(l.found, "uid 4000000000 has no user here; gid 4000000000 has no group here");
+        assert_eq!(
+            l.found,
+            "uid 4000000000 has no user here; gid 4000000000 has no group here"
+        );
     }
 }

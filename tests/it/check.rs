@@ -93,14 +93,21 @@ fn the_demo_host_checks_out_and_nothing_changes() {
         ("OK", "source.mail_root", ""),
         ("OK", "target.mail_root", ""),
         ("OK", "copy", "O_TMPFILE works in"),
-        ("OK", "target.free_space", "domain novak-stavby.cz has 0 B still to copy"),
+        (
+            "OK",
+            "target.free_space",
+            "domain novak-stavby.cz has 0 B still to copy",
+        ),
         ("OK", "target.uid", "unset"),
         ("WARN", "cutover.freeze_command", "unset"),
         ("OK", "notify", "e-mails are written to"),
         ("OK", "spool", ""),
     ] {
         let want = format!("{status:<4}  {check:<22}  {says}");
-        assert!(shown.lines().any(|l| l.starts_with(&want)), "{want}:\n{shown}");
+        assert!(
+            shown.lines().any(|l| l.starts_with(&want)),
+            "{want}:\n{shown}"
+        );
     }
     assert!(!shown.contains("FAIL"), "{shown}");
 
@@ -248,14 +255,17 @@ fn sql_queries_are_prepared_against_the_real_schema() {
         let shown = text(&out);
         assert_eq!(out.status.code(), Some(1), "{shown}");
         assert!(
-            shown
-                .lines()
-                .any(|l| l.starts_with("FAIL  target.userdb") && l.contains(says)
-                    && l.contains("user_query")),
+            shown.lines().any(|l| l.starts_with("FAIL  target.userdb")
+                && l.contains(says)
+                && l.contains("user_query")),
             "{says}:\n{shown}"
         );
     }
-    assert_eq!(rows, db.mailboxes("example.cz"), "check wrote to the database");
+    assert_eq!(
+        rows,
+        db.mailboxes("example.cz"),
+        "check wrote to the database"
+    );
 }
 
 /// The daemon logs the same lines when it starts, and keeps running.
@@ -270,7 +280,10 @@ fn the_daemon_logs_the_checks_at_start() {
         d.log().contains("check WARN: unset").then_some(())
     });
     let text = d.log();
-    assert!(text.contains("check OK: ") && text.contains("loads"), "{text}");
+    assert!(
+        text.contains("check OK: ") && text.contains("loads"),
+        "{text}"
+    );
     assert!(text.contains("cutover.freeze_command"), "{text}");
     d.stop();
 }
@@ -282,15 +295,21 @@ fn free_space_is_weighed_against_what_is_still_to_copy() {
     let h = Host::new("[notify]\noutbox_dir = \"outbox\"\n");
     std::fs::create_dir(h.root.join("outbox")).unwrap();
     let md = h.add_user("jan@example.cz", "{PLAIN}x", "");
-    md.folder("")
-        .msg("cur", "1.a:2,S", &crate::common::fixture::body("one", 3000), 1_700_000_000);
+    md.folder("").msg(
+        "cur",
+        "1.a:2,S",
+        &crate::common::fixture::body("one", 3000),
+        1_700_000_000,
+    );
     let out = check(&h.config, &["--domain", "example.cz", "--json"]);
     let l = lines(&out);
     let space: Vec<_> = l.iter().filter(|l| l.1 == "target.free_space").collect();
     assert_eq!(space.len(), 1, "{l:?}");
     assert_eq!(space[0].0, "OK", "{l:?}");
     assert!(
-        space[0].2.starts_with("domain example.cz has 2.9 KiB still to copy"),
+        space[0]
+            .2
+            .starts_with("domain example.cz has 2.9 KiB still to copy"),
         "{l:?}"
     );
     let without = lines(&check(&h.config, &["--json"]));

@@ -171,7 +171,11 @@ impl Conn {
         match self {
             Conn::Pg(c) => {
                 let stmt = c.prepare(sql).map_err(pg_failure)?;
-                Ok(stmt.columns().iter().map(|c| c.name().to_string()).collect())
+                Ok(stmt
+                    .columns()
+                    .iter()
+                    .map(|c| c.name().to_string())
+                    .collect())
             }
             Conn::My(c) => {
                 let stmt = c.prep(sql).map_err(my_failure)?;

@@ -925,8 +925,14 @@ impl SqlDb {
     /// and the user_query must return the columns a row needs.
     pub fn check_queries(&mut self) -> Result<(), SqlError> {
         let q = &self.settings.queries;
-        let all = [&q.list, &q.user, &q.insert, &q.update_location, &q.update_password]
-            .map(|q| (q.kind, q.sql.clone()));
+        let all = [
+            &q.list,
+            &q.user,
+            &q.insert,
+            &q.update_location,
+            &q.update_password,
+        ]
+        .map(|q| (q.kind, q.sql.clone()));
         for (kind, sql) in all {
             let r = self.conn()?.columns(&sql);
             let columns = r.map_err(|f| self.failed(kind, None, f, &[]))?;
