@@ -262,6 +262,15 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), DaemonError> {
         cfg.daemon.submit_group.as_ref().map(|g| g.gid),
     )?;
     let _lock: Lock = spool.lock()?;
+    // The preflight's lines in the log; in the background, as a relay
+    // or database that does not answer takes its timeout.
+    let (check_cfg, check_path) = (cfg.clone(), config_path.to_path_buf());
+    let spawned = thread::Builder::new()
+        .name("check".into())
+        .spawn(move || crate::check::run(&check_cfg, &check_path, None).log());
+    if let Err(e) = spawned {
+        warn!("cannot run the start-up checks: {e}");
+    }
     let _watcher = if cfg.daemon.inotify {
         watch(&spool, tx.clone())
     } else {

@@ -10,7 +10,8 @@ use crate::spool::SpoolError;
 use crate::userdb::passwd_file::UserdbError;
 
 pub const OK: u8 = 0;
-/// Some mailbox failed; the others were migrated.
+/// Some mailbox failed; the others were migrated (`check`: some check
+/// failed).
 pub const PARTIAL: u8 = 1;
 pub const USAGE: u8 = 64;
 pub const DATAERR: u8 = 65;

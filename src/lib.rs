@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub(crate) mod check;
 pub(crate) mod classify;
 pub mod cli;
 pub(crate) mod config;
@@ -43,7 +44,7 @@ mod layers {
 
     /// The README's groups, top first.
     const GROUPS: &[&[&str]] = &[
-        &["cli", "daemon", "metrics", "status", "exit"],
+        &["cli", "check", "daemon", "metrics", "status", "exit"],
         &["spool"],
         &["migrate", "plan"],
         &["config"],

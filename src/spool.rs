@@ -377,6 +377,36 @@ impl Spool {
         })
     }
 
+    /// What `prepare` would refuse, without creating or changing anything
+    /// (for `check`, run as the daemon's user): `Ok(false)` when the spool
+    /// does not exist yet (the daemon creates it), `Unsafe` naming the
+    /// fix for a directory others could write.
+    pub fn inspect(path: &Path) -> Result<bool, SpoolError> {
+        let unsafe_spool = |problem: String| SpoolError::Unsafe {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let root = match Dir::open_root(path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(at(path.to_path_buf())(e)),
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        let st = root.stat().map_err(at(path.to_path_buf()))?;
+        check_writers(&st, "the spool directory", path, me, false).map_err(unsafe_spool)?;
+        for place in Place::ALL {
+            let sub = root.child_path(place.dir_name());
+            let st = match root.open_dir(place.dir_name()).and_then(|d| d.stat()) {
+                Ok(st) => st,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(at(sub)(e)),
+            };
+            let group_ok = place == Place::Incoming;
+            check_writers(&st, "the queue directory", &sub, me, group_ok).map_err(unsafe_spool)?;
+        }
+        Ok(true)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -84,6 +84,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check, writing nothing, what jobs and the daemon need; one line per check.
+    ///
+    /// OK, WARN (works, but look at it) or FAIL (a job or the daemon would
+    /// fail), each WARN and FAIL with its fix: the configuration loads;
+    /// both userdbs are readable and writable by this user and readable by
+    /// the user Dovecot's auth runs as (from doveconf); both mail roots
+    /// exist, their filesystems, O_TMPFILE and reflinks; with --domain,
+    /// the room on the target for the domain; the target uid/gid exist;
+    /// freeze_command is executable; the SMTP relay answers EHLO (and
+    /// STARTTLS when required); SQL userdbs connect and their queries
+    /// prepare; the spool's owner and modes. Run it as the daemon's user.
+    /// The daemon logs the same lines when it starts. Exit status: 0 no
+    /// FAIL (WARN allowed), 1 some check failed, 64 usage, 78 the
+    /// configuration cannot be loaded.
+    Check {
+        /// Also check this domain's userdb files and the room it needs on the target.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Print JSON: {"status": "OK"|"WARN"|"FAIL", "checks": [{"status", "check", "found", "fix"}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work through the spool queue until SIGTERM (run it under systemd).
     ///
     /// Exit status: 0 stopped on request, 74 I/O error, 75 another daemon
@@ -248,6 +270,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Sweep { target, json } => sweep(cli.config, target, json),
         Command::Verify { target, json } => verify(cli.config, target, json),
+        Command::Check { domain, json } => check(cli.config, domain, json),
         Command::Daemon => {
             init_logging(None);
             let path = config_path(cli.config);
@@ -328,6 +351,38 @@ fn verify(config: Option<PathBuf>, target: DomainArgs, json: bool) -> Result<u8,
     let v = migrate::verify::verify(&cfg, domain, mailboxes)?;
     print_verify(&v, json);
     Ok(if v.ok { exit::OK } else { exit::PARTIAL })
+}
+
+fn check(config: Option<PathBuf>, domain: Option<String>, json: bool) -> Result<u8, Failure> {
+    use crate::check::{Checks, Status};
+    init_logging(None);
+    let domain = domain
+        .map(|d| Domain::parse(&d).map_err(|e| Failure(exit::USAGE, e)))
+        .transpose()?;
+    let path = config_path(config);
+    let (checks, code) = match Config::load(&path) {
+        Ok(cfg) => {
+            let checks = crate::check::run(&cfg, &path, domain.as_ref());
+            let failed = checks.status == Status::Fail;
+            (checks, if failed { exit::PARTIAL } else { exit::OK })
+        }
+        Err(e) => (Checks::unusable_config(&e.to_string()), exit::CONFIG),
+    };
+    print_checks(&checks, json);
+    Ok(code)
+}
+
+fn print_checks(c: &crate::check::Checks, json: bool) {
+    if json {
+        print_json(c);
+        return;
+    }
+    for l in &c.checks {
+        println!("{:<4}  {:<22}  {}", l.status.label(), l.check, l.found);
+        if let Some(fix) = &l.fix {
+            println!("{:<4}  {:<22}  fix: {fix}", "", "");
+        }
+    }
 }
 
 /// Files the job in the spool's queue under `id` (default: generated).

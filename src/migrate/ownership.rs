@@ -250,15 +250,8 @@ pub(crate) fn check_reachable(root: &Path, rel: &Path, owner: Owner) -> Result<(
     dirs.pop();
     for d in dirs {
         let m = std::fs::metadata(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-        let mode = m.mode();
-        let x = if m.uid() == owner.uid {
-            mode & 0o100
-        } else if groups.contains(&m.gid()) {
-            mode & 0o010
-        } else {
-            mode & 0o001
-        };
-        if x == 0 {
+        if !permits(&m, owner.uid, &groups, 0o1) {
+            let mode = m.mode();
             return Err(format!(
                 "{} (uid {} gid {} mode {:o}) cannot be entered by uid {} gid {}, which Dovecot reads the mailbox as",
                 crate::shown::path(&d),
@@ -273,9 +266,27 @@ pub(crate) fn check_reachable(root: &Path, rel: &Path, owner: Owner) -> Result<(
     Ok(())
 }
 
+/// Whether the kernel grants `uid` with `groups` the permission `bit`
+/// (0o4 read, 0o2 write, 0o1 search/execute) on the file `m` describes:
+/// the owner's bits, else the group's, else the others'.
+pub(crate) fn permits(m: &std::fs::Metadata, uid: u32, groups: &[u32], bit: u32) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let mode = m.mode();
+    let bits = if m.uid() == uid {
+        mode >> 6
+    } else if groups.contains(&m.gid()) {
+        mode >> 3
+    } else {
+        mode
+    };
+    bits & bit != 0
+}
+
 /// The primary group and, for a uid with a passwd entry, its
 /// supplementary groups (as the IMAP process will have them).
-fn groups_of(owner: Owner) -> Vec<u32> {
+pub(crate) fn groups_of(owner: Owner) -> Vec<u32> {
     let mut groups = vec![owner.gid];
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner.uid));
     if let Ok(Some(u)) = user

@@ -65,6 +65,8 @@ pub enum NotifyError {
         server: String,
         source: lettre::transport::smtp::Error,
     },
+    #[error("SMTP {server}: no answer to NOOP")]
+    Probe { server: String },
     #[error("outbox {}: {source}", path.display())]
     Outbox {
         path: PathBuf,
@@ -310,6 +312,13 @@ impl Settings {
             .map_err(|e| ("notify.failed_template", e))?,
             outbox,
         })
+    }
+
+    fn smtp_error(&self, source: lettre::transport::smtp::Error) -> NotifyError {
+        NotifyError::Smtp {
+            server: self.server.to_string(),
+            source,
+        }
     }
 
     /// Where the e-mail goes, for log lines: the relay or the outbox.
@@ -842,6 +851,45 @@ fn attempt_once(settings: &Settings, message: &Message) -> Result<(), NotifyErro
                 source,
             });
     }
+    smtp_transport(settings)?
+        .send(message)
+        .map(drop)
+        .map_err(|source| settings.smtp_error(source))
+}
+
+/// Where the e-mail would go and that it could, sending nothing: the
+/// outbox directory, or the relay answering EHLO (STARTTLS and AUTH as
+/// configured) and NOOP, once, within the timeout.
+pub fn probe(settings: &Settings) -> Result<String, NotifyError> {
+    if let Some(dir) = &settings.outbox {
+        return Ok(format!("e-mails are written to {}", dir.display()));
+    }
+    let answered = smtp_transport(settings)?
+        .test_connection()
+        .map_err(|source| settings.smtp_error(source))?;
+    if !answered {
+        return Err(NotifyError::Probe {
+            server: settings.server.to_string(),
+        });
+    }
+    Ok(format!(
+        "SMTP {} answers EHLO{}{}",
+        settings.server,
+        match settings.starttls {
+            StartTls::Off => "",
+            StartTls::Opportunistic => " (STARTTLS when offered)",
+            StartTls::Required => " and STARTTLS",
+        },
+        if settings.auth.is_some() {
+            " and accepts the AUTH login"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// The relay with the configured STARTTLS, timeout and AUTH.
+fn smtp_transport(settings: &Settings) -> Result<SmtpTransport, NotifyError> {
     let host = &settings.server.host;
     let tls_params = || {
         tls_parameters(host, &settings.ca).map_err(|source| NotifyError::Tls {
@@ -864,14 +912,7 @@ fn attempt_once(settings: &Settings, message: &Message) -> Result<(), NotifyErro
             read_password(&auth.password_file)?,
         ));
     }
-    builder
-        .build()
-        .send(message)
-        .map(drop)
-        .map_err(|source| NotifyError::Smtp {
-            server: settings.server.to_string(),
-            source,
-        })
+    Ok(builder.build())
 }
 
 /// STARTTLS trusts the Mozilla roots bundled into the binary (webpki-roots)

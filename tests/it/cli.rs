@@ -1205,6 +1205,7 @@ fn man_pages_are_written_and_render_cleanly() {
         .collect();
     pages.sort();
     let commands = [
+        "check",
         "completions",
         "daemon",
         "demo",

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod check;
 mod cli;
 mod clients;
 mod courier_e2e;

@@ -331,6 +331,30 @@ fn starttls_with_a_private_ca_from_ca_file() {
     assert_eq!(got[0].rcpt_to, [TO]);
 }
 
+/// `check`'s SMTP line: the relay answers EHLO, STARTTLS when required
+/// (with the `ca_file` trusted), and nothing is sent; a relay that offers
+/// no STARTTLS fails a `required` probe.
+#[test]
+fn the_probe_sends_nothing_and_needs_starttls_when_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Relay CA");
+    let sink = SmtpSink::start_tls(ca.server("127.0.0.1"));
+    let found = notify::probe(&starttls_settings(&sink, &ca, dir.path())).unwrap();
+    assert_eq!(
+        found,
+        format!("SMTP {} answers EHLO and STARTTLS", sink.addr())
+    );
+    let plain = SmtpSink::start();
+    assert_eq!(
+        notify::probe(&settings(raw(&plain.addr()))).unwrap(),
+        format!("SMTP {} answers EHLO", plain.addr())
+    );
+    let e = notify::probe(&starttls_settings(&plain, &ca, dir.path())).unwrap_err();
+    assert!(e.to_string().contains(&plain.addr()), "{e}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(sink.received().is_empty() && plain.received().is_empty());
+}
+
 #[test]
 fn starttls_refuses_a_certificate_it_cannot_trust() {
     let dir = tempfile::tempdir().unwrap();

@@ -164,6 +164,32 @@ impl Conn {
         }
     }
 
+    /// Prepares a statement without running it (the server checks its
+    /// tables and columns) and returns the names of the columns it would
+    /// return.
+    pub fn columns(&mut self, sql: &str) -> Result<Vec<String>, Failure> {
+        match self {
+            Conn::Pg(c) => {
+                let stmt = c.prepare(sql).map_err(pg_failure)?;
+                Ok(stmt
+                    .columns()
+                    .iter()
+                    .map(|c| c.name().to_string())
+                    .collect())
+            }
+            Conn::My(c) => {
+                let stmt = c.prep(sql).map_err(my_failure)?;
+                let names = stmt
+                    .columns()
+                    .iter()
+                    .map(|c| c.name_str().into_owned())
+                    .collect();
+                c.close(stmt).map_err(my_failure)?;
+                Ok(names)
+            }
+        }
+    }
+
     /// Runs a data-modifying statement; returns the number of matched rows.
     pub fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, Failure> {
         match self {

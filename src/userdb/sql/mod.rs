@@ -579,6 +579,9 @@ pub struct MailboxRow {
 }
 
 impl MailboxRow {
+    /// The columns a user_query must return.
+    const REQUIRED: [&str; 3] = ["username", "password", "maildir"];
+
     /// The row to write to another database: without our lock marker and
     /// with an explicit `{SCHEME}` prefix, a bare hash read the way the
     /// source passdb read it (`default_scheme` = its `default_pass_scheme`).
@@ -915,6 +918,41 @@ impl SqlDb {
             rows.rows.first().and_then(|r| r.first()),
             Some(Cell::Int(1))
         ))
+    }
+
+    /// Prepares the schema's five statements without running any (nothing
+    /// is read or written): the server refuses a missing table or column,
+    /// and the user_query must return the columns a row needs.
+    pub fn check_queries(&mut self) -> Result<(), SqlError> {
+        let q = &self.settings.queries;
+        let all = [
+            &q.list,
+            &q.user,
+            &q.insert,
+            &q.update_location,
+            &q.update_password,
+        ]
+        .map(|q| (q.kind, q.sql.clone()));
+        for (kind, sql) in all {
+            let r = self.conn()?.columns(&sql);
+            let columns = r.map_err(|f| self.failed(kind, None, f, &[]))?;
+            let missing = match kind {
+                QueryKind::User => MailboxRow::REQUIRED
+                    .iter()
+                    .find(|c| !columns.iter().any(|n| n.eq_ignore_ascii_case(c))),
+                _ => None,
+            };
+            if let Some(c) = missing {
+                return Err(SqlError::Query {
+                    db: self.db.clone(),
+                    query: kind.name(),
+                    user: None,
+                    message: format!("returns no {c} column (it returns: {})", columns.join(", ")),
+                    transient: false,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Usernames of `domain`, sorted bytewise (independent of collations).
