@@ -61,28 +61,28 @@ pub(super) fn run(dir: &Path, fixtures: &Path) -> Result<u8, Failure> {
     let cfg = load_config(Some(config.clone()))?;
     let mut daemon = DemoDaemon::start(&config)?;
     let spool = daemon.wait_for_spool(&cfg.spool_dir)?;
-    println!("== submit");
+    outln!("== submit");
     let mut ids = Vec::new();
     for job in job_files(dir)? {
         ids.push(submit_file(&config, &job)?);
     }
     let records = daemon.wait_for_records(&spool, &ids)?;
     for r in &records {
-        println!("\n== job {} (from {}/spool/done/)", r.id, dir.display());
+        outln!("\n== job {} (from {}/spool/done/)", r.id, dir.display());
         if let Some(report) = &r.report {
             print_report(report, false);
         }
         if let Some(e) = &r.error {
-            println!("error: {e}");
+            outln!("error: {e}");
         }
     }
-    println!("\n== status");
+    outln!("\n== status");
     print_status(
         &crate::status::gather(&spool, 10).map_err(spool_failure)?,
         false,
     );
     daemon.stop()?;
-    println!(
+    outln!(
         "\nA daemon migrated the demo host in {d} and has stopped:\n  \
          old store     {d}/oldmail  (untouched, Trash/Spam/Contacts stay here)\n  \
          new store     {d}/newmail\n  \

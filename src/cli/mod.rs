@@ -11,6 +11,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// `println!` for what a command prints: a reader that went away
+/// (`| head`) ends the program quietly with 0, as ripgrep does, where
+/// `println!` would panic (Rust ignores SIGPIPE, so the write gets EPIPE).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::cli::stdout_failed(e)
+        }
+    }};
+}
+
 mod demo;
 mod man;
 
@@ -229,6 +241,16 @@ pub fn main() -> ExitCode {
     })
 }
 
+/// Standard output failed: a closed pipe ends quietly, anything else
+/// (a full disk behind a redirect) is an I/O error.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(exit::OK.into());
+    }
+    eprintln!("maildir-migrate: standard output: {e}");
+    std::process::exit(exit::IOERR.into());
+}
+
 /// A fatal error with its exit code.
 struct Failure(u8, String);
 
@@ -257,10 +279,13 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Plan { target, json } => plan(cli.config, target, json),
         Command::Demo { dir, fixtures } => demo::run(&dir, &fixtures),
         Command::Completions { shell } => {
+            // Into a buffer first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "maildir-migrate", &mut script);
             let mut out = std::io::stdout().lock();
-            clap_complete::generate(shell, &mut Cli::command(), "maildir-migrate", &mut out);
-            out.flush()
-                .map_err(|e| Failure(exit::IOERR, format!("standard output: {e}")))?;
+            if let Err(e) = out.write_all(&script).and_then(|()| out.flush()) {
+                stdout_failed(e)
+            }
             Ok(exit::OK)
         }
         Command::Man { out } => {
@@ -378,9 +403,9 @@ fn print_checks(c: &crate::check::Checks, json: bool) {
         return;
     }
     for l in &c.checks {
-        println!("{:<4}  {:<22}  {}", l.status.label(), l.check, l.found);
+        outln!("{:<4}  {:<22}  {}", l.status.label(), l.check, l.found);
         if let Some(fix) = &l.fix {
-            println!("{:<4}  {:<22}  fix: {fix}", "", "");
+            outln!("{:<4}  {:<22}  fix: {fix}", "", "");
         }
     }
 }
@@ -400,7 +425,7 @@ fn submit(config: Option<PathBuf>, job: RawJob, id: Option<String>) -> Result<u8
     };
     let text = serde_json::to_string_pretty(&job).expect("serialisable") + "\n";
     spool.submit(&id, &text).map_err(spool_failure)?;
-    println!("{}", id.as_str());
+    outln!("{}", id.as_str());
     Ok(exit::OK)
 }
 
@@ -425,7 +450,7 @@ fn generated_id(domain: &Domain) -> JobId {
 
 /// Machine-readable output for `--json`.
 fn print_json(value: &impl serde::Serialize) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).expect("serialisable")
     );
@@ -437,12 +462,12 @@ fn print_sweep(s: &migrate::sweep::Sweep, json: bool) {
         return;
     }
     for m in &s.mailboxes {
-        println!("  {:<32} {} late messages moved", m.user, m.moved);
+        outln!("  {:<32} {} late messages moved", m.user, m.moved);
         for p in &m.problems {
-            println!("      {p}");
+            outln!("      {p}");
         }
     }
-    println!("domain {}: {} late messages moved", s.domain, s.moved);
+    outln!("domain {}: {} late messages moved", s.domain, s.moved);
 }
 
 fn print_verify(v: &migrate::verify::Verification, json: bool) {
@@ -451,7 +476,7 @@ fn print_verify(v: &migrate::verify::Verification, json: bool) {
         return;
     }
     for m in &v.mailboxes {
-        println!(
+        outln!(
             "  {:<32} {:<8} {} folders, {} messages",
             m.user,
             if m.ok { "equal" } else { "DIFFERS" },
@@ -459,10 +484,10 @@ fn print_verify(v: &migrate::verify::Verification, json: bool) {
             m.messages
         );
         for p in &m.problems {
-            println!("      {p}");
+            outln!("      {p}");
         }
     }
-    println!(
+    outln!(
         "domain {}: {}",
         v.domain,
         if v.ok { "equal" } else { "DIFFERS" }
@@ -475,12 +500,12 @@ fn print_status(s: &crate::status::Status, json: bool) {
         return;
     }
     match &s.daemon_pid {
-        Some(pid) => println!("spool {}: daemon running (pid {pid})", s.spool),
-        None => println!("spool {}: NO daemon running", s.spool),
+        Some(pid) => outln!("spool {}: daemon running (pid {pid})", s.spool),
+        None => outln!("spool {}: NO daemon running", s.spool),
     }
-    println!("queued: {}", s.queued.len());
+    outln!("queued: {}", s.queued.len());
     for q in &s.queued {
-        println!(
+        outln!(
             "  {:<40} {} {} submitted {}{}",
             q.id,
             q.mode.as_deref().unwrap_or("?"),
@@ -492,9 +517,9 @@ fn print_status(s: &crate::status::Status, json: bool) {
                 .unwrap_or_default()
         );
     }
-    println!("running: {}", s.running.len());
+    outln!("running: {}", s.running.len());
     for r in &s.running {
-        println!(
+        outln!(
             "  {:<40} {} {} {}/{} mailboxes ({} failed), {} messages, {}{}{}{}",
             r.id,
             r.state,
@@ -519,9 +544,9 @@ fn print_status(s: &crate::status::Status, json: bool) {
                 .unwrap_or_default()
         );
     }
-    println!("last finished: {}", s.finished.len());
+    outln!("last finished: {}", s.finished.len());
     for f in &s.finished {
-        println!(
+        outln!(
             "  {:<40} {:<6} {} {} {} mailboxes ({} failed), {} messages, {}{}{}",
             f.id,
             match f.status {
@@ -686,7 +711,7 @@ fn print_report(report: &Report, json: bool) {
         print_json(report);
         return;
     }
-    println!(
+    outln!(
         "job {} ({} {}): {}",
         report.id,
         report.mode,
@@ -700,13 +725,13 @@ fn print_report(report: &Report, json: bool) {
         let status = match m.status {
             MailboxStatus::Done => "migrated",
             MailboxStatus::AlreadyMigrated => {
-                println!("  {:<32} already migrated by an earlier run", m.user);
+                outln!("  {:<32} already migrated by an earlier run", m.user);
                 continue;
             }
             MailboxStatus::Failed => "FAILED",
             MailboxStatus::Presynced => "presynced",
         };
-        println!(
+        outln!(
             "  {:<32} {:<16} {:>7} messages {:>10} in {} folders{}",
             m.user,
             status,
@@ -720,20 +745,20 @@ fn print_report(report: &Report, json: bool) {
             }
         );
         if let Some(e) = &m.error {
-            println!("      error: {e}");
+            outln!("      error: {e}");
         }
         for s in &m.skipped_folders {
-            println!("      skipped {:?}: {}", s.name, s.reason);
+            outln!("      skipped {:?}: {}", s.name, s.reason);
         }
         for w in &m.warnings {
-            println!("      warning: {w}");
+            outln!("      warning: {w}");
         }
     }
     for w in &report.warnings {
-        println!("warning: {w}");
+        outln!("warning: {w}");
     }
     let t = &report.totals;
-    println!(
+    outln!(
         "{} mailboxes ({} failed), {} messages, {}, {} folders skipped",
         t.mailboxes,
         t.failed_mailboxes,
@@ -748,7 +773,7 @@ fn print_plan(plan: &Plan, json: bool) {
         print_json(plan);
         return;
     }
-    println!(
+    outln!(
         "domain {}: {} → {}{}",
         plan.domain,
         plan.source_userdb,
@@ -760,13 +785,13 @@ fn print_plan(plan: &Plan, json: bool) {
         }
     );
     for p in &plan.problems {
-        println!("  PROBLEM: {p}");
+        outln!("  PROBLEM: {p}");
     }
     for w in &plan.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
     for m in &plan.mailboxes {
-        println!(
+        outln!(
             "  {} [{:?}] hash {} — {} messages, {}",
             m.user,
             m.status,
@@ -775,10 +800,10 @@ fn print_plan(plan: &Plan, json: bool) {
             bytes_human(m.bytes)
         );
         if let (Some(s), Some(t)) = (&m.source_maildir, &m.target_maildir) {
-            println!("      {s} → {t}");
+            outln!("      {s} → {t}");
         }
         for f in &m.folders {
-            println!(
+            outln!(
                 "      copy {:?}: {} messages, {}",
                 f.name,
                 f.messages,
@@ -786,16 +811,16 @@ fn print_plan(plan: &Plan, json: bool) {
             );
         }
         for s in &m.skipped_folders {
-            println!("      skip {:?}: {}", s.name, s.reason);
+            outln!("      skip {:?}: {}", s.name, s.reason);
         }
         for p in &m.problems {
-            println!("      problem: {p}");
+            outln!("      problem: {p}");
         }
         for w in &m.warnings {
-            println!("      warning: {w}");
+            outln!("      warning: {w}");
         }
     }
-    println!(
+    outln!(
         "{} mailboxes, {} messages, {}",
         plan.mailboxes.len(),
         plan.messages,

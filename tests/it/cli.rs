@@ -3,8 +3,9 @@
 use crate::common;
 
 use std::os::unix::fs::MetadataExt;
+use std::process::Command;
 
-use common::fixture::{Host, body, column, tree};
+use common::fixture::{BIN, Host, body, column, tree};
 use common::require::{Need, require};
 use serde_json::Value;
 
@@ -1244,5 +1245,31 @@ fn man_pages_are_written_and_render_cleanly() {
                 assert!(text.contains(shown), "{shown} missing:\n{text}");
             }
         }
+    }
+}
+
+/// A reader that goes away (`| head`) ends a command quietly, not with a
+/// panic (Rust ignores SIGPIPE, so a write gets EPIPE instead).
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let h = Host::new("");
+    h.add_user("jan@a.cz", "{PLAIN}x", "").folder("");
+    for args in [
+        &["plan", "--domain", "a.cz", "--json"][..],
+        &["plan", "--domain", "a.cz"][..],
+        &["completions", "bash"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&h.config)
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
