@@ -136,7 +136,7 @@ pub fn run(cfg: &Config, config_path: &Path, domain: Option<&Domain>) -> Checks 
     ));
     lines.extend(mail_roots(cfg));
     if let Some(d) = domain {
-        lines.push(free_space(cfg, d));
+        lines.extend(domain_lines(cfg, d));
     }
     lines.push(owner_line(cfg.target.owner));
     lines.push(freeze_line(&cfg.cutover.freeze_command));
@@ -460,18 +460,60 @@ fn fs_type_name(magic: u64) -> &'static str {
 }
 
 /// The room on the target's filesystem against what `plan` would copy.
-fn free_space(cfg: &Config, domain: &Domain) -> Line {
-    const CHECK: &str = "target.free_space";
+fn domain_lines(cfg: &Config, domain: &Domain) -> Vec<Line> {
     let plan = match crate::plan::plan(cfg, domain.clone(), None) {
         Ok(p) => p,
         Err(e) => {
-            return Line::fail(
-                CHECK,
+            return vec![Line::fail(
+                "domain.plan",
                 format!("domain {domain}: {e}"),
                 "see `plan --domain`",
-            );
+            )];
         }
     };
+    vec![plan_line(&plan, domain), free_space(cfg, domain, &plan)]
+}
+
+/// What `plan` expects of the domain's mailboxes: a mailbox that would
+/// fail (or a problem of the whole job) is a FAIL, named.
+fn plan_line(plan: &crate::plan::Plan, domain: &Domain) -> Line {
+    use crate::plan::PlanStatus;
+    const CHECK: &str = "domain.plan";
+    let failing: Vec<_> = plan
+        .mailboxes
+        .iter()
+        .filter(|m| matches!(m.status, PlanStatus::Error | PlanStatus::Conflict))
+        .collect();
+    let fix = format!("see `maildir-migrate plan --domain {domain}`");
+    if let Some(problem) = plan.problems.first() {
+        return Line::fail(CHECK, format!("domain {domain}: {problem}"), fix);
+    }
+    match failing.first() {
+        None => Line::ok(
+            CHECK,
+            format!(
+                "domain {domain}: {} mailboxes, {} messages",
+                plan.mailboxes.len(),
+                plan.messages
+            ),
+        ),
+        Some(first) => Line::fail(
+            CHECK,
+            format!(
+                "domain {domain}: {} of {} mailboxes would fail, first {}: {}",
+                failing.len(),
+                plan.mailboxes.len(),
+                first.user,
+                first.problems.first().map_or("", String::as_str)
+            ),
+            fix,
+        ),
+    }
+}
+
+/// The room on the target against what the domain still needs.
+fn free_space(cfg: &Config, domain: &Domain, plan: &crate::plan::Plan) -> Line {
+    const CHECK: &str = "target.free_space";
     let root = &cfg.target.mail_root;
     match Dir::open_root(root).and_then(|d| d.available_bytes()) {
         Ok(free) if free >= plan.bytes => Line::ok(

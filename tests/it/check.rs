@@ -315,3 +315,28 @@ fn free_space_is_weighed_against_what_is_still_to_copy() {
     let without = lines(&check(&h.config, &["--json"]));
     assert!(status_of(&without, "target.free_space").is_empty());
 }
+
+/// With `--domain`, a mailbox that `plan` says would fail is a FAIL line,
+/// not an OK that counts it as nothing to copy.
+#[test]
+fn a_domain_whose_mailboxes_would_fail_is_a_fail() {
+    let h = Host::new("[notify]\noutbox_dir = \"outbox\"\n");
+    std::fs::create_dir(h.root.join("outbox")).unwrap();
+    h.add_user("jan@example.cz", "{PLAIN}x", "");
+    // A uid that is neither a number nor a user of this host.
+    let old = std::fs::read_to_string(&h.users_old).unwrap();
+    std::fs::write(
+        &h.users_old,
+        old.replace(":1000:1000:", ":nosuchuser:1000:"),
+    )
+    .unwrap();
+    let out = check(&h.config, &["--domain", "example.cz", "--json"]);
+    let l = lines(&out);
+    assert_eq!(status_of(&l, "domain.plan"), ["FAIL"], "{l:?}");
+    let found = &l.iter().find(|l| l.1 == "domain.plan").unwrap().2;
+    assert!(
+        found.contains("1 of 1 mailboxes") && found.contains("jan@example.cz"),
+        "{found}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
