@@ -27,6 +27,7 @@ use nix::sys::time::TimeSpec;
 use crate::maildir::filename;
 use crate::progress::Progress;
 use crate::safe_fs::{Dir, FileAttrs, Kind, Owner, apply_attrs};
+use crate::throttle::{Stopped, Throttle};
 
 pub const SUBDIRS: [&str; 2] = ["cur", "new"];
 /// Prefix of our temporary files in a target folder's `tmp/`.
@@ -54,6 +55,12 @@ pub enum CopyError {
         size
     )]
     TooLarge { path: PathBuf, size: u64, max: u64 },
+}
+
+impl From<Stopped> for CopyError {
+    fn from(_: Stopped) -> CopyError {
+        CopyError::Interrupted
+    }
 }
 
 fn at(path: PathBuf) -> impl FnOnce(io::Error) -> CopyError {
@@ -300,11 +307,15 @@ impl TargetFolder {
     }
 }
 
-/// Who does the copying, who hears about it, and when to stop.
+/// Who does the copying, who hears about it, when to stop, and how fast
+/// they may go.
+#[derive(Clone, Copy)]
 pub struct Workers<'a> {
     pub pool: &'a rayon::ThreadPool,
     pub progress: &'a dyn Progress,
     pub stop: &'a AtomicBool,
+    /// `None`: no limit.
+    pub throttle: Option<&'a Throttle>,
 }
 
 impl Workers<'_> {
@@ -373,6 +384,11 @@ pub fn sync_folder(
         };
         let s = dst.stage(src_sub, name, source_uid, sub, opts)?;
         if let Some(s) = &s {
+            // Paid after the copy, when its size is exact; with debt
+            // allowed the rate is the same as paying before.
+            if let Some(t) = workers.throttle {
+                t.pace(s.bytes, workers.stop)?;
+            }
             workers.progress.message_copied(s.bytes);
         }
         Ok(s)
@@ -792,6 +808,7 @@ mod tests {
             pool,
             progress: &Silent,
             stop: &NO_STOP,
+            throttle: None,
         }
     }
 

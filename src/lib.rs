@@ -32,6 +32,7 @@ mod serde_keys;
 pub(crate) mod shown;
 pub(crate) mod spool;
 pub(crate) mod status;
+pub(crate) mod throttle;
 pub mod userdb;
 pub(crate) mod vars;
 
@@ -50,7 +51,7 @@ mod layers {
         &["notify"],
         &["userdb"],
         &[
-            "maildir", "copy", "dovecot", "classify", "report", "progress",
+            "maildir", "copy", "dovecot", "classify", "report", "progress", "throttle",
         ],
         &["job", "vars", "safe_fs", "shown"],
     ];
