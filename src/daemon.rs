@@ -28,11 +28,11 @@ use crate::migrate::{self, RunError};
 use crate::notify;
 use crate::progress::Progress;
 use crate::report::{JobStatus, MailboxReport, MailboxStatus, Report, rfc3339};
-use crate::throttle::Limiter;
 use crate::spool::{
     Entry, JobRecord, Lock, Notification, Place, ProgressFile, RecordStatus, Rejected, Spool,
     SpoolError, SweepDue, Trust,
 };
+use crate::throttle::Limiter;
 
 /// A stop request must end the process within this (systemd waits longer).
 const STOP_BUDGET: Duration = Duration::from_secs(9);

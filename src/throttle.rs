@@ -31,13 +31,8 @@ impl fmt::Display for Limits {
         match (self.bytes_per_sec, self.files_per_sec) {
             (None, None) => f.write_str("none"),
             (b, n) => {
-                let bytes = b.map(|b| {
-                    format!(
-                        "{} bytes/s ({}/s)",
-                        b,
-                        crate::shown::bytes_human(b.get())
-                    )
-                });
+                let bytes =
+                    b.map(|b| format!("{} bytes/s ({}/s)", b, crate::shown::bytes_human(b.get())));
                 let files = n.map(|n| format!("{n} files/s"));
                 let parts: Vec<String> = bytes.into_iter().chain(files).collect();
                 f.write_str(&parts.join(", "))

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use crate::classify::{Classifier, SkippedFolders};
 use crate::copy::{self, CopyOptions, TargetFolder, Workers};
-use crate::throttle::Throttle;
 use crate::maildir::courier::keywords::{Assignment, MergedKeywords};
 use crate::maildir::keywords::{self, Keywords};
 use crate::maildir::names::{FolderName, NameEncoding, decode_level};
@@ -17,6 +16,7 @@ use crate::maildir::uidlist::Uidlist;
 use crate::maildir::{self, Layout, subscriptions};
 use crate::report::SkippedFolder;
 use crate::safe_fs::{Dir, FileAttrs, Kind, Owner};
+use crate::throttle::Throttle;
 
 use super::MailboxError;
 use super::courier;

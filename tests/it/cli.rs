@@ -1248,7 +1248,9 @@ fn io_limits_hold_for_the_whole_run() {
         ("max_files_per_sec = 40", 60, 300, 1.4),
         ("max_bytes_per_sec = 100000", 20, 10_000, 1.9),
     ] {
-        let h = Host::new(&format!("[migration]\nthreads = 4\nfsync = false\n{limit}\n"));
+        let h = Host::new(&format!(
+            "[migration]\nthreads = 4\nfsync = false\n{limit}\n"
+        ));
         let inbox = h.add_user(JAN, "{PLAIN}x", "").folder("");
         for i in 0..files {
             let name = format!("{}.M{i}.old:2,S", 1_600_000_000 + i);

@@ -1090,6 +1090,12 @@ fn sighup_changes_the_io_limit_for_the_next_mailbox() {
     assert!(log.contains("configuration reloaded"), "{log}");
     let second = limit_line("b@lim.cz").unwrap_or_else(|| panic!("{log}"));
     assert!(second.contains("io_limit=1000 files/s"), "{log}");
-    let lines_a = log.lines().filter(|l| l.contains("user=\"a@lim.cz\"") && l.contains("I/O limit"));
-    assert_eq!(lines_a.count(), 1, "the first mailbox kept its limit:\n{log}");
+    let lines_a = log
+        .lines()
+        .filter(|l| l.contains("user=\"a@lim.cz\"") && l.contains("I/O limit"));
+    assert_eq!(
+        lines_a.count(),
+        1,
+        "the first mailbox kept its limit:\n{log}"
+    );
 }
