@@ -368,9 +368,10 @@ def main():
     a = ap.parse_args()
     global LIMIT_MB
     LIMIT_MB = a.limit_mb
-    if LIMIT_MB is not None and LIMIT_MB <= 0:
-        sys.exit("--limit-mb must be more than 0")
-    LABELS["maildir-migrate-limited"] += f" = {LIMIT_MB:g} MB/s"
+    if LIMIT_MB is not None:
+        if LIMIT_MB <= 0:
+            sys.exit("--limit-mb must be more than 0")
+        LABELS["maildir-migrate-limited"] += f" = {LIMIT_MB:g} MB/s"
 
     only = [x for o in a.only for x in o.split(",") if x]
     for x in only:
