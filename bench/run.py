@@ -3,6 +3,7 @@
 
     python3 bench/run.py [--users N] [--messages-per-user N] [--threads N]
                          [--data DIR] [--only NAME[,NAME...]] [--regen]
+                         [--limit-mb MB]
 
 See bench/README.md. Standard library only (Python 3.11).
 """
@@ -27,6 +28,7 @@ TIME = "/usr/bin/time"
 
 CONTENDERS = [
     "maildir-migrate",
+    "maildir-migrate-limited",
     "rsync",
     "cp",
     "rsync-fsync",
@@ -36,6 +38,7 @@ CONTENDERS = [
 ]
 LABELS = {
     "maildir-migrate": "maildir-migrate run (move)",
+    "maildir-migrate-limited": "maildir-migrate run, max_bytes_per_sec",  # + the limit
     "rsync": "rsync -a",
     "cp": "cp -a",
     "rsync-fsync": "rsync -a --fsync",
@@ -189,12 +192,27 @@ def fresh_newmail(corpus):
     return d
 
 
-def run_mm(c, notes):
+def run_mm(c, notes, name="maildir-migrate", config="config.toml"):
     restore_userdb(c)
     d = fresh_newmail(c)
-    r = timed("maildir-migrate", [BIN, "--config", f"{c}/config.toml", "run", "--no-progress",
-                                  f"{c}/job.json"], c, notes)
+    r = timed(name, [BIN, "--config", f"{c}/{config}", "run", "--no-progress",
+                     f"{c}/job.json"], c, notes)
     r["target"] = d
+    return r
+
+
+# --limit-mb: the limited row's [migration] max_bytes_per_sec, in MB/s.
+LIMIT_MB = None
+
+
+def run_mm_limited(c, notes):
+    """The same run under [migration] max_bytes_per_sec = --limit-mb."""
+    with open(os.path.join(c, "config.toml")) as f:
+        text = f.read()  # [migration] is its last table
+    with open(os.path.join(c, "config-limited.toml"), "w") as f:
+        f.write(text + f"max_bytes_per_sec = {round(LIMIT_MB * 1e6)}\n")
+    r = run_mm(c, notes, "maildir-migrate-limited", "config-limited.toml")
+    r["limit_mb_per_s"] = LIMIT_MB
     return r
 
 
@@ -318,6 +336,7 @@ class NotRun(Exception):
 
 RUNNERS = {
     "maildir-migrate": run_mm,
+    "maildir-migrate-limited": run_mm_limited,
     "rsync": run_rsync,
     "cp": run_cp,
     "rsync-fsync": run_rsync_fsync,
@@ -343,13 +362,25 @@ def main():
     ap.add_argument("--only", action="append", default=[],
                     help="contender(s) to run, comma-separated or repeated: " + ", ".join(CONTENDERS))
     ap.add_argument("--regen", action="store_true", help="regenerate the corpus even if it matches")
+    ap.add_argument("--limit-mb", type=float, default=None,
+                    help="add the row maildir-migrate-limited: the same run with "
+                         "[migration] max_bytes_per_sec = this many MB/s")
     a = ap.parse_args()
+    global LIMIT_MB
+    LIMIT_MB = a.limit_mb
+    if LIMIT_MB is not None:
+        if LIMIT_MB <= 0:
+            sys.exit("--limit-mb must be more than 0")
+        LABELS["maildir-migrate-limited"] += f" = {LIMIT_MB:g} MB/s"
 
     only = [x for o in a.only for x in o.split(",") if x]
     for x in only:
         if x not in RUNNERS:
             sys.exit(f"unknown contender {x!r}; choose from {', '.join(CONTENDERS)}")
-    selected = [x for x in CONTENDERS if not only or x in only]
+    if "maildir-migrate-limited" in only and LIMIT_MB is None:
+        sys.exit("maildir-migrate-limited needs --limit-mb")
+    selected = [x for x in CONTENDERS if (not only or x in only)
+                and (x != "maildir-migrate-limited" or LIMIT_MB is not None)]
 
     ensure_time()
     log("building the release binary")
@@ -396,6 +427,8 @@ def main():
         r["status"] = "ok" if found == msgs else "ok (message count differs)"
         r["messages_per_s"] = msgs / r["wall_s"]
         r["mb_per_s"] = nbytes / 1e6 / r["wall_s"]
+        if "limit_mb_per_s" in r:
+            r["vs_limit_pct"] = (r["mb_per_s"] / r["limit_mb_per_s"] - 1) * 100
         results[name] = r
         log(f"  {r['wall_s']:.2f} s wall, {found}/{msgs} messages in the target")
     restore_userdb(c)
@@ -430,6 +463,7 @@ def main():
             f"{LABELS[name]:40} {r['wall_s']:8.2f} {r['messages_per_s']:9.0f} {r['mb_per_s']:8.1f} "
             f"{fmt(r['max_rss_mib'], '8.1f')} {r['cpu_s']:7.2f} {fmt(r.get('ratio_vs_rsync'), '8.2f')}"
             + ("" if r["status"] == "ok" else f"  [{r['messages_in_target']} messages in target]")
+            + (f"  [{r['vs_limit_pct']:+.1f} % vs the limit]" if "vs_limit_pct" in r else "")
         )
     lines.append("x rsync: wall time / wall time of rsync -a (no-op rows: / rsync -a no-op re-run)")
     for n in sorted(notes):

@@ -2,6 +2,7 @@
 //! resolved against the configuration file's directory; unknown keys are
 //! errors so that a typo never silently falls back to a default.
 
+use std::num::NonZeroU64;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::job::{Domain, LocalPart};
 use crate::maildir::Layout;
 use crate::maildir::names::NameEncoding;
 use crate::safe_fs::Owner;
+use crate::throttle::Limits;
 use crate::userdb::scheme::is_scheme_name;
 use crate::userdb::sql::{CustomQueries, SqlSchema, SqlSettings};
 
@@ -274,6 +276,8 @@ struct RawMigration {
     threads: Option<usize>,
     fsync: Option<bool>,
     sync: Option<String>,
+    max_bytes_per_sec: Option<u64>,
+    max_files_per_sec: Option<u64>,
     #[serde(default)]
     skip_folders: Vec<String>,
     #[serde(default)]
@@ -670,6 +674,8 @@ pub struct Migration {
     pub fsync: bool,
     pub sync: SyncMethod,
     pub classifier: Classifier,
+    /// The copy's I/O limits (a reload applies them from the next mailbox).
+    pub limits: Limits,
 }
 
 impl Migration {
@@ -723,7 +729,21 @@ impl Migration {
                 }
             },
             classifier: Classifier::new(&raw.skip_folders, &raw.keep_folders),
+            limits: Limits {
+                bytes_per_sec: rate("migration.max_bytes_per_sec", raw.max_bytes_per_sec)?,
+                files_per_sec: rate("migration.max_files_per_sec", raw.max_files_per_sec)?,
+            },
         })
+    }
+}
+
+/// A limit: left out is none, 0 is a mistake (it would never copy).
+fn rate(key: &'static str, value: Option<u64>) -> Result<Option<NonZeroU64>, Invalid> {
+    match value {
+        None => Ok(None),
+        Some(v) => NonZeroU64::new(v).map(Some).ok_or_else(|| {
+            invalid(key)("0 would copy nothing; leave the key out for no limit".into())
+        }),
     }
 }
 
@@ -1051,6 +1071,7 @@ gid = 5000
             Path::new("example.cz/jan")
         );
         assert_eq!(c.migration.threads, 8);
+        assert_eq!(c.migration.limits, Limits::default());
         assert!(c.migration.fsync);
         assert_eq!(c.source.default_scheme, "CRYPT");
         assert_eq!(c.daemon.rescan_interval, Duration::from_secs(30));
@@ -1059,6 +1080,18 @@ gid = 5000
         assert_eq!(c.daemon.submit_group, None);
         assert_eq!(c.daemon.metrics_file, None);
         assert!(!c.in_place(&d));
+    }
+
+    #[test]
+    fn io_limits_are_read() {
+        let text = format!(
+            "{MINIMAL}[migration]\nmax_bytes_per_sec = 50000000\nmax_files_per_sec = 500\n"
+        );
+        let c = Config::parse(Path::new("/etc/mm/config.toml"), &text).unwrap();
+        assert_eq!(
+            c.migration.limits.to_string(),
+            "50000000 bytes/s (47.7 MiB/s), 500 files/s"
+        );
     }
 
     // Long on purpose: a table of (config, expected error), one case a line.
@@ -1111,6 +1144,14 @@ gid = 5000
             (
                 format!("{MINIMAL}[migration]\nthreads = 0\n"),
                 "migration.threads",
+            ),
+            (
+                format!("{MINIMAL}[migration]\nmax_bytes_per_sec = 0\n"),
+                "migration.max_bytes_per_sec: 0 would copy nothing",
+            ),
+            (
+                format!("{MINIMAL}[migration]\nmax_files_per_sec = 0\n"),
+                "migration.max_files_per_sec: 0 would copy nothing",
             ),
             (
                 format!("{MINIMAL}[migration]\nskip_folders = [\"a//b\"]\n"),

@@ -27,6 +27,7 @@ use nix::sys::time::TimeSpec;
 use crate::maildir::filename;
 use crate::progress::Progress;
 use crate::safe_fs::{Dir, FileAttrs, Kind, Owner, apply_attrs};
+use crate::throttle::{Stopped, Throttle};
 
 pub const SUBDIRS: [&str; 2] = ["cur", "new"];
 /// Prefix of our temporary files in a target folder's `tmp/`.
@@ -54,6 +55,12 @@ pub enum CopyError {
         size
     )]
     TooLarge { path: PathBuf, size: u64, max: u64 },
+}
+
+impl From<Stopped> for CopyError {
+    fn from(_: Stopped) -> CopyError {
+        CopyError::Interrupted
+    }
 }
 
 fn at(path: PathBuf) -> impl FnOnce(io::Error) -> CopyError {
@@ -300,11 +307,15 @@ impl TargetFolder {
     }
 }
 
-/// Who does the copying, who hears about it, and when to stop.
+/// Who does the copying, who hears about it, when to stop, and how fast
+/// they may go.
+#[derive(Clone, Copy)]
 pub struct Workers<'a> {
     pub pool: &'a rayon::ThreadPool,
     pub progress: &'a dyn Progress,
     pub stop: &'a AtomicBool,
+    /// `None`: no limit.
+    pub throttle: Option<&'a Throttle>,
 }
 
 impl Workers<'_> {
@@ -373,6 +384,11 @@ pub fn sync_folder(
         };
         let s = dst.stage(src_sub, name, source_uid, sub, opts)?;
         if let Some(s) = &s {
+            // Paid after the copy, when its size is exact; with debt
+            // allowed the rate is the same as paying before.
+            if let Some(t) = workers.throttle {
+                t.pace(s.bytes, workers.stop)?;
+            }
             workers.progress.message_copied(s.bytes);
         }
         Ok(s)
@@ -792,6 +808,7 @@ mod tests {
             pool,
             progress: &Silent,
             stop: &NO_STOP,
+            throttle: None,
         }
     }
 
@@ -837,6 +854,44 @@ mod tests {
         };
         let opts = opts(false, SyncMethod::Batch);
         let e = sync_folder(&src, &listing, &dst, me(), &opts, &w).unwrap_err();
+        assert!(matches!(e, CopyError::Interrupted), "{e}");
+        assert!(dst.list().unwrap().is_empty());
+    }
+
+    /// A worker waiting for tokens lets go at a stop request: at 1 file/s
+    /// these five files would take four seconds more.
+    #[test]
+    fn a_stop_request_ends_a_wait_for_tokens() {
+        use crate::throttle::{Limiter, Limits};
+        let t = tempfile::tempdir().unwrap();
+        let (s, d) = (t.path().join("s"), t.path().join("d"));
+        for i in 0..5 {
+            put(&s, &format!("cur/{i}.a:2,S"), b"x", 1);
+        }
+        std::fs::create_dir_all(&d).unwrap();
+        let src = Dir::open_root(&s).unwrap();
+        let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
+        let listing = list_messages(&src).unwrap();
+        let one_per_sec = Limits {
+            files_per_sec: std::num::NonZeroU64::new(1),
+            ..Limits::default()
+        };
+        let (_, throttle) = Limiter::new(one_per_sec).current();
+        let stop = AtomicBool::new(false);
+        let pool = pool();
+        let w = Workers {
+            stop: &stop,
+            throttle: throttle.as_deref(),
+            ..workers(&pool)
+        };
+        let opts = opts(false, SyncMethod::Batch);
+        let e = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                stop.store(true, Ordering::Relaxed);
+            });
+            sync_folder(&src, &listing, &dst, me(), &opts, &w).unwrap_err()
+        });
         assert!(matches!(e, CopyError::Interrupted), "{e}");
         assert!(dst.list().unwrap().is_empty());
     }

@@ -32,6 +32,7 @@ use crate::spool::{
     Entry, JobRecord, Lock, Notification, Place, ProgressFile, RecordStatus, Rejected, Spool,
     SpoolError, SweepDue, Trust,
 };
+use crate::throttle::Limiter;
 
 /// A stop request must end the process within this (systemd waits longer).
 const STOP_BUDGET: Duration = Duration::from_secs(9);
@@ -128,11 +129,13 @@ impl JobResult {
         job: &Job,
         progress: &dyn Progress,
         stop: &AtomicBool,
+        limiter: &Limiter,
         done_before: &[MailboxReport],
     ) -> JobResult {
         // A panic is a failed job, not a job that runs forever.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut r = JobResult::from(migrate::run_job(cfg, job, progress, stop, done_before));
+            let run = migrate::run_job(cfg, job, progress, stop, limiter, done_before);
+            let mut r = JobResult::from(run);
             if let JobResult::Ran(_, v) = &mut r
                 && job.cutover
                 && job.mode == crate::job::Mode::Move
@@ -211,6 +214,8 @@ struct Running {
 struct Daemon {
     config_path: PathBuf,
     cfg: Arc<Config>,
+    /// The copy's I/O limits, one for all jobs (a reload changes them).
+    limiter: Limiter,
     spool: Spool,
     trust: Trust,
     tx: Sender<Msg>,
@@ -287,6 +292,7 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), DaemonError> {
     info!(spool = %spool.path().display(), pid = std::process::id(), "daemon started");
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
+        limiter: Limiter::new(cfg.migration.limits),
         cfg: Arc::new(cfg),
         spool,
         trust,
@@ -519,8 +525,9 @@ impl Daemon {
             ),
             Ok(new) => {
                 self.trust.submit_gid = new.daemon.submit_group.as_ref().map(|g| g.gid);
+                self.limiter.set(new.migration.limits);
+                info!(config = %self.config_path.display(), io_limit = %new.migration.limits, "configuration reloaded; I/O limits apply from each job's next mailbox");
                 self.cfg = Arc::new(new);
-                info!(config = %self.config_path.display(), "configuration reloaded");
             }
             Err(e) => error!("reload failed, keeping the old configuration: {e}"),
         }
@@ -627,16 +634,17 @@ impl Daemon {
         let (first_started, done_before) = self.resume_point(&id, resumed, started);
         let tracker = Arc::new(Tracker::default());
         let worker = {
-            let (cfg, job, tracker, stop, tx) = (
+            let (cfg, job, tracker, stop, limiter, tx) = (
                 Arc::clone(&self.cfg),
                 job.clone(),
                 Arc::clone(&tracker),
                 Arc::clone(&self.stop),
+                self.limiter.clone(),
                 self.tx.clone(),
             );
             let id = id.clone();
             move || {
-                let result = JobResult::run(&cfg, &job, &*tracker, &stop, &done_before);
+                let result = JobResult::run(&cfg, &job, &*tracker, &stop, &limiter, &done_before);
                 let _ = tx.send(Msg::Finished { id, result });
             }
         };

@@ -33,6 +33,7 @@ mod serde_keys;
 pub(crate) mod shown;
 pub(crate) mod spool;
 pub(crate) mod status;
+pub(crate) mod throttle;
 pub mod userdb;
 pub(crate) mod vars;
 
@@ -51,7 +52,7 @@ mod layers {
         &["notify"],
         &["userdb"],
         &[
-            "maildir", "copy", "dovecot", "classify", "report", "progress",
+            "maildir", "copy", "dovecot", "classify", "report", "progress", "throttle",
         ],
         &["job", "vars", "safe_fs", "shown"],
     ];

@@ -254,6 +254,18 @@ const SECTIONS: &[Section] = &[
                 "batch: one syncfs per batch of files; per-file: fsync each.",
             ),
             key(
+                "max_bytes_per_sec",
+                UNSET,
+                "50000000",
+                "Bytes copied per second, all copy workers together (the daemon: all jobs); SIGHUP applies a change from each job's next mailbox.",
+            ),
+            key(
+                "max_files_per_sec",
+                UNSET,
+                "2000",
+                "Message files copied per second, likewise.",
+            ),
+            key(
                 "skip_folders",
                 "[]",
                 r#"["Archive/Old Spam"]"#,

@@ -34,6 +34,7 @@ use crate::progress::Progress;
 use crate::report::{JobStatus, MailboxStatus, Report};
 use crate::shown::bytes_human;
 use crate::spool::{Spool, SpoolError};
+use crate::throttle::Limiter;
 
 use crate::exit;
 
@@ -636,19 +637,15 @@ impl Progress for Bar {
 
 fn run_with_progress(cfg: &Config, job: &Job, show_bar: bool) -> Result<Report, Failure> {
     let stop = stop_on_signals()?;
+    let limiter = Limiter::new(cfg.migration.limits);
     if !show_bar {
         init_logging(None);
-        return Ok(migrate::run_job(
-            cfg,
-            job,
-            &crate::progress::Silent,
-            &stop,
-            &[],
-        )?);
+        let silent = &crate::progress::Silent;
+        return Ok(migrate::run_job(cfg, job, silent, &stop, &limiter, &[])?);
     }
     let bar = Bar::new();
     init_logging(Some(bar.bar.clone()));
-    let report = migrate::run_job(cfg, job, &bar, &stop, &[]);
+    let report = migrate::run_job(cfg, job, &bar, &stop, &limiter, &[]);
     bar.bar.finish_and_clear();
     Ok(report?)
 }

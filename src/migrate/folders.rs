@@ -16,6 +16,7 @@ use crate::maildir::uidlist::Uidlist;
 use crate::maildir::{self, Layout, subscriptions};
 use crate::report::SkippedFolder;
 use crate::safe_fs::{Dir, FileAttrs, Kind, Owner};
+use crate::throttle::Throttle;
 
 use super::MailboxError;
 use super::courier;
@@ -300,6 +301,7 @@ pub struct MailboxSync {
     pub warnings: Vec<String>,
 }
 
+#[derive(Clone, Copy)]
 pub struct SyncContext<'a> {
     pub classifier: &'a Classifier,
     pub copy: CopyOptions,
@@ -315,16 +317,19 @@ impl SyncContext<'_> {
     /// target belongs to the uid/gid its new entry names).
     pub(crate) fn for_owner(&self, owner: Owner) -> SyncContext<'_> {
         SyncContext {
-            classifier: self.classifier,
             copy: self.copy.with_owner(owner),
+            ..*self
+        }
+    }
+
+    /// The same context with its copy workers paced by `throttle`.
+    pub(crate) fn with_throttle<'t>(&'t self, throttle: Option<&'t Throttle>) -> SyncContext<'t> {
+        SyncContext {
             workers: Workers {
-                pool: self.workers.pool,
-                progress: self.workers.progress,
-                stop: self.workers.stop,
+                throttle,
+                ..self.workers
             },
-            names: self.names,
-            layout: self.layout,
-            skipped: self.skipped,
+            ..*self
         }
     }
 
@@ -1168,6 +1173,7 @@ mod tests {
                 pool: &pool,
                 progress: &crate::progress::Silent,
                 stop: &stop,
+                throttle: None,
             },
             names: NameEncoding::Mutf7,
             layout: Layout::MaildirPlusPlus,

@@ -15,6 +15,7 @@ pub mod verify;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::{info, warn};
@@ -26,6 +27,7 @@ use crate::maildir::names::NameError;
 use crate::progress::Progress;
 use crate::report::{MailboxReport, MailboxStatus, Report, now_rfc3339};
 use crate::safe_fs::Dir;
+use crate::throttle::{Limiter, Limits, Throttle};
 use crate::userdb::passwd_file::UserdbError;
 
 pub use env::Env;
@@ -269,6 +271,7 @@ fn domain_users(
 
 /// Runs a job and returns its report. When `stop` is set, files in flight
 /// finish, the current mailbox is rolled back and `Interrupted` returned.
+/// Each mailbox copies under the limits `limiter` has when it starts.
 /// `resumed`: mailboxes an interrupted run of this job already finished
 /// (the daemon's checkpoint); they are not touched again and keep their
 /// reports.
@@ -277,6 +280,7 @@ pub fn run_job(
     job: &Job,
     progress: &dyn Progress,
     stop: &AtomicBool,
+    limiter: &Limiter,
     resumed: &[MailboxReport],
 ) -> Result<Report, RunError> {
     let started = now_rfc3339();
@@ -286,11 +290,7 @@ pub fn run_job(
         same_namespaces(cfg)?;
     }
     let selected = select_mailboxes(&env)?;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cfg.migration.threads)
-        .thread_name(|i| format!("copy-{i}"))
-        .build()
-        .map_err(|e| RunError::Pool(e.to_string()))?;
+    let pool = copy_pool(cfg.migration.threads)?;
     let ctx = SyncContext {
         classifier: &cfg.migration.classifier,
         copy: cfg.copy_options(),
@@ -298,6 +298,7 @@ pub fn run_job(
             pool: &pool,
             progress,
             stop,
+            throttle: None,
         },
         names: cfg.target.folder_names,
         layout: cfg.target.layout,
@@ -307,6 +308,7 @@ pub fn run_job(
     progress.job_started(selected.len());
     let mut reports = Vec::with_capacity(selected.len());
     let mut switched = Vec::new();
+    let mut limits = None;
     for sel in selected {
         if stop.load(Ordering::Relaxed) {
             info!(job = job.id.as_str(), "job interrupted");
@@ -314,6 +316,9 @@ pub fn run_job(
         }
         let report = match sel {
             Ok(named) => {
+                let user = named.user(&job.domain);
+                let throttle = throttle_for(limiter, &mut limits, job, &user);
+                let ctx = ctx.with_throttle(throttle.as_deref());
                 let r = migrate_one(&env, job, &ctx, &named, resumed);
                 if r.status == MailboxStatus::Done {
                     switched.push((reports.len(), named));
@@ -345,6 +350,30 @@ pub fn run_job(
     }
     info!(job = job.id.as_str(), status = ?report.status, "job finished");
     Ok(report)
+}
+
+fn copy_pool(threads: usize) -> Result<rayon::ThreadPool, RunError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("copy-{i}"))
+        .build()
+        .map_err(|e| RunError::Pool(e.to_string()))
+}
+
+/// What a mailbox that starts now takes its copy tokens from; the limits
+/// are logged at the first mailbox and whenever a reload changed them.
+fn throttle_for(
+    limiter: &Limiter,
+    logged: &mut Option<Limits>,
+    job: &Job,
+    user: &str,
+) -> Option<Arc<Throttle>> {
+    let (limits, throttle) = limiter.current();
+    if *logged != Some(limits) {
+        info!(job = job.id.as_str(), user, io_limit = %limits, "I/O limit from this mailbox on");
+        *logged = Some(limits);
+    }
+    throttle
 }
 
 /// Refuses a cutover after which clients would see other folder names.
@@ -533,7 +562,8 @@ mod tests {
             late: root.join("old/x.cz/a/Maildir/new/2.late"),
         };
         let stop = AtomicBool::new(false);
-        let report = run_job(&cfg, &job, &progress, &stop, &[]).unwrap();
+        let limiter = Limiter::new(cfg.migration.limits);
+        let report = run_job(&cfg, &job, &progress, &stop, &limiter, &[]).unwrap();
         let a = &report.mailboxes[0];
         assert_eq!(a.status, MailboxStatus::Failed, "{a:?}");
         assert!(a.error.as_deref().unwrap().contains("panic"), "{a:?}");

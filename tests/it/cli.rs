@@ -385,6 +385,34 @@ fn recreate_makes_an_empty_mailbox_with_the_same_password() {
     );
 }
 
+/// `[migration] max_files_per_sec` / `max_bytes_per_sec` hold for the
+/// whole run: with a bucket of a tenth of a second's worth, N files (or
+/// bytes) at rate R cannot be copied in less than (N - R/10) / R seconds.
+/// A lower bound only: how much slower a loaded machine is does not matter.
+#[test]
+fn io_limits_hold_for_the_whole_run() {
+    for (limit, files, size, at_least) in [
+        ("max_files_per_sec = 40", 60, 300, 1.4),
+        ("max_bytes_per_sec = 100000", 20, 10_000, 1.9),
+    ] {
+        let h = Host::new(&format!(
+            "[migration]\nthreads = 4\nfsync = false\n{limit}\n"
+        ));
+        let inbox = h.add_user(JAN, "{PLAIN}x", "").folder("");
+        for i in 0..files {
+            let name = format!("{}.M{i}.old:2,S", 1_600_000_000 + i);
+            inbox.msg("cur", &name, &body(&format!("m{i}"), size), 1_600_000_000);
+        }
+        let job = h.job("limited", r#"{"domain": "example.cz", "mode": "move"}"#);
+        let started = std::time::Instant::now();
+        let (code, report) = h.run_job(&job);
+        let took = started.elapsed().as_secs_f64();
+        assert_eq!(code, 0, "{report:#}");
+        assert_eq!(mailbox(&report, JAN)["messages"], files, "{report:#}");
+        assert!(took >= at_least, "{limit}: {took:.2} s < {at_least} s");
+    }
+}
+
 #[test]
 fn per_mailbox_failures_do_not_stop_the_job() {
     let h = Host::new("");

@@ -1121,3 +1121,57 @@ fn the_daemon_writes_prometheus_metrics() {
         );
     }
 }
+
+/// SIGHUP changes the I/O limit from the next mailbox on: the first
+/// mailbox (60 files at 10 files/s, at least 5.9 s) is still copying when
+/// the limit is raised, and the log shows the second one under the new one.
+#[test]
+fn sighup_changes_the_io_limit_for_the_next_mailbox() {
+    let (h, spool) = spool_host(&closed_port());
+    let slow = "[migration]\nthreads = 2\nfsync = false\nmax_files_per_sec = 10\n";
+    let cfg = fs::read_to_string(&h.config).unwrap();
+    fs::write(&h.config, format!("{cfg}{slow}")).unwrap();
+    for user in ["a@lim.cz", "b@lim.cz"] {
+        let inbox = h.add_user(user, "{PLAIN}x", "").folder("");
+        for i in 0..60 {
+            let name = format!("{}.M{i}.old:2,S", 1_600_000_000 + i);
+            inbox.msg("cur", &name, &body(&format!("m{i}"), 300), 1_600_000_000);
+        }
+    }
+    let d = DaemonProc::start(&h.config, &h.root.join("daemon.log"));
+    drop_job(
+        &spool.join("incoming"),
+        "limited",
+        r#"{"domain":"lim.cz","mode":"move"}"#,
+    );
+    let limit_line = |user: &str| {
+        d.log()
+            .lines()
+            .find(|l| l.contains("I/O limit from this mailbox on") && l.contains(user))
+            .map(str::to_string)
+    };
+    let first = wait_until("the first mailbox's limit", JOB_TIMEOUT, || {
+        limit_line("a@lim.cz")
+    });
+    assert!(first.contains("io_limit=10 files/s"), "{first}");
+    fs::write(
+        &h.config,
+        format!("{cfg}{}", slow.replace("= 10\n", "= 1000\n")),
+    )
+    .unwrap();
+    d.signal(Signal::SIGHUP);
+    let r = wait_record(&spool, "done", "limited", &d);
+    assert_eq!(r["status"], "done");
+    let log = d.log();
+    assert!(log.contains("configuration reloaded"), "{log}");
+    let second = limit_line("b@lim.cz").unwrap_or_else(|| panic!("{log}"));
+    assert!(second.contains("io_limit=1000 files/s"), "{log}");
+    let lines_a = log
+        .lines()
+        .filter(|l| l.contains("user=\"a@lim.cz\"") && l.contains("I/O limit"));
+    assert_eq!(
+        lines_a.count(),
+        1,
+        "the first mailbox kept its limit:\n{log}"
+    );
+}

@@ -47,6 +47,9 @@ fn unit_has_the_promised_settings() {
         "NoNewPrivileges=yes",
         "CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_SETUID CAP_SETGID CAP_KILL",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "IOWeight=50",
+        "CPUWeight=50",
+        "Nice=10",
     ] {
         assert!(
             UNIT.lines().any(|l| l.starts_with(line)),
