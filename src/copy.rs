@@ -537,8 +537,11 @@ impl Dest {
 /// the target folder it belongs to. Dropping it waits for the batch.
 #[derive(Default)]
 pub struct Naming {
-    pending: Mutex<Option<(PathBuf, JoinHandle<Result<(), CopyError>>)>>,
+    pending: Mutex<Option<Pending>>,
 }
+
+/// A target folder and the thread naming a batch of its files.
+type Pending = (PathBuf, JoinHandle<Result<(), CopyError>>);
 
 impl Naming {
     /// Waits for the batch in the background, if any: its files are
@@ -574,9 +577,7 @@ impl Naming {
         Ok(())
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Option<(PathBuf, JoinHandle<Result<(), CopyError>>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
