@@ -192,10 +192,9 @@ def fresh_newmail(corpus):
     return d
 
 
-# Reading every source file once, cold, is a floor for any copy of it. 16
-# readers keep the disk's queue full (more did not read faster), and cat
-# reads a whole file through a 128 KiB buffer with the kernel's readahead:
-# no copy, no writes, no metadata beyond opening.
+# Reading every source file once, cold, is a floor for any copy of it: cat
+# reads a whole file through a 128 KiB buffer with the kernel's readahead,
+# writes nothing, and 16 readers keep the disk's queue full (see README).
 READERS = 16
 
 
