@@ -5,10 +5,9 @@
 //! each gets its name by `linkat`, never replacing anything, so a crash
 //! leaves no partial message under a final name. Syncing and naming a
 //! batch run in the background while the next batch (of this folder or
-//! the next) is copied. Where the filesystem
-//! refuses `O_TMPFILE` (NFS, old kernels), a file is written under a
-//! temporary name in `tmp/` and renamed instead. Files run in parallel on
-//! the job's rayon pool.
+//! the next) is copied. Where the filesystem refuses `O_TMPFILE` (NFS, old
+//! kernels), a file is written under a temporary name in `tmp/` and
+//! renamed instead. Files run in parallel on the job's rayon pool.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
