@@ -199,10 +199,8 @@ READERS = 16
 
 
 def run_read_floor(c, notes):
-    r = timed("read-floor", ["sh", "-c", "find oldmail -type f -print0 | "
-                             f"xargs -0 -P{READERS} -n 256 cat > /dev/null"], c, notes)
-    r["target"] = None
-    return r
+    reader = f"find oldmail -type f -print0 | xargs -0 -P{READERS} -n 256 cat > /dev/null"
+    return timed("read-floor", ["sh", "-c", reader], c, notes) | {"target": None}
 
 
 def run_mm(c, notes):
@@ -347,7 +345,7 @@ RUNNERS = {
 
 
 def fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+    return format("-", ">" + spec.split(".")[0]) if v is None else format(v, spec)
 
 
 def main():
