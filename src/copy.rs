@@ -3,10 +3,11 @@
 //! (`O_TMPFILE`) in the target's `cur/` or `new/`; a batch of them is made
 //! durable by one `syncfs` (or each by `fsync`: `migration.sync`), then
 //! each gets its name by `linkat`, never replacing anything, so a crash
-//! leaves no partial message under a final name. Where the filesystem
-//! refuses `O_TMPFILE` (NFS, old kernels), a file is written under a
-//! temporary name in `tmp/` and renamed instead. Files run in parallel on
-//! the job's rayon pool.
+//! leaves no partial message under a final name. Syncing and naming a
+//! batch run in the background while the next batch (of this folder or
+//! the next) is copied. Where the filesystem refuses `O_TMPFILE` (NFS, old
+//! kernels), a file is written under a temporary name in `tmp/` and
+//! renamed instead. Files run in parallel on the job's rayon pool.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -15,9 +16,10 @@ use std::io;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::thread::JoinHandle;
 
 use nix::errno::Errno;
 use nix::fcntl::copy_file_range;
@@ -272,10 +274,17 @@ pub struct SyncStats {
 /// The target folder's cur/, new/ and tmp/, created if missing.
 pub struct TargetFolder {
     pub dir: Dir,
-    subs: [Dir; 2],
-    tmp: Dir,
+    dest: Dest,
     /// Whether `O_TMPFILE` works here (cleared at the first refusal).
     anonymous: AtomicBool,
+}
+
+/// Where a target folder's staged files get their names: shared with the
+/// batches being named in the background.
+#[derive(Clone)]
+struct Dest {
+    subs: Arc<[Dir; 2]>,
+    tmp: Arc<Dir>,
 }
 
 impl TargetFolder {
@@ -296,8 +305,10 @@ impl TargetFolder {
         }
         Ok(TargetFolder {
             dir,
-            subs,
-            tmp,
+            dest: Dest {
+                subs: Arc::new(subs),
+                tmp: Arc::new(tmp),
+            },
             anonymous: AtomicBool::new(true),
         })
     }
@@ -363,6 +374,9 @@ static BATCH_FILES: LazyLock<usize> = LazyLock::new(|| {
 
 /// Makes the target folder hold exactly the source listing: copies what
 /// is missing, renames what changed flags, removes what the source lost.
+/// The last batch of copies may still be syncing and getting its names in
+/// `naming` on return: `naming.finish()` waits for it (a later
+/// `sync_folder` of this folder does so first).
 pub fn sync_folder(
     src: &Dir,
     source: &Listing,
@@ -370,7 +384,9 @@ pub fn sync_folder(
     source_uid: u32,
     opts: &CopyOptions,
     workers: &Workers<'_>,
+    naming: &Naming,
 ) -> Result<SyncStats, CopyError> {
+    naming.finish_for(dst.dir.path())?;
     let mut stats = SyncStats::default();
     let to_copy = dst.reconcile(source, &mut stats)?;
     let src_subs = [open_sub(src, "cur")?, open_sub(src, "new")?];
@@ -393,25 +409,26 @@ pub fn sync_folder(
         }
         Ok(s)
     };
-    let publish = |staged: Vec<Option<Staged<'_>>>, batch: &[Item<'_>]| {
+    // Named in the background; what was copied is counted now.
+    let to_name = |staged: Vec<Option<Staged>>, batch: &[Item<'_>]| {
+        let mut named = Vec::with_capacity(staged.len());
         for (s, &(sub, name)) in staged.into_iter().zip(batch) {
             match s {
                 Some(s) => {
                     stats.copied += 1;
                     stats.copied_bytes += s.bytes;
-                    dst.publish(s, sub, source.target_name(name))?;
+                    named.push((sub, source.target_name(name).clone(), s));
                 }
                 None => stats.vanished += 1,
             }
         }
-        Ok(())
+        named
     };
-    let batch_sync = opts.fsync && opts.sync == SyncMethod::Batch;
-    dst.copy_batches(&to_copy, batch_sync, workers, stage, publish)?;
-    if opts.fsync && stats != SyncStats::default() {
-        for d in &dst.subs {
-            d.sync().map_err(at(d.path().to_path_buf()))?;
-        }
+    dst.copy_batches(&to_copy, opts, workers, naming, stage, to_name)?;
+    // Renames and removals alone: the directories are synced here (a
+    // batch syncs them after naming its files).
+    if opts.fsync && stats.copied == 0 && stats != SyncStats::default() {
+        dst.dest.sync_dirs()?;
     }
     Ok(stats)
 }
@@ -443,9 +460,10 @@ impl TargetFolder {
             match by_base.remove(filename::base(want.as_bytes())) {
                 Some((tsub, tname)) if tsub == sub && tname == want => {}
                 Some((tsub, tname)) => {
-                    self.subs[tsub]
-                        .rename_noreplace(tname, &self.subs[sub], want)
-                        .map_err(at(self.subs[tsub].child_path(tname)))?;
+                    let subs = &self.dest.subs;
+                    subs[tsub]
+                        .rename_noreplace(tname, &subs[sub], want)
+                        .map_err(at(subs[tsub].child_path(tname)))?;
                     stats.renamed += 1;
                 }
                 None => to_copy.push((sub, name)),
@@ -458,58 +476,134 @@ impl TargetFolder {
     }
 
     fn remove(&self, sub: usize, name: &OsStr, stats: &mut SyncStats) -> Result<(), CopyError> {
-        self.subs[sub]
-            .unlink_if_exists(name)
-            .map_err(at(self.subs[sub].child_path(name)))?;
+        let d = &self.dest.subs[sub];
+        d.unlink_if_exists(name).map_err(at(d.child_path(name)))?;
         stats.removed += 1;
         Ok(())
     }
 
-    /// Stages `to_copy` batch by batch and hands each batch to `publish`
-    /// once it is on disk (after one `syncfs` when `batch_sync`). Batch k
-    /// is synced while batch k+1 is copied, then named; the disk flush
-    /// never leaves the copy threads idle.
-    fn copy_batches<'d, 'l>(
-        &'d self,
+    /// Stages `to_copy` batch by batch and hands each batch (its files
+    /// with their names, from `to_name`) to `naming`, which syncs (one
+    /// `syncfs` when syncing by batch) and names it in the background while
+    /// the next batch is copied: the disk flush never leaves the copy
+    /// threads idle. Only a failed batch is dropped unnamed; the one before
+    /// it is durable and gets its names.
+    fn copy_batches<'l>(
+        &self,
         to_copy: &'l [Item<'l>],
-        batch_sync: bool,
+        opts: &CopyOptions,
         workers: &Workers<'_>,
-        stage: impl Fn(&Item<'l>) -> Result<Option<Staged<'d>>, CopyError> + Sync,
-        mut publish: impl FnMut(Vec<Option<Staged<'d>>>, &'l [Item<'l>]) -> Result<(), CopyError>,
+        naming: &Naming,
+        stage: impl Fn(&Item<'l>) -> Result<Option<Staged>, CopyError> + Sync,
+        mut to_name: impl FnMut(Vec<Option<Staged>>, &'l [Item<'l>]) -> Vec<ToName>,
     ) -> Result<(), CopyError> {
-        let sync = || {
-            self.dir
-                .sync_filesystem()
-                .map_err(at(self.dir.path().to_path_buf()))
-        };
-        let mut unsynced: Option<StagedBatch<'d, 'l>> = None;
+        let batch_sync = opts.fsync && opts.sync == SyncMethod::Batch;
         for batch in to_copy.chunks(*BATCH_FILES) {
-            let (staged, synced) = std::thread::scope(|s| {
-                let syncing = unsynced
-                    .as_ref()
-                    .filter(|_| batch_sync)
-                    .map(|_| s.spawn(sync));
-                let staged = workers.each(batch, &stage);
-                let synced = syncing.map_or(Ok(()), |h| {
-                    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-                });
-                (staged, synced)
-            });
-            // Any failure: the staged files are dropped unnamed.
-            let staged: Vec<Option<Staged<'d>>> = staged.into_iter().collect::<Result<_, _>>()?;
-            synced?;
-            if let Some((done, b)) = unsynced.take() {
-                publish(done, b)?;
+            let staged = workers.each(batch, &stage);
+            let staged: Vec<Option<Staged>> = staged.into_iter().collect::<Result<_, _>>()?;
+            let files = to_name(staged, batch);
+            if files.is_empty() {
+                continue;
             }
-            unsynced = Some((staged, batch));
-        }
-        if let Some((done, b)) = unsynced {
-            if batch_sync && done.iter().any(Option::is_some) {
-                sync()?;
-            }
-            publish(done, b)?;
+            let dest = self.dest.clone();
+            let fsync = opts.fsync;
+            naming.hand_over(self.dir.path(), move || {
+                dest.name_batch(files, batch_sync, fsync)
+            })?;
         }
         Ok(())
+    }
+}
+
+/// A staged file with its subdirectory and final name.
+type ToName = (usize, OsString, Staged);
+
+impl Dest {
+    /// Makes a batch durable (unless each file already is), names its
+    /// files, then syncs the directories that hold the names.
+    fn name_batch(
+        &self,
+        files: Vec<ToName>,
+        sync_first: bool,
+        fsync: bool,
+    ) -> Result<(), CopyError> {
+        if sync_first {
+            let d = &self.subs[0];
+            d.sync_filesystem().map_err(at(d.path().to_path_buf()))?;
+        }
+        for (sub, to, s) in files {
+            self.publish(s, sub, &to)?;
+        }
+        if fsync {
+            self.sync_dirs()?;
+        }
+        Ok(())
+    }
+
+    fn sync_dirs(&self) -> Result<(), CopyError> {
+        for d in self.subs.iter() {
+            d.sync().map_err(at(d.path().to_path_buf()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The batch being synced and named in the background (at most one), and
+/// the target folder it belongs to. Dropping it waits for the batch.
+#[derive(Default)]
+pub struct Naming {
+    pending: Mutex<Option<Pending>>,
+}
+
+/// A target folder and the thread naming a batch of its files.
+type Pending = (PathBuf, JoinHandle<Result<(), CopyError>>);
+
+impl Naming {
+    /// Waits for the batch in the background, if any: its files are
+    /// durable and named when this returns `Ok`.
+    pub fn finish(&self) -> Result<(), CopyError> {
+        let pending = self.lock().take();
+        match pending {
+            None => Ok(()),
+            Some((_, h)) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        }
+    }
+
+    /// Waits only if the batch in the background is `folder`'s: a new
+    /// listing of it must see those names.
+    fn finish_for(&self, folder: &Path) -> Result<(), CopyError> {
+        let mine = matches!(&*self.lock(), Some((f, _)) if f == folder);
+        if mine { self.finish() } else { Ok(()) }
+    }
+
+    /// Waits for the previous batch (two batches' files open at most),
+    /// then starts `job` on a thread of its own.
+    fn hand_over(
+        &self,
+        folder: &Path,
+        job: impl FnOnce() -> Result<(), CopyError> + Send + 'static,
+    ) -> Result<(), CopyError> {
+        self.finish()?;
+        let h = std::thread::Builder::new()
+            .name("naming".into())
+            .spawn(job)
+            .map_err(at(folder.to_path_buf()))?;
+        *self.lock() = Some((folder.to_path_buf(), h));
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Naming {
+    /// No batch outlives its pass (its outcome was reported, or an error
+    /// that ended the pass is).
+    fn drop(&mut self) {
+        if let Some((_, h)) = self.lock().take() {
+            let _ = h.join();
+        }
     }
 }
 
@@ -521,30 +615,27 @@ fn open_sub(folder: &Dir, name: &str) -> Result<Option<Dir>, CopyError> {
     }
 }
 
-/// A batch's staged files (`None`: vanished) and what they were copied from.
-type StagedBatch<'d, 'l> = (Vec<Option<Staged<'d>>>, &'l [Item<'l>]);
-
 /// A copied message that has no final name yet.
-struct Staged<'a> {
-    file: StagedFile<'a>,
+struct Staged {
+    file: StagedFile,
     bytes: u64,
 }
 
-enum StagedFile<'a> {
+enum StagedFile {
     /// An `O_TMPFILE` inode in the destination subdirectory.
     Anonymous(File),
     /// A file in the folder's `tmp/` (filesystems without `O_TMPFILE`).
-    Named(TmpName<'a>),
+    Named(TmpName),
 }
 
 /// A name in a target `tmp/`, removed again unless it was renamed away.
-struct TmpName<'a> {
-    dir: &'a Dir,
+struct TmpName {
+    dir: Arc<Dir>,
     name: String,
     keep: bool,
 }
 
-impl Drop for TmpName<'_> {
+impl Drop for TmpName {
     fn drop(&mut self) {
         if !self.keep {
             let _ = self.dir.unlink_if_exists(&self.name);
@@ -565,13 +656,13 @@ impl TargetFolder {
         source_uid: u32,
         sub: usize,
         opts: &CopyOptions,
-    ) -> Result<Option<Staged<'_>>, CopyError> {
+    ) -> Result<Option<Staged>, CopyError> {
         let (src, st) = match src_dir.open_file_owned(name, source_uid) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(at(src_dir.child_path(name))(e)),
         };
-        let dst_path = || self.subs[sub].child_path(name);
+        let dst_path = || self.dest.subs[sub].child_path(name);
         let size = st.st_size as u64;
         if size > opts.max_message_size {
             return Err(CopyError::TooLarge {
@@ -593,8 +684,10 @@ impl TargetFolder {
         let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
         let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
         futimens(dst.as_fd(), &atime, &mtime).map_err(|e| at(dst_path())(e.into()))?;
-        if opts.fsync && opts.sync == SyncMethod::PerFile {
-            dst.sync_all().map_err(at(dst_path()))?;
+        match (opts.fsync, opts.sync) {
+            (true, SyncMethod::PerFile) => dst.sync_all().map_err(at(dst_path()))?,
+            (true, SyncMethod::Batch) if n >= EARLY_WRITEBACK => start_writeback(&dst),
+            _ => {}
         }
         Ok(Some(Staged {
             file: file.unwrap_or(StagedFile::Anonymous(dst)),
@@ -604,9 +697,9 @@ impl TargetFolder {
 
     /// The file to copy into: unnamed where the filesystem allows, else a
     /// new name in `tmp/` (`Some` then, and the returned `File` is its).
-    fn create_staging(&self, sub: usize) -> Result<(File, Option<StagedFile<'_>>), CopyError> {
+    fn create_staging(&self, sub: usize) -> Result<(File, Option<StagedFile>), CopyError> {
         if self.anonymous.load(Ordering::Relaxed) {
-            let d = &self.subs[sub];
+            let d = &self.dest.subs[sub];
             match d.create_anonymous(0o600) {
                 Ok(Some(f)) => return Ok((f, None)),
                 Ok(None) => self.anonymous.store(false, Ordering::Relaxed),
@@ -618,22 +711,24 @@ impl TargetFolder {
             *PID,
             TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let f = self
-            .tmp
+        let tmp_dir = &self.dest.tmp;
+        let f = tmp_dir
             .create_file(&name, 0o600)
-            .map_err(at(self.tmp.child_path(&name)))?;
+            .map_err(at(tmp_dir.child_path(&name)))?;
         let tmp = TmpName {
-            dir: &self.tmp,
+            dir: Arc::clone(tmp_dir),
             name,
             keep: false,
         };
         Ok((f, Some(StagedFile::Named(tmp))))
     }
+}
 
+impl Dest {
     /// Gives a staged message its final name in `cur/` or `new/`, never
     /// replacing a file: one already there has the same base, so it is
     /// the same message.
-    fn publish(&self, s: Staged<'_>, sub: usize, to: &OsStr) -> Result<(), CopyError> {
+    fn publish(&self, s: Staged, sub: usize, to: &OsStr) -> Result<(), CopyError> {
         let d = &self.subs[sub];
         let r = match s.file {
             StagedFile::Anonymous(f) => d.link_anonymous(&f, to),
@@ -652,7 +747,9 @@ impl TargetFolder {
             Err(e) => Err(at(d.child_path(to))(e)),
         }
     }
+}
 
+impl TargetFolder {
     /// Moves one message here under its own name (same subdirectory): a
     /// durable copy first, then the source file is removed. `Ok(None)` when
     /// it is gone or the target already has that name.
@@ -669,10 +766,9 @@ impl TargetFolder {
             return Ok(None);
         };
         let n = s.bytes;
-        self.publish(s, sub, name)?;
-        self.subs[sub]
-            .sync()
-            .map_err(at(self.subs[sub].path().to_path_buf()))?;
+        self.dest.publish(s, sub, name)?;
+        let d = &self.dest.subs[sub];
+        d.sync().map_err(at(d.path().to_path_buf()))?;
         src_sub
             .unlink_if_exists(name)
             .map_err(at(src_sub.child_path(name)))?;
@@ -681,6 +777,22 @@ impl TargetFolder {
 }
 
 static PID: LazyLock<u32> = LazyLock::new(std::process::id);
+
+/// Files of this size or more start being written back as soon as they
+/// are copied: left to the batch's `syncfs`, a few large messages kept
+/// the disk idle while the batch was read, then every thread waiting
+/// while they were written.
+const EARLY_WRITEBACK: u64 = 256 << 10;
+
+/// Starts writing `f`'s dirty pages to disk without waiting for them: on
+/// Linux, `POSIX_FADV_DONTNEED` first starts writeback of the range (then
+/// drops the pages that are clean, which a copy does not read again). A
+/// hint only: the batch's `syncfs` still makes the file durable, so a
+/// failure here changes nothing.
+fn start_writeback(f: &File) {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    let _ = posix_fadvise(f.as_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+}
 
 /// Copies `size` bytes in the kernel (`copy_file_range`: no user-space
 /// buffer, and a reflink where the filesystem can share extents). Asks for
@@ -803,6 +915,21 @@ mod tests {
         }
     }
 
+    /// `sync_folder` with its last batch named before it returns.
+    fn sync_now(
+        src: &Dir,
+        source: &Listing,
+        dst: &TargetFolder,
+        uid: u32,
+        opts: &CopyOptions,
+        workers: &Workers<'_>,
+    ) -> Result<SyncStats, CopyError> {
+        let naming = Naming::default();
+        let st = sync_folder(src, source, dst, uid, opts, workers, &naming)?;
+        naming.finish()?;
+        Ok(st)
+    }
+
     fn workers(pool: &rayon::ThreadPool) -> Workers<'_> {
         Workers {
             pool,
@@ -828,7 +955,7 @@ mod tests {
             .insert("1.a,S=3:2,S".into(), "1.a,S=3:2,Sa".into());
         listing.renames.insert("2.b:2,".into(), "2.b:2,b".into());
         let opts = opts(false, SyncMethod::Batch);
-        let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
+        let st = sync_now(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
         assert_eq!((st.copied, st.renamed), (1, 1));
         let got = dst.list().unwrap();
         assert_eq!(got.cur, ["1.a,S=3:2,Sa", "2.b:2,b"]);
@@ -853,7 +980,7 @@ mod tests {
             ..workers(&pool)
         };
         let opts = opts(false, SyncMethod::Batch);
-        let e = sync_folder(&src, &listing, &dst, me(), &opts, &w).unwrap_err();
+        let e = sync_now(&src, &listing, &dst, me(), &opts, &w).unwrap_err();
         assert!(matches!(e, CopyError::Interrupted), "{e}");
         assert!(dst.list().unwrap().is_empty());
     }
@@ -932,7 +1059,7 @@ mod tests {
         assert_eq!(listing.len(), 3);
         assert_eq!(listing.not_files.len(), 1);
         let opts = opts(true, SyncMethod::Batch);
-        let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
+        let st = sync_now(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
         assert_eq!(
             (st.copied, st.renamed, st.removed, st.vanished),
             (2, 1, 1, 0)
@@ -945,7 +1072,7 @@ mod tests {
         assert!(compare(&listing, &dst.list().unwrap()).is_empty());
 
         // A second pass changes nothing.
-        let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
+        let st = sync_now(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
         assert_eq!(st, SyncStats::default());
     }
 
@@ -979,12 +1106,50 @@ mod tests {
             let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
             dst.anonymous.store(anonymous, Ordering::Relaxed);
             let opts = opts(true, sync);
-            let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
+            let st = sync_now(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
             assert_eq!(st.copied, n as u64, "{sync:?} {anonymous}");
             assert!(compare(&listing, &dst.list().unwrap()).is_empty());
             let m = std::fs::metadata(d.join(format!("cur/{}.m:2,S", n - 1))).unwrap();
             assert_eq!(m.mtime(), 1_500_000_000 + n as i64 - 1);
             assert_eq!(std::fs::read_dir(d.join("tmp")).unwrap().count(), 0);
+        }
+    }
+
+    /// A folder's last batch is named in the background: a second pass
+    /// over that folder waits for it (and copies nothing again), another
+    /// folder goes on meanwhile, and `finish` leaves both complete. A
+    /// large message (written back early) arrives intact.
+    #[test]
+    fn the_last_batch_is_named_in_the_background_and_waited_for() {
+        let t = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..EARLY_WRITEBACK + 3).map(|i| (i % 251) as u8).collect();
+        let s = t.path().join("s");
+        put(&s, "cur/1.a:2,S", b"one", 1);
+        put(&s, "cur/2.big:2,S", &big, 2);
+        let src = Dir::open_root(&s).unwrap();
+        let listing = list_messages(&src).unwrap();
+        let pool = pool();
+        let opts = opts(true, SyncMethod::Batch);
+        let naming = Naming::default();
+        let folder = |name: &str| {
+            let d = t.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap()
+        };
+        let (a, b) = (folder("a"), folder("b"));
+        let sync = |dst: &TargetFolder| {
+            sync_folder(&src, &listing, dst, me(), &opts, &workers(&pool), &naming).unwrap()
+        };
+        assert_eq!(sync(&a).copied, 2);
+        assert_eq!(sync(&a), SyncStats::default(), "waited for its own batch");
+        assert_eq!(sync(&b).copied, 2);
+        naming.finish().unwrap();
+        for d in [&a, &b] {
+            assert!(compare(&listing, &d.list().unwrap()).is_empty());
+            assert_eq!(
+                std::fs::read(d.dir.path().join("cur/2.big:2,S")).unwrap(),
+                big
+            );
         }
     }
 
@@ -1004,7 +1169,7 @@ mod tests {
             let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
             dst.anonymous.store(anonymous, Ordering::Relaxed);
             let opts = opts(true, SyncMethod::Batch);
-            assert!(sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).is_err());
+            assert!(sync_now(&src, &listing, &dst, me(), &opts, &workers(&pool())).is_err());
             assert!(dst.list().unwrap().is_empty());
             assert_eq!(std::fs::read_dir(d.join("tmp")).unwrap().count(), 0);
         }
@@ -1025,7 +1190,7 @@ mod tests {
         for pass in 0..2 {
             let listing = list_messages(&src).unwrap();
             assert_eq!(listing.renames.len(), 1, "{listing:?}");
-            let st = sync_folder(
+            let st = sync_now(
                 &src,
                 &listing,
                 &dst,
@@ -1059,7 +1224,7 @@ mod tests {
         std::fs::rename(s.join("cur/1.a:2,S"), s.join("cur/1.a:2,RS")).unwrap();
         let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
         let opts = opts(false, SyncMethod::Batch);
-        let st = sync_folder(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
+        let st = sync_now(&src, &listing, &dst, me(), &opts, &workers(&pool())).unwrap();
         assert_eq!((st.copied, st.vanished), (0, 1));
     }
 
@@ -1077,7 +1242,7 @@ mod tests {
         let listing = list_messages(&src).unwrap();
         let dst = TargetFolder::open(Dir::open_root(&d).unwrap(), None).unwrap();
         let opts = opts(false, SyncMethod::Batch);
-        let e = sync_folder(&src, &listing, &dst, 0, &opts, &workers(&pool())).unwrap_err();
+        let e = sync_now(&src, &listing, &dst, 0, &opts, &workers(&pool())).unwrap_err();
         assert!(e.to_string().contains("belongs to uid 4242"), "{e}");
         assert!(dst.list().unwrap().is_empty());
     }

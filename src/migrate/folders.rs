@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::classify::{Classifier, SkippedFolders};
-use crate::copy::{self, CopyOptions, TargetFolder, Workers};
+use crate::copy::{self, CopyOptions, Naming, TargetFolder, Workers};
 use crate::maildir::courier::keywords::{Assignment, MergedKeywords};
 use crate::maildir::keywords::{self, Keywords};
 use crate::maildir::names::{FolderName, NameEncoding, decode_level};
@@ -355,7 +355,8 @@ pub enum Pass {
 
 /// One pass: every kept folder is brought in line with the source. In the
 /// final pass each folder is verified right after it is synced (so no
-/// listing outlives its folder).
+/// listing outlives its folder). In the bulk pass a folder's last copies
+/// are made durable and named while the next folder is copied.
 pub fn sync_mailbox(
     ctx: &SyncContext<'_>,
     src: &Dir,
@@ -374,6 +375,7 @@ pub fn sync_mailbox(
         .map_err(|e| MailboxError::io(src.path(), e))?
         .st_uid;
     let mut kept_dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    let naming = Naming::default();
     for folder in &scan.copy {
         let Some(src_dir) = open_source_folder(src, folder, &mut out.warnings)? else {
             continue;
@@ -392,8 +394,10 @@ pub fn sync_mailbox(
             }
         };
         let target = TargetFolder::open(dst_dir, ctx.copy.owner)?;
-        pass_folder(ctx, &src_dir, uid, &target, folder, pass, &mut out)?;
+        let to = (&target, &naming);
+        pass_folder(ctx, &src_dir, uid, to, folder, pass, &mut out)?;
     }
+    naming.finish()?;
     if ctx.skipped == SkippedFolders::Empty {
         for folder in &scan.skip {
             let rel = empty_skipped_folder(ctx, src, uid, dst, folder, pass, &mut out)?;
@@ -442,7 +446,7 @@ fn pass_folder(
     ctx: &SyncContext<'_>,
     src_dir: &Dir,
     uid: u32,
-    target: &TargetFolder,
+    (target, naming): (&TargetFolder, &Naming),
     folder: &SourceFolder,
     pass: Pass,
     out: &mut MailboxSync,
@@ -454,8 +458,9 @@ fn pass_folder(
         Ok(_) => None,
         Err(_) => courier::read_keywords(src_dir, uid, &shown, &mut out.warnings)?,
     };
+    let keywords = courier_keywords.as_ref();
     let (listing, assignment, changes) =
-        sync_folder_until_stable(ctx, src_dir, uid, target, &shown, courier_keywords.as_ref())?;
+        sync_folder_until_stable(ctx, src_dir, uid, (target, naming), &shown, keywords)?;
     out.changes += changes;
     for p in &listing.not_files {
         out.warnings.push(format!(
@@ -466,6 +471,7 @@ fn pass_folder(
     if pass == Pass::Bulk {
         return Ok(());
     }
+    naming.finish()?;
     let m = copy::compare(&listing, &target.list()?);
     if !m.is_empty() {
         return Err(MailboxError::Verify {
@@ -616,7 +622,7 @@ fn sync_folder_until_stable(
     ctx: &SyncContext<'_>,
     src: &Dir,
     uid: u32,
-    target: &TargetFolder,
+    (target, naming): (&TargetFolder, &Naming),
     shown: &str,
     courier_keywords: Option<&MergedKeywords>,
 ) -> Result<(copy::Listing, Option<Assignment>, u64), MailboxError> {
@@ -624,7 +630,8 @@ fn sync_folder_until_stable(
     for _ in 0..MAX_PASSES_PER_FOLDER {
         let mut listing = copy::list_messages(src)?;
         let assignment = courier_keywords.map(|k| courier::apply_keywords(&mut listing, k));
-        let stats = copy::sync_folder(src, &listing, target, uid, &ctx.copy, &ctx.workers)?;
+        let w = &ctx.workers;
+        let stats = copy::sync_folder(src, &listing, target, uid, &ctx.copy, w, naming)?;
         changes += stats.copied + stats.renamed + stats.removed;
         if stats.vanished == 0 {
             return Ok((listing, assignment, changes));
