@@ -1017,7 +1017,7 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 stop.store(true, Ordering::Relaxed);
             });
-            sync_folder(&src, &listing, &dst, me(), &opts, &w).unwrap_err()
+            sync_folder(&src, &listing, &dst, me(), &opts, &w, &Naming::default()).unwrap_err()
         });
         assert!(matches!(e, CopyError::Interrupted), "{e}");
         assert!(dst.list().unwrap().is_empty());
