@@ -37,11 +37,11 @@ FOLDERS = [
 SUBSCRIBED = ["Sent", "Archive.2023", "Drafts", "Odeslan&AOk-"]
 FLAG_CHOICES = ["S", "S", "S", "S", "RS", "FS", "", "S", "DS", "FRS"]
 NEW_SHARE = 0.02  # share of INBOX messages left in new/
-BIG_SHARE = 0.001  # share of 1-5 MB messages
+BIG_SHARE = 0.001  # default share of 1-5 MB messages (--big-share)
 
 
-def message_size(rng):
-    if rng.random() < BIG_SHARE:
+def message_size(rng, big_share):
+    if rng.random() < big_share:
         return rng.randint(1 << 20, 5 << 20)
     # log-normal with median ~5 KB (mean ~6 KB), clamped
     return max(600, min(200_000, int(rng.lognormvariate(math.log(5000), 0.6))))
@@ -96,7 +96,8 @@ def write_config(out, threads):
         json.dump({"domain": DOMAIN, "mode": "move", "cutover": False}, f)
 
 
-def generate(out, users=20, messages_per_user=5000, threads=None, quiet=False):
+def generate(out, users=20, messages_per_user=5000, threads=None, quiet=False,
+             big_share=BIG_SHARE):
     out = os.path.abspath(out)
     if os.path.exists(out):
         shutil.rmtree(out)
@@ -133,7 +134,7 @@ def generate(out, users=20, messages_per_user=5000, threads=None, quiet=False):
             for k in range(count):
                 seq += 1
                 t += rng.randint(60, 3 * 3600)
-                size = message_size(rng)
+                size = message_size(rng, big_share)
                 data = message_bytes(rng, filler, size, user, seq, t)
                 size = len(data)
                 pid = 1000 + rng.randrange(30000)
@@ -174,6 +175,7 @@ def generate(out, users=20, messages_per_user=5000, threads=None, quiet=False):
         "domain": DOMAIN,
         "users": usernames,
         "messages_per_user": messages_per_user,
+        "big_share": big_share,
         "messages": total_msgs,
         "bytes": total_bytes,
         "threads": threads,
@@ -189,8 +191,10 @@ def main():
     ap.add_argument("--users", type=int, default=20)
     ap.add_argument("--messages-per-user", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--big-share", type=float, default=BIG_SHARE,
+                    help="share of 1-5 MB messages (default 0.001; 0: small messages only)")
     a = ap.parse_args()
-    m = generate(a.dir, a.users, a.messages_per_user, a.threads)
+    m = generate(a.dir, a.users, a.messages_per_user, a.threads, big_share=a.big_share)
     print(f"{m['messages']} messages, {m['bytes'] / 1e6:.1f} MB in {a.dir}")
 
 

@@ -4,7 +4,7 @@ the time merely reading the source takes.
 
     python3 bench/run.py [--users N] [--messages-per-user N] [--threads N]
                          [--data DIR] [--only NAME[,NAME...]] [--regen]
-                         [--limit-mb MB]
+                         [--limit-mb MB] [--big-share F]
 
 See bench/README.md. Standard library only (Python 3.11).
 """
@@ -377,6 +377,8 @@ def main():
     ap.add_argument("--only", action="append", default=[],
                     help="contender(s) to run, comma-separated or repeated: " + ", ".join(CONTENDERS))
     ap.add_argument("--regen", action="store_true", help="regenerate the corpus even if it matches")
+    ap.add_argument("--big-share", type=float, default=gen.BIG_SHARE,
+                    help="share of 1-5 MB messages in the corpus (default 0.001; 0: small only)")
     ap.add_argument("--limit-mb", type=float, default=None,
                     help="add the row maildir-migrate-limited: the same run with "
                          "[migration] max_bytes_per_sec = this many MB/s")
@@ -407,13 +409,15 @@ def main():
     if not a.regen and os.path.exists(mpath) and os.path.exists(os.path.join(c, "users.old.pristine")):
         m = json.load(open(mpath))
         if (m.get("seed") == gen.SEED and len(m["users"]) == a.users
-                and m["messages_per_user"] == a.messages_per_user):
+                and m["messages_per_user"] == a.messages_per_user
+                and m.get("big_share", gen.BIG_SHARE) == a.big_share):
             manifest = m
             log(f"reusing the corpus in {c}")
     if manifest is None:
         log(f"generating {a.users} x {a.messages_per_user} messages in {c}")
         t0 = time.monotonic()
-        manifest = gen.generate(c, a.users, a.messages_per_user, a.threads, quiet=True)
+        manifest = gen.generate(c, a.users, a.messages_per_user, a.threads, quiet=True,
+                                big_share=a.big_share)
         shutil.copy2(os.path.join(c, "users.old"), os.path.join(c, "users.old.pristine"))
         log(f"  generated in {time.monotonic() - t0:.1f} s")
     gen.write_config(c, a.threads)
