@@ -207,11 +207,21 @@ fn no_usable_configuration_exits_78() {
 /// The SQL userdb's statements are prepared on the real server: the
 /// PostfixAdmin schema passes, a query naming a column the table lacks
 /// fails with the server's words, and one without a `maildir` column fails
-/// naming it. Nothing is written to the database.
+/// naming it. Nothing is written to the database. PostgreSQL and MariaDB.
 #[test]
 fn sql_queries_are_prepared_against_the_real_schema() {
     require!(Need::Postgres);
-    let db = TestDb::create(Engine::Postgres, "check");
+    sql_queries_are_prepared(Engine::Postgres);
+}
+
+#[test]
+fn sql_queries_are_prepared_against_the_real_schema_on_mariadb() {
+    require!(Need::Mariadb);
+    sql_queries_are_prepared(Engine::Mariadb);
+}
+
+fn sql_queries_are_prepared(engine: Engine) {
+    let db = TestDb::create(engine, "check");
     db.add_domain("example.cz");
     db.add_mailbox("jan@example.cz", "{CRYPT}x", 0);
     let rows = db.mailboxes("example.cz");
