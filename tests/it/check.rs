@@ -350,3 +350,28 @@ fn a_domain_whose_mailboxes_would_fail_is_a_fail() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
+
+/// With `--domain`, a target with less room than the domain still needs
+/// is a FAIL naming both figures.
+#[test]
+fn too_little_room_on_the_target_is_a_fail() {
+    let h = Host::new("[notify]\noutbox_dir = \"outbox\"\n");
+    std::fs::create_dir(h.root.join("outbox")).unwrap();
+    let Some(_fs) = crate::enospc::Tmpfs::mount(&h.new, "64k") else {
+        crate::common::require::skip("needs to mount a tmpfs (root)");
+        return;
+    };
+    let md = h.add_user("jan@example.cz", "{PLAIN}x", "");
+    md.folder("").msg(
+        "cur",
+        "1.a:2,S",
+        &crate::common::fixture::body("big", 200_000),
+        1_700_000_000,
+    );
+    let out = check(&h.config, &["--domain", "example.cz", "--json"]);
+    let l = lines(&out);
+    assert_eq!(status_of(&l, "target.free_space"), ["FAIL"], "{l:?}");
+    let found = &l.iter().find(|l| l.1 == "target.free_space").unwrap().2;
+    assert!(found.contains("still to copy, only"), "{found}");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}

@@ -9,10 +9,10 @@ use std::process::Command;
 use common::fixture::{Host, body, tree};
 
 /// A size-limited tmpfs, unmounted when dropped (also on panic).
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+    pub(crate) fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
         let ok = Command::new("mount")
             .args([
                 "-t",
