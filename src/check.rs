@@ -13,6 +13,7 @@ use nix::unistd::{AccessFlags, access};
 use serde::Serialize;
 
 use crate::config::{Config, Userdb};
+use crate::dovecot::Doveadm;
 use crate::job::Domain;
 use crate::migrate::ownership;
 use crate::safe_fs::{Dir, Owner};
@@ -160,13 +161,13 @@ struct Auth {
     line: Line,
 }
 
-/// The user of `service auth` from `doveconf` (next to `[verify] doveadm`
-/// and with its config, else the host's).
+/// The user of `service auth` from the new Dovecot's configuration
+/// (`[verify] doveadm` with its config, else the host's doveadm).
 fn dovecot_auth(cfg: &Config) -> Auth {
-    let (doveconf, config) = match &cfg.verify.doveadm {
-        Some(d) => (d.bin.with_file_name("doveconf"), d.config.clone()),
-        None => (PathBuf::from("/usr/bin/doveconf"), None),
-    };
+    let doveadm = cfg.verify.doveadm.clone().unwrap_or_else(|| Doveadm {
+        bin: PathBuf::from("/usr/bin/doveadm"),
+        config: None,
+    });
     let unknown = |found: String| Auth {
         who: None,
         line: Line::warn(
@@ -175,13 +176,13 @@ fn dovecot_auth(cfg: &Config) -> Auth {
             "make sure the new Dovecot's auth process can read the target userdb",
         ),
     };
-    if !doveconf.exists() {
+    if !doveadm.bin.exists() {
         return unknown(format!(
             "no {}: cannot tell which user Dovecot's auth runs as",
-            doveconf.display()
+            doveadm.bin.display()
         ));
     }
-    let name = match doveconf_value(&doveconf, config.as_deref(), "service/auth/user") {
+    let name = match doveadm.setting("service/auth/user") {
         Ok(n) => n,
         Err(e) => return unknown(e),
     };
@@ -205,30 +206,6 @@ fn dovecot_auth(cfg: &Config) -> Auth {
         _ => unknown(format!(
             "Dovecot's auth user {name:?} is not a user on this host"
         )),
-    }
-}
-
-/// One setting from `doveconf -h`, with a `$other` reference resolved.
-fn doveconf_value(bin: &Path, config: Option<&Path>, key: &str) -> Result<String, String> {
-    let mut cmd = std::process::Command::new(bin);
-    if let Some(c) = config {
-        cmd.arg("-c").arg(c);
-    }
-    let out = cmd
-        .args(["-h", key])
-        .output()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} -h {key}: {}",
-            bin.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    match value.strip_prefix('$') {
-        Some(other) if other != key => doveconf_value(bin, config, other),
-        _ => Ok(value),
     }
 }
 

@@ -113,6 +113,16 @@ impl Doveadm {
         Ok(parse_namespace(&text, layout))
     }
 
+    /// One setting of the server's configuration (`doveadm config -h`),
+    /// with a `$other` reference followed.
+    pub fn setting(&self, key: &str) -> Result<String, String> {
+        let value = self.run("config", &["config", "-h", key])?;
+        match value.trim().strip_prefix('$') {
+            Some(other) if other != key => self.setting(other),
+            _ => Ok(value.trim().to_string()),
+        }
+    }
+
     /// `doveadm user`: the user's userdb fields; `None` for a user the
     /// server does not know.
     pub fn user(&self, user: &str) -> Result<Option<HashMap<String, String>>, String> {

@@ -102,7 +102,7 @@ enum Command {
     /// OK, WARN (works, but look at it) or FAIL (a job or the daemon would
     /// fail), each WARN and FAIL with its fix: the configuration loads;
     /// both userdbs are readable and writable by this user and readable by
-    /// the user Dovecot's auth runs as (from doveconf); both mail roots
+    /// the user Dovecot's auth runs as (from doveadm config); both mail roots
     /// exist, their filesystems, O_TMPFILE and reflinks; with --domain,
     /// the room on the target for the domain; the target uid/gid exist;
     /// freeze_command is executable; the SMTP relay answers EHLO (and
