@@ -134,17 +134,23 @@ impl Throttle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take(bytes, Instant::now());
-        let until = Instant::now() + wait;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return Err(Stopped);
-            }
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(());
-            }
-            std::thread::sleep(left.min(STOP_CHECK));
+        sleep_unless_stopped(wait, stop)
+    }
+}
+
+/// Sleeps for `wait` unless a stop request comes first (`Err`), looking
+/// at the flag every `STOP_CHECK`.
+pub fn sleep_unless_stopped(wait: Duration, stop: &AtomicBool) -> Result<(), Stopped> {
+    let until = Instant::now() + wait;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Stopped);
         }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(STOP_CHECK));
     }
 }
 

@@ -22,14 +22,13 @@
 //! server's check before the login goes live is in `switch`.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use crate::classify::SkippedFolders;
 use crate::copy::{CopyError, TargetFolder};
 use crate::job::{Job, Mode};
 use crate::report::{MailboxReport, MailboxStatus};
 use crate::safe_fs::Dir;
+use crate::throttle::sleep_unless_stopped;
 use crate::userdb::{NewLogin, Previous};
 
 use super::assess::{Assessment, State, assess};
@@ -214,10 +213,10 @@ fn copy_and_switch(
     ctx.workers.progress.mailbox_frozen();
     let frozen_at = std::time::Instant::now();
     let mut warnings = let_go_on_the_old_server(env, mb)?;
-    if stopped_during(env.cfg.cutover.freeze_grace, ctx.workers.stop) {
-        // Rolled back like a mailbox stopped mid-copy.
-        return Err(CopyError::Interrupted.into());
-    }
+    // A stop during the grace must not wait it out while the old login is
+    // refused: the mailbox is rolled back like one stopped mid-copy.
+    sleep_unless_stopped(env.cfg.cutover.freeze_grace, ctx.workers.stop)
+        .map_err(CopyError::from)?;
     let mut content = final_pass(env, ctx, a, source.as_ref(), &md)?;
     // Whatever an earlier run or a crash left: Dovecot, running as the
     // owner, must be able to read every part of it.
@@ -235,21 +234,6 @@ fn copy_and_switch(
         c.sync.freeze_ms = Some(frozen_at.elapsed().as_millis() as u64);
     }
     Ok(Outcome::Switched(md, content))
-}
-
-/// Waits out `grace` unless a stop comes first (`true`): a stop must not
-/// wait for a grace of minutes while the old login is refused (systemd
-/// kills a daemon that takes longer than `TimeoutStopSec=`).
-fn stopped_during(grace: Duration, stop: &AtomicBool) -> bool {
-    let end = Instant::now() + grace;
-    while !stop.load(Ordering::Relaxed) {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(100)));
-    }
-    true
 }
 
 /// Step 2: the bulk pass, then delta passes while the mailbox is live, so
