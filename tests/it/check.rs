@@ -298,19 +298,26 @@ fn the_daemon_logs_the_checks_at_start() {
     d.stop();
 }
 
-/// With `--domain`, the room on the target is compared with what `plan`
-/// would still copy of that domain.
-#[test]
-fn free_space_is_weighed_against_what_is_still_to_copy() {
+/// A host whose e-mails go to its outbox, with jan@example.cz holding
+/// one message of `size` bytes.
+fn host_with_one_message(size: usize) -> Host {
     let h = Host::new("[notify]\noutbox_dir = \"outbox\"\n");
     std::fs::create_dir(h.root.join("outbox")).unwrap();
     let md = h.add_user("jan@example.cz", "{PLAIN}x", "");
     md.folder("").msg(
         "cur",
         "1.a:2,S",
-        &crate::common::fixture::body("one", 3000),
+        &crate::common::fixture::body("one", size),
         1_700_000_000,
     );
+    h
+}
+
+/// With `--domain`, the room on the target is compared with what `plan`
+/// would still copy of that domain.
+#[test]
+fn free_space_is_weighed_against_what_is_still_to_copy() {
+    let h = host_with_one_message(3000);
     let out = check(&h.config, &["--domain", "example.cz", "--json"]);
     let l = lines(&out);
     let space: Vec<_> = l.iter().filter(|l| l.1 == "target.free_space").collect();
@@ -355,19 +362,11 @@ fn a_domain_whose_mailboxes_would_fail_is_a_fail() {
 /// is a FAIL naming both figures.
 #[test]
 fn too_little_room_on_the_target_is_a_fail() {
-    let h = Host::new("[notify]\noutbox_dir = \"outbox\"\n");
-    std::fs::create_dir(h.root.join("outbox")).unwrap();
+    let h = host_with_one_message(200_000);
     let Some(_fs) = crate::enospc::Tmpfs::mount(&h.new, "64k") else {
         crate::common::require::skip("needs to mount a tmpfs (root)");
         return;
     };
-    let md = h.add_user("jan@example.cz", "{PLAIN}x", "");
-    md.folder("").msg(
-        "cur",
-        "1.a:2,S",
-        &crate::common::fixture::body("big", 200_000),
-        1_700_000_000,
-    );
     let out = check(&h.config, &["--domain", "example.cz", "--json"]);
     let l = lines(&out);
     assert_eq!(status_of(&l, "target.free_space"), ["FAIL"], "{l:?}");
