@@ -505,7 +505,7 @@ fn new_file_attrs(
         Some(m) => FileAttrs::like(m, fsync),
         None => FileAttrs::private(None, fsync),
     };
-    Ok(attrs.with_mtime(current.meta.as_ref().and_then(|m| bumped_mtime(m.mtime()))))
+    Ok(attrs.with_mtime(current.meta.as_ref().map(|m| bumped_mtime(m.mtime()))))
 }
 
 /// What became of the file at `name` since `read` was taken.
@@ -625,11 +625,16 @@ fn carry_late_appends(path: &Path, mut old: PasswdFile, fsync: bool) -> Result<(
 /// compared with the version it loaded, which may be any earlier one: so
 /// the mtime only ever moves forward. Several rewrites within one second
 /// run it a few seconds ahead of the clock; Dovecot only tests equality.
-fn bumped_mtime(old: i64) -> Option<TimeSpec> {
+/// Always set explicitly: the kernel stamps from a coarse clock that can
+/// still show the old second just after `SystemTime` has moved on.
+fn bumped_mtime(old: i64) -> TimeSpec {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    (now <= old).then(|| TimeSpec::new(old + 1, 0))
+        .unwrap_or_default();
+    match i64::try_from(now.as_secs()) {
+        Ok(secs) if secs > old => TimeSpec::from_duration(now),
+        _ => TimeSpec::new(old.saturating_add(1), 0),
+    }
 }
 
 #[cfg(test)]
@@ -825,6 +830,22 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.contains("panel:{PLAIN}w\n"), "{text}");
         assert!(text.contains("b:{PLAIN}y::::::nologin"), "{text}");
+    }
+
+    /// The kernel stamps files from a coarse clock that lags the one
+    /// `SystemTime` reads by a few milliseconds: left to the kernel, a
+    /// rewrite just after a second boundary can keep the old second.
+    #[test]
+    fn the_new_mtime_is_set_explicitly_and_always_later() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        for old in [now - 5, now - 1, now, now + 3] {
+            let t = bumped_mtime(old);
+            assert!(t.tv_sec() > old, "{old} -> {t:?}");
+            assert!(t.tv_sec() >= now, "{old} -> {t:?}");
+        }
     }
 
     #[test]
