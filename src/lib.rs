@@ -15,6 +15,7 @@ pub mod cli;
 pub(crate) mod config;
 pub(crate) mod copy;
 pub(crate) mod daemon;
+pub(crate) mod db_url;
 pub(crate) mod dovecot;
 pub(crate) mod exit;
 #[cfg(test)]
@@ -54,7 +55,7 @@ mod layers {
         &[
             "maildir", "copy", "dovecot", "classify", "report", "progress", "throttle",
         ],
-        &["job", "vars", "safe_fs", "shown"],
+        &["job", "vars", "safe_fs", "shown", "db_url"],
     ];
 
     fn layer(module: &str) -> Option<usize> {

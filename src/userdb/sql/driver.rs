@@ -74,16 +74,7 @@ impl Conn {
     pub fn open(url: &SqlUrl) -> Result<Conn, Failure> {
         match url.driver {
             Driver::Postgres => {
-                let mut c = postgres::Config::new();
-                c.host(&url.host)
-                    .port(url.port)
-                    .user(&url.user)
-                    .dbname(&url.dbname)
-                    .application_name("maildir-migrate")
-                    .connect_timeout(CONNECT_TIMEOUT);
-                if let Some(p) = &url.password {
-                    c.password(p.0.as_str());
-                }
+                let c = url.postgres_config(CONNECT_TIMEOUT);
                 // TLS is not built in: see the module documentation.
                 let client = c.connect(postgres::NoTls).map_err(pg_failure)?;
                 Ok(Conn::Pg(Box::new(client)))

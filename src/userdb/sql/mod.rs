@@ -72,62 +72,16 @@ mod driver;
 mod tests;
 
 use std::fmt;
-use std::io;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use driver::{Cell, Conn, Failure, Rows, Value};
+
+pub use crate::db_url::{Driver, SqlUrl, UrlError};
 
 use super::scheme;
 
 /// Prefix that makes a stored hash unverifiable (an unknown Dovecot scheme).
 pub const LOCK_MARKER: &str = "{MAILDIR-MIGRATE-LOCKED}";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Driver {
-    Postgres,
-    Mysql,
-}
-
-/// A password that never shows up in `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
-struct Secret(String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// Where the database is. `Display` gives the URL without password.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SqlUrl {
-    pub driver: Driver,
-    pub user: String,
-    password: Option<Secret>,
-    pub host: String,
-    pub port: u16,
-    pub dbname: String,
-}
-
-impl fmt::Display for SqlUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match self.driver {
-            Driver::Postgres => "postgresql",
-            Driver::Mysql => "mysql",
-        };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        write!(
-            f,
-            "{scheme}://{}@{host}:{}/{}",
-            self.user, self.port, self.dbname
-        )
-    }
-}
 
 /// The statements of a schema other than PostfixAdmin's (see the module
 /// documentation for parameters and columns).
@@ -157,22 +111,8 @@ pub struct SqlSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlConfigError {
-    #[error("SQL URL {url}: {problem}")]
-    Url { url: String, problem: String },
-    #[error("{}: {source}", path.display())]
-    PasswordFile { path: PathBuf, source: io::Error },
-    #[error(
-        "{}: mode {mode:04o} lets group or others read it; a password file must be mode 600 or 400",
-        path.display()
-    )]
-    PasswordFileMode { path: PathBuf, mode: u32 },
-    #[error("{}: {problem}", path.display())]
-    PasswordFileContent {
-        path: PathBuf,
-        problem: &'static str,
-    },
-    #[error("SQL URL {url} has a password and password_file {} is set too; keep one", path.display())]
-    TwoPasswords { url: String, path: PathBuf },
+    #[error(transparent)]
+    Url(#[from] UrlError),
     #[error("{query}: {problem}")]
     Query {
         query: &'static str,
@@ -188,16 +128,7 @@ impl SqlSettings {
         password_file: Option<&Path>,
         schema: SqlSchema,
     ) -> Result<SqlSettings, SqlConfigError> {
-        let mut url = parse_url(url)?;
-        if let Some(path) = password_file {
-            if url.password.is_some() {
-                return Err(SqlConfigError::TwoPasswords {
-                    url: url.to_string(),
-                    path: path.to_path_buf(),
-                });
-            }
-            url.password = Some(read_password_file(path)?);
-        }
+        let url = SqlUrl::parse(url, password_file)?;
         let queries = Queries::compile(&schema, url.driver)?;
         Ok(SqlSettings {
             url,
@@ -205,145 +136,6 @@ impl SqlSettings {
             queries,
         })
     }
-}
-
-/// The URL with any password replaced, for error messages.
-fn redact_url(raw: &str) -> String {
-    let Some((scheme, rest)) = raw.split_once("://") else {
-        return raw.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rsplit_once('@') {
-        Some((userinfo, _)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            let after = &rest[userinfo.len()..];
-            format!("{scheme}://{user}:<redacted>{after}")
-        }
-        _ => raw.to_string(),
-    }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn parse_url(raw: &str) -> Result<SqlUrl, SqlConfigError> {
-    let bad = |problem: &str| SqlConfigError::Url {
-        url: redact_url(raw),
-        problem: problem.to_string(),
-    };
-    let (scheme, rest) = raw
-        .split_once("://")
-        .ok_or_else(|| bad("expected postgresql://… or mysql://…"))?;
-    let (driver, default_port) = match scheme.to_ascii_lowercase().as_str() {
-        "postgresql" | "postgres" => (Driver::Postgres, 5432),
-        "mysql" | "mariadb" => (Driver::Mysql, 3306),
-        _ => {
-            return Err(bad(
-                "unknown scheme; use postgresql://, mysql:// or mariadb://",
-            ));
-        }
-    };
-    if rest.contains(['?', '#']) {
-        return Err(bad("options after ? are not supported"));
-    }
-    let (authority, path) = rest.split_once('/').ok_or_else(|| bad("missing /dbname"))?;
-    let dbname = percent_decode(path).ok_or_else(|| bad("bad %-encoding in the dbname"))?;
-    if dbname.is_empty() || dbname.contains('/') {
-        return Err(bad("missing /dbname"));
-    }
-    let (userinfo, hostport) = authority
-        .rsplit_once('@')
-        .ok_or_else(|| bad("missing user@ before the host"))?;
-    let (user, password) = match userinfo.split_once(':') {
-        Some((u, p)) => (
-            u,
-            Some(Secret(
-                percent_decode(p).ok_or_else(|| bad("bad %-encoding in the password"))?,
-            )),
-        ),
-        None => (userinfo, None),
-    };
-    let user = percent_decode(user).ok_or_else(|| bad("bad %-encoding in the user"))?;
-    if user.is_empty() {
-        return Err(bad("missing user@ before the host"));
-    }
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| bad("unterminated [IPv6 address]"))?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(bad("missing host"));
-    }
-    let port = match port {
-        None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| bad("port must be a number from 1 to 65535"))?,
-    };
-    Ok(SqlUrl {
-        driver,
-        user,
-        password,
-        host: host.to_string(),
-        port,
-        dbname,
-    })
-}
-
-fn read_password_file(path: &Path) -> Result<Secret, SqlConfigError> {
-    let io_err = |source| SqlConfigError::PasswordFile {
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(io_err)?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(SqlConfigError::PasswordFileMode {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-    let content = |problem| SqlConfigError::PasswordFileContent {
-        path: path.to_path_buf(),
-        problem,
-    };
-    let text = String::from_utf8(std::fs::read(path).map_err(io_err)?)
-        .map_err(|_| content("not UTF-8"))?;
-    // One trailing newline is how editors save a one-line file.
-    let pw = text
-        .strip_suffix('\n')
-        .map(|t| t.strip_suffix('\r').unwrap_or(t))
-        .unwrap_or(&text);
-    if pw.is_empty() {
-        return Err(content("is empty"));
-    }
-    if pw.contains('\n') {
-        return Err(content("has more than one line"));
-    }
-    Ok(Secret(pw.to_string()))
 }
 
 /// The parameters a query may name.
