@@ -162,7 +162,11 @@ fn queue_line(settings: &QueueSettings) -> Line {
     match Queue::connect(settings).and_then(|mut q| q.check_schema()) {
         Ok(()) => Line::ok(
             "queue",
-            format!("{}: schema {} is current", settings.url, settings.schema.as_str()),
+            format!(
+                "{}: schema {} is current",
+                settings.url,
+                settings.schema.as_str()
+            ),
         ),
         Err(e @ QueueError::Version { .. }) => Line::fail(
             "queue",

@@ -199,7 +199,7 @@ enum Pending {
         error: Option<String>,
         progress: Progress,
     },
-    Release(Lease),
+    Release(Lease, Progress),
     Event(i64, Event),
 }
 
@@ -318,7 +318,7 @@ impl Agent {
                         progress,
                     });
                 } else if !lost {
-                    self.pending.push(Pending::Release(lease));
+                    self.pending.push(Pending::Release(lease, progress));
                 }
             }
             Cmd::Event(job, event) => self.pending.push(Pending::Event(job, event)),
@@ -356,7 +356,7 @@ impl Agent {
                             warn!(job = lease.job, "the job's lease was lost; its result is not recorded (the next claimer runs it again)");
                         }
                     }),
-                Pending::Release(lease) => q.release(lease).map(drop),
+                Pending::Release(lease, progress) => q.release(lease, progress).map(drop),
                 Pending::Event(job, e) => q.event(*job, e),
             };
             match r {

@@ -474,13 +474,40 @@ impl Queue {
 
     /// Renews the lease and writes the progress and its events.
     pub fn heartbeat(&mut self, lease: &Lease, p: &Progress) -> Result<LeaseState, QueueError> {
+        let secs = self.settings.lease.as_secs_f64();
+        self.renew(lease, p, secs, None)
+    }
+
+    /// Hands a stopped job back with its last progress: its lease ends
+    /// now, so the next claim (here or on another daemon) resumes it from
+    /// this checkpoint.
+    pub fn release(&mut self, lease: &Lease, p: &Progress) -> Result<bool, QueueError> {
+        let released = Event {
+            kind: "released",
+            mailbox: None,
+            detail: None,
+        };
+        let state = self.renew(lease, p, 0.0, Some(&released))?;
+        Ok(state != LeaseState::Lost)
+    }
+
+    /// The lease set to `secs` from now, with the progress; `last` ends
+    /// the transaction with an event and wakes the other daemons.
+    fn renew(
+        &mut self,
+        lease: &Lease,
+        p: &Progress,
+        secs: f64,
+        last: Option<&Event>,
+    ) -> Result<LeaseState, QueueError> {
         let sql = self.sql(&format!(
             "UPDATE {{s}}.jobs SET lease_until = now() + make_interval(secs => $4), {PROGRESS}
               WHERE id = $1 AND owner = $2 AND claims = $3 AND state = 'running'
              RETURNING cancel_requested"
         ));
-        let (host, lease_secs) = (self.host(), self.settings.lease.as_secs_f64());
+        let host = self.host();
         let event_sql = self.event_sql();
+        let wake = self.wake_sql();
         let mut tx = self.begin()?;
         let row = Self::owned_update(
             &mut tx,
@@ -488,7 +515,7 @@ impl Queue {
             lease,
             &host,
             &[
-                &lease_secs,
+                &secs,
                 &p.phase,
                 &big(p.mailboxes_total),
                 &big(p.mailboxes_done),
@@ -505,8 +532,11 @@ impl Queue {
         let Some(row) = row else {
             return Ok(LeaseState::Lost);
         };
-        for e in &p.events {
+        for e in p.events.iter().chain(last) {
             insert_event(&mut tx, &event_sql, lease.job, &host, e)?;
+        }
+        if last.is_some() {
+            tx.batch_execute(&wake).map_err(db("renew a lease"))?;
         }
         tx.commit().map_err(db("renew a lease"))?;
         Ok(LeaseState::Held {
@@ -591,22 +621,6 @@ impl Queue {
             detail: Some(why.to_string()),
         };
         self.owned_write(lease, &sql, &[&why], "reject a job", &ev)
-    }
-
-    /// Hands a stopped job back: its lease ends now, so the next claim
-    /// (here or on another daemon) resumes it.
-    pub fn release(&mut self, lease: &Lease) -> Result<bool, QueueError> {
-        let sql = self.sql(
-            "UPDATE {s}.jobs SET lease_until = now(), updated_at = now()
-              WHERE id = $1 AND owner = $2 AND claims = $3 AND state = 'running'
-             RETURNING id",
-        );
-        let ev = Event {
-            kind: "released",
-            mailbox: None,
-            detail: None,
-        };
-        self.owned_write(lease, &sql, &[], "release a job", &ev)
     }
 
     /// An owner's write with its event, announced to the other daemons.

@@ -191,7 +191,7 @@ fn a_lapsed_lease_is_resumed_elsewhere_and_the_old_owner_is_shut_out() {
         !q1.finish(&c1.lease, FinalState::Done, None, None, &progress)
             .unwrap()
     );
-    assert!(!q1.release(&c1.lease).unwrap());
+    assert!(!q1.release(&c1.lease, &Progress::default()).unwrap());
     assert!(
         q2.finish(
             &c2.lease,
@@ -215,9 +215,19 @@ fn a_released_job_is_claimable_at_once() {
     let mut q2 = db.daemon("h2", &[], LONG);
     q1.submit(&job("a.cz", None)).unwrap();
     let c1 = q1.claim().unwrap().unwrap();
-    assert!(q1.release(&c1.lease).unwrap());
+    let last = Progress {
+        checkpoint: serde_json::json!({"finished": ["jan", "eva"]}),
+        ..Progress::default()
+    };
+    assert!(q1.release(&c1.lease, &last).unwrap());
     let c2 = q2.claim().unwrap().unwrap();
     assert_eq!((c2.lease.job, c2.resumed), (c1.lease.job, true));
+    assert_eq!(
+        c2.checkpoint,
+        Some(last.checkpoint),
+        "the last progress goes with the job"
+    );
+    assert_eq!(kinds(&db, c1.lease.job), ["started", "released", "resumed"]);
 }
 
 #[test]

@@ -392,10 +392,15 @@ fn the_queue_line_wants_an_initialised_schema() {
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
     assert!(
-        shown.lines().any(|l| l.starts_with("FAIL  queue") && l.contains("version 0")),
+        shown
+            .lines()
+            .any(|l| l.starts_with("FAIL  queue") && l.contains("version 0")),
         "{shown}"
     );
-    assert!(shown.contains("run `maildir-migrate queue init`"), "{shown}");
+    assert!(
+        shown.contains("run `maildir-migrate queue init`"),
+        "{shown}"
+    );
     let init = Command::new(BIN)
         .arg("--config")
         .arg(&h.config)
