@@ -16,9 +16,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -114,8 +114,14 @@ impl Fleet {
         thread::Builder::new()
             .name("queue-outbox".into())
             .spawn(outbox)?;
+        let watchdog = Watchdog::default();
+        let watching = watchdog.clone();
+        thread::Builder::new()
+            .name("queue-watchdog".into())
+            .spawn(move || watching.run())?;
         let agent = Agent {
             queue: None,
+            watchdog,
             settings,
             tracked: HashMap::new(),
             pending: Vec::new(),
@@ -174,6 +180,53 @@ impl Fleet {
     }
 }
 
+/// When each held job must stop, checked by a thread that never waits on
+/// the database: a renewal hanging on a network that drops packets cannot
+/// keep a job running past its lease.
+#[derive(Clone, Default)]
+struct Watchdog(Arc<Mutex<HashMap<i64, Watched>>>);
+
+struct Watched {
+    stop_at: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+impl Watchdog {
+    fn watch(&self, job: i64, stop_at: Instant, stop: &Arc<AtomicBool>) {
+        let w = Watched {
+            stop_at,
+            stop: Arc::clone(stop),
+        };
+        self.0.lock().expect("not poisoned").insert(job, w);
+    }
+
+    fn renewed(&self, job: i64, stop_at: Instant) {
+        if let Some(w) = self.0.lock().expect("not poisoned").get_mut(&job) {
+            w.stop_at = stop_at;
+        }
+    }
+
+    fn forget(&self, job: i64) {
+        self.0.lock().expect("not poisoned").remove(&job);
+    }
+
+    /// Until the agent is gone.
+    fn run(self) {
+        while Arc::strong_count(&self.0) > 1 {
+            thread::sleep(Duration::from_millis(200));
+            let now = Instant::now();
+            for (job, w) in self.0.lock().expect("not poisoned").iter() {
+                if now >= w.stop_at && !w.stop.swap(true, Ordering::SeqCst) {
+                    error!(
+                        job,
+                        "the job's lease could not be renewed in time; stopping it before it runs out"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A job the agent holds a lease on.
 struct Held {
     lease: Lease,
@@ -205,6 +258,7 @@ enum Pending {
 
 struct Agent {
     queue: Option<Queue>,
+    watchdog: Watchdog,
     settings: QueueSettings,
     tracked: HashMap<i64, Held>,
     pending: Vec<Pending>,
@@ -329,6 +383,7 @@ impl Agent {
 
     /// Stops tracking a job; its last progress goes with its result.
     fn untrack(&mut self, lease: &Lease) -> Progress {
+        self.watchdog.forget(lease.job);
         match self.tracked.remove(&lease.job) {
             Some(mut h) => progress_of(&mut h),
             None => Progress::default(),
@@ -431,6 +486,8 @@ impl Agent {
                 tracker: Arc::clone(&held.tracker),
                 stop: Arc::clone(&held.stop),
             };
+            let stop_at = Instant::now() + self.settings.lease * 2 / 3;
+            self.watchdog.watch(lease.job, stop_at, &held.stop);
             self.tracked.insert(lease.job, held);
             if self.main.send(Msg::Claimed(Box::new(handed))).is_err() {
                 return;
@@ -458,6 +515,7 @@ impl Agent {
             match result {
                 Some(Ok(LeaseState::Held { cancel_requested })) => {
                     held.valid_until = sent_at + lease_len;
+                    self.watchdog.renewed(id, sent_at + lease_len * 2 / 3);
                     held.reported += progress.events.len();
                     if cancel_requested && !held.cancelled {
                         info!(job = id, "cancel requested; stopping the job");

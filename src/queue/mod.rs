@@ -292,8 +292,13 @@ fn connect_client(settings: &QueueSettings) -> Result<Client, QueueError> {
     let mut client = settings
         .url
         .postgres_config(CONNECT_TIMEOUT)
+        // A database host that vanishes without a reset fails the call in
+        // seconds instead of leaving the daemon waiting on the socket.
         .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(10))
         .connect(NoTls)
         .map_err(db("connect"))?;
     client.batch_execute(SESSION).map_err(db("connect"))?;
