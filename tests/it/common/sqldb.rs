@@ -85,7 +85,8 @@ impl Drop for PgExclusive {
 
 /// Runs one client call; panics with its stderr on failure.
 fn client(engine: Engine, db: &str, sql: &str) -> String {
-    try_client(engine, "postgres", db, sql).unwrap_or_else(|e| panic!("{engine:?} {db}: {sql}\n{e}"))
+    try_client(engine, "postgres", db, sql)
+        .unwrap_or_else(|e| panic!("{engine:?} {db}: {sql}\n{e}"))
 }
 
 /// One client call (PostgreSQL as `user`); its stdout, or its stderr (with
@@ -175,7 +176,11 @@ impl TestDb {
     /// dropped with the database.
     pub fn create_role(&self, tag: &str) -> String {
         let role = format!("{}_{tag}", self.name);
-        client(self.engine, &self.name, &format!("CREATE ROLE {role} LOGIN"));
+        client(
+            self.engine,
+            &self.name,
+            &format!("CREATE ROLE {role} LOGIN"),
+        );
         self.roles.lock().unwrap().push(role.clone());
         role
     }
