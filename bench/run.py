@@ -29,6 +29,7 @@ TIME = "/usr/bin/time"
 
 CONTENDERS = [
     "read-floor",
+    "copy-floor",
     "maildir-migrate",
     "maildir-migrate-limited",
     "rsync",
@@ -40,6 +41,7 @@ CONTENDERS = [
 ]
 LABELS = {
     "read-floor": "read floor (16 parallel readers)",
+    "copy-floor": "copy floor (16 parallel cp, one sync)",
     "maildir-migrate": "maildir-migrate run (move)",
     "maildir-migrate-limited": "maildir-migrate run, max_bytes_per_sec",  # + the limit
     "rsync": "rsync -a",
@@ -206,6 +208,20 @@ def run_read_floor(c, notes):
     return timed("read-floor", ["sh", "-c", reader], c, notes) | {"target": None}
 
 
+def run_copy_floor(c, notes):
+    """What any durable copy must at least do on this disk: every file read
+    and written by 16 parallel cp (no per-file fsync, no owner, no
+    verification), then one sync. The directories are made first, untimed
+    (parallel `cp --parents` races on them)."""
+    d = fresh_dir(c, "copy-floor")
+    sh(["sh", "-c", f"cd oldmail && find . -type d -print0 | (cd '{d}' && xargs -0 mkdir -p)"], cwd=c)
+    copier = (f"cd oldmail && find . -type f -print0 | xargs -0 -P{READERS} -n 256 "
+              f"cp --parents -t '{d}/' && sync")
+    r = timed("copy-floor", ["sh", "-c", copier], c, notes)
+    r["target"] = d
+    return r
+
+
 def run_mm(c, notes, name="maildir-migrate", config="config.toml"):
     restore_userdb(c)
     d = fresh_newmail(c)
@@ -350,6 +366,7 @@ class NotRun(Exception):
 
 RUNNERS = {
     "read-floor": run_read_floor,
+    "copy-floor": run_copy_floor,
     "maildir-migrate": run_mm,
     "maildir-migrate-limited": run_mm_limited,
     "rsync": run_rsync,

@@ -16,6 +16,7 @@ use crate::config::{Config, Userdb};
 use crate::dovecot::Doveadm;
 use crate::job::Domain;
 use crate::migrate::ownership;
+use crate::queue::{Queue, QueueError, QueueSettings};
 use crate::safe_fs::{Dir, Owner};
 use crate::shown::bytes_human;
 
@@ -150,7 +151,30 @@ pub fn run(cfg: &Config, config_path: &Path, domain: Option<&Domain>) -> Checks 
         ),
     });
     lines.push(spool_line(&cfg.spool_dir));
+    if let Some(q) = &cfg.queue {
+        lines.push(queue_line(q));
+    }
     Checks::of(lines)
+}
+
+/// The job queue answers, with the schema this build needs.
+fn queue_line(settings: &QueueSettings) -> Line {
+    match Queue::connect(settings).and_then(|mut q| q.check_schema()) {
+        Ok(()) => Line::ok(
+            "queue",
+            format!("{}: schema {} is current", settings.url, settings.schema.as_str()),
+        ),
+        Err(e @ QueueError::Version { .. }) => Line::fail(
+            "queue",
+            e.to_string(),
+            "run `maildir-migrate queue init` as the database owner",
+        ),
+        Err(e) => Line::fail(
+            "queue",
+            e.to_string(),
+            "start PostgreSQL or correct queue.url / password_file; `queue init --daemon-role` grants the daemon's role",
+        ),
+    }
 }
 
 /// Who the new Dovecot's auth process reads the userdb as.

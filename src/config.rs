@@ -10,10 +10,12 @@ use serde::Deserialize;
 
 use crate::classify::{Classifier, SkippedFolders};
 use crate::copy::SyncMethod;
+use crate::db_url::{Driver, SqlUrl};
 use crate::dovecot::Doveadm;
 use crate::job::{Domain, LocalPart};
 use crate::maildir::Layout;
 use crate::maildir::names::NameEncoding;
+use crate::queue::{DEFAULT_SCHEMA, HostName, QueueSettings, SchemaName};
 use crate::safe_fs::Owner;
 use crate::throttle::Limits;
 use crate::userdb::scheme::is_scheme_name;
@@ -87,6 +89,7 @@ struct RawConfig {
     cutover: RawCutover,
     #[serde(default)]
     verify: RawVerify,
+    queue: Option<RawQueue>,
 }
 
 /// Every key the parser accepts, dotted (`spool_dir`, `source.queries.list_query`):
@@ -233,6 +236,18 @@ struct RawDaemon {
     max_parallel_jobs: Option<usize>,
     inotify: Option<bool>,
     metrics_file: Option<PathBuf>,
+}
+
+/// `[queue]`: the PostgreSQL job queue shared by a fleet of daemons.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    url: String,
+    password_file: Option<PathBuf>,
+    schema: Option<String>,
+    host: Option<String>,
+    pools: Option<Vec<String>>,
+    lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -812,6 +827,52 @@ impl Daemon {
     }
 }
 
+/// `[queue]` checked: a PostgreSQL URL, names the SQL text may hold, a
+/// lease long enough to renew several times.
+fn queue_settings(
+    raw: RawQueue,
+    resolve: &impl Fn(&Path) -> PathBuf,
+) -> Result<QueueSettings, Invalid> {
+    let password_file = raw.password_file.map(|p| resolve(&p));
+    let url = SqlUrl::parse(&raw.url, password_file.as_deref())
+        .map_err(|e| invalid("queue.url")(e.to_string()))?;
+    if url.driver != Driver::Postgres {
+        return Err(invalid("queue.url")(
+            "the job queue needs PostgreSQL (postgresql://…)".into(),
+        ));
+    }
+    let schema = SchemaName::parse(raw.schema.as_deref().unwrap_or(DEFAULT_SCHEMA))
+        .map_err(invalid("queue.schema"))?;
+    let host = match raw.host {
+        Some(h) => h,
+        None => nix::unistd::gethostname()
+            .map_err(|e| invalid("queue.host")(format!("no host name ({e}); set it")))?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let host = HostName::parse(&host).map_err(invalid("queue.host"))?;
+    let pools = raw
+        .pools
+        .unwrap_or_default()
+        .iter()
+        .map(|p| HostName::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid("queue.pools"))?;
+    let lease = raw.lease_secs.unwrap_or(30);
+    if !(3..=3600).contains(&lease) {
+        return Err(invalid("queue.lease_secs")(format!(
+            "{lease} is not between 3 and 3600 seconds"
+        )));
+    }
+    Ok(QueueSettings {
+        url,
+        schema,
+        host,
+        pools,
+        lease: Duration::from_secs(lease),
+    })
+}
+
 /// A file name in a directory that exists (the daemon writes it there
 /// under a temporary name first).
 fn metrics_file(path: &Path) -> Result<PathBuf, String> {
@@ -835,6 +896,8 @@ pub struct Config {
     pub notify: crate::notify::Settings,
     pub cutover: Cutover,
     pub verify: VerifySettings,
+    /// Jobs also come from this PostgreSQL queue.
+    pub queue: Option<QueueSettings>,
 }
 
 impl Config {
@@ -879,6 +942,7 @@ impl Config {
             daemon: Daemon::parse(raw.daemon, resolve)?,
             notify: crate::notify::Settings::from_raw(raw.notify, resolve)?,
             verify: VerifySettings::parse(raw.verify, resolve)?,
+            queue: raw.queue.map(|q| queue_settings(q, resolve)).transpose()?,
         })
     }
 

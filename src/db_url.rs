@@ -247,6 +247,44 @@ fn read_password_file(path: &Path) -> Result<Secret, UrlError> {
     Ok(Secret(pw.to_string()))
 }
 
+/// A PostgreSQL error as the SQL userdb and the job queue report it.
+pub(crate) struct PgFailure {
+    pub message: String,
+    /// The SQLSTATE, when the server answered.
+    pub code: Option<String>,
+    /// Worth a retry: the connection, not the statement, failed.
+    pub transient: bool,
+}
+
+impl PgFailure {
+    pub fn of(e: &postgres::Error) -> PgFailure {
+        let code = e.code().map(|c| c.code().to_string());
+        match e.as_db_error() {
+            Some(db) => PgFailure {
+                message: format!("{}: {}", db.severity(), db.message()),
+                transient: code.as_deref().is_some_and(pg_transient),
+                code,
+            },
+            None => PgFailure {
+                transient: e.is_closed()
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<io::Error>()),
+                message: e.to_string(),
+                code,
+            },
+        }
+    }
+}
+
+/// SQLSTATEs worth a retry: connection exceptions (class 08), a killed or
+/// restarting server, serialization failures and deadlocks, lock timeouts.
+fn pg_transient(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "55P03"
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

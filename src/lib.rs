@@ -27,6 +27,7 @@ pub(crate) mod migrate;
 pub mod notify;
 pub(crate) mod plan;
 pub(crate) mod progress;
+pub(crate) mod queue;
 pub mod report;
 pub(crate) mod safe_fs;
 #[cfg(test)]
@@ -50,7 +51,7 @@ mod layers {
         &["spool"],
         &["migrate", "plan"],
         &["config"],
-        &["notify"],
+        &["notify", "queue"],
         &["userdb"],
         &[
             "maildir", "copy", "dovecot", "classify", "report", "progress", "throttle",

@@ -26,7 +26,7 @@ use crate::safe_fs::{Dir, FileAttrs, Kind};
 const MAX_JOB_BYTES: u64 = 64 * 1024;
 const LOCK_FILE: &str = "daemon.pid";
 const JOB_SUFFIX: &str = ".json";
-const REPORT_SUFFIX: &str = ".report.json";
+pub const REPORT_SUFFIX: &str = ".report.json";
 const PROGRESS_SUFFIX: &str = ".progress";
 const SWEEP_SUFFIX: &str = ".sweep.json";
 
@@ -40,6 +40,10 @@ pub struct SweepDue {
     pub mailboxes: Option<Vec<String>>,
     /// Unix time when it is due.
     pub due: i64,
+    /// The queue row of a job from the PostgreSQL queue (its record is
+    /// the row, not a file: the sweep is logged as an event there).
+    #[serde(default)]
+    pub queue_job: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]

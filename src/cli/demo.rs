@@ -122,7 +122,7 @@ fn submit_file(config: &Path, job: &Path) -> Result<String, Failure> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    submit(Some(config.to_path_buf()), raw, Some(id.clone()))?;
+    submit(Some(config.to_path_buf()), raw, Some(id.clone()), None)?;
     Ok(id)
 }
 

@@ -371,6 +371,48 @@ const SECTIONS: &[Section] = &[
         ],
     },
     Section {
+        name: "queue",
+        about: "Optional: also take jobs from a PostgreSQL queue shared by a fleet of daemons (see the README, Many hosts).",
+        keys: &[
+            key(
+                "url",
+                "required in [queue]",
+                r#""postgresql://migrate@db.example/panel""#,
+                "The queue's database; PostgreSQL only, TCP, no TLS.",
+            ),
+            key(
+                "password_file",
+                UNSET,
+                r#""/etc/maildir-migrate/queue-password""#,
+                "The password, first line; mode 600 or 400.",
+            ),
+            key(
+                "schema",
+                r#""maildir_migrate""#,
+                r#""migrations""#,
+                "The schema `queue init` creates.",
+            ),
+            key(
+                "host",
+                "the host name",
+                r#""store-3""#,
+                "This daemon's name in the queue (owner of its claims).",
+            ),
+            key(
+                "pools",
+                "[]",
+                r#"["old-store-1"]"#,
+                "Pools this daemon serves; a job without a pool goes to any daemon.",
+            ),
+            key(
+                "lease_secs",
+                "30",
+                "60",
+                "A claim lasts this long unless renewed (every second); a job whose lease cannot be renewed stops after two thirds of it.",
+            ),
+        ],
+    },
+    Section {
         name: "notify",
         about: "The completion e-mail.",
         keys: &[

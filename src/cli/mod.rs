@@ -25,6 +25,7 @@ macro_rules! outln {
 
 mod demo;
 mod man;
+mod queue;
 
 use crate::config::{self, Config};
 use crate::job::{Domain, Job, JobId, LocalPart, Mode, RawJob};
@@ -147,6 +148,23 @@ enum Command {
         /// Copy ahead only ("cutover": false): both logins stay as they are.
         #[arg(long)]
         presync: bool,
+        /// With [queue]: only a daemon serving this pool (where the source lives) takes it.
+        #[arg(long, value_name = "NAME")]
+        pool: Option<String>,
+    },
+    /// With [queue]: cancel a queued job, or stop a running one at its
+    /// current mailbox (which gets its old login back).
+    ///
+    /// Exit status: 0 cancelled or stop requested, 65 already finished, 66
+    /// no such job, 75 database unreachable, 78 no [queue].
+    Cancel {
+        /// The job's number in the queue (what `submit` printed).
+        id: i64,
+    },
+    /// The PostgreSQL job queue's schema.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
     },
     /// Show the queue, the running job's progress and the last finished jobs.
     Status {
@@ -188,6 +206,23 @@ enum Command {
         /// The directory to write them into (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Create or upgrade the queue's schema (idempotent), and grant roles
+    /// their rights. Run it as the database owner.
+    ///
+    /// Exit status: 0 done, 74 refused by the database, 75 database
+    /// unreachable, 78 no [queue].
+    Init {
+        /// Role the daemons log in as: it may claim and update jobs.
+        #[arg(long, value_name = "ROLE")]
+        daemon_role: Option<String>,
+        /// Role the control panel logs in as: it may insert and read jobs and call cancel().
+        #[arg(long, value_name = "ROLE")]
+        panel_role: Option<String>,
     },
 }
 
@@ -311,6 +346,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             notify,
             id,
             presync,
+            pool,
         } => {
             let job = RawJob {
                 domain,
@@ -322,10 +358,25 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 notify,
                 cutover: presync.then_some(false),
             };
-            submit(cli.config, job, id)
+            submit(cli.config, job, id, pool)
         }
+        Command::Cancel { id } => queue::cancel(&load_config(cli.config)?, id),
+        Command::Queue {
+            command:
+                QueueCommand::Init {
+                    daemon_role,
+                    panel_role,
+                },
+        } => queue::init(
+            &load_config(cli.config)?,
+            daemon_role.as_deref(),
+            panel_role.as_deref(),
+        ),
         Command::Status { json, last } => {
             let cfg = load_config(cli.config)?;
+            if let Some(q) = &cfg.queue {
+                return queue::status(q, json, last);
+            }
             let spool = Spool::open(&cfg.spool_dir).map_err(spool_failure)?;
             let status = crate::status::gather(&spool, last).map_err(spool_failure)?;
             print_status(&status, json);
@@ -412,8 +463,25 @@ fn print_checks(c: &crate::check::Checks, json: bool) {
 }
 
 /// Files the job in the spool's queue under `id` (default: generated).
-fn submit(config: Option<PathBuf>, job: RawJob, id: Option<String>) -> Result<u8, Failure> {
+fn submit(
+    config: Option<PathBuf>,
+    job: RawJob,
+    id: Option<String>,
+    pool: Option<String>,
+) -> Result<u8, Failure> {
     let cfg = load_config(config)?;
+    if cfg.queue.is_some() {
+        if id.is_some() {
+            return Err(Failure(
+                exit::USAGE,
+                "--id is for the spool; the queue numbers its jobs".into(),
+            ));
+        }
+        return queue::submit(&cfg, job, pool);
+    }
+    if pool.is_some() {
+        queue::settings(&cfg, "--pool")?;
+    }
     let spool = Spool::open(&cfg.spool_dir).map_err(spool_failure)?;
     let domain = Domain::parse(&job.domain).map_err(|e| Failure(exit::USAGE, e))?;
     let id = match id {

@@ -374,3 +374,35 @@ fn too_little_room_on_the_target_is_a_fail() {
     assert!(found.contains("still to copy, only"), "{found}");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
+
+/// With `[queue]`: the database answers and its schema is this build's;
+/// before `queue init` the line fails and says to run it.
+#[test]
+fn the_queue_line_wants_an_initialised_schema() {
+    require!(Need::Postgres);
+    let db = TestDb::create(Engine::Postgres, "checkq");
+    let h = Host::new("");
+    h.write_config(&format!(
+        "[source]\nuserdb = \"users.old\"\nuserdb_format = \"passwd-file\"\nmail_root = \"oldmail\"\n\
+         [target]\nuserdb = \"users.new\"\nuserdb_format = \"passwd-file\"\nmail_root = \"newmail\"\n\
+         [queue]\nurl = \"{}\"\nhost = \"store-1\"\n",
+        db.url()
+    ));
+    let out = check(&h.config, &[]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.lines().any(|l| l.starts_with("FAIL  queue") && l.contains("version 0")),
+        "{shown}"
+    );
+    assert!(shown.contains("run `maildir-migrate queue init`"), "{shown}");
+    let init = Command::new(BIN)
+        .arg("--config")
+        .arg(&h.config)
+        .args(["queue", "init"])
+        .output()
+        .unwrap();
+    assert_eq!(init.status.code(), Some(0), "{}", text(&init));
+    let l = lines(&check(&h.config, &["--json"]));
+    assert_eq!(status_of(&l, "queue"), ["OK"], "{l:?}");
+}

@@ -269,30 +269,12 @@ fn pg_cell(row: &postgres::Row, i: usize) -> Result<Cell, Failure> {
     })
 }
 
-/// SQLSTATEs worth a retry: connection exceptions (class 08), a killed or
-/// restarting server, serialization failures and deadlocks, lock timeouts.
-fn pg_transient(code: &str) -> bool {
-    code.starts_with("08")
-        || matches!(
-            code,
-            "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "55P03"
-        )
-}
-
 fn pg_failure(e: postgres::Error) -> Failure {
-    let code = e.code().map(|c| c.code().to_string());
-    match e.as_db_error() {
-        Some(db) => Failure {
-            message: format!("{}: {}", db.severity(), db.message()),
-            transient: code.as_deref().is_some_and(pg_transient),
-            code,
-        },
-        None => Failure {
-            transient: e.is_closed()
-                || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()),
-            message: e.to_string(),
-            code,
-        },
+    let d = crate::db_url::PgFailure::of(&e);
+    Failure {
+        message: d.message,
+        code: d.code,
+        transient: d.transient,
     }
 }
 

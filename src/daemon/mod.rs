@@ -5,7 +5,10 @@
 //! the signal thread, job workers (one per running job) and notifiers
 //! (one per completion e-mail). The loop re-lists the spool on start, on
 //! every hint, after every job and every `rescan_interval`, because
-//! inotify drops events under load and says nothing on NFS.
+//! inotify drops events under load and says nothing on NFS. With a
+//! `[queue]`, jobs also come from PostgreSQL ([`fleet`]).
+
+mod fleet;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +30,7 @@ use crate::migrate::verify::Verification;
 use crate::migrate::{self, RunError};
 use crate::notify;
 use crate::progress::Progress;
+use crate::queue::{self, Lease};
 use crate::report::{JobStatus, MailboxReport, MailboxStatus, Report, rfc3339};
 use crate::spool::{
     Entry, JobRecord, Lock, Notification, Place, ProgressFile, RecordStatus, Rejected, Spool,
@@ -66,6 +70,8 @@ enum Msg {
         due: SweepDue,
         result: Result<Sweep, String>,
     },
+    /// The queue agent claimed a job for this daemon.
+    Claimed(Box<fleet::QueueJob>),
 }
 
 /// Counts a running job's progress for `status` and systemd's STATUS=.
@@ -201,14 +207,21 @@ impl Verdict {
 }
 
 struct Running {
+    /// A queue job's stand-in entry is `queue:<row id>`.
     entry: Entry,
     job: Job,
     tracker: Arc<Tracker>,
+    /// The job's stop flag: the daemon's for a spool job, its own for a
+    /// queue job (cancel, lost lease), set on a daemon stop too.
+    stop: Arc<AtomicBool>,
+    /// The queue claim, for a queue job.
+    lease: Option<Lease>,
     /// When this run started, and when the job first started.
     started: i64,
     first_started: i64,
     resumed: bool,
-    handle: thread::JoinHandle<()>,
+    /// Set once the thread runs.
+    handle: Option<thread::JoinHandle<()>>,
 }
 
 struct Daemon {
@@ -232,6 +245,10 @@ struct Daemon {
     counted: Snapshot,
     /// The last metrics write failed (logged once, not every second).
     metrics_failing: bool,
+    /// The PostgreSQL queue's threads, with `[queue]`.
+    fleet: Option<fleet::Fleet>,
+    /// Queue jobs claimed but not started (their domain is busy here).
+    waiting: Vec<fleet::QueueJob>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns once every job is either
@@ -289,6 +306,22 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), DaemonError> {
         daemon_uid: nix::unistd::geteuid().as_raw(),
         submit_gid: cfg.daemon.submit_group.as_ref().map(|g| g.gid),
     };
+    let fleet = match cfg.queue.clone() {
+        Some(q) => {
+            info!(queue = %q.url, host = q.host.as_str(), "taking jobs from the queue too");
+            Some(
+                fleet::Fleet::start(
+                    q,
+                    cfg.notify.clone(),
+                    cfg.daemon.rescan_interval,
+                    tx.clone(),
+                    Arc::clone(&stop),
+                )
+                .map_err(DaemonError::Signals)?,
+            )
+        }
+        None => None,
+    };
     info!(spool = %spool.path().display(), pid = std::process::id(), "daemon started");
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
@@ -305,12 +338,17 @@ pub fn run(config_path: &Path, cfg: Config) -> Result<(), DaemonError> {
         last_status: String::new(),
         counted: Snapshot::default(),
         metrics_failing: false,
+        fleet,
+        waiting: Vec::new(),
     };
     d.schedule();
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     d.main_loop(&rx);
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     d.drain(&rx);
+    if let Some(f) = d.fleet.as_mut() {
+        f.shutdown();
+    }
     d.write_metrics();
     info!("daemon stopped");
     Ok(())
@@ -431,8 +469,21 @@ impl Daemon {
                     );
                 }
                 self.stop.store(true, Ordering::SeqCst);
+                for r in self.running.values() {
+                    r.stop.store(true, Ordering::SeqCst);
+                }
+                // Claimed, never started: handed back at once.
+                for q in std::mem::take(&mut self.waiting) {
+                    if let Some(f) = &self.fleet {
+                        f.interrupted(q.lease, serde_json::Value::Null);
+                    }
+                }
                 self.stopping = true;
                 false
+            }
+            Msg::Claimed(q) => {
+                self.waiting.push(*q);
+                true
             }
             Msg::Finished { id, result } => {
                 self.finished(&id, result);
@@ -452,6 +503,17 @@ impl Daemon {
                 match result {
                     Ok(s) => {
                         info!(domain = %due.domain, moved = s.moved, "sweep finished");
+                        if let (Some(f), Some(job)) = (&self.fleet, due.queue_job) {
+                            let detail = format!("{} late messages moved", s.moved);
+                            f.event(
+                                job,
+                                queue::Event {
+                                    kind: "swept",
+                                    mailbox: None,
+                                    detail: Some(detail),
+                                },
+                            );
+                        }
                         if let Err(e) = self.spool.sweep_done(&schedule, &due, s) {
                             error!("cannot record the sweep: {e}");
                         }
@@ -512,6 +574,11 @@ impl Daemon {
                     self.notifiers -= 1;
                     self.record_notification(&record, outcome);
                 }
+                Ok(Msg::Claimed(q)) => {
+                    if let Some(f) = &self.fleet {
+                        f.interrupted(q.lease, serde_json::Value::Null);
+                    }
+                }
                 Ok(_) => {}
                 Err(_) => {}
             }
@@ -522,6 +589,9 @@ impl Daemon {
         match Config::load(&self.config_path) {
             Ok(new) if new.spool_dir != self.cfg.spool_dir => error!(
                 "reload: spool_dir cannot change while running (restart the daemon); keeping the old configuration"
+            ),
+            Ok(new) if new.queue != self.cfg.queue => error!(
+                "reload: [queue] cannot change while running (restart the daemon); keeping the old configuration"
             ),
             Ok(new) => {
                 self.trust.submit_gid = new.daemon.submit_group.as_ref().map(|g| g.gid);
@@ -551,8 +621,9 @@ impl Daemon {
             }
         }
         self.start_sweeps();
+        self.start_waiting();
         for entry in queue {
-            if self.running.len() >= self.cfg.daemon.max_parallel_jobs {
+            if self.running.len() + self.waiting.len() >= self.cfg.daemon.max_parallel_jobs {
                 break;
             }
             if entry.place == Place::Active && self.running.contains_key(&entry.base()) {
@@ -562,7 +633,45 @@ impl Daemon {
                 self.start(entry, job, resumed);
             }
         }
+        if let Some(f) = &self.fleet {
+            let busy = self.running.len() + self.waiting.len();
+            f.set_room(self.cfg.daemon.max_parallel_jobs.saturating_sub(busy));
+        }
         self.publish_progress();
+    }
+
+    /// Starts the claimed queue jobs whose domain is free here.
+    fn start_waiting(&mut self) {
+        for q in std::mem::take(&mut self.waiting) {
+            if self.must_wait(&q.job) || self.running.len() >= self.cfg.daemon.max_parallel_jobs {
+                self.waiting.push(q);
+                continue;
+            }
+            let entry = Entry {
+                place: Place::Active,
+                name: format!("queue:{}", q.lease.job).into(),
+                submitted: q.submitted,
+            };
+            if q.resumed {
+                info!(
+                    job = q.job.id.as_str(),
+                    mailboxes = q.done_before.len(),
+                    "resuming a queue job"
+                );
+            }
+            let run = Running {
+                entry,
+                job: q.job,
+                tracker: q.tracker,
+                stop: q.stop,
+                lease: Some(q.lease),
+                started: now(),
+                first_started: q.first_started,
+                resumed: q.resumed,
+                handle: None,
+            };
+            self.spawn(run, q.done_before);
+        }
     }
 
     /// Never two jobs for one domain (or id) at once; it waits its turn.
@@ -629,16 +738,31 @@ impl Daemon {
     }
 
     fn start(&mut self, entry: Entry, job: Job, resumed: bool) {
-        let id = job.id.as_str().to_string();
         let started = now();
-        let (first_started, done_before) = self.resume_point(&id, resumed, started);
-        let tracker = Arc::new(Tracker::default());
+        let (first_started, done_before) = self.resume_point(job.id.as_str(), resumed, started);
+        let run = Running {
+            entry,
+            job,
+            tracker: Arc::new(Tracker::default()),
+            stop: Arc::clone(&self.stop),
+            lease: None,
+            started,
+            first_started,
+            resumed,
+            handle: None,
+        };
+        self.spawn(run, done_before);
+    }
+
+    /// Runs the job on its own thread; it reports back with `Finished`.
+    fn spawn(&mut self, mut run: Running, done_before: Vec<MailboxReport>) {
+        let id = run.job.id.as_str().to_string();
         let worker = {
             let (cfg, job, tracker, stop, limiter, tx) = (
                 Arc::clone(&self.cfg),
-                job.clone(),
-                Arc::clone(&tracker),
-                Arc::clone(&self.stop),
+                run.job.clone(),
+                Arc::clone(&run.tracker),
+                Arc::clone(&run.stop),
                 self.limiter.clone(),
                 self.tx.clone(),
             );
@@ -648,28 +772,20 @@ impl Daemon {
                 let _ = tx.send(Msg::Finished { id, result });
             }
         };
-        let handle = match thread::Builder::new()
+        match thread::Builder::new()
             .name(format!("job-{id}"))
             .spawn(worker)
         {
-            Ok(h) => h,
+            Ok(h) => run.handle = Some(h),
             Err(e) => {
                 error!(job = %id, "cannot start a job thread: {e}");
+                if let (Some(f), Some(lease)) = (&self.fleet, run.lease) {
+                    f.interrupted(lease, serde_json::Value::Null);
+                }
                 return;
             }
-        };
-        self.running.insert(
-            id,
-            Running {
-                entry,
-                job,
-                tracker,
-                started,
-                first_started,
-                resumed,
-                handle,
-            },
-        );
+        }
+        self.running.insert(id, run);
     }
 
     /// When a job first started and the mailboxes it already finished:
@@ -697,14 +813,16 @@ impl Daemon {
     }
 
     fn finished(&mut self, id: &str, result: JobResult) {
-        let Some(run) = self.running.remove(id) else {
+        let Some(mut run) = self.running.remove(id) else {
             return;
         };
-        if matches!(result, JobResult::Interrupted) {
+        if matches!(result, JobResult::Interrupted) && run.lease.is_none() {
             // The checkpoint the resumed run starts from.
             self.publish_one(&run);
         }
-        let _ = run.handle.join();
+        if let Some(h) = run.handle.take() {
+            let _ = h.join();
+        }
         self.counted.messages_copied += run.tracker.messages.load(Ordering::Relaxed);
         self.counted.bytes_copied += run.tracker.bytes.load(Ordering::Relaxed);
         let Some(Verdict {
@@ -714,31 +832,47 @@ impl Daemon {
             error,
         }) = Verdict::of(result)
         else {
-            info!(job = %id, "job interrupted; it stays in active/ and resumes at the next start");
+            match (&self.fleet, &run.lease) {
+                (Some(f), Some(lease)) => {
+                    info!(job = %id, "queue job stopped");
+                    let record = self.record(&run, RecordStatus::Failed, now());
+                    f.interrupted(
+                        lease.clone(),
+                        serde_json::to_value(&record).unwrap_or_default(),
+                    );
+                }
+                _ => {
+                    info!(job = %id, "job interrupted; it stays in active/ and resumes at the next start")
+                }
+            }
             return;
         };
         let t = now();
-        let mut record = JobRecord::new(&run.entry, id.to_string(), status, t);
-        record.domain = Some(run.job.domain.to_string());
+        let mut record = self.record(&run, status, t);
         record.error = error;
-        record.started = Some(rfc3339(run.first_started));
-        record.queue_wait_secs = (run.first_started - run.entry.submitted).max(0) as u64;
-        record.run_secs = (t - run.first_started).max(0) as u64;
-        record.resumed = run.resumed;
         record.report = report;
         record.verify = verification;
-        if let Some(to) = &run.job.notify {
-            record.notification = Some(Notification::pending(to));
-        }
         if let Some(e) = &record.error {
             error!(job = %id, "job failed: {e}");
         }
-        let path = match self.spool.finish(&run.entry, &record) {
-            Ok(p) => p,
-            Err(e) => {
-                error!(job = %id, "cannot file the finished job: {e}");
-                return;
+        let path = match (&self.fleet, &run.lease) {
+            // Its e-mail goes from whichever daemon's outbox claims it.
+            (Some(f), Some(lease)) => {
+                let state = match status {
+                    RecordStatus::Done => queue::FinalState::Done,
+                    RecordStatus::Failed => queue::FinalState::Failed,
+                };
+                let value = serde_json::to_value(&record).unwrap_or_default();
+                f.finish(lease.clone(), state, value, record.error.clone());
+                None
             }
+            _ => match self.spool.finish(&run.entry, &record) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    error!(job = %id, "cannot file the finished job: {e}");
+                    return;
+                }
+            },
         };
         self.count_filed(&record, t);
         if run.job.cutover
@@ -747,9 +881,11 @@ impl Daemon {
         {
             let due = SweepDue {
                 record: path
-                    .file_name()
+                    .as_deref()
+                    .and_then(Path::file_name)
                     .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                    .unwrap_or_else(|| format!("{id}{}", crate::spool::REPORT_SUFFIX)),
+                queue_job: run.lease.as_ref().map(|l| l.job),
                 domain: run.job.domain.to_string(),
                 mailboxes: run
                     .job
@@ -762,9 +898,24 @@ impl Daemon {
                 error!(job = %id, "cannot schedule the sweep: {e}");
             }
         }
-        if let Some(to) = run.job.notify.clone() {
+        if let (Some(to), Some(path)) = (run.job.notify.clone(), path) {
             self.send_notification(path, to, record);
         }
+    }
+
+    /// The record of a run that ended at `t`; callers add the outcome.
+    fn record(&self, run: &Running, status: RecordStatus, t: i64) -> JobRecord {
+        let id = run.job.id.as_str().to_string();
+        let mut record = JobRecord::new(&run.entry, id, status, t);
+        record.domain = Some(run.job.domain.to_string());
+        record.started = Some(rfc3339(run.first_started));
+        record.queue_wait_secs = (run.first_started - run.entry.submitted).max(0) as u64;
+        record.run_secs = (t - run.first_started).max(0) as u64;
+        record.resumed = run.resumed;
+        if let Some(to) = &run.job.notify {
+            record.notification = Some(Notification::pending(to));
+        }
+        record
     }
 
     /// A filed job in the metrics.
