@@ -478,12 +478,20 @@ fn a_postgresql_restart_mid_job_is_survived() {
         None,
         Some("majitel@zakaznik.example"),
     );
+    let postmaster_start = || {
+        db.try_as("postgres", "SELECT pg_postmaster_start_time()")
+            .ok()
+    };
+    let before = postmaster_start().unwrap();
     wait_mid_job(&db, id);
     let out = Command::new("pg_ctlcluster")
         .args([version.as_str(), "main", "restart"])
         .output()
         .unwrap();
     assert!(out.status.success(), "pg_ctlcluster restart: {out:?}");
+    let after = wait_until("PostgreSQL back", Duration::from_secs(30), postmaster_start);
+    assert_ne!(before, after, "the server restarted");
+    assert_eq!(job(&db, id)["state"], "running", "the restart came mid-job");
     let row = wait_finished(&db, id, &[&d]);
     assert_eq!(row["state"], "done", "{row:#}\n{}", d.log());
     let evs = events(&db);
