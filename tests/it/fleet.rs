@@ -10,7 +10,7 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 use crate::daemon::{closed_port, spool_config};
 use common::daemon::{DaemonProc, wait_until};
 use common::dovecot::{self, Dovecot};
-use common::fixture::{BIN, Host};
+use common::fixture::{Host, run_with as bin};
 use common::imap::assert_snapshots_equal;
 use common::require::{Need, require};
 use common::scenario::{ACCOUNTS, OLD_UID, Scenario, connect, message, owned_dir};
@@ -51,16 +51,6 @@ fn fleet_config(base: &Path, db: &TestDb, host: &str, pools: &[&str], smtp: &str
     )
     .unwrap();
     path
-}
-
-fn bin(config: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("MAILDIR_MIGRATE_LOG", "warn")
-        .output()
-        .unwrap()
 }
 
 fn queue_init(config: &Path, args: &[&str]) -> String {
