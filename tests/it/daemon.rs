@@ -23,7 +23,7 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Top-level and `[daemon]`/`[notify]` settings; `daemon` replaces the
 /// default `[daemon]` keys (a 1 s rescan).
-fn spool_config(spool: &Path, smtp: &str, daemon: Option<&str>) -> String {
+pub(crate) fn spool_config(spool: &Path, smtp: &str, daemon: Option<&str>) -> String {
     format!(
         "spool_dir = \"{}\"\n[daemon]\n{}\n\
          [notify]\nsmtp = \"{smtp}\"\nfrom = \"migrace@hosting.example\"\nretries = 1\nretry_delay_secs = 1\ntimeout_secs = 5\n\
@@ -35,7 +35,7 @@ fn spool_config(spool: &Path, smtp: &str, daemon: Option<&str>) -> String {
 
 /// The config file of a `Host` with `extra` put in front (top-level keys
 /// must come before the first table).
-fn prepend_config(config: &Path, extra: &str) {
+pub(crate) fn prepend_config(config: &Path, extra: &str) {
     let text = fs::read_to_string(config).unwrap();
     fs::write(config, format!("{extra}{text}")).unwrap();
 }
@@ -215,14 +215,14 @@ fn spool_host(smtp: &str) -> (Host, PathBuf) {
     spool_host_with(smtp, None)
 }
 
-fn spool_host_with(smtp: &str, daemon: Option<&str>) -> (Host, PathBuf) {
+pub(crate) fn spool_host_with(smtp: &str, daemon: Option<&str>) -> (Host, PathBuf) {
     let h = Host::new("");
     let spool = h.root.join("spool");
     prepend_config(&h.config, &spool_config(&spool, smtp, daemon));
     (h, spool)
 }
 
-fn closed_port() -> String {
+pub(crate) fn closed_port() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     drop(l);

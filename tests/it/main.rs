@@ -13,6 +13,7 @@ mod daemon;
 mod done_means_done;
 mod dovecot_e2e;
 mod enospc;
+mod fleet;
 mod kill_loop;
 mod live_writer;
 mod notify_smtp;

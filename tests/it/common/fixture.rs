@@ -72,13 +72,7 @@ impl Host {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("MAILDIR_MIGRATE_LOG", "warn")
-            .output()
-            .unwrap()
+        run_with(&self.config, args)
     }
 
     /// Runs a job with `--json` and returns (exit code, report).
@@ -98,6 +92,17 @@ impl Host {
         let (local, domain) = user.split_once('@').unwrap();
         self.new.join(domain).join(local).join("Maildir")
     }
+}
+
+/// Runs the binary with `config` and `args` (log level warn).
+pub fn run_with(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("MAILDIR_MIGRATE_LOG", "warn")
+        .output()
+        .unwrap()
 }
 
 pub struct Maildir(pub PathBuf);
