@@ -586,7 +586,9 @@ pub(super) fn job_id(row: i64) -> String {
 fn progress_of(held: &mut Held) -> Progress {
     let t = &held.tracker;
     let total = t.total.load(Ordering::Relaxed);
+    // Finished, failed ones included (phase, ETA); the row counts them apart.
     let done = t.done.load(Ordering::Relaxed);
+    let failed = t.failed.load(Ordering::Relaxed);
     let bytes = t.bytes.load(Ordering::Relaxed);
     let finished = t.finished.lock().expect("not poisoned").clone();
     let events = finished
@@ -615,8 +617,8 @@ fn progress_of(held: &mut Held) -> Progress {
     Progress {
         phase: phase.into(),
         mailboxes_total: total,
-        mailboxes_done: done,
-        mailboxes_failed: t.failed.load(Ordering::Relaxed),
+        mailboxes_done: done.saturating_sub(failed),
+        mailboxes_failed: failed,
         messages: t.messages.load(Ordering::Relaxed),
         bytes,
         rate_bytes_per_sec: bytes as f64 / secs,

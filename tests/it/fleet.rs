@@ -671,6 +671,9 @@ fn cancel_ends_a_queued_job_at_once_and_stops_a_running_one() {
         !done.is_empty() && done.len() < ACCOUNTS.len(),
         "{mid:#}\n{evs:#?}"
     );
+    // The panel's progress counts what was done, not what was stopped.
+    assert_eq!(row["mailboxes_done"], done.len() as i64, "{row:#}");
+    assert_eq!(row["mailboxes_failed"], 1, "the interrupted one: {row:#}");
     // Each account is served by one side: done ones by the new server
     // only, the others (the one in progress among them) by the old one.
     let is_done = |user: &str| {
