@@ -719,3 +719,138 @@ fn cancel_ends_a_queued_job_at_once_and_stops_a_running_one() {
     let new_users = fs::read_to_string(&s.users_new).unwrap_or_default();
     assert!(!new_users.contains(&format!("{}:", user.0)), "{new_users}");
 }
+
+/// A TCP relay to PostgreSQL that can freeze: while frozen it forwards
+/// nothing and closes nothing, as a network that drops packets does (the
+/// kernel still acknowledges what is sent, so only the daemon's own
+/// clock can tell that its lease is in doubt).
+struct Relay {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Relay {
+        use std::io::{ErrorKind, Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pump = |mut from: TcpStream, mut to: TcpStream, frozen: std::sync::Arc<_>| {
+            move || {
+                let frozen: &std::sync::atomic::AtomicBool = &frozen;
+                from.set_read_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
+                let mut buf = [0u8; 16384];
+                loop {
+                    if frozen.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                    match from.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = to.shutdown(std::net::Shutdown::Both);
+            }
+        };
+        let f = std::sync::Arc::clone(&frozen);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(pump(client, server, std::sync::Arc::clone(&f)));
+                std::thread::spawn(pump(s2, c2, std::sync::Arc::clone(&f)));
+            }
+        });
+        Relay { port, frozen }
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// When the daemon logged a line containing `what`, in seconds since the
+/// epoch (the log's UTC timestamp, read by PostgreSQL).
+fn logged_at(db: &TestDb, log: &str, what: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(what))?;
+    let stamp = line.split_whitespace().next()?;
+    db.rows(&format!(
+        "SELECT extract(epoch FROM '{}'::timestamptz)",
+        stamp.replace('\'', "")
+    ))[0][0]
+        .parse()
+        .ok()
+}
+
+/// The database stops answering one daemon without closing anything: its
+/// renewals hang, yet it stops the job (the current mailbox gets its old
+/// login back) before its lease runs out, and only then may the other
+/// daemon resume it — two daemons never work on one domain.
+#[test]
+fn a_daemon_cut_off_from_the_database_stops_before_its_lease_runs_out() {
+    require!(Need::Dovecot, Need::Postgres);
+    let smtp = SmtpSink::start();
+    // Slower still: its first mailbox (14 messages) outlasts the lease.
+    let s = Scenario::prepare("mm-fleet-cut-", "[migration]\nmax_files_per_sec = 1\n");
+    let db = TestDb::create(Engine::Postgres, "fleet");
+    let relay = Relay::start(5432);
+    let cfg_a = fleet_config(&s.config, &db, "store-a", &["pa"], &smtp.addr());
+    let text = fs::read_to_string(&cfg_a).unwrap();
+    let relayed = text.replace(":5432/", &format!(":{}/", relay.port));
+    assert_ne!(text, relayed);
+    fs::write(&cfg_a, relayed).unwrap();
+    let cfg_b = fleet_config(&s.config, &db, "store-b", &["pa"], &smtp.addr());
+    queue_init(&cfg_b, &[]);
+    let a = start(&cfg_a);
+    let id = insert(
+        &db,
+        "example.cz",
+        "move",
+        &[],
+        Some("pa"),
+        Some("majitel@zakaznik.example"),
+    );
+    let mid = wait_until("copying", JOB_TIMEOUT, || {
+        let j = try_job(&db, id)?;
+        (j["state"] == "running" && j["messages"].as_i64()? > 0).then_some(j)
+    });
+    assert_eq!(mid["owner"], "store-a", "{mid:#}");
+    relay.freeze(true);
+    let b = start(&cfg_b);
+    let row = wait_finished(&db, id, &[&a, &b]);
+    assert_eq!(row["state"], "done", "{row:#}\n{}", b.log());
+    assert_eq!(
+        (&row["owner"], &row["claims"]),
+        (&"store-b".into(), &2.into()),
+        "{row:#}"
+    );
+    let resumed = kinds(&events(&db), id, "resumed");
+    assert_eq!(resumed.len(), 1);
+    let log = a.log();
+    let stopping = logged_at(&db, &log, "stopping it before it runs out")
+        .unwrap_or_else(|| panic!("store-a never stopped the job:\n{log}"));
+    let stopped = logged_at(&db, &log, "queue job stopped")
+        .unwrap_or_else(|| panic!("store-a's job never ended:\n{log}"));
+    assert!(
+        stopping <= stopped && stopped < resumed[0].at,
+        "store-a stopped at {stopping}, let go at {stopped}; store-b resumed at {}\n{log}",
+        resumed[0].at
+    );
+    relay.freeze(false);
+    s.check_servers();
+    assert_one_mail(&smtp);
+}
