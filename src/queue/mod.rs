@@ -12,6 +12,7 @@ mod tests;
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::ToSql;
 use postgres::{Client, NoTls, Transaction};
 use serde::Serialize;
 
@@ -85,19 +86,14 @@ pub struct SchemaName(String);
 
 impl SchemaName {
     pub fn parse(s: &str) -> Result<SchemaName, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 58
-            && !s.starts_with(|c: char| c.is_ascii_digit())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if ok {
-            Ok(SchemaName(s.to_string()))
-        } else {
-            Err(format!(
+        let byte = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+        let first = |c: char| !c.is_ascii_digit();
+        checked(s, 58, first, byte).map(SchemaName).ok_or_else(|| {
+            format!(
                 "{:?} is not a schema name: 1 to 58 of a-z, 0-9 and _, not starting with a digit",
                 crate::shown::text(s)
-            ))
-        }
+            )
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -117,24 +113,31 @@ pub struct HostName(String);
 
 impl HostName {
     pub fn parse(s: &str) -> Result<HostName, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-        if ok {
-            Ok(HostName(s.to_string()))
-        } else {
-            Err(format!(
-                "{:?} is not a host or pool name: 1 to 64 of A-Z, a-z, 0-9, '.', '-', '_'",
-                crate::shown::text(s)
-            ))
-        }
+        let byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+        checked(s, 64, |c| c.is_ascii_alphanumeric(), byte)
+            .map(HostName)
+            .ok_or_else(|| {
+                format!(
+                    "{:?} is not a host or pool name: 1 to 64 of A-Z, a-z, 0-9, '.', '-', '_'",
+                    crate::shown::text(s)
+                )
+            })
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// `s` when it is 1 to `max` bytes, each `byte`, the first `first`.
+fn checked(
+    s: &str,
+    max: usize,
+    first: impl Fn(char) -> bool,
+    byte: impl Fn(u8) -> bool,
+) -> Option<String> {
+    let ok = !s.is_empty() && s.len() <= max && s.starts_with(first) && s.bytes().all(byte);
+    ok.then(|| s.to_string())
 }
 
 /// `[queue]`, checked.
@@ -461,22 +464,6 @@ impl Queue {
         Ok(Some(claimed))
     }
 
-    /// The owner's write to its row, taken only while the claim holds.
-    /// Returns whether it was taken.
-    fn owned_update(
-        tx: &mut Transaction<'_>,
-        sql: &str,
-        lease: &Lease,
-        host: &str,
-        args: &[&(dyn postgres::types::ToSql + Sync)],
-        what: &'static str,
-    ) -> Result<Option<postgres::Row>, QueueError> {
-        let mut all: Vec<&(dyn postgres::types::ToSql + Sync)> =
-            vec![&lease.job, &host, &lease.claim];
-        all.extend_from_slice(args);
-        tx.query_opt(sql, &all).map_err(db(what))
-    }
-
     /// Renews the lease and writes the progress and its events.
     pub fn heartbeat(&mut self, lease: &Lease, p: &Progress) -> Result<LeaseState, QueueError> {
         let secs = self.settings.lease.as_secs_f64();
@@ -510,42 +497,12 @@ impl Queue {
               WHERE id = $1 AND owner = $2 AND claims = $3 AND state = 'running'
              RETURNING cancel_requested"
         ));
-        let host = self.host();
-        let event_sql = self.event_sql();
-        let wake = self.wake_sql();
-        let mut tx = self.begin()?;
-        let row = Self::owned_update(
-            &mut tx,
-            &sql,
-            lease,
-            &host,
-            &[
-                &secs,
-                &p.phase,
-                &big(p.mailboxes_total),
-                &big(p.mailboxes_done),
-                &big(p.mailboxes_failed),
-                &big(p.messages),
-                &big(p.bytes),
-                &p.rate_bytes_per_sec,
-                &p.eta_seconds.map(big),
-                &p.current_mailbox,
-                &p.checkpoint.to_string(),
-            ],
-            "renew a lease",
-        )?;
-        let Some(row) = row else {
-            return Ok(LeaseState::Lost);
-        };
-        for e in p.events.iter().chain(last) {
-            insert_event(&mut tx, &event_sql, lease.job, &host, e)?;
-        }
-        if last.is_some() {
-            tx.batch_execute(&wake).map_err(db("renew a lease"))?;
-        }
-        tx.commit().map_err(db("renew a lease"))?;
-        Ok(LeaseState::Held {
-            cancel_requested: row.get(0),
+        let row = self.owned_write(lease, &sql, &[&secs], Some(p), last, "renew a lease")?;
+        Ok(match row {
+            Some(row) => LeaseState::Held {
+                cancel_requested: row.get(0),
+            },
+            None => LeaseState::Lost,
         })
     }
 
@@ -568,48 +525,22 @@ impl Queue {
               WHERE id = $1 AND owner = $2 AND claims = $3 AND state = 'running'
              RETURNING id"
         ));
-        let host = self.host();
-        let event_sql = self.event_sql();
-        let wake = self.wake_sql();
         let record = record.map(ToString::to_string);
-        let mut tx = self.begin()?;
-        let row = Self::owned_update(
-            &mut tx,
-            &sql,
-            lease,
-            &host,
-            &[
-                &state.as_str(),
-                &p.phase,
-                &big(p.mailboxes_total),
-                &big(p.mailboxes_done),
-                &big(p.mailboxes_failed),
-                &big(p.messages),
-                &big(p.bytes),
-                &p.rate_bytes_per_sec,
-                &p.eta_seconds.map(big),
-                &p.current_mailbox,
-                &p.checkpoint.to_string(),
-                &record,
-                &error,
-            ],
-            "file a finished job",
-        )?;
-        if row.is_none() {
-            return Ok(false);
-        }
-        for e in &p.events {
-            insert_event(&mut tx, &event_sql, lease.job, &host, e)?;
-        }
         let end = Event {
             kind: state.as_str(),
             mailbox: None,
             detail: error.map(str::to_string),
         };
-        insert_event(&mut tx, &event_sql, lease.job, &host, &end)?;
-        tx.batch_execute(&wake).map_err(db("file a finished job"))?;
-        tx.commit().map_err(db("file a finished job"))?;
-        Ok(true)
+        let args: [&(dyn ToSql + Sync); 3] = [&state.as_str(), &record, &error];
+        let row = self.owned_write(
+            lease,
+            &sql,
+            &args,
+            Some(p),
+            Some(&end),
+            "file a finished job",
+        )?;
+        Ok(row.is_some())
     }
 
     /// Fails a claimed row that is not a valid job, with the reason.
@@ -625,29 +556,67 @@ impl Queue {
             mailbox: None,
             detail: Some(why.to_string()),
         };
-        self.owned_write(lease, &sql, &[&why], "reject a job", &ev)
+        let row = self.owned_write(lease, &sql, &[&why], None, Some(&ev), "reject a job")?;
+        Ok(row.is_some())
     }
 
-    /// An owner's write with its event, announced to the other daemons.
+    /// The owner's write to its row, taken only while the claim holds
+    /// (`None` when it does not): `$1`..`$3` name the claim, `args[0]` is
+    /// `$4`; with a progress, `$5`..`$14` are its columns and the rest of
+    /// `args` follow, and its events are added. `last` is added after
+    /// them and announced to the waiting daemons.
     fn owned_write(
         &mut self,
         lease: &Lease,
         sql: &str,
-        args: &[&(dyn postgres::types::ToSql + Sync)],
+        args: &[&(dyn ToSql + Sync)],
+        p: Option<&Progress>,
+        last: Option<&Event>,
         what: &'static str,
-        ev: &Event,
-    ) -> Result<bool, QueueError> {
-        let host = self.host();
-        let event_sql = self.event_sql();
-        let wake = self.wake_sql();
-        let mut tx = self.begin()?;
-        if Self::owned_update(&mut tx, sql, lease, &host, args, what)?.is_none() {
-            return Ok(false);
+    ) -> Result<Option<postgres::Row>, QueueError> {
+        let (host, event_sql, wake) = (self.host(), self.event_sql(), self.wake_sql());
+        let counts = p.map(|p| {
+            let n = [
+                p.mailboxes_total,
+                p.mailboxes_done,
+                p.mailboxes_failed,
+                p.messages,
+                p.bytes,
+            ];
+            (n.map(big), p.eta_seconds.map(big), p.checkpoint.to_string())
+        });
+        let mut all: Vec<&(dyn ToSql + Sync)> = vec![&lease.job, &host, &lease.claim];
+        all.extend(args.first().copied());
+        if let (Some(p), Some((n, eta, checkpoint))) = (p, &counts) {
+            all.extend([
+                &p.phase as &(dyn ToSql + Sync),
+                &n[0],
+                &n[1],
+                &n[2],
+                &n[3],
+                &n[4],
+            ]);
+            all.extend([
+                &p.rate_bytes_per_sec as &(dyn ToSql + Sync),
+                eta,
+                &p.current_mailbox,
+                checkpoint,
+            ]);
         }
-        insert_event(&mut tx, &event_sql, lease.job, &host, ev)?;
-        tx.batch_execute(&wake).map_err(db(what))?;
+        all.extend(args.iter().skip(1).copied());
+        let mut tx = self.begin()?;
+        let Some(row) = tx.query_opt(sql, &all).map_err(db(what))? else {
+            return Ok(None);
+        };
+        let events = p.map(|p| p.events.as_slice()).unwrap_or_default();
+        for e in events.iter().chain(last) {
+            insert_event(&mut tx, &event_sql, lease.job, &host, e)?;
+        }
+        if last.is_some() {
+            tx.batch_execute(&wake).map_err(db(what))?;
+        }
         tx.commit().map_err(db(what))?;
-        Ok(true)
+        Ok(Some(row))
     }
 
     /// Adds a line to a job's history.

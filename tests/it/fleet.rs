@@ -94,6 +94,18 @@ fn insert(
     rows[0][0].parse().unwrap()
 }
 
+/// The scenario's domain as one job of pool `pa`, with its e-mail.
+fn insert_example(db: &TestDb) -> i64 {
+    insert(
+        db,
+        "example.cz",
+        "move",
+        &[],
+        Some("pa"),
+        Some("majitel@zakaznik.example"),
+    )
+}
+
 /// The job's row as JSON (None while the database is unreachable).
 fn try_job(db: &TestDb, id: i64) -> Option<serde_json::Value> {
     let out = db
@@ -397,14 +409,7 @@ fn kill_9_of_a_daemon_mid_job_another_resumes_after_the_lease() {
     let cfg_b = fleet_config(&s.config, &db, "store-b", &["pa"], &smtp.addr());
     queue_init(&cfg_a, &[]);
     let mut daemons = BTreeMap::from([("store-a", start(&cfg_a)), ("store-b", start(&cfg_b))]);
-    let id = insert(
-        &db,
-        "example.cz",
-        "move",
-        &[],
-        Some("pa"),
-        Some("majitel@zakaznik.example"),
-    );
+    let id = insert_example(&db);
     let mid = wait_mid_job(&db, id);
     let first = mid["owner"].as_str().unwrap().to_string();
     let mut victim = daemons.remove(first.as_str()).unwrap();
@@ -816,14 +821,7 @@ fn a_daemon_cut_off_from_the_database_stops_before_its_lease_runs_out() {
     let cfg_b = fleet_config(&s.config, &db, "store-b", &["pa"], &smtp.addr());
     queue_init(&cfg_b, &[]);
     let a = start(&cfg_a);
-    let id = insert(
-        &db,
-        "example.cz",
-        "move",
-        &[],
-        Some("pa"),
-        Some("majitel@zakaznik.example"),
-    );
+    let id = insert_example(&db);
     let mid = wait_until("copying", JOB_TIMEOUT, || {
         let j = try_job(&db, id)?;
         (j["state"] == "running" && j["messages"].as_i64()? > 0).then_some(j)
