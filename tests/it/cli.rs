@@ -1234,11 +1234,14 @@ fn man_pages_are_written_and_render_cleanly() {
         .collect();
     pages.sort();
     let commands = [
+        "cancel",
         "check",
         "completions",
         "daemon",
         "demo",
         "plan",
+        "queue",
+        "queue-init",
         "run",
         "status",
         "submit",
