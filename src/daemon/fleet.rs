@@ -54,11 +54,10 @@ pub(super) struct QueueJob {
     pub stop: Arc<AtomicBool>,
 }
 
-/// What the job's row keeps for the next claimer: when it first started
-/// and the mailboxes finished so far.
+/// What the job's row keeps for the next claimer: the mailboxes finished
+/// so far (when it first started is the row's `started_at`).
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct Checkpoint {
-    first_started: i64,
     finished: Vec<MailboxReport>,
 }
 
@@ -189,6 +188,8 @@ struct Watchdog(Arc<Mutex<HashMap<i64, Watched>>>);
 struct Watched {
     stop_at: Instant,
     stop: Arc<AtomicBool>,
+    /// It stopped the job: the lease may be lost.
+    fired: bool,
 }
 
 impl Watchdog {
@@ -196,6 +197,7 @@ impl Watchdog {
         let w = Watched {
             stop_at,
             stop: Arc::clone(stop),
+            fired: false,
         };
         self.0.lock().expect("not poisoned").insert(job, w);
     }
@@ -204,6 +206,11 @@ impl Watchdog {
         if let Some(w) = self.0.lock().expect("not poisoned").get_mut(&job) {
             w.stop_at = stop_at;
         }
+    }
+
+    fn fired(&self, job: i64) -> bool {
+        let watched = self.0.lock().expect("not poisoned");
+        watched.get(&job).is_some_and(|w| w.fired)
     }
 
     fn forget(&self, job: i64) {
@@ -215,8 +222,10 @@ impl Watchdog {
         while Arc::strong_count(&self.0) > 1 {
             thread::sleep(Duration::from_millis(200));
             let now = Instant::now();
-            for (job, w) in self.0.lock().expect("not poisoned").iter() {
-                if now >= w.stop_at && !w.stop.swap(true, Ordering::SeqCst) {
+            for (job, w) in self.0.lock().expect("not poisoned").iter_mut() {
+                if now >= w.stop_at && !w.fired {
+                    w.fired = true;
+                    w.stop.store(true, Ordering::SeqCst);
                     error!(
                         job,
                         "the job's lease could not be renewed in time; stopping it before it runs out"
@@ -233,12 +242,8 @@ struct Held {
     tracker: Arc<Tracker>,
     stop: Arc<AtomicBool>,
     started: Instant,
-    first_started: i64,
     /// Finished mailboxes already written as events.
     reported: usize,
-    /// When the lease runs out at the latest, on this host's clock: the
-    /// last successful renewal's start plus the lease.
-    valid_until: Instant,
     cancelled: bool,
     lost: bool,
 }
@@ -455,19 +460,12 @@ impl Agent {
                 .checkpoint
                 .and_then(|v| serde_json::from_value(v).ok())
                 .unwrap_or_default();
-            let first_started = if checkpoint.first_started > 0 {
-                checkpoint.first_started
-            } else {
-                claimed.first_started
-            };
             let held = Held {
                 lease: lease.clone(),
                 tracker: Arc::new(Tracker::default()),
                 stop: Arc::new(AtomicBool::new(false)),
                 started: Instant::now(),
-                first_started,
                 reported: 0,
-                valid_until: Instant::now() + self.settings.lease,
                 cancelled: false,
                 lost: false,
             };
@@ -481,7 +479,7 @@ impl Agent {
                     .into_iter()
                     .filter(|r| r.status == MailboxStatus::Done)
                     .collect(),
-                first_started,
+                first_started: claimed.first_started,
                 submitted: claimed.submitted,
                 tracker: Arc::clone(&held.tracker),
                 stop: Arc::clone(&held.stop),
@@ -496,7 +494,8 @@ impl Agent {
     }
 
     /// Renews every lease with the job's progress; stops a job that was
-    /// cancelled, lost its lease, or may lose it before it can stop.
+    /// cancelled or lost its lease (the watchdog stops one whose lease
+    /// may run out before it can stop).
     fn heartbeats(&mut self) {
         let lease_len = self.settings.lease;
         let ids: Vec<i64> = self.tracked.keys().copied().collect();
@@ -514,7 +513,6 @@ impl Agent {
             let held = self.tracked.get_mut(&id).expect("still tracked");
             match result {
                 Some(Ok(LeaseState::Held { cancel_requested })) => {
-                    held.valid_until = sent_at + lease_len;
                     self.watchdog.renewed(id, sent_at + lease_len * 2 / 3);
                     held.reported += progress.events.len();
                     if cancel_requested && !held.cancelled {
@@ -532,15 +530,11 @@ impl Agent {
                 None => {}
             }
             let held = self.tracked.get_mut(&id).expect("still tracked");
-            // Stopped with a third of the lease left: enough to roll the
-            // current mailbox back before anyone may claim the job.
-            if !held.lost && Instant::now() + lease_len / 3 >= held.valid_until {
-                error!(
-                    job = id,
-                    "the job's lease could not be renewed; stopping it before it runs out"
-                );
+            // The watchdog stopped it with a third of the lease left:
+            // enough to roll the current mailbox back before anyone may
+            // claim the job.
+            if !held.lost && self.watchdog.fired(id) {
                 held.lost = true;
-                held.stop.store(true, Ordering::SeqCst);
                 let ev = Event {
                     kind: "lease_lost",
                     mailbox: None,
@@ -590,8 +584,8 @@ fn progress_of(held: &mut Held) -> Progress {
     let done = t.done.load(Ordering::Relaxed);
     let failed = t.failed.load(Ordering::Relaxed);
     let bytes = t.bytes.load(Ordering::Relaxed);
-    let finished = t.finished.lock().expect("not poisoned").clone();
-    let events = finished
+    let finished = t.finished.lock().expect("not poisoned");
+    let events: Vec<Event> = finished
         .iter()
         .skip(held.reported)
         .map(|r| Event {
@@ -604,6 +598,14 @@ fn progress_of(held: &mut Held) -> Progress {
             detail: r.error.clone(),
         })
         .collect();
+    // Rewritten only when it grew; the row keeps the last one.
+    let checkpoint = (!events.is_empty()).then(|| {
+        let c = Checkpoint {
+            finished: finished.clone(),
+        };
+        serde_json::to_value(c).unwrap_or_default()
+    });
+    drop(finished);
     let secs = held.started.elapsed().as_secs_f64().max(0.001);
     let phase = if total == 0 {
         "starting"
@@ -625,11 +627,7 @@ fn progress_of(held: &mut Held) -> Progress {
         eta_seconds: (done > 0 && done < total)
             .then(|| (secs * (total - done) as f64 / done as f64) as u64),
         current_mailbox: t.current.lock().expect("not poisoned").clone(),
-        checkpoint: serde_json::to_value(Checkpoint {
-            first_started: held.first_started,
-            finished,
-        })
-        .unwrap_or_default(),
+        checkpoint,
         events,
     }
 }

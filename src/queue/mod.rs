@@ -206,7 +206,8 @@ pub struct Progress {
     pub rate_bytes_per_sec: f64,
     pub eta_seconds: Option<u64>,
     pub current_mailbox: String,
-    pub checkpoint: serde_json::Value,
+    /// What a resume starts from; `None` keeps the row's.
+    pub checkpoint: Option<serde_json::Value>,
     /// Written as events in the same transaction.
     pub events: Vec<Event>,
 }
@@ -583,7 +584,11 @@ impl Queue {
                 p.messages,
                 p.bytes,
             ];
-            (n.map(big), p.eta_seconds.map(big), p.checkpoint.to_string())
+            (
+                n.map(big),
+                p.eta_seconds.map(big),
+                p.checkpoint.as_ref().map(ToString::to_string),
+            )
         });
         let mut all: Vec<&(dyn ToSql + Sync)> = vec![&lease.job, &host, &lease.claim];
         all.extend(args.first().copied());
@@ -791,7 +796,8 @@ impl Queue {
 /// The progress columns; `$5`..`$15` in the statements that write them.
 const PROGRESS: &str = "phase = $5, mailboxes_total = $6, mailboxes_done = $7,
     mailboxes_failed = $8, messages = $9, bytes = $10, rate_bytes_per_sec = $11,
-    eta_seconds = $12, current_mailbox = $13, checkpoint = $14::text::jsonb,
+    eta_seconds = $12, current_mailbox = $13,
+    checkpoint = coalesce($14::text::jsonb, checkpoint),
     updated_at = now()";
 
 fn insert_event(
