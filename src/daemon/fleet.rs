@@ -14,7 +14,7 @@
 //! * the outbox sends the completion e-mails of every daemon's finished
 //!   jobs, each claimed like a job so it goes out once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
@@ -244,6 +244,9 @@ struct Held {
     started: Instant,
     /// Finished mailboxes already written as events.
     reported: usize,
+    /// Done under an earlier claim: the engine reports them again, their
+    /// events are already in the row.
+    done_before: HashSet<String>,
     cancelled: bool,
     lost: bool,
 }
@@ -390,7 +393,7 @@ impl Agent {
     fn untrack(&mut self, lease: &Lease) -> Progress {
         self.watchdog.forget(lease.job);
         match self.tracked.remove(&lease.job) {
-            Some(mut h) => progress_of(&mut h),
+            Some(h) => progress_of(&h).0,
             None => Progress::default(),
         }
     }
@@ -460,12 +463,18 @@ impl Agent {
                 .checkpoint
                 .and_then(|v| serde_json::from_value(v).ok())
                 .unwrap_or_default();
+            let done_before: Vec<MailboxReport> = checkpoint
+                .finished
+                .into_iter()
+                .filter(|r| r.status == MailboxStatus::Done)
+                .collect();
             let held = Held {
                 lease: lease.clone(),
                 tracker: Arc::new(Tracker::default()),
                 stop: Arc::new(AtomicBool::new(false)),
                 started: Instant::now(),
                 reported: 0,
+                done_before: done_before.iter().map(|r| r.user.clone()).collect(),
                 cancelled: false,
                 lost: false,
             };
@@ -474,11 +483,7 @@ impl Agent {
                 lease: lease.clone(),
                 job,
                 resumed: claimed.resumed,
-                done_before: checkpoint
-                    .finished
-                    .into_iter()
-                    .filter(|r| r.status == MailboxStatus::Done)
-                    .collect(),
+                done_before,
                 first_started: claimed.first_started,
                 submitted: claimed.submitted,
                 tracker: Arc::clone(&held.tracker),
@@ -507,14 +512,14 @@ impl Agent {
             if held.lost {
                 continue;
             }
-            let progress = progress_of(held);
+            let (progress, seen) = progress_of(held);
             let lease = held.lease.clone();
             let result = self.queue().map(|q| q.heartbeat(&lease, &progress));
             let held = self.tracked.get_mut(&id).expect("still tracked");
             match result {
                 Some(Ok(LeaseState::Held { cancel_requested })) => {
                     self.watchdog.renewed(id, sent_at + lease_len * 2 / 3);
-                    held.reported += progress.events.len();
+                    held.reported = seen;
                     if cancel_requested && !held.cancelled {
                         info!(job = id, "cancel requested; stopping the job");
                         held.cancelled = true;
@@ -576,8 +581,8 @@ pub(super) fn job_id(row: i64) -> String {
 }
 
 /// The job's progress now, with the mailboxes finished since the last
-/// renewal as events.
-fn progress_of(held: &mut Held) -> Progress {
+/// renewal as events, and how many finished mailboxes that covers.
+fn progress_of(held: &Held) -> (Progress, usize) {
     let t = &held.tracker;
     let total = t.total.load(Ordering::Relaxed);
     // Finished, failed ones included (phase, ETA); the row counts them apart.
@@ -585,9 +590,11 @@ fn progress_of(held: &mut Held) -> Progress {
     let failed = t.failed.load(Ordering::Relaxed);
     let bytes = t.bytes.load(Ordering::Relaxed);
     let finished = t.finished.lock().expect("not poisoned");
+    let seen = finished.len();
     let events: Vec<Event> = finished
         .iter()
         .skip(held.reported)
+        .filter(|r| !(r.status == MailboxStatus::Done && held.done_before.contains(&r.user)))
         .map(|r| Event {
             kind: if r.status == MailboxStatus::Failed {
                 "mailbox_failed"
@@ -599,7 +606,7 @@ fn progress_of(held: &mut Held) -> Progress {
         })
         .collect();
     // Rewritten only when it grew; the row keeps the last one.
-    let checkpoint = (!events.is_empty()).then(|| {
+    let checkpoint = (seen > held.reported).then(|| {
         let c = Checkpoint {
             finished: finished.clone(),
         };
@@ -616,7 +623,7 @@ fn progress_of(held: &mut Held) -> Progress {
     } else {
         "copying"
     };
-    Progress {
+    let progress = Progress {
         phase: phase.into(),
         mailboxes_total: total,
         mailboxes_done: done.saturating_sub(failed),
@@ -629,7 +636,8 @@ fn progress_of(held: &mut Held) -> Progress {
         current_mailbox: t.current.lock().expect("not poisoned").clone(),
         checkpoint,
         events,
-    }
+    };
+    (progress, seen)
 }
 
 /// Wakes the agent on NOTIFY; reconnects after a lost connection.

@@ -433,6 +433,8 @@ fn kill_9_of_a_daemon_mid_job_another_resumes_after_the_lease() {
     assert_eq!(resumed.len(), 1, "{evs:#?}");
     assert_ne!(resumed[0].host, first, "{evs:#?}");
     assert_eq!(kinds(&evs, id, "started").len(), 1, "{evs:#?}");
+    // The resumer does not report the mailboxes done before it again.
+    assert_no_mailbox_done_twice(&evs);
     // Not claimed again before the lease ran out (renewed every second).
     assert!(
         resumed[0].at - killed_at >= LEASE_SECS as f64 - 1.5,
