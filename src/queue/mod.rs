@@ -416,8 +416,7 @@ impl Queue {
                        extract(epoch FROM jobs.started_at)::bigint,
                        extract(epoch FROM jobs.submitted_at)::bigint",
         );
-        let event = self.sql("INSERT INTO {s}.events (job_id, host, kind) VALUES ($1, $2, $3)");
-        let host = self.settings.host.as_str().to_string();
+        let (host, event_sql) = (self.host(), self.event_sql());
         let pools: Vec<String> = self.settings.pools.iter().map(|p| p.0.clone()).collect();
         let lease = self.settings.lease.as_secs_f64();
         let mut tx = self.begin()?;
@@ -447,20 +446,21 @@ impl Queue {
                 cutover: row.get(6),
                 pool: row.get(7),
             },
-            checkpoint: row
-                .get::<_, Option<String>>(8)
-                .and_then(|t| serde_json::from_str(&t).ok()),
+            checkpoint: json_column(&row, 8),
             first_started: row.get(9),
             submitted: row.get(10),
             resumed: claims > 1,
         };
-        let kind = if claimed.resumed {
-            "resumed"
-        } else {
-            "started"
+        let start = Event {
+            kind: if claimed.resumed {
+                "resumed"
+            } else {
+                "started"
+            },
+            mailbox: None,
+            detail: None,
         };
-        tx.execute(&event, &[&claimed.lease.job, &host, &kind])
-            .map_err(db("claim a job"))?;
+        insert_event(&mut tx, &event_sql, claimed.lease.job, &host, &start)?;
         tx.commit().map_err(db("claim a job"))?;
         Ok(Some(claimed))
     }
@@ -659,9 +659,7 @@ impl Queue {
             to: r.get::<_, Option<String>>(2).unwrap_or_default(),
             state: r.get(3),
             error: r.get(4),
-            report: r
-                .get::<_, Option<String>>(5)
-                .and_then(|t| serde_json::from_str(&t).ok()),
+            report: json_column(&r, 5),
             attempt: r.get(6),
         }))
     }
@@ -799,6 +797,12 @@ const PROGRESS: &str = "phase = $5, mailboxes_total = $6, mailboxes_done = $7,
     eta_seconds = $12, current_mailbox = $13,
     checkpoint = coalesce($14::text::jsonb, checkpoint),
     updated_at = now()";
+
+/// A `jsonb` column read as text (`…::text` in the query).
+fn json_column(row: &postgres::Row, i: usize) -> Option<serde_json::Value> {
+    row.get::<_, Option<String>>(i)
+        .and_then(|t| serde_json::from_str(&t).ok())
+}
 
 fn insert_event(
     tx: &mut Transaction<'_>,
